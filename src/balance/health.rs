@@ -1,0 +1,203 @@
+//! Backend health: active state (moved by probes), passive state (moved by failures
+//! seen on real traffic), and the background service that runs the probes.
+
+use super::probe::Probe;
+use super::Upstream;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+/// Milliseconds since the process started, from a monotonic clock.
+pub fn now_millis() -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64
+}
+
+/// State moved by active probes. Backends start healthy; only the checker task of
+/// the backend's upstream writes it.
+#[derive(Debug)]
+pub struct ActiveHealth {
+    healthy: AtomicBool,
+    successes: AtomicU32,
+    failures: AtomicU32,
+}
+
+impl Default for ActiveHealth {
+    fn default() -> Self {
+        ActiveHealth {
+            healthy: AtomicBool::new(true),
+            successes: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+        }
+    }
+}
+
+impl ActiveHealth {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records one probe result. Returns `Some(new state)` when this result flips
+    /// the backend: `healthy_threshold` consecutive successes bring it back,
+    /// `unhealthy_threshold` consecutive failures take it out.
+    pub fn record(
+        &self,
+        ok: bool,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) -> Option<bool> {
+        let healthy = self.is_healthy();
+        if ok {
+            self.failures.store(0, Ordering::Relaxed);
+            let streak = self
+                .successes
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
+            if !healthy && streak >= healthy_threshold {
+                self.healthy.store(true, Ordering::Relaxed);
+                return Some(true);
+            }
+        } else {
+            self.successes.store(0, Ordering::Relaxed);
+            let streak = self
+                .failures
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
+            if healthy && streak >= unhealthy_threshold {
+                self.healthy.store(false, Ordering::Relaxed);
+                return Some(false);
+            }
+        }
+        None
+    }
+}
+
+/// State moved by failures on real traffic, as nginx `max_fails`/`fail_timeout`:
+/// `max_fails` failures within `fail_timeout` take the backend out for `fail_timeout`.
+#[derive(Debug, Default)]
+pub struct PassiveHealth {
+    failures: AtomicU32,
+    window_start: AtomicU64,
+    /// [`now_millis`] until which the backend is out; 0 when it is not.
+    down_until: AtomicU64,
+}
+
+impl PassiveHealth {
+    /// Whether the backend may take requests. When a failure period has just run
+    /// out, clears it and calls `on_recover` (once, from whichever request saw it).
+    pub fn is_usable(&self, on_recover: impl FnOnce()) -> bool {
+        let until = self.down_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        if now_millis() < until {
+            return false;
+        }
+        if self
+            .down_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            on_recover();
+        }
+        true
+    }
+
+    /// Whether a failure period is running now.
+    pub fn is_failed(&self) -> bool {
+        let until = self.down_until.load(Ordering::Relaxed);
+        until != 0 && now_millis() < until
+    }
+
+    /// Records a failure; returns true when it takes the backend out.
+    pub fn record_failure(&self, max_fails: u32, fail_timeout: Duration) -> bool {
+        let now = now_millis();
+        let window = fail_timeout.as_millis() as u64;
+        let start = self.window_start.load(Ordering::Relaxed);
+        let failures =
+            if now.saturating_sub(start) > window || self.failures.load(Ordering::Relaxed) == 0 {
+                self.window_start.store(now, Ordering::Relaxed);
+                self.failures.store(1, Ordering::Relaxed);
+                1
+            } else {
+                self.failures
+                    .fetch_add(1, Ordering::Relaxed)
+                    .saturating_add(1)
+            };
+        if failures >= max_fails {
+            self.failures.store(0, Ordering::Relaxed);
+            // `max(1)` keeps 0 meaning "not down" even in the first millisecond.
+            self.down_until
+                .store((now + window).max(1), Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Records a success: earlier failures no longer count toward `max_fails`.
+    pub fn record_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Active checking of one upstream: what to probe and how often.
+pub struct CheckPlan {
+    pub upstream: Arc<Upstream>,
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+impl CheckPlan {
+    /// Probes every backend once, concurrently, and records the results.
+    pub async fn run_once(&self) {
+        let probes = self.upstream.backends.iter().map(|backend| {
+            let address = backend.address;
+            async move { self.probe.check(address, self.timeout).await }
+        });
+        let results = futures::future::join_all(probes).await;
+        for (index, result) in results.into_iter().enumerate() {
+            self.upstream.record_check(
+                index,
+                result,
+                self.healthy_threshold,
+                self.unhealthy_threshold,
+            );
+        }
+    }
+}
+
+/// Runs the probes of every upstream that has a `health_check`, each at its own
+/// interval, the first round at once, until the server shuts down.
+pub struct HealthChecker {
+    pub plans: Vec<Arc<CheckPlan>>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tasks = Vec::new();
+        for plan in &self.plans {
+            let plan = Arc::clone(plan);
+            tasks.push(tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(plan.interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    plan.run_once().await;
+                }
+            }));
+        }
+        let _ = shutdown.changed().await;
+        for task in tasks {
+            task.abort();
+        }
+    }
+}

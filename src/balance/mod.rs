@@ -1,0 +1,308 @@
+//! Choosing a backend: the pool of one upstream, the [`Balancer`] trait its algorithm
+//! implements, and the in-flight accounting every algorithm shares.
+//!
+//! A backend is *usable* for a request when its active checks hold it healthy, its
+//! passive state does not hold it failed, and the request has not tried it already.
+//! Algorithms only ever return usable backends.
+
+pub mod health;
+pub mod ip_hash;
+pub mod least_conn;
+pub mod probe;
+pub mod round_robin;
+
+use crate::config::{Algorithm, PassiveConfig};
+use crate::metrics::BackendMetrics;
+use health::{ActiveHealth, PassiveHealth};
+use pingora::upstreams::peer::HttpPeer;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+/// A balancing algorithm over the backends of one upstream.
+pub trait Balancer: Send + Sync {
+    /// Returns the index of a backend for which `usable` is true, or `None` when
+    /// there is none. `client` is the client address (after trusted proxies).
+    fn pick(
+        &self,
+        backends: &[Backend],
+        client: IpAddr,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize>;
+
+    /// Called after a backend's active health changed; never on the request path.
+    fn on_health_change(&self, _backends: &[Backend]) {}
+}
+
+/// The live state of one backend, shared by every request and the health checker.
+pub struct BackendState {
+    in_flight: AtomicI64,
+    pub active: ActiveHealth,
+    pub passive: PassiveHealth,
+    pub metrics: BackendMetrics,
+}
+
+impl BackendState {
+    pub fn new(metrics: BackendMetrics) -> Self {
+        metrics.healthy.set(1);
+        BackendState {
+            in_flight: AtomicI64::new(0),
+            active: ActiveHealth::default(),
+            passive: PassiveHealth::default(),
+            metrics,
+        }
+    }
+
+    /// Requests sent to this backend and not yet finished.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether the backend takes new requests now (active and passive state).
+    pub fn is_up(&self) -> bool {
+        self.active.is_healthy() && self.passive.is_usable(|| self.refresh_healthy_gauge())
+    }
+
+    /// Sets `tollgate_upstream_backend_healthy` from the current state.
+    pub fn refresh_healthy_gauge(&self) {
+        let up = self.active.is_healthy() && !self.passive.is_failed();
+        self.metrics.healthy.set(i64::from(up));
+    }
+}
+
+/// One backend of an upstream.
+pub struct Backend {
+    pub address: SocketAddr,
+    /// `address` as text, the `backend` label of metrics and logs.
+    pub label: String,
+    pub weight: u32,
+    pub state: Arc<BackendState>,
+    /// Connection settings; cloned into each request's peer.
+    pub peer: HttpPeer,
+}
+
+/// Counts a request in flight to a backend from creation until drop, whatever way
+/// the request ends (answer, error, timeout, client gone).
+pub struct InFlightGuard {
+    state: Arc<BackendState>,
+}
+
+impl InFlightGuard {
+    pub fn new(state: &Arc<BackendState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.metrics.in_flight.inc();
+        InFlightGuard {
+            state: Arc::clone(state),
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.state.metrics.in_flight.dec();
+    }
+}
+
+/// Backends a request has already tried, so a retry goes elsewhere.
+#[derive(Debug, Default, Clone)]
+pub struct Tried {
+    indices: [u32; Tried::CAPACITY],
+    len: usize,
+}
+
+impl Tried {
+    /// pingora makes at most 16 attempts per request.
+    pub const CAPACITY: usize = 16;
+
+    pub fn add(&mut self, index: usize) {
+        if self.len < Self::CAPACITY {
+            self.indices[self.len] = index as u32;
+            self.len += 1;
+        }
+    }
+
+    pub fn contains(&self, index: usize) -> bool {
+        self.indices[..self.len].contains(&(index as u32))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets `index`, so the backend may be chosen again.
+    pub fn remove(&mut self, index: usize) {
+        if let Some(pos) = self.indices[..self.len]
+            .iter()
+            .position(|&i| i as usize == index)
+        {
+            self.indices.copy_within(pos + 1..self.len, pos);
+            self.len -= 1;
+        }
+    }
+}
+
+/// One upstream: its backends, algorithm and failure policy.
+pub struct Upstream {
+    pub name: String,
+    pub backends: Vec<Backend>,
+    pub algorithm: Algorithm,
+    balancer: Box<dyn Balancer>,
+    /// Other backends tried when connecting fails.
+    pub retries: u32,
+    pub passive: PassiveConfig,
+}
+
+impl Upstream {
+    pub fn new(
+        name: String,
+        backends: Vec<Backend>,
+        algorithm: Algorithm,
+        retries: u32,
+        passive: PassiveConfig,
+    ) -> Self {
+        let balancer: Box<dyn Balancer> = match algorithm {
+            Algorithm::RoundRobin => Box::new(round_robin::RoundRobin::new(&backends)),
+            Algorithm::IpHash => Box::new(ip_hash::IpHash::new(&backends)),
+            Algorithm::LeastConnections => Box::new(least_conn::LeastConnections::new()),
+        };
+        Upstream {
+            name,
+            backends,
+            algorithm,
+            balancer,
+            retries,
+            passive,
+        }
+    }
+
+    /// Chooses a backend for `client` that is up and not in `tried`.
+    pub fn select(&self, client: IpAddr, tried: &Tried) -> Option<usize> {
+        let usable = |i: usize| !tried.contains(i) && self.backends[i].state.is_up();
+        self.balancer.pick(&self.backends, client, &usable)
+    }
+
+    /// Whether any backend is up, ignoring what a request tried.
+    pub fn any_up(&self) -> bool {
+        self.backends.iter().any(|b| b.state.is_up())
+    }
+
+    /// Records a failed attempt on backend `index` for passive health.
+    pub fn record_failure(&self, index: usize) {
+        let Some(backend) = self.backends.get(index) else {
+            return;
+        };
+        if self.passive.max_fails == 0 {
+            return;
+        }
+        if backend
+            .state
+            .passive
+            .record_failure(self.passive.max_fails, self.passive.fail_timeout)
+        {
+            log::warn!(
+                "backend {} of upstream {} failed {} time(s) within {:?}: out for {:?}",
+                backend.label,
+                self.name,
+                self.passive.max_fails,
+                self.passive.fail_timeout,
+                self.passive.fail_timeout
+            );
+            backend.state.refresh_healthy_gauge();
+        }
+    }
+
+    /// Records a successful answer from backend `index` for passive health.
+    pub fn record_success(&self, index: usize) {
+        if let Some(backend) = self.backends.get(index) {
+            backend.state.passive.record_success();
+        }
+    }
+
+    /// Applies an active check result to backend `index`; logs and rebalances
+    /// when the backend's health flips.
+    pub fn record_check(
+        &self,
+        index: usize,
+        result: Result<(), String>,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) {
+        let Some(backend) = self.backends.get(index) else {
+            return;
+        };
+        let ok = result.is_ok();
+        if ok {
+            backend.state.metrics.check_success.inc();
+        } else {
+            backend.state.metrics.check_failure.inc();
+        }
+        let Some(now_healthy) =
+            backend
+                .state
+                .active
+                .record(ok, healthy_threshold, unhealthy_threshold)
+        else {
+            return;
+        };
+        if now_healthy {
+            log::warn!(
+                "backend {} of upstream {} is healthy again after {} passed checks",
+                backend.label,
+                self.name,
+                healthy_threshold
+            );
+        } else {
+            log::warn!(
+                "backend {} of upstream {} is unhealthy after {} failed checks: {}",
+                backend.label,
+                self.name,
+                unhealthy_threshold,
+                result.err().unwrap_or_default()
+            );
+        }
+        backend.state.refresh_healthy_gauge();
+        self.balancer.on_health_change(&self.backends);
+    }
+}
+
+/// A 64-bit hash with good spread for short keys (FNV-1a, then the murmur3 finalizer).
+/// Stable across runs and builds, so consistent-hash rings are reproducible.
+pub fn hash64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// Backends on 127.0.0.1:9001.. with the given weights, all up.
+    pub fn backends(weights: &[u32]) -> Vec<Backend> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let address: SocketAddr = format!("127.0.0.1:{}", 9001 + i).parse().unwrap();
+                Backend {
+                    address,
+                    label: address.to_string(),
+                    weight: *w,
+                    state: Arc::new(BackendState::new(BackendMetrics::new(
+                        "test",
+                        &address.to_string(),
+                    ))),
+                    peer: HttpPeer::new(address, false, String::new()),
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,140 @@
+//! Smooth weighted round robin, as nginx: weights 5,1,1 give `a a b a c a a`.
+//!
+//! The smooth order is computed once per change of the healthy set into a
+//! schedule of `sum(weights)` slots (weights reduced by their gcd); a request takes
+//! the next slot with one atomic increment, so picking takes no lock. Backends that
+//! are passively failed or already tried are skipped to the next slot.
+
+use super::{Backend, Balancer};
+use arc_swap::ArcSwap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+pub struct RoundRobin {
+    schedule: ArcSwap<Vec<u32>>,
+    next: AtomicUsize,
+}
+
+impl RoundRobin {
+    pub fn new(backends: &[Backend]) -> Self {
+        RoundRobin {
+            schedule: ArcSwap::from_pointee(schedule(backends)),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Balancer for RoundRobin {
+    fn pick(
+        &self,
+        _backends: &[Backend],
+        _client: IpAddr,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let schedule = self.schedule.load();
+        let len = schedule.len();
+        if len == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % len;
+        (0..len)
+            .map(|k| schedule[(start + k) % len] as usize)
+            .find(|&i| usable(i))
+    }
+
+    fn on_health_change(&self, backends: &[Backend]) {
+        self.schedule.store(Arc::new(schedule(backends)));
+        self.next.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The smooth weighted order over the actively healthy backends.
+fn schedule(backends: &[Backend]) -> Vec<u32> {
+    let members: Vec<(u32, i64)> = backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.state.active.is_healthy())
+        .map(|(i, b)| (i as u32, i64::from(b.weight)))
+        .collect();
+    let divisor = members.iter().fold(0, |g, &(_, w)| gcd(g, w)).max(1);
+    let weights: Vec<i64> = members.iter().map(|&(_, w)| w / divisor).collect();
+    smooth_order(&weights)
+        .into_iter()
+        .map(|slot| members[slot].0)
+        .collect()
+}
+
+/// nginx's smooth weighted round robin over `weights`, one full cycle: each step
+/// adds every weight to its current value, picks the largest (first on ties) and
+/// takes the total off it.
+pub fn smooth_order(weights: &[i64]) -> Vec<usize> {
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut order = Vec::with_capacity(total.max(0) as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..weights.len() {
+            current[i] += weights[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        order.push(best);
+    }
+    order
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::test_support::backends;
+
+    fn picks(rr: &RoundRobin, b: &[Backend], n: usize) -> String {
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        (0..n)
+            .map(|_| (b'a' + rr.pick(b, ip, &|_| true).unwrap() as u8) as char)
+            .collect()
+    }
+
+    #[test]
+    fn weights_5_1_1_interleave_as_nginx() {
+        let b = backends(&[5, 1, 1]);
+        assert_eq!(picks(&RoundRobin::new(&b), &b, 14), "aabacaaaabacaa");
+    }
+
+    #[test]
+    fn equal_weights_alternate_and_gcd_is_reduced() {
+        let b = backends(&[2, 2, 2]);
+        assert_eq!(picks(&RoundRobin::new(&b), &b, 6), "abcabc");
+    }
+
+    #[test]
+    fn unhealthy_backends_leave_the_schedule() {
+        let b = backends(&[1, 1, 1]);
+        let rr = RoundRobin::new(&b);
+        for _ in 0..3 {
+            b[1].state.active.record(false, 1, 3);
+        }
+        rr.on_health_change(&b);
+        assert_eq!(picks(&rr, &b, 4), "acac");
+    }
+
+    #[test]
+    fn skips_unusable_and_returns_none_when_nothing_is_usable() {
+        let b = backends(&[1, 1]);
+        let rr = RoundRobin::new(&b);
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(rr.pick(&b, ip, &|i| i == 1), Some(1));
+        assert_eq!(rr.pick(&b, ip, &|_| false), None);
+    }
+}

@@ -1,0 +1,357 @@
+//! The YAML schema of the topology file (see shared/design/topology.md).
+//!
+//! Every struct denies unknown keys; values with units are parsed here, once.
+
+use super::units;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Worker threads of the proxy; `None` means one per core.
+    pub threads: Option<usize>,
+    pub listeners: Vec<ListenerConfig>,
+    /// Prometheus exposition address; `None` turns metrics serving off.
+    #[serde(default, deserialize_with = "units::opt_socket_addr")]
+    pub metrics: Option<SocketAddr>,
+    #[serde(default)]
+    pub access_log: AccessLogTarget,
+    #[serde(default)]
+    pub access_log_format: AccessLogFormat,
+    /// Peers whose X-Forwarded-For names the client.
+    #[serde(default, deserialize_with = "units::ip_nets")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    #[serde(default = "defaults::grace_period", with = "duration_serde")]
+    pub grace_period: Duration,
+    #[serde(default = "defaults::pid_file")]
+    pub pid_file: PathBuf,
+    #[serde(default = "defaults::upgrade_sock")]
+    pub upgrade_sock: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    #[serde(deserialize_with = "units::socket_addr")]
+    pub address: SocketAddr,
+}
+
+/// Where access log lines go: `stdout`, `off`, or a file path.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessLogTarget {
+    #[default]
+    Stdout,
+    Off,
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for AccessLogTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(de)?;
+        Ok(match text.as_str() {
+            "stdout" => AccessLogTarget::Stdout,
+            "off" => AccessLogTarget::Off,
+            "" => {
+                return Err(serde::de::Error::custom(
+                    "access_log is empty: expected `stdout`, `off` or a file path",
+                ))
+            }
+            path => AccessLogTarget::File(PathBuf::from(path)),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    Json,
+    #[default]
+    Combined,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    pub backends: Vec<BackendConfig>,
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub passive: PassiveConfig,
+    /// How many other backends are tried when connecting fails.
+    #[serde(default = "defaults::retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+    IpHash,
+    LeastConnections,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    #[serde(deserialize_with = "units::socket_addr")]
+    pub address: SocketAddr,
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub http: Option<HttpProbeConfig>,
+    pub tcp: Option<TcpProbeConfig>,
+    #[serde(default = "defaults::check_interval", with = "duration_serde")]
+    pub interval: Duration,
+    #[serde(default = "defaults::check_timeout", with = "duration_serde")]
+    pub timeout: Duration,
+    #[serde(default = "defaults::healthy_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "defaults::unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbeConfig {
+    #[serde(default = "defaults::probe_path")]
+    pub path: String,
+    /// Host header of the probe; the backend address when absent.
+    pub host: Option<String>,
+    /// Accepted statuses; any 2xx when absent.
+    pub expect_status: Option<Vec<u16>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProbeConfig {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveConfig {
+    /// Failures within `fail_timeout` that take a backend out; 0 turns passive checks off.
+    #[serde(default = "defaults::max_fails")]
+    pub max_fails: u32,
+    #[serde(default = "defaults::fail_timeout", with = "duration_serde")]
+    pub fail_timeout: Duration,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            max_fails: defaults::max_fails(),
+            fail_timeout: defaults::fail_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    #[serde(default = "defaults::connect_timeout", with = "duration_serde")]
+    pub connect: Duration,
+    #[serde(default = "defaults::read_timeout", with = "duration_serde")]
+    pub read: Duration,
+    #[serde(default = "defaults::write_timeout", with = "duration_serde")]
+    pub write: Duration,
+    /// How long an idle upstream keep-alive connection is kept for reuse.
+    #[serde(default = "defaults::idle_timeout", with = "duration_serde")]
+    pub idle: Duration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            connect: defaults::connect_timeout(),
+            read: defaults::read_timeout(),
+            write: defaults::write_timeout(),
+            idle: defaults::idle_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Label of the route in metrics and logs; `index:path` when absent.
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matcher: MatchConfig,
+    pub upstream: Option<String>,
+    pub respond: Option<RespondConfig>,
+    /// Remove the matched `path_prefix` before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondConfig {
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// serde `with` module for [`Duration`] fields written as `5s`.
+mod duration_serde {
+    pub use super::units::duration as deserialize;
+}
+
+/// Defaults, chosen to be safe in production (every timeout set).
+pub mod defaults {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    pub fn grace_period() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn pid_file() -> PathBuf {
+        PathBuf::from("/tmp/tollgate.pid")
+    }
+    pub fn upgrade_sock() -> PathBuf {
+        PathBuf::from("/tmp/tollgate-upgrade.sock")
+    }
+    pub fn retries() -> u32 {
+        1
+    }
+    pub fn weight() -> u32 {
+        1
+    }
+    pub fn check_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn check_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn healthy_threshold() -> u32 {
+        2
+    }
+    pub fn unhealthy_threshold() -> u32 {
+        3
+    }
+    pub fn probe_path() -> String {
+        "/".to_string()
+    }
+    pub fn max_fails() -> u32 {
+        1
+    }
+    pub fn fail_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn read_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn write_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+/// Which hosts a route answers, normalized to lower case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// No `host` in the match: every host.
+    Any,
+    /// `api.example.com`
+    Exact(String),
+    /// `*.example.com`, kept as its suffix `.example.com`.
+    Wildcard(String),
+}
+
+/// Which paths a route answers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathPattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl MatchConfig {
+    /// The host pattern, or why the `host` value is not one.
+    pub fn host_pattern(&self) -> Result<HostPattern, String> {
+        let Some(host) = self.host.as_deref() else {
+            return Ok(HostPattern::Any);
+        };
+        let host = host.trim().to_ascii_lowercase();
+        let (wildcard, name) = match host.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, host.as_str()),
+        };
+        let valid_name = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+            && !name.starts_with('.')
+            && !name.ends_with('.');
+        if !valid_name {
+            return Err(format!(
+                "invalid host `{host}`: expected a name such as `api.example.com` or `*.example.com` (no port, `*` only as the first label)"
+            ));
+        }
+        Ok(if wildcard {
+            HostPattern::Wildcard(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name.to_string())
+        })
+    }
+
+    /// The path pattern (`path_prefix: /` when neither is given), or why it is invalid.
+    pub fn path_pattern(&self) -> Result<PathPattern, String> {
+        let pattern = match (&self.path, &self.path_prefix) {
+            (Some(_), Some(_)) => {
+                return Err("a match has either `path` or `path_prefix`, not both".to_string())
+            }
+            (Some(p), None) => PathPattern::Exact(p.clone()),
+            (None, Some(p)) => PathPattern::Prefix(p.clone()),
+            (None, None) => PathPattern::Prefix("/".to_string()),
+        };
+        let text = match &pattern {
+            PathPattern::Exact(p) | PathPattern::Prefix(p) => p,
+        };
+        if !text.starts_with('/')
+            || text
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(format!(
+                "invalid path `{text}`: expected a path starting with `/` and without spaces"
+            ));
+        }
+        Ok(pattern)
+    }
+}

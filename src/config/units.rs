@@ -1,0 +1,123 @@
+//! Value types written as strings in the topology file, parsed once at load time.
+//!
+//! Each `parse_*` function is the single definition of a unit's syntax; the serde
+//! adapters below call them so that a bad value is reported at its line and column.
+
+use serde::{de::Error as _, Deserialize, Deserializer};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Parses `250ms`, `5s`, `2m`, `1h` (a whole number and a unit, no space).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let invalid = || {
+        format!("invalid duration `{text}`: expected a whole number with a unit (ms, s, m, h), e.g. `250ms` or `5s`")
+    };
+    let value: u64 = number.parse().map_err(|_| invalid())?;
+    let millis_per_unit = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(invalid()),
+    };
+    value
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(invalid)
+}
+
+/// Parses `host:port` where host is an IP literal; IPv6 in brackets (`[::1]:8080`).
+pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        format!("invalid address `{text}`: expected IP:port, e.g. `10.0.1.10:8080` or `[::1]:8080`")
+    })
+}
+
+/// Parses an IP network (`10.0.0.0/8`, `::1/128`) or a single IP (`192.0.2.7`).
+pub fn parse_ip_net(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("invalid network `{text}`: expected an IP or CIDR, e.g. `10.0.0.0/8`"))
+}
+
+/// serde adapter: a [`Duration`] written as `5s`.
+pub fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_duration(&text).map_err(D::Error::custom)
+}
+
+/// serde adapter: a [`SocketAddr`] written as `host:port`.
+pub fn socket_addr<'de, D: Deserializer<'de>>(de: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_socket_addr(&text).map_err(D::Error::custom)
+}
+
+/// serde adapter: an optional [`SocketAddr`].
+pub fn opt_socket_addr<'de, D: Deserializer<'de>>(de: D) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(de).map(Some)
+}
+
+/// serde adapter: a list of IP networks.
+pub fn ip_nets<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    let texts = Vec::<String>::deserialize(de)?;
+    texts
+        .iter()
+        .map(|t| parse_ip_net(t).map_err(D::Error::custom))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in [
+            "5",
+            "s",
+            "",
+            "5 s",
+            "1.5s",
+            "-1s",
+            "5sec",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn addresses_are_ip_and_port() {
+        assert!(parse_socket_addr("127.0.0.1:80").is_ok());
+        assert!(parse_socket_addr("[::1]:8080").is_ok());
+        for bad in ["127.0.0.1", "localhost:80", "1.2.3.4:99999", "::1:80"] {
+            assert!(parse_socket_addr(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn networks_accept_single_ips() {
+        assert_eq!(
+            parse_ip_net("10.1.2.3/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            parse_ip_net("192.0.2.7").unwrap().to_string(),
+            "192.0.2.7/32"
+        );
+        assert!(parse_ip_net("10.0.0.0/33").is_err());
+    }
+}

@@ -1,0 +1,270 @@
+//! Checks that serde's types cannot express: references between sections, ranges,
+//! duplicates. Each problem is reported with the path of the node it is about.
+
+use super::schema::*;
+use std::collections::{HashMap, HashSet};
+
+/// Largest backend weight; keeps the precomputed balancing schedules small.
+pub const MAX_WEIGHT: u32 = 1000;
+
+type Problems = Vec<(String, String)>;
+
+/// Every problem in `config`, as (node path, message).
+pub fn check(config: &Config) -> Problems {
+    let mut problems = Problems::new();
+    check_server(&config.server, &mut problems);
+    for (name, upstream) in &config.upstreams {
+        check_upstream(name, upstream, &mut problems);
+    }
+    check_routes(config, &mut problems);
+    problems
+}
+
+fn check_server(server: &ServerConfig, problems: &mut Problems) {
+    if server.threads == Some(0) {
+        problems.push(("server.threads".into(), "must be at least 1".into()));
+    }
+    if server.listeners.is_empty() {
+        problems.push((
+            "server.listeners".into(),
+            "at least one listener is needed".into(),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, listener) in server.listeners.iter().enumerate() {
+        if !seen.insert(listener.address) {
+            problems.push((
+                format!("server.listeners[{i}].address"),
+                format!("{} is listed twice", listener.address),
+            ));
+        }
+    }
+    if let Some(metrics) = server.metrics {
+        if seen.contains(&metrics) {
+            problems.push((
+                "server.metrics".into(),
+                format!("{metrics} is also a proxy listener"),
+            ));
+        }
+    }
+}
+
+fn check_upstream(name: &str, upstream: &UpstreamConfig, problems: &mut Problems) {
+    let at = format!("upstreams.{name}");
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        problems.push((
+            at.clone(),
+            format!("invalid upstream name `{name}`: use letters, digits, `_` and `-`"),
+        ));
+    }
+    if upstream.backends.is_empty() {
+        problems.push((
+            format!("{at}.backends"),
+            "an upstream needs at least one backend".into(),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, backend) in upstream.backends.iter().enumerate() {
+        if backend.weight == 0 || backend.weight > MAX_WEIGHT {
+            problems.push((
+                format!("{at}.backends[{i}].weight"),
+                format!(
+                    "weight {} is out of range: expected 1 to {MAX_WEIGHT}",
+                    backend.weight
+                ),
+            ));
+        }
+        if !seen.insert(backend.address) {
+            problems.push((
+                format!("{at}.backends[{i}].address"),
+                format!("backend {} is listed twice", backend.address),
+            ));
+        }
+    }
+    if let Some(hc) = &upstream.health_check {
+        let hat = format!("{at}.health_check");
+        match (&hc.http, &hc.tcp) {
+            (Some(_), Some(_)) | (None, None) => problems.push((
+                hat.clone(),
+                "a health check has exactly one of `http` or `tcp`".into(),
+            )),
+            _ => {}
+        }
+        if let Some(http) = &hc.http {
+            if !http.path.starts_with('/') {
+                problems.push((
+                    format!("{hat}.http.path"),
+                    format!(
+                        "invalid path `{}`: expected it to start with `/`",
+                        http.path
+                    ),
+                ));
+            }
+            if let Some(host) = &http.host {
+                if http::HeaderValue::from_str(host).is_err() || host.is_empty() {
+                    problems.push((
+                        format!("{hat}.http.host"),
+                        format!("invalid Host header value `{host}`"),
+                    ));
+                }
+            }
+            if let Some(statuses) = &http.expect_status {
+                if statuses.is_empty() {
+                    problems.push((
+                        format!("{hat}.http.expect_status"),
+                        "list at least one status, or leave it out for any 2xx".into(),
+                    ));
+                }
+                for (j, s) in statuses.iter().enumerate() {
+                    if !(100..=599).contains(s) {
+                        problems.push((
+                            format!("{hat}.http.expect_status[{j}]"),
+                            format!("{s} is not an HTTP status (100 to 599)"),
+                        ));
+                    }
+                }
+            }
+        }
+        if hc.interval.is_zero() {
+            problems.push((format!("{hat}.interval"), "must be more than 0".into()));
+        }
+        if hc.timeout.is_zero() {
+            problems.push((format!("{hat}.timeout"), "must be more than 0".into()));
+        }
+        if hc.healthy_threshold == 0 {
+            problems.push((
+                format!("{hat}.healthy_threshold"),
+                "must be at least 1".into(),
+            ));
+        }
+        if hc.unhealthy_threshold == 0 {
+            problems.push((
+                format!("{hat}.unhealthy_threshold"),
+                "must be at least 1".into(),
+            ));
+        }
+    }
+    if upstream.passive.max_fails > 0 && upstream.passive.fail_timeout.is_zero() {
+        problems.push((
+            format!("{at}.passive.fail_timeout"),
+            "must be more than 0 when max_fails is set".into(),
+        ));
+    }
+    let t = &upstream.timeouts;
+    for (key, value) in [
+        ("connect", t.connect),
+        ("read", t.read),
+        ("write", t.write),
+        ("idle", t.idle),
+    ] {
+        if value.is_zero() {
+            problems.push((format!("{at}.timeouts.{key}"), "must be more than 0".into()));
+        }
+    }
+}
+
+fn check_routes(config: &Config, problems: &mut Problems) {
+    if config.routes.is_empty() {
+        problems.push(("routes".into(), "at least one route is needed".into()));
+    }
+    let mut matches: HashMap<(HostPattern, PathPattern), usize> = HashMap::new();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if let Some(name) = &route.name {
+            if name.is_empty() || name.bytes().any(|b| b.is_ascii_control()) {
+                problems.push((
+                    format!("{at}.name"),
+                    "a route name must be non-empty printable text".into(),
+                ));
+            }
+            if let Some(first) = names.insert(name, i) {
+                problems.push((
+                    format!("{at}.name"),
+                    format!("route name `{name}` is already used by routes[{first}]"),
+                ));
+            }
+        }
+        let host = route.matcher.host_pattern();
+        if let Err(e) = &host {
+            problems.push((format!("{at}.match.host"), e.clone()));
+        }
+        let path = route.matcher.path_pattern();
+        if let Err(e) = &path {
+            problems.push((format!("{at}.match"), e.clone()));
+        }
+        if let (Ok(host), Ok(path)) = (host, path) {
+            let is_prefix = matches!(path, PathPattern::Prefix(_));
+            if let Some(first) = matches.insert((host, path), i) {
+                problems.push((
+                    format!("{at}.match"),
+                    format!(
+                        "routes[{first}] has the same match; one of them could never be chosen"
+                    ),
+                ));
+            }
+            if route.strip_prefix && (!is_prefix || route.upstream.is_none()) {
+                problems.push((
+                    format!("{at}.strip_prefix"),
+                    "strip_prefix needs a `path_prefix` match and an `upstream` action".into(),
+                ));
+            }
+        }
+        match (&route.upstream, &route.respond) {
+            (Some(_), Some(_)) | (None, None) => problems.push((
+                at.clone(),
+                "a route has exactly one action: `upstream` or `respond`".into(),
+            )),
+            _ => {}
+        }
+        if let Some(upstream) = &route.upstream {
+            if !config.upstreams.contains_key(upstream) {
+                let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
+                problems.push((
+                    format!("{at}.upstream"),
+                    format!(
+                        "unknown upstream `{upstream}` (defined: {})",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        if let Some(respond) = &route.respond {
+            if !(200..=599).contains(&respond.status) {
+                problems.push((
+                    format!("{at}.respond.status"),
+                    format!("{} is not a final HTTP status (200 to 599)", respond.status),
+                ));
+            }
+            for (name, value) in &respond.headers {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    problems.push((
+                        format!("{at}.respond.headers"),
+                        format!("invalid header name `{name}`"),
+                    ));
+                } else if http::HeaderValue::from_str(value).is_err() {
+                    problems.push((
+                        format!("{at}.respond.headers.{name}"),
+                        format!("invalid value for header `{name}`"),
+                    ));
+                }
+                if name.eq_ignore_ascii_case("content-length")
+                    || name.eq_ignore_ascii_case("transfer-encoding")
+                {
+                    problems.push((
+                        format!("{at}.respond.headers.{name}"),
+                        format!("`{name}` is set by tollgate from the body"),
+                    ));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Answers tollgate writes itself, without a backend.
+
+pub mod respond;

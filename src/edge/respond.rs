@@ -1,0 +1,76 @@
+//! Direct answers: the `respond` route action, prepared at config load, and the
+//! short error answers tollgate sends itself (404, 400, 502, 503, 504).
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+/// A complete response built once at load; sending it clones the header.
+pub struct DirectResponse {
+    header: ResponseHeader,
+    body: Bytes,
+}
+
+impl DirectResponse {
+    /// Builds the response; fails only on a status or header that validation rejects.
+    pub fn new<'a>(
+        status: u16,
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+        body: Bytes,
+    ) -> pingora::Result<Self> {
+        let mut header = ResponseHeader::build(status, None)?;
+        for (name, value) in headers {
+            header.append_header(name.to_string(), value)?;
+        }
+        header.set_content_length(body.len())?;
+        Ok(DirectResponse { header, body })
+    }
+
+    pub fn status(&self) -> u16 {
+        self.header.status.as_u16()
+    }
+
+    /// Writes the response; the connection stays open for the next request.
+    pub async fn send(&self, session: &mut Session) -> pingora::Result<()> {
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session
+            .write_response_header(
+                Box::new(self.header.clone()),
+                head_only || self.body.is_empty(),
+            )
+            .await?;
+        if !head_only && !self.body.is_empty() {
+            session
+                .write_response_body(Some(self.body.clone()), true)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends a short plain-text error answer with `message` as its body. With `close`,
+/// the connection is closed after it (used when the rest of the request cannot be
+/// trusted or read).
+pub async fn send_error(
+    session: &mut Session,
+    status: u16,
+    message: &str,
+    close: bool,
+) -> pingora::Result<()> {
+    if close {
+        session.set_keepalive(None);
+    }
+    let mut header = ResponseHeader::build(status, Some(3))?;
+    header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    let body = Bytes::from(format!("{message}\n"));
+    header.set_content_length(body.len())?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}

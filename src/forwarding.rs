@@ -1,0 +1,210 @@
+//! What a proxy tells the backend about the client, and what it must not pass on:
+//! client address resolution through trusted proxies, the X-Forwarded-* and
+//! X-Real-IP headers, and hop-by-hop headers of responses.
+//!
+//! Hop-by-hop headers of *requests* (RFC 9110 7.6.1, and every header the
+//! Connection header names) are removed by pingora's standard upstream request
+//! policy before `upstream_request_filter` runs; the integration tests hold it to that.
+
+use http::header::{HeaderMap, HeaderName, CONNECTION, TE, TRAILER, UPGRADE};
+use ipnet::IpNet;
+use pingora::http::{RequestHeader, ResponseHeader};
+use std::net::IpAddr;
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The networks whose X-Forwarded-For is believed.
+#[derive(Debug, Default, Clone)]
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+}
+
+impl TrustedProxies {
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        TrustedProxies { nets }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        !self.nets.is_empty() && self.nets.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client of a request that arrived from `peer`: `peer` itself unless it is
+    /// trusted; then the right-most X-Forwarded-For address that is not trusted
+    /// (or the left-most one when all are). Unparseable entries stop the walk.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.contains(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+            let Ok(text) = value.to_str() else {
+                return client;
+            };
+            for entry in text.rsplit(',') {
+                let Some(ip) = parse_forwarded_ip(entry) else {
+                    return client;
+                };
+                client = ip;
+                if !self.contains(ip) {
+                    return ip;
+                }
+            }
+        }
+        client
+    }
+}
+
+/// An X-Forwarded-For entry: an IP, possibly with a port or in brackets.
+fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(canonical_ip(ip));
+    }
+    entry
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| canonical_ip(a.ip()))
+}
+
+/// IPv4-mapped IPv6 addresses (from dual-stack listeners) as plain IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Sets the forwarding headers of an upstream request.
+///
+/// - X-Forwarded-For: the peer address appended to what the client sent.
+/// - X-Real-IP: the resolved client address.
+/// - X-Forwarded-Proto / X-Forwarded-Host: kept when the peer is a trusted proxy
+///   that set them, else set to this listener's scheme and the request's Host.
+pub fn set_forwarded_headers(
+    req: &mut RequestHeader,
+    peer: IpAddr,
+    client: IpAddr,
+    peer_trusted: bool,
+    scheme: &'static str,
+) -> pingora::Result<()> {
+    let mut forwarded_for = String::new();
+    for value in req.headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(text) = value.to_str() {
+            if !forwarded_for.is_empty() {
+                forwarded_for.push_str(", ");
+            }
+            forwarded_for.push_str(text.trim());
+        }
+    }
+    if !forwarded_for.is_empty() {
+        forwarded_for.push_str(", ");
+    }
+    forwarded_for.push_str(&peer.to_string());
+    req.insert_header(X_FORWARDED_FOR, forwarded_for)?;
+    req.insert_header(X_REAL_IP, client.to_string())?;
+
+    if !(peer_trusted && req.headers.contains_key(&X_FORWARDED_PROTO)) {
+        req.insert_header(X_FORWARDED_PROTO, scheme)?;
+    }
+    if !(peer_trusted && req.headers.contains_key(&X_FORWARDED_HOST)) {
+        let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
+            req.uri
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        });
+        match host {
+            Some(host) => req.insert_header(X_FORWARDED_HOST, host)?,
+            None => {
+                req.remove_header(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes hop-by-hop headers from a backend's response: those the Connection
+/// header names, then Connection, Keep-Alive, Proxy-Connection, TE, Trailer and
+/// Upgrade. A `101 Switching Protocols` keeps Connection and Upgrade, which the
+/// protocol switch needs. Framing headers are left to pingora, which re-frames.
+pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    let mut nominated: Vec<HeaderName> = Vec::new();
+    for value in resp.headers.get_all(CONNECTION) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',') {
+            let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) else {
+                continue;
+            };
+            let protected = name == http::header::CONTENT_LENGTH
+                || name == http::header::TRANSFER_ENCODING
+                || (switching && name == UPGRADE);
+            if !protected {
+                nominated.push(name);
+            }
+        }
+    }
+    for name in &nominated {
+        resp.remove_header(name);
+    }
+    if !switching {
+        resp.remove_header(&CONNECTION);
+        resp.remove_header(&UPGRADE);
+    }
+    resp.remove_header(&KEEP_ALIVE);
+    resp.remove_header(&PROXY_CONNECTION);
+    resp.remove_header(&TE);
+    resp.remove_header(&TRAILER);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append(X_FORWARDED_FOR, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client() {
+        let t = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(t.client_ip(peer, &headers(&["1.2.3.4"])), peer);
+    }
+
+    #[test]
+    fn trusted_chain_yields_rightmost_untrusted() {
+        let t = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let h = headers(&["6.6.6.6, 1.2.3.4", "10.1.1.1"]);
+        assert_eq!(t.client_ip(peer, &h), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(t.client_ip(peer, &headers(&["garbage"])), peer);
+        assert_eq!(
+            t.client_ip(peer, &headers(&["[2001:db8::1]:443"])),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn response_hop_by_hop_is_removed() {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        r.insert_header("Connection", "close, X-Secret").unwrap();
+        r.insert_header("X-Secret", "1").unwrap();
+        r.insert_header("Keep-Alive", "timeout=5").unwrap();
+        r.insert_header("Upgrade", "h2c").unwrap();
+        r.insert_header("X-Kept", "1").unwrap();
+        strip_response_hop_by_hop(&mut r);
+        for gone in ["connection", "x-secret", "keep-alive", "upgrade"] {
+            assert!(!r.headers.contains_key(gone), "{gone} kept");
+        }
+        assert!(r.headers.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,15 @@
+//! tollgate: an HTTP load balancer and API gateway on Pingora, configured by one
+//! YAML topology file. The modules follow the way a request travels; see
+//! shared/design/architecture.md.
+
+pub mod access_log;
+pub mod balance;
+pub mod config;
+pub mod edge;
+pub mod filters;
+pub mod forwarding;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod topology;

@@ -1,0 +1,90 @@
+//! The `tollgate` command: parse flags, load the topology file, build the server, run.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tollgate::server::{self, StartOptions};
+
+/// HTTP load balancer and API gateway, configured by one YAML topology file.
+#[derive(Parser, Debug)]
+#[command(name = "tollgate", version, about, long_about = None)]
+struct Cli {
+    /// The topology file: listeners, upstreams, routes and process settings.
+    #[arg(
+        short = 'c',
+        long = "conf",
+        value_name = "FILE",
+        default_value = "/etc/tollgate/tollgate.yaml"
+    )]
+    conf: PathBuf,
+
+    /// Check the topology file and exit: 0 when valid, 1 with FILE:LINE:COLUMN and
+    /// a message per problem otherwise. Binds no port.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+
+    /// Take the listening sockets over from a running tollgate through
+    /// `server.upgrade_sock`, for a binary upgrade without dropped connections.
+    /// Then send SIGQUIT to the old process.
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+
+    /// Run in the background (writes `server.pid_file`).
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+
+    let config = match tollgate::config::load(&cli.conf) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "tollgate: the topology file {} is not valid",
+                cli.conf.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let prepared = match server::prepare(&config) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            eprintln!("{}: {e:#}", cli.conf.display());
+            eprintln!(
+                "tollgate: the topology file {} is not valid",
+                cli.conf.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.test {
+        let backends: usize = prepared
+            .topology
+            .upstreams
+            .iter()
+            .map(|u| u.backends.len())
+            .sum();
+        println!(
+            "tollgate: the topology file {} is valid ({} routes, {} upstreams, {} backends)",
+            cli.conf.display(),
+            prepared.topology.routes.len(),
+            prepared.topology.upstreams.len(),
+            backends
+        );
+        return ExitCode::SUCCESS;
+    }
+    let options = StartOptions {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+    };
+    match server::build(&config, prepared, options) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            eprintln!("tollgate: cannot start: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

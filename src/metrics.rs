@@ -1,0 +1,210 @@
+//! Every metric of tollgate, defined once (see shared/design/metrics.md).
+//!
+//! Metrics live in the prometheus crate's default registry, which also holds its
+//! process collector (CPU, memory, open fds). Per-route and per-backend handles are
+//! resolved when a topology is compiled, so the request path does not look labels up.
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, Encoder, Histogram,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
+};
+use std::sync::{LazyLock, OnceLock};
+
+/// All metric families.
+pub struct Metrics {
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_in_flight: IntGaugeVec,
+    pub backend_healthy: IntGaugeVec,
+    pub health_checks: IntCounterVec,
+    pub upstream_retries: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+/// Label value of `upstream` for routes that do not proxy.
+pub const NO_UPSTREAM: &str = "-";
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    // Registration fails only if a name is registered twice, which this single
+    // definition rules out.
+    const ONCE: &str = "each metric is registered once";
+    let m = Metrics {
+        requests: register_int_counter_vec!(
+            "tollgate_requests_total",
+            "Answered requests by route, upstream and status code.",
+            &["route", "upstream", "code"]
+        )
+        .expect(ONCE),
+        request_duration: register_histogram_vec!(
+            "tollgate_request_duration_seconds",
+            "Time from request head read to response end.",
+            &["route", "upstream"],
+            DURATION_BUCKETS.to_vec()
+        )
+        .expect(ONCE),
+        upstream_requests: register_int_counter_vec!(
+            "tollgate_upstream_requests_total",
+            "Requests sent to each backend, by the status it answered (`error` when none).",
+            &["upstream", "backend", "code"]
+        )
+        .expect(ONCE),
+        upstream_in_flight: register_int_gauge_vec!(
+            "tollgate_upstream_in_flight",
+            "Requests in flight to each backend.",
+            &["upstream", "backend"]
+        )
+        .expect(ONCE),
+        backend_healthy: register_int_gauge_vec!(
+            "tollgate_upstream_backend_healthy",
+            "1 when the backend takes new requests, 0 when it is out (active or passive checks).",
+            &["upstream", "backend"]
+        )
+        .expect(ONCE),
+        health_checks: register_int_counter_vec!(
+            "tollgate_health_checks_total",
+            "Active health probes by result.",
+            &["upstream", "backend", "result"]
+        )
+        .expect(ONCE),
+        upstream_retries: register_int_counter_vec!(
+            "tollgate_upstream_retries_total",
+            "Requests sent to another backend after a failure.",
+            &["upstream"]
+        )
+        .expect(ONCE),
+        build_info: register_int_gauge_vec!(
+            "tollgate_build_info",
+            "Always 1; the version label names the running build.",
+            &["version"]
+        )
+        .expect(ONCE),
+    };
+    m.build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    m
+});
+
+/// The metric families; created and registered on first use.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// The default registry in the Prometheus text format.
+pub fn render() -> Vec<u8> {
+    let _ = metrics();
+    let mut out = Vec::with_capacity(16 * 1024);
+    let families = prometheus::gather();
+    // Encoding into a Vec cannot fail on I/O; an encoding error leaves what was written.
+    let _ = TextEncoder::new().encode(&families, &mut out);
+    out
+}
+
+/// Status codes whose counters are kept resolved; others are looked up by label.
+const COMMON_CODES: [u16; 20] = [
+    200, 201, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 413, 429, 500, 502, 503,
+    504,
+];
+
+/// The decimal text of a status code, without allocating per call.
+pub fn code_label(code: u16) -> &'static str {
+    static CODES: LazyLock<Vec<String>> =
+        LazyLock::new(|| (0..1000).map(|c| c.to_string()).collect());
+    CODES.get(usize::from(code)).map_or("other", String::as_str)
+}
+
+/// A counter family with two fixed labels and a `code` label, with the counters of
+/// common codes resolved on first use and kept.
+pub struct CodeCounters {
+    family: IntCounterVec,
+    labels: [String; 2],
+    common: [OnceLock<IntCounter>; COMMON_CODES.len()],
+}
+
+impl CodeCounters {
+    pub fn new(family: &IntCounterVec, first: &str, second: &str) -> Self {
+        CodeCounters {
+            family: family.clone(),
+            labels: [first.to_string(), second.to_string()],
+            common: Default::default(),
+        }
+    }
+
+    fn counter(&self, code: &str) -> IntCounter {
+        self.family
+            .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str(), code])
+    }
+
+    /// Counts one answer with status `code`.
+    pub fn inc(&self, code: u16) {
+        match COMMON_CODES.binary_search(&code) {
+            Ok(slot) => self.common[slot]
+                .get_or_init(|| self.counter(code_label(code)))
+                .inc(),
+            Err(_) => self.counter(code_label(code)).inc(),
+        }
+    }
+
+    /// Counts one attempt that got no status (connect or transport error).
+    pub fn inc_error(&self) {
+        self.counter("error").inc();
+    }
+}
+
+/// Handles of one route's metrics.
+pub struct RouteMetrics {
+    pub requests: CodeCounters,
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str, upstream: &str) -> Self {
+        let m = metrics();
+        RouteMetrics {
+            requests: CodeCounters::new(&m.requests, route, upstream),
+            duration: m.request_duration.with_label_values(&[route, upstream]),
+        }
+    }
+}
+
+/// Handles of one backend's metrics.
+pub struct BackendMetrics {
+    pub requests: CodeCounters,
+    pub in_flight: IntGauge,
+    pub healthy: IntGauge,
+    pub check_success: IntCounter,
+    pub check_failure: IntCounter,
+}
+
+impl BackendMetrics {
+    pub fn new(upstream: &str, backend: &str) -> Self {
+        let m = metrics();
+        BackendMetrics {
+            requests: CodeCounters::new(&m.upstream_requests, upstream, backend),
+            in_flight: m.upstream_in_flight.with_label_values(&[upstream, backend]),
+            healthy: m.backend_healthy.with_label_values(&[upstream, backend]),
+            check_success: m
+                .health_checks
+                .with_label_values(&[upstream, backend, "success"]),
+            check_failure: m
+                .health_checks
+                .with_label_values(&[upstream, backend, "failure"]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_codes_are_sorted_for_binary_search() {
+        assert!(COMMON_CODES.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(code_label(503), "503");
+    }
+}

@@ -1,0 +1,463 @@
+//! The pingora [`ProxyHttp`] implementation. Each hook calls into the parts of the
+//! crate that own the logic and fixes only the order in which they run:
+//!
+//! `request_filter` (framing check, route, direct answers) -> `upstream_peer`
+//! (balance over usable backends) -> `upstream_request_filter` (forwarding headers,
+//! path rewrite) -> `upstream_response_filter` (hop-by-hop removal, passive success)
+//! -> `logging` (metrics, access log, in-flight release).
+//! Failures go through `fail_to_connect` / `error_while_proxy` (passive failure,
+//! retry on another backend) and end in `fail_to_proxy` (the error answer).
+
+use crate::access_log::{AccessEntry, AccessLog};
+use crate::balance::{InFlightGuard, Tried};
+use crate::edge::respond::send_error;
+use crate::filters::framing::{self, Framing};
+use crate::forwarding::{canonical_ip, set_forwarded_headers, strip_response_hop_by_hop};
+use crate::metrics::{RouteMetrics, NO_UPSTREAM};
+use crate::router::{normalize_path, RouteId};
+use crate::topology::{Route, RouteAction, Topology};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorSource, ErrorType};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
+
+/// Status logged when the client went away before an answer (nginx's convention).
+const CLIENT_CLOSED: u16 = 499;
+
+/// The proxy service: reads the current topology once per request.
+pub struct Proxy {
+    topology: Arc<ArcSwap<Topology>>,
+    access_log: AccessLog,
+}
+
+impl Proxy {
+    pub fn new(topology: Arc<ArcSwap<Topology>>, access_log: AccessLog) -> Self {
+        Proxy {
+            topology,
+            access_log,
+        }
+    }
+}
+
+/// Per-request state, created when the request head has been read.
+pub struct RequestCtx {
+    started: Instant,
+    /// The topology this request was routed on; kept for its whole life, so a
+    /// topology swap never changes a request in flight.
+    topology: Option<Arc<Topology>>,
+    route: Option<RouteId>,
+    peer_ip: IpAddr,
+    client_ip: IpAddr,
+    upstream: Option<usize>,
+    backend: Option<usize>,
+    tried: Tried,
+    retries_left: u32,
+    in_flight: Option<InFlightGuard>,
+    /// The backend's answer reached the client (as opposed to an answer of ours).
+    backend_answered: bool,
+    /// The status of an answer tollgate wrote itself.
+    own_status: Option<u16>,
+}
+
+impl RequestCtx {
+    fn route(&self) -> Option<&Route> {
+        Some(&self.topology.as_ref()?.routes[self.route?])
+    }
+
+    fn upstream(&self) -> Option<&crate::balance::Upstream> {
+        Some(&self.topology.as_ref()?.upstreams[self.upstream?])
+    }
+}
+
+/// Metrics of requests that matched no route.
+static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new("-", NO_UPSTREAM));
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            topology: None,
+            route: None,
+            peer_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            upstream: None,
+            backend: None,
+            tried: Tried::default(),
+            retries_left: 0,
+            in_flight: None,
+            backend_answered: false,
+            own_status: None,
+        }
+    }
+
+    /// Refuses ambiguous framing (400, connection closed), routes the request, and
+    /// answers it here when it matches no route (404) or a `respond` route.
+    /// Returns `Ok(true)` when an answer was sent, `Ok(false)` to go on to a backend.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let raw_head = if session
+            .req_header()
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING)
+        {
+            session.as_http1().map(|h1| h1.get_headers_raw_bytes())
+        } else {
+            None
+        };
+        match framing::check(session.req_header(), raw_head.as_deref()) {
+            Framing::Valid => {}
+            Framing::CollapseContentLength(length) => {
+                session
+                    .req_header_mut()
+                    .insert_header(http::header::CONTENT_LENGTH, length)?;
+            }
+            Framing::Refuse(reason) => {
+                ctx.own_status = Some(400);
+                send_error(session, 400, &format!("400 Bad Request: {reason}"), true).await?;
+                return Ok(true);
+            }
+        }
+
+        let topology = self.topology.load_full();
+        ctx.peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| canonical_ip(a.ip()));
+        ctx.client_ip = topology
+            .trusted_proxies
+            .client_ip(ctx.peer_ip, &session.req_header().headers);
+
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host())
+            .unwrap_or("");
+        let path = normalize_path(req.uri.path());
+        let route_id = topology.router.lookup(host, &path);
+        drop(path);
+        ctx.topology = Some(Arc::clone(&topology));
+        let Some(route_id) = route_id else {
+            ctx.own_status = Some(404);
+            send_error(
+                session,
+                404,
+                "404 Not Found: no route for this host and path",
+                false,
+            )
+            .await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route_id);
+        match &topology.routes[route_id].action {
+            RouteAction::Respond(response) => {
+                ctx.own_status = Some(response.status());
+                response.send(session).await?;
+                Ok(true)
+            }
+            RouteAction::Proxy { upstream } => {
+                ctx.upstream = Some(*upstream);
+                ctx.retries_left = topology.upstreams[*upstream].retries;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Chooses a usable backend not yet tried by this request. Errors with 503 when
+    /// the upstream has no usable backend, 502 when every usable one was tried.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let topology = ctx
+            .topology
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no topology"))?;
+        let upstream = ctx
+            .upstream
+            .and_then(|i| topology.upstreams.get(i))
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "route has no upstream"))?;
+        // Release the previous attempt's count before choosing again.
+        ctx.in_flight = None;
+        let Some(index) = upstream.select(ctx.client_ip, &ctx.tried) else {
+            let (status, why) = if ctx.tried.is_empty() {
+                (503, "no healthy backend")
+            } else {
+                (502, "no backend left to try")
+            };
+            return Err(Error::explain(ErrorType::HTTPStatus(status), why));
+        };
+        if !ctx.tried.is_empty() {
+            crate::metrics::metrics()
+                .upstream_retries
+                .with_label_values(&[upstream.name.as_str()])
+                .inc();
+        }
+        ctx.tried.add(index);
+        ctx.backend = Some(index);
+        let backend = &upstream.backends[index];
+        ctx.in_flight = Some(InFlightGuard::new(&backend.state));
+        Ok(Box::new(backend.peer.clone()))
+    }
+
+    /// Counts the failure against the backend and, while `retries` allow, asks
+    /// pingora to call `upstream_peer` again for another backend.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.in_flight = None;
+        if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {
+            upstream.record_failure(index);
+            upstream.backends[index].state.metrics.requests.inc_error();
+        }
+        let retry = ctx.retries_left > 0;
+        if retry {
+            ctx.retries_left -= 1;
+        }
+        e.set_retry(retry);
+        e
+    }
+
+    /// Counts upstream errors on fresh connections against the backend, and decides
+    /// whether to try again. Only idempotent requests whose body is still buffered
+    /// and of which nothing has reached the client yet are retried:
+    /// - after a failure on a reused connection (the backend may have closed it while
+    ///   idle), on any backend including the same one, without using up `retries`;
+    /// - after a transport error (reset, closed, garbage) on a fresh connection, on
+    ///   another backend while `retries` allow. Timeouts are not retried, so a slow
+    ///   backend's load is not multiplied.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let from_backend = *e.esource() == ErrorSource::Upstream;
+        if from_backend {
+            if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {
+                upstream.backends[index].state.metrics.requests.inc_error();
+                if !client_reused {
+                    upstream.record_failure(index);
+                }
+            }
+        }
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        let transport_error = matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed
+                | ErrorType::ReadError
+                | ErrorType::WriteError
+                | ErrorType::InvalidHTTPHeader
+        );
+        let retry = if !replayable {
+            false
+        } else if client_reused {
+            if let Some(index) = ctx.backend {
+                ctx.tried.remove(index);
+            }
+            true
+        } else if from_backend && transport_error && ctx.retries_left > 0 {
+            ctx.retries_left -= 1;
+            true
+        } else {
+            false
+        };
+        e.set_retry(retry);
+        if retry {
+            ctx.in_flight = None;
+        }
+        e
+    }
+
+    /// Adds X-Forwarded-For/-Proto/-Host and X-Real-IP, and rewrites the path to the
+    /// normalized one the route matched, without the prefix when `strip_prefix` is set.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let trusted = ctx
+            .topology
+            .as_ref()
+            .is_some_and(|t| t.trusted_proxies.contains(ctx.peer_ip));
+        set_forwarded_headers(
+            upstream_request,
+            ctx.peer_ip,
+            ctx.client_ip,
+            trusted,
+            "http",
+        )?;
+
+        let strip = ctx.route().and_then(|r| r.strip_prefix.as_deref());
+        let path = upstream_request.uri.path();
+        let normalized = normalize_path(path);
+        let rewritten = match strip {
+            Some(prefix) => {
+                let rest = normalized.strip_prefix(prefix).unwrap_or(&normalized);
+                Some(if rest.starts_with('/') {
+                    rest.to_string()
+                } else {
+                    format!("/{rest}")
+                })
+            }
+            None if normalized != path => Some(normalized.into_owned()),
+            None => None,
+        };
+        if let Some(mut new_path) = rewritten {
+            if let Some(query) = upstream_request.uri.query() {
+                new_path.push('?');
+                new_path.push_str(query);
+            }
+            let uri = http::Uri::try_from(new_path).map_err(|e| {
+                Error::because(
+                    ErrorType::HTTPStatus(400),
+                    "rewritten path is not a valid URI",
+                    e,
+                )
+            })?;
+            upstream_request.set_uri(uri);
+        }
+        Ok(())
+    }
+
+    /// Removes hop-by-hop headers from the backend's answer and counts the answer
+    /// as a passive success.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        strip_response_hop_by_hop(upstream_response);
+        if !upstream_response.status.is_informational() || upstream_response.status == 101 {
+            ctx.backend_answered = true;
+            if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {
+                upstream.record_success(index);
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a failed request: 504 when the backend timed out, 502 when it
+    /// refused, reset or answered garbage, the status carried by an `HTTPStatus`
+    /// error (503 no healthy backend), nothing when the client is gone. The
+    /// connection is closed after an error answer.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if *e.esource() == ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            ctx.own_status = Some(code);
+            let message = match code {
+                400 => "400 Bad Request",
+                502 => "502 Bad Gateway: the backend failed to answer",
+                503 => "503 Service Unavailable: no healthy backend",
+                504 => "504 Gateway Timeout: the backend did not answer in time",
+                _ => "tollgate could not complete the request",
+            };
+            if let Err(write_error) = send_error(session, code, message, true).await {
+                log::debug!("could not send the {code} answer: {write_error}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Runs once per request however it ended: counts it, logs it, and releases the
+    /// backend's in-flight count.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.in_flight = None;
+        let status = match (ctx.backend_answered, session.response_written()) {
+            (_, Some(resp)) => resp.status.as_u16(),
+            (false, None) => ctx.own_status.unwrap_or(CLIENT_CLOSED),
+            (true, None) => CLIENT_CLOSED,
+        };
+        let elapsed = ctx.started.elapsed();
+        let route = ctx.route();
+        let route_metrics = route.map_or(&*UNROUTED, |r| &r.metrics);
+        route_metrics.requests.inc(status);
+        route_metrics.duration.observe(elapsed.as_secs_f64());
+
+        let backend = ctx.upstream().zip(ctx.backend).map(|(u, i)| &u.backends[i]);
+        if ctx.backend_answered {
+            if let Some(b) = backend {
+                b.state.metrics.requests.inc(status);
+            }
+        }
+
+        let req = session.req_header();
+        let header = |name: http::header::HeaderName| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        let uri = String::from_utf8_lossy(req.raw_path());
+        self.access_log.log(&AccessEntry {
+            client: ctx.client_ip,
+            method: req.method.as_str(),
+            uri: &uri,
+            version: version_text(req.version),
+            host: header(http::header::HOST),
+            status,
+            bytes_sent: session.as_ref().body_bytes_sent(),
+            duration: elapsed,
+            route: route.map_or("-", |r| r.label.as_str()),
+            upstream: route.map_or(NO_UPSTREAM, |r| r.upstream_label.as_str()),
+            backend: backend.map_or("-", |b| b.label.as_str()),
+            referer: header(http::header::REFERER),
+            user_agent: header(http::header::USER_AGENT),
+        });
+    }
+}
+
+fn version_text(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
