@@ -1,0 +1,396 @@
+//! Test harness: real processes on loopback. Backends are `tollgate-demo-backend`
+//! processes (or small raw TCP servers in the test), tollgate is the real binary
+//! with a topology file the test writes, clients are real HTTP clients.
+//!
+//! Waits are on conditions with deadlines, never fixed sleeps.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");
+pub const DEMO_BACKEND: &str = env!("CARGO_BIN_EXE_tollgate-demo-backend");
+
+/// A fresh, empty directory for one test's files.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-test-{}-{}-{tag}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `tollgate-demo-backend` process; killed when dropped.
+pub struct Backend {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub name: String,
+    args: Vec<String>,
+}
+
+impl Backend {
+    /// Starts a backend named `name` on a port of its choosing.
+    pub fn start(name: &str) -> Backend {
+        Self::start_with(name, "127.0.0.1:0", &[])
+    }
+
+    /// Starts a backend with extra flags (e.g. `--delay 500`).
+    pub fn start_with(name: &str, listen: &str, extra: &[&str]) -> Backend {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = spawn_backend(name, listen, &args);
+        Backend {
+            child: Some(child),
+            addr,
+            name: name.to_string(),
+            args,
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the backend again on the same address.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match try_spawn_backend(&self.name, &self.addr.to_string(), &self.args) {
+                Ok((child, _)) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("backend {} did not restart: {e}", self.name),
+            }
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_backend(name: &str, listen: &str, args: &[String]) -> (Child, SocketAddr) {
+    try_spawn_backend(name, listen, args).unwrap_or_else(|e| panic!("backend {name}: {e}"))
+}
+
+fn try_spawn_backend(
+    name: &str,
+    listen: &str,
+    args: &[String],
+) -> Result<(Child, SocketAddr), String> {
+    let mut child = Command::new(DEMO_BACKEND)
+        .args(["--listen", listen, "--name", name])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    // The backend prints its address as soon as it is bound, or exits.
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let Some(addr) = line.trim().strip_prefix("listening on ") else {
+        let mut err = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            let _ = stderr.read_to_string(&mut err);
+        }
+        let _ = child.wait();
+        return Err(format!("did not start: {err}"));
+    };
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("bad address {addr}: {e}"))?;
+    Ok((child, addr))
+}
+
+/// A running tollgate process with a generated topology; killed when dropped.
+pub struct Tollgate {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Tollgate {
+    /// Starts tollgate with `body` (upstreams and routes) below a generated `server:`
+    /// section: one listener and a metrics endpoint on free ports, JSON access log
+    /// in the test directory. `server_extra` lines are added to `server:`.
+    pub async fn start(body: &str) -> Tollgate {
+        Self::start_with(body, "").await
+    }
+
+    pub async fn start_with(body: &str, server_extra: &str) -> Tollgate {
+        let dir = temp_dir("tollgate");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = format!(
+            "server:\n  threads: 2\n  listeners:\n    - address: {addr}\n  metrics: {metrics_addr}\n  access_log: {log}\n  access_log_format: json\n  pid_file: {pid}\n  upgrade_sock: {sock}\n  grace_period: 1s\n{server_extra}\n{body}",
+            log = dir.join("access.log").display(),
+            pid = dir.join("tollgate.pid").display(),
+            sock = dir.join("upgrade.sock").display(),
+        );
+        let config_path = dir.join("tollgate.yaml");
+        std::fs::write(&config_path, config).expect("write config");
+        let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr log");
+        let child = Command::new(TOLLGATE)
+            .arg("-c")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn tollgate");
+        let mut tollgate = Tollgate {
+            child: Some(child),
+            addr,
+            metrics_addr,
+            dir,
+        };
+        tollgate.wait_ready().await;
+        tollgate
+    }
+
+    async fn wait_ready(&mut self) {
+        let (addr, metrics) = (self.addr, self.metrics_addr);
+        let ready = wait_until(Duration::from_secs(15), || async move {
+            TcpStream::connect(addr).is_ok() && TcpStream::connect(metrics).is_ok()
+        })
+        .await;
+        if !ready || self.has_exited() {
+            panic!("tollgate did not start:\n{}", self.stderr());
+        }
+    }
+
+    fn has_exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    /// What tollgate wrote to stderr (its error log).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The access log written so far.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics_addr))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// The value of the sample of `name` whose labels include all of `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_value(&self.metrics().await, name, labels)
+    }
+}
+
+impl Drop for Tollgate {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("tollgate files kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// Finds `name{...labels...} value` in a Prometheus text exposition.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, label_text) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let all = labels.iter().all(|(k, v)| {
+                label_text
+                    .split(',')
+                    .any(|pair| pair == format!("{k}=\"{v}\""))
+            });
+            if all {
+                value.parse().ok()
+            } else {
+                None
+            }
+        })
+}
+
+/// A YAML `backends:` list for `backends`, each with weight 1.
+pub fn backend_list(backends: &[&Backend]) -> String {
+    backends
+        .iter()
+        .map(|b| format!("      - address: {}\n", b.addr))
+        .collect()
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes it or
+/// `timeout` passes. Returns what was read and whether the server closed.
+pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> (String, bool) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .ok();
+    stream.write_all(request).expect("send");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let closed = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if Instant::now() >= deadline {
+                    break false;
+                }
+            }
+            Err(_) => break true,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// Writes `contents` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write file");
+    path
+}
+
+/// GETs `url` and returns (status, X-Backend header, body).
+pub async fn get(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<(u16, String, String), reqwest::Error> {
+    let response = client.get(url).send().await?;
+    let status = response.status().as_u16();
+    let backend = response
+        .headers()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = response.text().await?;
+    Ok((status, backend, body))
+}
+
+/// A minimal HTTP/1.1 server for answers a normal backend would not give (hop-by-hop
+/// response headers, closing without answering). Counts the connections it accepts.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub connections: std::sync::Arc<AtomicUsize>,
+}
+
+impl RawBackend {
+    /// Answers every request head with `response`; `None` closes the connection
+    /// instead of answering.
+    pub fn start(response: Option<&'static [u8]>) -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind raw backend");
+        let addr = listener.local_addr().unwrap();
+        let connections = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let Ok(n) = stream.read(&mut buf) else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        head.extend_from_slice(&buf[..n]);
+                        while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                            head.drain(..end + 4);
+                            match response {
+                                Some(bytes) => {
+                                    if stream.write_all(bytes).is_err() {
+                                        return;
+                                    }
+                                }
+                                None => return,
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        RawBackend { addr, connections }
+    }
+}

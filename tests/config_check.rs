@@ -1,0 +1,217 @@
+//! `tollgate -t -c FILE`: valid files exit 0; each kind of error exits non-zero
+//! with FILE:LINE:COLUMN and a plain message, and nothing is started.
+
+mod common;
+
+use common::{temp_dir, write_file, TOLLGATE};
+use std::process::Command;
+
+const VALID: &str = "\
+server:
+  listeners:
+    - address: 127.0.0.1:18080
+upstreams:
+  app:
+    backends:
+      - address: 127.0.0.1:19001
+        weight: 2
+      - address: 127.0.0.1:19002
+    timeouts: {connect: 1s, read: 30s}
+routes:
+  - match: {path: /healthz}
+    respond: {status: 200, body: ok}
+  - match: {path_prefix: /}
+    upstream: app
+";
+
+/// Runs `tollgate -t` on `contents`; returns (exit success, stdout + stderr, path).
+fn check(contents: &str) -> (bool, String, String) {
+    let dir = temp_dir("check");
+    let path = write_file(&dir, "topology.yaml", contents);
+    let out = Command::new(TOLLGATE)
+        .arg("-t")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run tollgate -t");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    (out.status.success(), text, path.display().to_string())
+}
+
+/// Asserts that `contents` is refused with an error at `line` mentioning `words`.
+fn assert_refused(contents: &str, line: usize, words: &[&str]) {
+    let (ok, text, path) = check(contents);
+    assert!(!ok, "accepted:\n{contents}\n{text}");
+    let located = format!("{path}:{line}:");
+    assert!(text.contains(&located), "expected `{located}` in:\n{text}");
+    for w in words {
+        assert!(text.contains(w), "expected `{w}` in:\n{text}");
+    }
+}
+
+#[test]
+fn a_valid_file_passes() {
+    let (ok, text, _) = check(VALID);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("is valid (2 routes, 1 upstreams, 2 backends)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_key() {
+    assert_refused(
+        &VALID.replace("    timeouts:", "    timeoutz:"),
+        10,
+        &["unknown field `timeoutz`", "expected one of"],
+    );
+    assert_refused(
+        &format!("{VALID}extra: 1\n"),
+        16,
+        &["unknown field `extra`"],
+    );
+}
+
+#[test]
+fn unknown_upstream_in_a_route() {
+    assert_refused(
+        &VALID.replace("    upstream: app", "    upstream: ap"),
+        15,
+        &["unknown upstream `ap`", "defined: app"],
+    );
+}
+
+#[test]
+fn empty_backends() {
+    let text = VALID.replace(
+        "      - address: 127.0.0.1:19001\n        weight: 2\n      - address: 127.0.0.1:19002\n",
+        "",
+    )
+    .replace("    backends:\n", "    backends: []\n");
+    assert_refused(&text, 6, &["at least one backend"]);
+}
+
+#[test]
+fn weight_zero() {
+    assert_refused(
+        &VALID.replace("weight: 2", "weight: 0"),
+        8,
+        &["weight 0", "1 to 1000"],
+    );
+}
+
+#[test]
+fn bad_address() {
+    assert_refused(
+        &VALID.replace("127.0.0.1:19002", "127.0.0.1:99999"),
+        9,
+        &["invalid address `127.0.0.1:99999`"],
+    );
+    assert_refused(
+        &VALID.replace("127.0.0.1:18080", "localhost"),
+        3,
+        &["invalid address `localhost`"],
+    );
+}
+
+#[test]
+fn bad_duration() {
+    assert_refused(
+        &VALID.replace("read: 30s", "read: 30"),
+        10,
+        &["invalid duration `30`", "250ms"],
+    );
+}
+
+#[test]
+fn two_routes_with_the_same_match() {
+    let text = VALID.replace(
+        "  - match: {path_prefix: /}\n    upstream: app\n",
+        "  - match: {path: /healthz}\n    upstream: app\n",
+    );
+    assert_refused(&text, 14, &["same match", "routes[0]"]);
+}
+
+#[test]
+fn a_route_needs_exactly_one_action() {
+    let text = VALID.replace("    respond: {status: 200, body: ok}\n", "");
+    assert_refused(&text, 12, &["exactly one action"]);
+}
+
+#[test]
+fn every_problem_is_reported_in_file_order() {
+    let text = VALID
+        .replace("weight: 2", "weight: 0")
+        .replace("    upstream: app", "    upstream: nope");
+    let (ok, out, path) = check(&text);
+    assert!(!ok);
+    let first = out.find(&format!("{path}:8:")).expect("weight error");
+    let second = out.find(&format!("{path}:15:")).expect("upstream error");
+    assert!(first < second, "{out}");
+}
+
+#[test]
+fn yaml_syntax_error() {
+    assert_refused(
+        &VALID.replace("routes:\n", "routes:\n  - match: {path: [\n"),
+        12,
+        &[],
+    );
+}
+
+#[test]
+fn missing_file() {
+    let out = Command::new(TOLLGATE)
+        .args(["-t", "-c", "/nonexistent/tollgate.yaml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the topology file"));
+}
+
+#[test]
+fn example_topologies_are_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = Command::new(TOLLGATE)
+                .arg("-t")
+                .arg("-c")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no example topology found");
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let out = Command::new(TOLLGATE).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--conf",
+        "--test",
+        "--upgrade",
+        "--daemon",
+        "--help",
+        "--version",
+    ] {
+        assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
+    }
+}

@@ -1,0 +1,252 @@
+//! Health: active checks take a dead backend out within interval x threshold and
+//! bring it back after healthy_threshold successes; retries hide a backend's death
+//! from clients; passive failures take a backend out; all dead answers 503 at once.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const INTERVAL_MS: u64 = 200;
+const UNHEALTHY_THRESHOLD: u64 = 2;
+const HEALTHY_THRESHOLD: u64 = 2;
+
+fn checked_upstream(backends: &[&Backend], passive: &str, retries: u32) -> String {
+    format!(
+        "upstreams:
+  app:
+    backends:
+{list}    health_check:
+      http: {{path: /health, expect_status: [200]}}
+      interval: {INTERVAL_MS}ms
+      timeout: 150ms
+      healthy_threshold: {HEALTHY_THRESHOLD}
+      unhealthy_threshold: {UNHEALTHY_THRESHOLD}
+    passive: {passive}
+    retries: {retries}
+routes:
+  - match: {{path_prefix: /}}
+    upstream: app
+",
+        list = backend_list(backends)
+    )
+}
+
+async fn healthy(tollgate: &Tollgate, backend: &Backend) -> Option<f64> {
+    tollgate
+        .metric(
+            "tollgate_upstream_backend_healthy",
+            &[("upstream", "app"), ("backend", &backend.addr.to_string())],
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_checks_take_a_dead_backend_out_and_bring_it_back() {
+    let mut backends = [
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    ];
+    let refs: Vec<&Backend> = backends.iter().collect();
+    // Passive checks off: only the active checker may move health here.
+    let tollgate = Tollgate::start(&checked_upstream(&refs, "{max_fails: 0}", 0)).await;
+    let client = reqwest::Client::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            healthy(&tollgate, &backends[1]).await == Some(1.0)
+        })
+        .await
+    );
+
+    backends[1].kill();
+    let killed_at = Instant::now();
+    // Out within interval x unhealthy_threshold, plus one interval for the probe
+    // that was in progress and scheduling slack.
+    let limit = Duration::from_millis(INTERVAL_MS * (UNHEALTHY_THRESHOLD + 1) + 500);
+    let out = wait_until(limit, || async {
+        healthy(&tollgate, &backends[1]).await == Some(0.0)
+    })
+    .await;
+    assert!(
+        out,
+        "backend b still in rotation {:?} after the kill",
+        killed_at.elapsed()
+    );
+    let failures = tollgate
+        .metric(
+            "tollgate_health_checks_total",
+            &[
+                ("backend", &backends[1].addr.to_string()),
+                ("result", "failure"),
+            ],
+        )
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        failures >= UNHEALTHY_THRESHOLD as f64,
+        "{failures} failed probes"
+    );
+
+    // Out of rotation: with no retries at all, no request fails or reaches b.
+    for _ in 0..30 {
+        let (status, backend, _) = get(&client, &tollgate.url("/")).await.unwrap();
+        assert_eq!(status, 200);
+        assert_ne!(backend, "b");
+    }
+
+    backends[1].restart();
+    let back = wait_until(
+        Duration::from_millis(INTERVAL_MS * (HEALTHY_THRESHOLD + 1) + 1000),
+        || async { healthy(&tollgate, &backends[1]).await == Some(1.0) },
+    )
+    .await;
+    assert!(back, "backend b did not come back");
+    let mut reached_b = false;
+    for _ in 0..6 {
+        let (_, backend, _) = get(&client, &tollgate.url("/")).await.unwrap();
+        reached_b |= backend == "b";
+    }
+    assert!(reached_b, "b healthy again but gets no traffic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_gets_sees_no_error_while_a_backend_is_killed() {
+    let mut backends = [
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    ];
+    let refs: Vec<&Backend> = backends.iter().collect();
+    let tollgate = Tollgate::start(&checked_upstream(
+        &refs,
+        "{max_fails: 1, fail_timeout: 5s}",
+        2,
+    ))
+    .await;
+    let url = tollgate.url("/");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (url, stop) = (url.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get(&client, &url).await {
+                    Ok((200, _, _)) => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // traffic flowing before the kill
+    backends[0].kill();
+    let killed = wait_until(Duration::from_secs(5), || async {
+        healthy(&tollgate, &backends[0]).await == Some(0.0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // and after it
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for w in workers {
+        let (o, f) = w.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(killed, "killed backend never marked down");
+    assert!(ok > 100, "only {ok} requests made");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    // Traffic did meet the dead backend, and retries carried it elsewhere.
+    let retries = tollgate
+        .metric("tollgate_upstream_retries_total", &[("upstream", "app")])
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        retries >= 1.0,
+        "no request was retried: the kill was never seen by traffic"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_hide_a_refused_connection_and_passive_checks_take_the_backend_out() {
+    let live = Backend::start("live");
+    let dead_port = free_port();
+    let body = format!(
+        "upstreams:
+  app:
+    backends:
+      - address: 127.0.0.1:{dead_port}
+      - address: {live}
+    passive: {{max_fails: 1, fail_timeout: 30s}}
+    retries: 1
+routes:
+  - match: {{path_prefix: /}}
+    upstream: app
+",
+        live = live.addr
+    );
+    let tollgate = Tollgate::start(&body).await;
+    let client = reqwest::Client::new();
+    for _ in 0..10 {
+        let (status, backend, _) = get(&client, &tollgate.url("/")).await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(backend, "live");
+    }
+    let dead = format!("127.0.0.1:{dead_port}");
+    // One refused connect was retried on `live`, then passive health took it out.
+    assert_eq!(
+        tollgate
+            .metric("tollgate_upstream_retries_total", &[("upstream", "app")])
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        tollgate
+            .metric("tollgate_upstream_backend_healthy", &[("backend", &dead)])
+            .await,
+        Some(0.0)
+    );
+    assert_eq!(
+        tollgate
+            .metric(
+                "tollgate_upstream_requests_total",
+                &[("backend", &dead), ("code", "error")]
+            )
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_backends_dead_answers_503_at_once() {
+    let mut backends = [Backend::start("a"), Backend::start("b")];
+    let refs: Vec<&Backend> = backends.iter().collect();
+    let tollgate = Tollgate::start(&checked_upstream(&refs, "{max_fails: 0}", 1)).await;
+    for b in backends.iter_mut() {
+        b.kill();
+    }
+    let down = wait_until(Duration::from_secs(5), || async {
+        healthy(&tollgate, &backends[0]).await == Some(0.0)
+            && healthy(&tollgate, &backends[1]).await == Some(0.0)
+    })
+    .await;
+    assert!(down);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let asked = Instant::now();
+    let (status, _, body) = get(&client, &tollgate.url("/")).await.unwrap();
+    let took = asked.elapsed();
+    assert_eq!(status, 503);
+    assert!(body.contains("no healthy backend"), "{body}");
+    assert!(took < Duration::from_secs(1), "503 took {took:?}");
+}

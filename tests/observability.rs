@@ -1,0 +1,202 @@
+//! Metrics at `server.metrics` and the access log, after real traffic.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_with_bounded_labels() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let body = format!(
+        "upstreams:
+  app:
+    backends:
+{list}    health_check:
+      tcp: {{}}
+      interval: 100ms
+routes:
+  - name: api
+    match: {{path_prefix: /api/}}
+    upstream: app
+    strip_prefix: true
+  - match: {{path: /healthz}}
+    respond: {{status: 200, body: ok}}
+",
+        list = backend_list(&[&a, &b])
+    );
+    let tollgate = Tollgate::start(&body).await;
+    let client = reqwest::Client::new();
+    for i in 0..6 {
+        let (status, _, _) = get(
+            &client,
+            &tollgate.url(&format!("/api/item/{i}?token=secret{i}")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        get(&client, &tollgate.url("/api/status/503"))
+            .await
+            .unwrap()
+            .0,
+        503
+    );
+    assert_eq!(
+        get(&client, &tollgate.url("/healthz")).await.unwrap().0,
+        200
+    );
+    assert_eq!(
+        get(&client, &tollgate.url("/nothing/here"))
+            .await
+            .unwrap()
+            .0,
+        404
+    );
+
+    let text = tollgate.metrics().await;
+    let value = |name: &str, labels: &[(&str, &str)]| metric_value(&text, name, labels);
+    assert_eq!(
+        value(
+            "tollgate_requests_total",
+            &[("route", "api"), ("upstream", "app"), ("code", "200")]
+        ),
+        Some(6.0)
+    );
+    assert_eq!(
+        value(
+            "tollgate_requests_total",
+            &[("route", "api"), ("upstream", "app"), ("code", "503")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            "tollgate_requests_total",
+            &[("route", "1:/healthz"), ("upstream", "-"), ("code", "200")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            "tollgate_requests_total",
+            &[("route", "-"), ("upstream", "-"), ("code", "404")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            "tollgate_request_duration_seconds_count",
+            &[("route", "api"), ("upstream", "app")]
+        ),
+        Some(7.0)
+    );
+    let per_backend: f64 = [&a, &b]
+        .iter()
+        .map(|bk| {
+            value(
+                "tollgate_upstream_requests_total",
+                &[
+                    ("upstream", "app"),
+                    ("backend", &bk.addr.to_string()),
+                    ("code", "200"),
+                ],
+            )
+            .unwrap_or(0.0)
+        })
+        .sum();
+    assert_eq!(per_backend, 6.0);
+    for bk in [&a, &b] {
+        let backend = bk.addr.to_string();
+        assert_eq!(
+            value(
+                "tollgate_upstream_backend_healthy",
+                &[("upstream", "app"), ("backend", &backend)]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                "tollgate_upstream_in_flight",
+                &[("upstream", "app"), ("backend", &backend)]
+            ),
+            Some(0.0)
+        );
+    }
+    assert!(value(
+        "tollgate_health_checks_total",
+        &[("upstream", "app"), ("result", "success")]
+    )
+    .is_some());
+    assert_eq!(
+        value(
+            "tollgate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        value("process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0),
+        "process metrics missing"
+    );
+    // Labels stay bounded: no raw path, query or client address appears.
+    assert!(
+        !text.contains("secret"),
+        "a query string leaked into a label"
+    );
+    assert!(
+        !text.contains("/api/item"),
+        "a raw path leaked into a label"
+    );
+
+    let response = reqwest::get(format!("http://{}/other", tollgate.metrics_addr))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_writes_one_json_line_per_request() {
+    let a = Backend::start("a");
+    let body = format!(
+        "upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - name: app\n    match: {{path_prefix: /}}\n    upstream: app\n",
+        a.addr
+    );
+    let tollgate = Tollgate::start(&body).await;
+    let client = reqwest::Client::new();
+    for i in 0..5 {
+        client
+            .get(tollgate.url(&format!("/p{i}?q=1")))
+            .header("User-Agent", "test-agent")
+            .send()
+            .await
+            .unwrap();
+    }
+    let complete = wait_until(std::time::Duration::from_secs(5), || async {
+        tollgate.access_log().lines().count() >= 5
+    })
+    .await;
+    assert!(
+        complete,
+        "access log has {} lines",
+        tollgate.access_log().lines().count()
+    );
+    let log = tollgate.access_log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 5);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["uri"], format!("/p{i}?q=1"));
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["route"], "app");
+        assert_eq!(line["upstream"], "app");
+        assert_eq!(line["backend"], a.addr.to_string());
+        assert_eq!(line["client"], "127.0.0.1");
+        assert_eq!(line["user_agent"], "test-agent");
+        assert!(line["bytes_sent"].as_u64().unwrap() > 0);
+    }
+}
