@@ -1,0 +1,42 @@
+# tollgate: `make run` starts the demo, `make test` runs everything CI runs.
+# Both install the system packages the build needs when they are missing
+# (Debian/Ubuntu; as root or through sudo).
+
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# command:package pairs the build needs; pingora's zlib-ng needs cmake.
+BUILD_NEEDS := cmake:cmake cc:build-essential c++:g++ pkg-config:pkg-config python3:python3
+
+.PHONY: all deps build run test lint unit clean
+
+all: build
+
+deps:
+	@missing=""; for need in $(BUILD_NEEDS); do \
+	  command -v "$${need%%:*}" >/dev/null 2>&1 || missing="$$missing $${need##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@command -v $(CARGO) >/dev/null 2>&1 || { \
+	  echo "cargo is missing: install the Rust toolchain (rustup, stable channel) and run make again"; exit 1; }
+	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+build: deps
+	$(CARGO) build --release --bins
+
+run: build
+	@bash examples/run_demo.sh
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: lint
+	$(CARGO) test
+
+clean:
+	$(CARGO) clean
