@@ -175,7 +175,10 @@ fn compile_route(
             )
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("routes[{id}].respond"))?;
-            (RouteAction::Respond(Box::new(response)), NO_UPSTREAM.to_string())
+            (
+                RouteAction::Respond(Box::new(response)),
+                NO_UPSTREAM.to_string(),
+            )
         }
         _ => return Err(anyhow!("routes[{id}]: a route has exactly one action")),
     };
