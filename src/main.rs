@@ -38,8 +38,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
-    let config = match tollgate::config::load(&cli.conf) {
-        Ok(config) => config,
+    let loaded = match tollgate::config::load(&cli.conf) {
+        Ok(loaded) => loaded,
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!(
@@ -49,10 +49,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let prepared = match server::prepare(&config) {
+    let prepared = match server::prepare(&loaded) {
         Ok(prepared) => prepared,
         Err(e) => {
-            eprintln!("{}: {e:#}", cli.conf.display());
+            eprintln!("{e}");
             eprintln!(
                 "tollgate: the topology file {} is not valid",
                 cli.conf.display()
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
     };
-    match server::build(&config, prepared, options) {
+    match server::build(&loaded.config, prepared, options) {
         Ok(server) => server.run_forever(),
         Err(e) => {
             eprintln!("tollgate: cannot start: {e:#}");

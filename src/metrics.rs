@@ -19,6 +19,8 @@ pub struct Metrics {
     pub backend_healthy: IntGaugeVec,
     pub health_checks: IntCounterVec,
     pub upstream_retries: IntCounterVec,
+    pub auth_rejections: IntCounterVec,
+    pub rate_limited: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -75,6 +77,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_upstream_retries_total",
             "Requests sent to another backend after a failure.",
             &["upstream"]
+        )
+        .expect(ONCE),
+        auth_rejections: register_int_counter_vec!(
+            "tollgate_auth_rejections_total",
+            "401/403/503 answers of an auth policy, by reason.",
+            &["route", "policy", "reason"]
+        )
+        .expect(ONCE),
+        rate_limited: register_int_counter_vec!(
+            "tollgate_rate_limited_total",
+            "429 answers of a rate limit.",
+            &["route", "policy"]
         )
         .expect(ONCE),
         build_info: register_int_gauge_vec!(

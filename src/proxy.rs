@@ -10,21 +10,30 @@
 
 use crate::access_log::{AccessEntry, AccessLog};
 use crate::balance::{InFlightGuard, Tried};
-use crate::edge::respond::send_error;
+use crate::config::RateKey;
+use crate::edge::respond::{send_answer, send_error};
+use crate::filters::auth::{Identity, Rejection, Verdict};
 use crate::filters::framing::{self, Framing};
+use crate::filters::rate_limit::{ceil_secs, Decision};
 use crate::forwarding::{canonical_ip, set_forwarded_headers, strip_response_hop_by_hop};
+use crate::metrics::metrics;
 use crate::metrics::{RouteMetrics, NO_UPSTREAM};
 use crate::router::{normalize_path, RouteId};
+use crate::topology::NamedRateLimit;
 use crate::topology::{Route, RouteAction, Topology};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::HeaderName;
 use pingora::http::RequestHeader;
+use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 use std::time::Instant;
 
 /// Status logged when the client went away before an answer (nginx's convention).
@@ -63,6 +72,10 @@ pub struct RequestCtx {
     backend_answered: bool,
     /// The status of an answer tollgate wrote itself.
     own_status: Option<u16>,
+    /// What the route's auth policy established.
+    identity: Option<Identity>,
+    /// The route's rate-limit state after this request, for RateLimit-* headers.
+    rate_limit: Option<(Arc<NamedRateLimit>, u32, Duration)>,
 }
 
 impl RequestCtx {
@@ -73,6 +86,133 @@ impl RequestCtx {
     fn upstream(&self) -> Option<&crate::balance::Upstream> {
         Some(&self.topology.as_ref()?.upstreams[self.upstream?])
     }
+}
+
+impl Proxy {
+    /// Applies the route's rate limit and auth policy, in that order, except that a
+    /// limit keyed on `auth_subject` runs after the policy found the subject.
+    /// Returns false when the request was answered (429, 401, 403, 503).
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+    ) -> Result<bool> {
+        let limit = route.rate_limit.as_ref();
+        let limit_after_auth = limit.is_some_and(|l| l.limiter.key == RateKey::AuthSubject);
+        if let Some(limit) = limit.filter(|_| !limit_after_auth) {
+            if !self.within_limit(session, ctx, route, limit).await? {
+                return Ok(false);
+            }
+        }
+        if let Some(auth) = &route.auth {
+            match auth.policy.check(session.req_header(), ctx.client_ip).await {
+                Verdict::Pass(identity) => ctx.identity = Some(identity),
+                Verdict::Reject(rejection) => {
+                    metrics()
+                        .auth_rejections
+                        .with_label_values(&[
+                            route.label.as_str(),
+                            auth.name.as_str(),
+                            rejection.reason.label(),
+                        ])
+                        .inc();
+                    ctx.own_status = Some(rejection.status);
+                    send_rejection(session, &rejection).await?;
+                    return Ok(false);
+                }
+            }
+        }
+        if let Some(limit) = limit.filter(|_| limit_after_auth) {
+            if !self.within_limit(session, ctx, route, limit).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Counts the request against `limit`; answers 429 and returns false when the
+    /// bucket is empty.
+    async fn within_limit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        limit: &Arc<NamedRateLimit>,
+    ) -> Result<bool> {
+        let client_ip_text;
+        let key: &[u8] = match &limit.limiter.key {
+            RateKey::Global => b"",
+            RateKey::ClientIp => {
+                client_ip_text = ip_key(ctx.client_ip);
+                &client_ip_text
+            }
+            RateKey::Header(name) => session
+                .req_header()
+                .headers
+                .get(name)
+                .map_or(&b""[..], |v| v.as_bytes()),
+            RateKey::AuthSubject => {
+                match ctx.identity.as_ref().and_then(|i| i.subject.as_deref()) {
+                    Some(subject) => subject.as_bytes(),
+                    None => {
+                        // A policy that names no subject: fall back to the client.
+                        client_ip_text = ip_key(ctx.client_ip);
+                        &client_ip_text
+                    }
+                }
+            }
+        };
+        match limit.limiter.check(key) {
+            Decision::Allow { remaining, reset } => {
+                ctx.rate_limit = Some((Arc::clone(limit), remaining, reset));
+                Ok(true)
+            }
+            Decision::Deny { retry_after, reset } => {
+                metrics()
+                    .rate_limited
+                    .with_label_values(&[route.label.as_str(), limit.name.as_str()])
+                    .inc();
+                ctx.own_status = Some(429);
+                let mut header = ResponseHeader::build(429, Some(7))?;
+                header.insert_header(http::header::RETRY_AFTER, ceil_secs(retry_after).max(1))?;
+                header.insert_header(RATELIMIT_LIMIT, limit.limit_header.clone())?;
+                header.insert_header(RATELIMIT_REMAINING, 0)?;
+                header.insert_header(RATELIMIT_RESET, ceil_secs(reset))?;
+                send_answer(
+                    session,
+                    header,
+                    Bytes::from_static(b"429 Too Many Requests\n"),
+                )
+                .await?;
+                Ok(false)
+            }
+        }
+    }
+}
+
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// The rate-limit key of a client address: its bytes, without formatting.
+fn ip_key(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// Writes an auth policy's rejection.
+async fn send_rejection(session: &mut Session, rejection: &Rejection) -> Result<()> {
+    let mut header = ResponseHeader::build(rejection.status, Some(rejection.headers.len() + 2))?;
+    for (name, value) in &rejection.headers {
+        header.insert_header(name.clone(), value.clone())?;
+    }
+    if !header.headers.contains_key(http::header::CONTENT_TYPE) {
+        header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    }
+    send_answer(session, header, rejection.body.clone()).await
 }
 
 /// Metrics of requests that matched no route.
@@ -96,6 +236,8 @@ impl ProxyHttp for Proxy {
             in_flight: None,
             backend_answered: false,
             own_status: None,
+            identity: None,
+            rate_limit: None,
         }
     }
 
@@ -158,7 +300,11 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         };
         ctx.route = Some(route_id);
-        match &topology.routes[route_id].action {
+        let route = &topology.routes[route_id];
+        if !self.admit(session, ctx, route).await? {
+            return Ok(true);
+        }
+        match &route.action {
             RouteAction::Respond(response) => {
                 ctx.own_status = Some(response.status());
                 response.send(session).await?;
@@ -288,8 +434,10 @@ impl ProxyHttp for Proxy {
         e
     }
 
-    /// Adds X-Forwarded-For/-Proto/-Host and X-Real-IP, and rewrites the path to the
-    /// normalized one the route matched, without the prefix when `strip_prefix` is set.
+    /// Adds X-Forwarded-For/-Proto/-Host and X-Real-IP; removes every identity
+    /// header any auth policy may set, then adds those this request's policy found;
+    /// rewrites the path to the normalized one the route matched, without the
+    /// prefix when `strip_prefix` is set.
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
@@ -307,6 +455,17 @@ impl ProxyHttp for Proxy {
             trusted,
             "http",
         )?;
+        // No client may forge an identity: every header a policy may set goes first.
+        if let Some(topology) = &ctx.topology {
+            for name in &topology.identity_headers {
+                upstream_request.remove_header(name);
+            }
+        }
+        if let Some(identity) = &ctx.identity {
+            for (name, value) in &identity.headers {
+                upstream_request.insert_header(name.clone(), value.clone())?;
+            }
+        }
 
         let strip = ctx.route().and_then(|r| r.strip_prefix.as_deref());
         let path = upstream_request.uri.path();
@@ -354,6 +513,37 @@ impl ProxyHttp for Proxy {
             if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {
                 upstream.record_success(index);
             }
+        }
+        Ok(())
+    }
+
+    /// Releases the backend's in-flight count as soon as its answer is complete,
+    /// before the client has it, so the next pick sees the backend's true load.
+    /// (`logging` releases it for requests that end any other way.)
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            ctx.in_flight = None;
+        }
+        Ok(None)
+    }
+
+    /// Adds RateLimit-Limit/-Remaining/-Reset to answers of rate-limited routes.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some((limit, remaining, reset)) = &ctx.rate_limit {
+            upstream_response.insert_header(RATELIMIT_LIMIT, limit.limit_header.clone())?;
+            upstream_response.insert_header(RATELIMIT_REMAINING, *remaining)?;
+            upstream_response.insert_header(RATELIMIT_RESET, ceil_secs(*reset))?;
         }
         Ok(())
     }

@@ -4,10 +4,9 @@
 
 use crate::access_log::AccessLog;
 use crate::balance::health::HealthChecker;
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors, LoadedConfig};
 use crate::proxy::Proxy;
 use crate::topology::Topology;
-use anyhow::Context;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::{HttpServer, ServeHttp};
@@ -34,9 +33,11 @@ pub struct Prepared {
     pub access_log: AccessLog,
 }
 
-pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
-    let topology = Topology::compile(config).context("compiling the topology")?;
-    let access_log = AccessLog::open(&config.server.access_log, config.server.access_log_format)?;
+pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
+    let config = &loaded.config;
+    let topology = Topology::compile(config).map_err(|e| loaded.error_at(&e.node, &e.message))?;
+    let access_log = AccessLog::open(&config.server.access_log, config.server.access_log_format)
+        .map_err(|e| loaded.error_at("server.access_log", &e.to_string()))?;
     Ok(Prepared {
         topology,
         access_log,

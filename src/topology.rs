@@ -5,13 +5,15 @@
 use crate::balance::health::CheckPlan;
 use crate::balance::probe::Probe;
 use crate::balance::{Backend, BackendState, Upstream};
-use crate::config::{Config, RouteConfig, UpstreamConfig};
+use crate::config::{AuthPolicyConfig, Config, RateKey, RouteConfig, UpstreamConfig};
 use crate::edge::respond::DirectResponse;
+use crate::filters::auth::{api_keys::ApiKeys, forward::ForwardAuth, jwt::JwtAuth, AuthPolicy};
+use crate::filters::rate_limit::RateLimiter;
 use crate::forwarding::TrustedProxies;
 use crate::metrics::{BackendMetrics, RouteMetrics, NO_UPSTREAM};
 use crate::router::{RouteId, Router};
-use anyhow::{anyhow, Context};
 use bytes::Bytes;
+use http::header::HeaderName;
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +25,37 @@ pub struct Topology {
     /// Active checks, one per upstream that has a `health_check`.
     pub check_plans: Vec<Arc<CheckPlan>>,
     pub trusted_proxies: TrustedProxies,
+    /// Every header an auth policy may set; removed from every client request.
+    pub identity_headers: Vec<HeaderName>,
+}
+
+/// A problem found while compiling: the config node it is about, and what it is.
+#[derive(Debug)]
+pub struct CompileError {
+    pub node: String,
+    pub message: String,
+}
+
+impl CompileError {
+    fn at(node: impl Into<String>, message: impl Into<String>) -> Self {
+        CompileError {
+            node: node.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An auth policy with its name, shared by the routes that name it.
+pub struct NamedAuth {
+    pub name: String,
+    pub policy: AuthPolicy,
+}
+
+/// A rate limit with its name and the RateLimit-Limit value, shared by its routes.
+pub struct NamedRateLimit {
+    pub name: String,
+    pub limiter: RateLimiter,
+    pub limit_header: http::HeaderValue,
 }
 
 /// What a matched route does.
@@ -41,13 +74,15 @@ pub struct Route {
     pub action: RouteAction,
     /// The prefix removed from the path before forwarding, when `strip_prefix` is set.
     pub strip_prefix: Option<String>,
+    pub auth: Option<Arc<NamedAuth>>,
+    pub rate_limit: Option<Arc<NamedRateLimit>>,
     pub metrics: RouteMetrics,
 }
 
 impl Topology {
-    /// Compiles a validated config. Errors here mean a config passed validation
-    /// that should not have; they are reported, never panicked on.
-    pub fn compile(config: &Config) -> anyhow::Result<Topology> {
+    /// Compiles a validated config, reading the files it names (keys, secrets).
+    /// Errors name the config node they are about.
+    pub fn compile(config: &Config) -> Result<Topology, CompileError> {
         let mut upstream_index = HashMap::new();
         let mut upstreams = Vec::new();
         let mut check_plans = Vec::new();
@@ -60,18 +95,57 @@ impl Topology {
             upstreams.push(upstream);
         }
 
+        let mut auth = HashMap::new();
+        let mut identity_headers: Vec<HeaderName> = Vec::new();
+        for (name, policy_config) in &config.auth {
+            let policy = compile_auth(name, policy_config)?;
+            identity_headers.extend(policy.identity_headers());
+            auth.insert(
+                name.as_str(),
+                Arc::new(NamedAuth {
+                    name: name.clone(),
+                    policy,
+                }),
+            );
+        }
+        identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        identity_headers.dedup();
+
+        let mut rate_limits = HashMap::new();
+        for (name, limit_config) in &config.rate_limits {
+            let key = RateKey::parse(&limit_config.key)
+                .map_err(|e| CompileError::at(format!("rate_limits.{name}.key"), e))?;
+            let limiter = RateLimiter::new(limit_config, key);
+            let limit_header = http::HeaderValue::from(limiter.burst);
+            let named = NamedRateLimit {
+                name: name.clone(),
+                limiter,
+                limit_header,
+            };
+            rate_limits.insert(name.as_str(), Arc::new(named));
+        }
+
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut patterns = Vec::with_capacity(config.routes.len());
         for (id, route_config) in config.routes.iter().enumerate() {
+            let at_match = || format!("routes[{id}].match");
             let host = route_config
                 .matcher
                 .host_pattern()
-                .map_err(|e| anyhow!("routes[{id}]: {e}"))?;
+                .map_err(|e| CompileError::at(at_match(), e))?;
             let path = route_config
                 .matcher
                 .path_pattern()
-                .map_err(|e| anyhow!("routes[{id}]: {e}"))?;
-            routes.push(compile_route(id, route_config, &upstream_index)?);
+                .map_err(|e| CompileError::at(at_match(), e))?;
+            let mut route = compile_route(id, route_config, &upstream_index)?;
+            route.auth = lookup(&auth, route_config.auth.as_deref(), id, "auth")?;
+            route.rate_limit = lookup(
+                &rate_limits,
+                route_config.rate_limit.as_deref(),
+                id,
+                "rate_limit",
+            )?;
+            routes.push(route);
             patterns.push((host, path));
         }
         let router = Router::new(
@@ -87,8 +161,53 @@ impl Topology {
             upstreams,
             check_plans,
             trusted_proxies: TrustedProxies::new(config.server.trusted_proxies.clone()),
+            identity_headers,
         })
     }
+}
+
+/// The shared entry a route names under `key`, if it names one.
+fn lookup<T>(
+    entries: &HashMap<&str, Arc<T>>,
+    name: Option<&str>,
+    route: usize,
+    key: &str,
+) -> Result<Option<Arc<T>>, CompileError> {
+    match name {
+        None => Ok(None),
+        Some(name) => entries.get(name).cloned().map(Some).ok_or_else(|| {
+            CompileError::at(
+                format!("routes[{route}].{key}"),
+                format!("unknown {key} `{name}`"),
+            )
+        }),
+    }
+}
+
+fn compile_auth(name: &str, config: &AuthPolicyConfig) -> Result<AuthPolicy, CompileError> {
+    let at = format!("auth.{name}");
+    if let Some(forward) = &config.forward {
+        return ForwardAuth::new(forward)
+            .map(|f| AuthPolicy::Forward(Box::new(f)))
+            .map_err(|e| CompileError::at(format!("{at}.forward"), e));
+    }
+    if let Some(jwt) = &config.jwt {
+        return JwtAuth::load(jwt)
+            .map(AuthPolicy::Jwt)
+            .map_err(|(node, e)| CompileError::at(format!("{at}.jwt.{node}"), e));
+    }
+    if let Some(keys) = &config.api_keys {
+        let header = HeaderName::from_bytes(keys.header.as_bytes()).map_err(|_| {
+            CompileError::at(format!("{at}.api_keys.header"), "invalid header name")
+        })?;
+        return ApiKeys::load(header, &keys.keys_file)
+            .map(AuthPolicy::ApiKeys)
+            .map_err(|e| CompileError::at(format!("{at}.api_keys.keys_file"), e));
+    }
+    Err(CompileError::at(
+        at,
+        "an auth policy has exactly one of `forward`, `jwt` or `api_keys`",
+    ))
 }
 
 fn compile_upstream(name: &str, config: &UpstreamConfig) -> Upstream {
@@ -144,7 +263,7 @@ fn compile_route(
     id: usize,
     config: &RouteConfig,
     upstreams: &HashMap<&str, usize>,
-) -> anyhow::Result<Route> {
+) -> Result<Route, CompileError> {
     let label = match &config.name {
         Some(name) => name.clone(),
         None => {
@@ -159,9 +278,12 @@ fn compile_route(
     };
     let (action, upstream_label) = match (&config.upstream, &config.respond) {
         (Some(name), None) => {
-            let index = *upstreams
-                .get(name.as_str())
-                .ok_or_else(|| anyhow!("routes[{id}]: unknown upstream `{name}`"))?;
+            let index = *upstreams.get(name.as_str()).ok_or_else(|| {
+                CompileError::at(
+                    format!("routes[{id}].upstream"),
+                    format!("unknown upstream `{name}`"),
+                )
+            })?;
             (RouteAction::Proxy { upstream: index }, name.clone())
         }
         (None, Some(respond)) => {
@@ -173,14 +295,18 @@ fn compile_route(
                     .map(|(k, v)| (k.as_str(), v.as_str())),
                 Bytes::from(respond.body.clone()),
             )
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("routes[{id}].respond"))?;
+            .map_err(|e| CompileError::at(format!("routes[{id}].respond"), e.to_string()))?;
             (
                 RouteAction::Respond(Box::new(response)),
                 NO_UPSTREAM.to_string(),
             )
         }
-        _ => return Err(anyhow!("routes[{id}]: a route has exactly one action")),
+        _ => {
+            return Err(CompileError::at(
+                format!("routes[{id}]"),
+                "a route has exactly one action",
+            ))
+        }
     };
     let strip_prefix = if config.strip_prefix {
         config.matcher.path_prefix.clone()
@@ -193,5 +319,7 @@ fn compile_route(
         upstream_label,
         action,
         strip_prefix,
+        auth: None,
+        rate_limit: None,
     })
 }

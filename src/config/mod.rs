@@ -58,8 +58,28 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// A validated config with what is needed to point at its lines later, when
+/// compiling it finds a problem only I/O can reveal (a missing key file).
+#[derive(Debug)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub file: PathBuf,
+    spans: Spans,
+}
+
+impl LoadedConfig {
+    /// An error about the node at `path` (e.g. `auth.tokens.jwt.jwks_file`).
+    pub fn error_at(&self, node: &str, message: &str) -> ConfigErrors {
+        ConfigErrors(vec![ConfigError {
+            file: self.file.clone(),
+            position: Some(self.spans.position(node)),
+            message: format!("{node}: {message}"),
+        }])
+    }
+}
+
 /// Reads, parses and validates the topology file at `path`.
-pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let source = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
@@ -71,7 +91,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Parses and validates topology `source`; `path` is used in error messages only.
-pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
+pub fn parse(source: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let config: Config = serde_yaml::from_str(source).map_err(|e| {
         let position = e.location().map(|l| Position {
             line: l.line(),
@@ -90,7 +110,11 @@ pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
         (pos.line, pos.column)
     });
     if problems.is_empty() {
-        Ok(config)
+        Ok(LoadedConfig {
+            config,
+            file: path.to_path_buf(),
+            spans,
+        })
     } else {
         Err(ConfigErrors(
             problems

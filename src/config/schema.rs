@@ -16,6 +16,12 @@ pub struct Config {
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// Authentication policies by name; a route names one with `auth:`.
+    #[serde(default)]
+    pub auth: BTreeMap<String, AuthPolicyConfig>,
+    /// Rate limits by name; a route names one with `rate_limit:`.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +208,84 @@ pub struct RouteConfig {
     /// Remove the matched `path_prefix` before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,
+    /// Name of the policy under `auth:` that guards this route; public when absent.
+    pub auth: Option<String>,
+    /// Name of the limit under `rate_limits:` applied to this route.
+    pub rate_limit: Option<String>,
+}
+
+/// One authentication policy: exactly one of `forward`, `jwt`, `api_keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthPolicyConfig {
+    pub forward: Option<ForwardAuthConfig>,
+    pub jwt: Option<JwtConfig>,
+    pub api_keys: Option<ApiKeysConfig>,
+}
+
+/// Ask an auth service about each request, like nginx `auth_request`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthConfig {
+    /// `http://host:port/path` of the auth service.
+    pub url: String,
+    #[serde(default = "defaults::auth_timeout", with = "duration_serde")]
+    pub timeout: Duration,
+    /// Headers copied from the auth service's 2xx answer into the upstream request.
+    #[serde(default)]
+    pub copy_headers: Vec<String>,
+    /// How long a positive answer is reused for the same Authorization value;
+    /// no caching when absent.
+    #[serde(default, deserialize_with = "units::opt_duration")]
+    pub cache: Option<Duration>,
+    /// Most answers kept in the cache.
+    #[serde(default = "defaults::auth_cache_entries")]
+    pub cache_entries: usize,
+}
+
+/// Check JSON Web Tokens from `Authorization: Bearer`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Accepted `alg` values: HS256/384/512, RS256/384/512, PS256/384/512, ES256/384.
+    pub algorithms: Vec<String>,
+    /// Public keys (RS*, PS*, ES*) as a JWK Set.
+    pub jwks_file: Option<PathBuf>,
+    /// Environment variable holding the HMAC secret (HS*).
+    pub secret_env: Option<String>,
+    /// File holding the HMAC secret (HS*); surrounding white space is ignored.
+    pub secret_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Claims copied into upstream request headers: `{sub: X-User}`.
+    #[serde(default)]
+    pub claims_to_headers: BTreeMap<String, String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "defaults::jwt_leeway", with = "duration_serde")]
+    pub leeway: Duration,
+}
+
+/// Accept requests that carry one of a list of keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysConfig {
+    /// Header carrying the key; `Authorization: Bearer <key>` is accepted too.
+    #[serde(default = "defaults::api_key_header")]
+    pub header: String,
+    /// One key per line; `#` starts a comment; `name: key` names a key (the
+    /// name becomes the request's `auth_subject`).
+    pub keys_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// `client_ip`, `header:NAME`, `auth_subject` or `global`.
+    pub key: String,
+    #[serde(deserialize_with = "units::rate")]
+    pub rate: units::Rate,
+    /// Requests allowed at once above the steady rate: the bucket's size.
+    pub burst: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -280,6 +364,18 @@ pub mod defaults {
     pub fn idle_timeout() -> Duration {
         Duration::from_secs(60)
     }
+    pub fn auth_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn auth_cache_entries() -> usize {
+        10_000
+    }
+    pub fn jwt_leeway() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn api_key_header() -> String {
+        "X-API-Key".to_string()
+    }
 }
 
 /// Which hosts a route answers, normalized to lower case.
@@ -353,5 +449,58 @@ impl MatchConfig {
             ));
         }
         Ok(pattern)
+    }
+}
+
+/// What a rate limit counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    /// The client address (after `trusted_proxies`).
+    ClientIp,
+    /// The value of a request header; requests without it share one bucket.
+    Header(http::HeaderName),
+    /// The identity the route's auth policy found.
+    AuthSubject,
+    /// One bucket for all requests.
+    Global,
+}
+
+impl RateKey {
+    pub fn parse(text: &str) -> Result<RateKey, String> {
+        match text {
+            "client_ip" => Ok(RateKey::ClientIp),
+            "auth_subject" => Ok(RateKey::AuthSubject),
+            "global" => Ok(RateKey::Global),
+            _ => match text.strip_prefix("header:") {
+                Some(name) => http::HeaderName::from_bytes(name.trim().as_bytes())
+                    .map(RateKey::Header)
+                    .map_err(|_| format!("invalid header name `{name}` in rate limit key")),
+                None => Err(format!(
+                    "invalid rate limit key `{text}`: expected client_ip, header:NAME, auth_subject or global"
+                )),
+            },
+        }
+    }
+}
+
+/// The two kinds of JWT algorithm, which take different keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtFamily {
+    /// HS*: a shared secret.
+    Hmac,
+    /// RS*, PS*, ES*: public keys from a JWK Set.
+    PublicKey,
+}
+
+impl JwtFamily {
+    /// The family of a supported algorithm name; `None` for others (including `none`).
+    pub fn of(algorithm: &str) -> Option<JwtFamily> {
+        match algorithm {
+            "HS256" | "HS384" | "HS512" => Some(JwtFamily::Hmac),
+            "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" => {
+                Some(JwtFamily::PublicKey)
+            }
+            _ => None,
+        }
     }
 }

@@ -49,6 +49,58 @@ pub fn parse_ip_net(text: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("invalid network `{text}`: expected an IP or CIDR, e.g. `10.0.0.0/8`"))
 }
 
+/// A steady rate of requests: `10/s`, `600/m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub requests: u64,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// The time one request's share of the rate takes (the bucket's refill step).
+    pub fn interval(&self) -> Duration {
+        self.per / self.requests.max(1) as u32
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = if self.per.as_secs() == 60 { "m" } else { "s" };
+        write!(f, "{}/{unit}", self.requests)
+    }
+}
+
+/// Parses `N/s` or `N/m` with N from 1 to 1,000,000,000.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    let invalid = || {
+        format!(
+            "invalid rate `{text}`: expected requests per second or minute, e.g. `10/s` or `600/m`"
+        )
+    };
+    let (number, unit) = text.trim().split_once('/').ok_or_else(invalid)?;
+    let requests: u64 = number.trim().parse().map_err(|_| invalid())?;
+    if requests == 0 || requests > 1_000_000_000 {
+        return Err(invalid());
+    }
+    let per = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        _ => return Err(invalid()),
+    };
+    Ok(Rate { requests, per })
+}
+
+/// serde adapter: a [`Rate`] written as `10/s`.
+pub fn rate<'de, D: Deserializer<'de>>(de: D) -> Result<Rate, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_rate(&text).map_err(D::Error::custom)
+}
+
+/// serde adapter: an optional [`Duration`].
+pub fn opt_duration<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+    duration(de).map(Some)
+}
+
 /// serde adapter: a [`Duration`] written as `5s`.
 pub fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
@@ -96,6 +148,21 @@ mod tests {
             "99999999999999999999h",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn rates_are_per_second_or_minute() {
+        assert_eq!(
+            parse_rate("10/s").unwrap().interval(),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            parse_rate("600/m").unwrap().interval(),
+            Duration::from_millis(100)
+        );
+        for bad in ["10", "0/s", "10/h", "x/s", "-1/s"] {
+            assert!(parse_rate(bad).is_err(), "{bad} accepted");
         }
     }
 

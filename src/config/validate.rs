@@ -16,8 +16,165 @@ pub fn check(config: &Config) -> Problems {
     for (name, upstream) in &config.upstreams {
         check_upstream(name, upstream, &mut problems);
     }
+    for (name, policy) in &config.auth {
+        check_auth_policy(name, policy, &mut problems);
+    }
+    for (name, limit) in &config.rate_limits {
+        if let Err(e) = RateKey::parse(&limit.key) {
+            problems.push((format!("rate_limits.{name}.key"), e));
+        }
+        if limit.burst == 0 {
+            problems.push((
+                format!("rate_limits.{name}.burst"),
+                "must be at least 1: it is the bucket's size".into(),
+            ));
+        }
+        check_name(
+            &format!("rate_limits.{name}"),
+            name,
+            "rate limit",
+            &mut problems,
+        );
+    }
     check_routes(config, &mut problems);
     problems
+}
+
+fn check_name(at: &str, name: &str, what: &str, problems: &mut Problems) {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        problems.push((
+            at.to_string(),
+            format!("invalid {what} name `{name}`: use letters, digits, `_` and `-`"),
+        ));
+    }
+}
+
+/// Header names an auth policy may set: not framing, routing or hop-by-hop ones.
+fn check_identity_header(at: String, name: &str, problems: &mut Problems) {
+    const RESERVED: [&str; 10] = [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "keep-alive",
+        "proxy-connection",
+        "authorization",
+    ];
+    match http::HeaderName::from_bytes(name.as_bytes()) {
+        Err(_) => problems.push((at, format!("invalid header name `{name}`"))),
+        Ok(h) if RESERVED.contains(&h.as_str()) => {
+            problems.push((at, format!("`{name}` cannot carry an identity")))
+        }
+        Ok(_) => {}
+    }
+}
+
+fn check_auth_policy(name: &str, policy: &AuthPolicyConfig, problems: &mut Problems) {
+    let at = format!("auth.{name}");
+    check_name(&at, name, "auth policy", problems);
+    let kinds = usize::from(policy.forward.is_some())
+        + usize::from(policy.jwt.is_some())
+        + usize::from(policy.api_keys.is_some());
+    if kinds != 1 {
+        problems.push((
+            at.clone(),
+            "an auth policy has exactly one of `forward`, `jwt` or `api_keys`".into(),
+        ));
+    }
+    if let Some(forward) = &policy.forward {
+        let fat = format!("{at}.forward");
+        let uri_ok = forward.url.parse::<http::Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http") | Some("https")) && u.authority().is_some()
+        });
+        if !uri_ok {
+            problems.push((
+                format!("{fat}.url"),
+                format!(
+                    "invalid url `{}`: expected http://host:port/path",
+                    forward.url
+                ),
+            ));
+        }
+        if forward.timeout.is_zero() {
+            problems.push((format!("{fat}.timeout"), "must be more than 0".into()));
+        }
+        for (i, header) in forward.copy_headers.iter().enumerate() {
+            check_identity_header(format!("{fat}.copy_headers[{i}]"), header, problems);
+        }
+        if forward.cache.is_some_and(|c| c.is_zero()) {
+            problems.push((
+                format!("{fat}.cache"),
+                "must be more than 0, or left out for no cache".into(),
+            ));
+        }
+        if forward.cache_entries == 0 {
+            problems.push((format!("{fat}.cache_entries"), "must be at least 1".into()));
+        }
+    }
+    if let Some(jwt) = &policy.jwt {
+        let jat = format!("{at}.jwt");
+        if jwt.algorithms.is_empty() {
+            problems.push((
+                format!("{jat}.algorithms"),
+                "list at least one algorithm".into(),
+            ));
+        }
+        let (mut hmac, mut public) = (false, false);
+        for (i, alg) in jwt.algorithms.iter().enumerate() {
+            match JwtFamily::of(alg) {
+                Some(JwtFamily::Hmac) => hmac = true,
+                Some(JwtFamily::PublicKey) => public = true,
+                None => problems.push((
+                    format!("{jat}.algorithms[{i}]"),
+                    format!("unsupported algorithm `{alg}`: expected one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384"),
+                )),
+            }
+        }
+        let secrets =
+            usize::from(jwt.secret_env.is_some()) + usize::from(jwt.secret_file.is_some());
+        if hmac && secrets != 1 {
+            problems.push((
+                jat.clone(),
+                "HS* algorithms need exactly one of `secret_env` or `secret_file`".into(),
+            ));
+        }
+        if !hmac && secrets > 0 {
+            problems.push((
+                jat.clone(),
+                "`secret_env`/`secret_file` are for HS* algorithms, and none is listed".into(),
+            ));
+        }
+        if public && jwt.jwks_file.is_none() {
+            problems.push((
+                jat.clone(),
+                "RS*, PS* and ES* algorithms need `jwks_file`".into(),
+            ));
+        }
+        if !public && jwt.jwks_file.is_some() {
+            problems.push((
+                format!("{jat}.jwks_file"),
+                "`jwks_file` is for RS*, PS* and ES* algorithms, and none is listed".into(),
+            ));
+        }
+        for header in jwt.claims_to_headers.values() {
+            check_identity_header(format!("{jat}.claims_to_headers"), header, problems);
+        }
+    }
+    if let Some(keys) = &policy.api_keys {
+        if http::HeaderName::from_bytes(keys.header.as_bytes()).is_err() {
+            problems.push((
+                format!("{at}.api_keys.header"),
+                format!("invalid header name `{}`", keys.header),
+            ));
+        }
+    }
 }
 
 fn check_server(server: &ServerConfig, problems: &mut Problems) {
@@ -221,6 +378,30 @@ fn check_routes(config: &Config, problems: &mut Problems) {
             )),
             _ => {}
         }
+        if let Some(auth) = &route.auth {
+            if !config.auth.contains_key(auth) {
+                problems.push((
+                    format!("{at}.auth"),
+                    format!(
+                        "unknown auth policy `{auth}` (defined: {})",
+                        listing(config.auth.keys())
+                    ),
+                ));
+            }
+        }
+        if let Some(limit) = &route.rate_limit {
+            match config.rate_limits.get(limit) {
+                None => problems.push((
+                    format!("{at}.rate_limit"),
+                    format!("unknown rate limit `{limit}` (defined: {})", listing(config.rate_limits.keys())),
+                )),
+                Some(l) if l.key == "auth_subject" && route.auth.is_none() => problems.push((
+                    format!("{at}.rate_limit"),
+                    format!("rate limit `{limit}` is keyed on auth_subject, but this route has no `auth`"),
+                )),
+                Some(_) => {}
+            }
+        }
         if let Some(upstream) = &route.upstream {
             if !config.upstreams.contains_key(upstream) {
                 let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
@@ -266,5 +447,15 @@ fn check_routes(config: &Config, problems: &mut Problems) {
                 }
             }
         }
+    }
+}
+
+/// `a, b, c`, or `none`.
+fn listing<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
     }
 }

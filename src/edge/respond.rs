@@ -48,6 +48,24 @@ impl DirectResponse {
     }
 }
 
+/// Writes `header` with `body` (Content-Length set here); HEAD gets the header only.
+/// The connection stays open.
+pub async fn send_answer(
+    session: &mut Session,
+    mut header: ResponseHeader,
+    body: Bytes,
+) -> pingora::Result<()> {
+    header.set_content_length(body.len())?;
+    let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
 /// Sends a short plain-text error answer with `message` as its body. With `close`,
 /// the connection is closed after it (used when the rest of the request cannot be
 /// trusted or read).
@@ -63,14 +81,5 @@ pub async fn send_error(
     let mut header = ResponseHeader::build(status, Some(3))?;
     header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    let body = Bytes::from(format!("{message}\n"));
-    header.set_content_length(body.len())?;
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(header), head_only)
-        .await?;
-    if !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+    send_answer(session, header, Bytes::from(format!("{message}\n"))).await
 }

@@ -1,4 +1,6 @@
 //! Request filters: each looks at a request in `request_filter` and either lets it
-//! pass or says how to answer it. They hold no connection state.
+//! pass or says how to answer it.
 
+pub mod auth;
 pub mod framing;
+pub mod rate_limit;

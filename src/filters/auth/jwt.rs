@@ -1,0 +1,270 @@
+//! JSON Web Tokens from `Authorization: Bearer`, checked with the jsonwebtoken crate:
+//! signature, `exp` and `nbf` (with leeway), `iss`, `aud`. Only the configured
+//! algorithms are accepted (so `alg: none` never is), HMAC tokens only verify
+//! against the configured secret and public-key tokens only against JWKS keys of
+//! their own kind, which rules out algorithm confusion.
+
+use super::{bearer_token, Identity, RejectReason, Rejection, Verdict};
+use crate::config::JwtConfig;
+use http::header::{HeaderName, HeaderValue};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+use pingora::http::RequestHeader;
+use serde_json::{Map, Value};
+use std::str::FromStr;
+
+struct PublicKey {
+    kid: Option<String>,
+    /// Algorithms this key verifies.
+    family: KeyKind,
+    key: DecodingKey,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Rsa,
+    Ec,
+}
+
+impl KeyKind {
+    fn verifies(self, alg: Algorithm) -> bool {
+        match self {
+            KeyKind::Rsa => matches!(
+                alg,
+                Algorithm::RS256
+                    | Algorithm::RS384
+                    | Algorithm::RS512
+                    | Algorithm::PS256
+                    | Algorithm::PS384
+                    | Algorithm::PS512
+            ),
+            KeyKind::Ec => matches!(alg, Algorithm::ES256 | Algorithm::ES384),
+        }
+    }
+}
+
+pub struct JwtAuth {
+    /// One validation per accepted algorithm: jsonwebtoken wants every algorithm
+    /// of a validation to fit the key, so each token is checked with its own.
+    validations: Vec<(Algorithm, Validation)>,
+    secret: Option<DecodingKey>,
+    public_keys: Vec<PublicKey>,
+    claims_to_headers: Vec<(String, HeaderName)>,
+}
+
+/// Where a JWT policy's setup failed: the config key (relative to the policy's
+/// `jwt:` node) and the message.
+pub type SetupError = (&'static str, String);
+
+impl JwtAuth {
+    /// Builds the policy, reading the secret and the JWKS file now.
+    pub fn load(config: &JwtConfig) -> Result<JwtAuth, SetupError> {
+        let algorithms: Vec<Algorithm> = config
+            .algorithms
+            .iter()
+            .map(|a| {
+                Algorithm::from_str(a)
+                    .map_err(|_| ("algorithms", format!("unsupported algorithm `{a}`")))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut validation = Validation::new(algorithms[0]);
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.validate_aud = config.audience.is_some();
+        let mut required = vec!["exp"];
+        if let Some(issuer) = &config.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        if let Some(audience) = &config.audience {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+        let validations = algorithms
+            .iter()
+            .map(|alg| {
+                let mut v = validation.clone();
+                v.algorithms = vec![*alg];
+                (*alg, v)
+            })
+            .collect();
+
+        let secret = if let Some(var) = &config.secret_env {
+            let value = std::env::var(var).map_err(|_| {
+                (
+                    "secret_env",
+                    format!("environment variable {var} is not set"),
+                )
+            })?;
+            Some(secret_key(value.trim(), "secret_env")?)
+        } else if let Some(path) = &config.secret_file {
+            let value = std::fs::read_to_string(path).map_err(|e| {
+                (
+                    "secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Some(secret_key(value.trim(), "secret_file")?)
+        } else {
+            None
+        };
+
+        let public_keys = match &config.jwks_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ("jwks_file", format!("cannot read {}: {e}", path.display())))?;
+                let set: JwkSet = serde_json::from_str(&text).map_err(|e| {
+                    (
+                        "jwks_file",
+                        format!("{} is not a JWK Set: {e}", path.display()),
+                    )
+                })?;
+                let mut keys = Vec::new();
+                for jwk in &set.keys {
+                    let family = match &jwk.algorithm {
+                        AlgorithmParameters::RSA(_) => KeyKind::Rsa,
+                        AlgorithmParameters::EllipticCurve(_) => KeyKind::Ec,
+                        // Symmetric keys in a JWKS would allow confusion; other kinds are unsupported.
+                        _ => continue,
+                    };
+                    let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+                        (
+                            "jwks_file",
+                            format!("a key in {} is unusable: {e}", path.display()),
+                        )
+                    })?;
+                    keys.push(PublicKey {
+                        kid: jwk.common.key_id.clone(),
+                        family,
+                        key,
+                    });
+                }
+                if keys.is_empty() {
+                    return Err((
+                        "jwks_file",
+                        format!("{} has no RSA or EC key", path.display()),
+                    ));
+                }
+                keys
+            }
+            None => Vec::new(),
+        };
+
+        let claims_to_headers = config
+            .claims_to_headers
+            .iter()
+            .map(|(claim, header)| {
+                HeaderName::from_bytes(header.as_bytes())
+                    .map(|h| (claim.clone(), h))
+                    .map_err(|_| {
+                        (
+                            "claims_to_headers",
+                            format!("invalid header name `{header}`"),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(JwtAuth {
+            validations,
+            secret,
+            public_keys,
+            claims_to_headers,
+        })
+    }
+
+    pub fn identity_headers(&self) -> Vec<HeaderName> {
+        self.claims_to_headers
+            .iter()
+            .map(|(_, h)| h.clone())
+            .collect()
+    }
+
+    pub fn check(&self, req: &RequestHeader) -> Verdict {
+        let Some(token) = bearer_token(req) else {
+            return reject(RejectReason::MissingCredentials);
+        };
+        match self.verify(token) {
+            Ok(claims) => Verdict::Pass(self.identity(&claims)),
+            Err(reason) => reject(reason),
+        }
+    }
+
+    /// The token's claims when it is valid.
+    fn verify(&self, token: &str) -> Result<Map<String, Value>, RejectReason> {
+        // An unknown `alg` (including `none`) fails here.
+        let header = decode_header(token).map_err(|_| RejectReason::InvalidToken)?;
+        let Some((_, validation)) = self.validations.iter().find(|(alg, _)| *alg == header.alg)
+        else {
+            return Err(RejectReason::InvalidToken);
+        };
+        let hmac = matches!(
+            header.alg,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        );
+        let candidates: Vec<&DecodingKey> = if hmac {
+            self.secret.iter().collect()
+        } else {
+            self.public_keys
+                .iter()
+                .filter(|k| k.family.verifies(header.alg))
+                .filter(|k| header.kid.is_none() || k.kid == header.kid)
+                .map(|k| &k.key)
+                .collect()
+        };
+        let mut outcome = Err(RejectReason::InvalidToken);
+        for key in candidates {
+            match decode::<Map<String, Value>>(token, key, validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => match e.kind() {
+                    // Another key may have signed it.
+                    ErrorKind::InvalidSignature => {}
+                    ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => {
+                        return Err(RejectReason::ExpiredToken)
+                    }
+                    _ => outcome = Err(RejectReason::InvalidToken),
+                },
+            }
+        }
+        outcome
+    }
+
+    fn identity(&self, claims: &Map<String, Value>) -> Identity {
+        let headers = self
+            .claims_to_headers
+            .iter()
+            .filter_map(|(claim, header)| {
+                let text = match claims.get(claim)? {
+                    Value::String(s) => s.clone(),
+                    Value::Null => return None,
+                    other => other.to_string(),
+                };
+                HeaderValue::from_str(&text)
+                    .ok()
+                    .map(|v| (header.clone(), v))
+            })
+            .collect();
+        let subject = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Identity { headers, subject }
+    }
+}
+
+fn secret_key(secret: &str, node: &'static str) -> Result<DecodingKey, SetupError> {
+    if secret.is_empty() {
+        return Err((node, "the HMAC secret is empty".to_string()));
+    }
+    Ok(DecodingKey::from_secret(secret.as_bytes()))
+}
+
+fn reject(reason: RejectReason) -> Verdict {
+    let message = match reason {
+        RejectReason::MissingCredentials => "401 Unauthorized: a bearer token is needed\n",
+        RejectReason::ExpiredToken => "401 Unauthorized: the token has expired\n",
+        _ => "401 Unauthorized: invalid token\n",
+    };
+    Verdict::Reject(Rejection::unauthorized(reason, message))
+}

@@ -1,0 +1,136 @@
+//! Authentication at the gateway. A route names at most one policy; the policy
+//! looks at the request and either lets it pass with an [`Identity`] (headers for
+//! the upstream request, and a subject for rate limiting) or rejects it with the
+//! answer the client gets. Services behind tollgate only decide authorization.
+//!
+//! Identity headers are trusted by services, so every header any policy may set is
+//! removed from every client request before a policy adds its own (see
+//! `Topology::identity_headers`).
+
+pub mod api_keys;
+pub mod forward;
+pub mod jwt;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use pingora::http::RequestHeader;
+use std::net::IpAddr;
+
+/// Who the request is from, as a policy established it.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// Headers added to the upstream request.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The key of `auth_subject` rate limits; `None` when the policy knows none.
+    pub subject: Option<String>,
+}
+
+/// Why a request was refused: the `reason` label of `tollgate_auth_rejections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// No token or key in the request.
+    MissingCredentials,
+    /// A token that is malformed, wrongly signed, or for another issuer/audience.
+    InvalidToken,
+    /// A token past its `exp` (or before its `nbf`).
+    ExpiredToken,
+    /// An API key that is not in the keys file.
+    InvalidKey,
+    /// The auth service answered 401.
+    Denied,
+    /// The auth service answered 403.
+    Forbidden,
+    /// The auth service was down, slow or answered something else: fail closed.
+    Unavailable,
+}
+
+impl RejectReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::MissingCredentials => "missing_credentials",
+            RejectReason::InvalidToken => "invalid_token",
+            RejectReason::ExpiredToken => "expired_token",
+            RejectReason::InvalidKey => "invalid_key",
+            RejectReason::Denied => "denied",
+            RejectReason::Forbidden => "forbidden",
+            RejectReason::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The answer to a rejected request.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub status: u16,
+    pub reason: RejectReason,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+impl Rejection {
+    /// A 401 of tollgate's own, with `WWW-Authenticate: Bearer`.
+    pub fn unauthorized(reason: RejectReason, message: &'static str) -> Rejection {
+        let error = match reason {
+            RejectReason::MissingCredentials => "Bearer",
+            _ => "Bearer error=\"invalid_token\"",
+        };
+        Rejection {
+            status: 401,
+            reason,
+            headers: vec![(WWW_AUTHENTICATE, HeaderValue::from_static(error))],
+            body: Bytes::from_static(message.as_bytes()),
+        }
+    }
+
+    /// A 503: the policy could not decide, so the request does not pass.
+    pub fn unavailable() -> Rejection {
+        Rejection {
+            status: 503,
+            reason: RejectReason::Unavailable,
+            headers: Vec::new(),
+            body: Bytes::from_static(b"503 Service Unavailable: authentication is unavailable\n"),
+        }
+    }
+}
+
+/// What a policy decided.
+#[derive(Debug)]
+pub enum Verdict {
+    Pass(Identity),
+    Reject(Rejection),
+}
+
+/// One configured policy.
+pub enum AuthPolicy {
+    Forward(Box<forward::ForwardAuth>),
+    Jwt(jwt::JwtAuth),
+    ApiKeys(api_keys::ApiKeys),
+}
+
+impl AuthPolicy {
+    /// Decides about `req` from `client`. Never lets a request pass on an error.
+    pub async fn check(&self, req: &RequestHeader, client: IpAddr) -> Verdict {
+        match self {
+            AuthPolicy::Forward(f) => f.check(req, client).await,
+            AuthPolicy::Jwt(j) => j.check(req),
+            AuthPolicy::ApiKeys(k) => k.check(req),
+        }
+    }
+
+    /// Every header this policy may add to upstream requests.
+    pub fn identity_headers(&self) -> Vec<HeaderName> {
+        match self {
+            AuthPolicy::Forward(f) => f.identity_headers(),
+            AuthPolicy::Jwt(j) => j.identity_headers(),
+            AuthPolicy::ApiKeys(_) => Vec::new(),
+        }
+    }
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme in any case).
+pub fn bearer_token(req: &RequestHeader) -> Option<&str> {
+    let value = req.headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}

@@ -1,0 +1,234 @@
+//! Rate limiting with the semantics of nginx `limit_req ... burst=B nodelay`: each
+//! key has a bucket of `burst` requests that refills at `rate`; a request that finds
+//! the bucket empty is refused with 429 at once (never delayed).
+//!
+//! Buckets are kept as GCRA state (one "theoretical arrival time" per key) in a
+//! table of fixed size, whatever the number of distinct keys: keys hash (with a
+//! per-process random seed, so clients cannot aim at each other's slots) into sets
+//! of [`WAYS`] slots; a new key takes its set's most idle slot. A key evicted while
+//! its bucket was not full comes back with a full bucket, which errs on the side of
+//! letting requests through. Each set has its own lock: no lock is shared by all
+//! requests.
+
+use crate::config::{RateKey, RateLimitConfig};
+use std::hash::BuildHasher;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+/// Slots per set.
+pub const WAYS: usize = 4;
+/// Sets of a limit keyed per client, header or subject: 262,144 keys in all.
+pub const KEYED_SETS: usize = 1 << 16;
+
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    /// Hash of the key; 0 marks an empty slot.
+    fingerprint: u64,
+    /// Theoretical arrival time in ns since [`epoch`]: the bucket is full when it
+    /// is not after now.
+    tat: u64,
+}
+
+/// What the limiter decided about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Passes; `remaining` requests could follow at once, and the bucket is full
+    /// again after `reset`.
+    Allow { remaining: u32, reset: Duration },
+    /// Refused; a request would pass after `retry_after`.
+    Deny {
+        retry_after: Duration,
+        reset: Duration,
+    },
+}
+
+pub struct RateLimiter {
+    pub key: RateKey,
+    /// Bucket size.
+    pub burst: u32,
+    interval_ns: u64,
+    /// How far the arrival time may run ahead of now: (burst - 1) intervals.
+    tolerance_ns: u64,
+    sets: Box<[Mutex<[Slot; WAYS]>]>,
+    seed: foldhash::quality::RandomState,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    *EPOCH
+}
+
+fn now_ns() -> u64 {
+    epoch().elapsed().as_nanos() as u64
+}
+
+impl RateLimiter {
+    pub fn new(config: &RateLimitConfig, key: RateKey) -> RateLimiter {
+        let interval_ns = (config.rate.interval().as_nanos() as u64).max(1);
+        let burst = config.burst.max(1);
+        let set_count = if key == RateKey::Global {
+            1
+        } else {
+            KEYED_SETS
+        };
+        RateLimiter {
+            key,
+            burst,
+            interval_ns,
+            tolerance_ns: interval_ns.saturating_mul(u64::from(burst - 1)),
+            sets: (0..set_count)
+                .map(|_| Mutex::new([Slot::default(); WAYS]))
+                .collect(),
+            seed: foldhash::quality::RandomState::default(),
+        }
+    }
+
+    /// How many keys the table holds at most.
+    pub fn capacity(&self) -> usize {
+        self.sets.len() * WAYS
+    }
+
+    /// Counts one request for `key` now.
+    pub fn check(&self, key: &[u8]) -> Decision {
+        self.check_at(key, now_ns())
+    }
+
+    fn check_at(&self, key: &[u8], now: u64) -> Decision {
+        let fingerprint = self.seed.hash_one(key) | 1;
+        let set_index = (fingerprint >> 17) as usize % self.sets.len();
+        // A poisoned lock only means another thread panicked mid-update of plain
+        // integers; the slots are still usable.
+        let mut set = self.sets[set_index]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let slot = match set.iter().position(|s| s.fingerprint == fingerprint) {
+            Some(i) => i,
+            None => {
+                // The most idle slot (an empty one has tat 0).
+                let victim = (0..WAYS).min_by_key(|&i| set[i].tat).unwrap_or(0);
+                set[victim] = Slot {
+                    fingerprint,
+                    tat: 0,
+                };
+                victim
+            }
+        };
+        let tat = set[slot].tat.max(now);
+        let ahead = tat - now;
+        if ahead > self.tolerance_ns {
+            return Decision::Deny {
+                retry_after: Duration::from_nanos(ahead - self.tolerance_ns),
+                reset: Duration::from_nanos(ahead),
+            };
+        }
+        let new_tat = tat + self.interval_ns;
+        set[slot].tat = new_tat;
+        let used = new_tat - now;
+        let remaining =
+            (self.tolerance_ns + self.interval_ns).saturating_sub(used) / self.interval_ns;
+        Decision::Allow {
+            remaining: remaining as u32,
+            reset: Duration::from_nanos(used),
+        }
+    }
+}
+
+/// Whole seconds, rounded up: the unit of Retry-After and RateLimit-Reset.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::units::parse_rate;
+
+    fn limiter(rate: &str, burst: u32, key: RateKey) -> RateLimiter {
+        let config = RateLimitConfig {
+            key: String::new(),
+            rate: parse_rate(rate).unwrap(),
+            burst,
+        };
+        RateLimiter::new(&config, key)
+    }
+
+    #[test]
+    fn a_bucket_of_burst_refills_at_rate() {
+        let l = limiter("10/s", 3, RateKey::ClientIp);
+        let t0 = 1_000_000_000;
+        let results: Vec<_> = (0..4).map(|_| l.check_at(b"a", t0)).collect();
+        assert_eq!(
+            results[0],
+            Decision::Allow {
+                remaining: 2,
+                reset: Duration::from_millis(100)
+            }
+        );
+        assert_eq!(
+            results[2],
+            Decision::Allow {
+                remaining: 0,
+                reset: Duration::from_millis(300)
+            }
+        );
+        assert_eq!(
+            results[3],
+            Decision::Deny {
+                retry_after: Duration::from_millis(100),
+                reset: Duration::from_millis(300)
+            }
+        );
+        // Another key has its own bucket.
+        assert!(matches!(
+            l.check_at(b"b", t0),
+            Decision::Allow { remaining: 2, .. }
+        ));
+        // One interval later one request passes again, then none.
+        let t1 = t0 + 100_000_000;
+        assert!(matches!(
+            l.check_at(b"a", t1),
+            Decision::Allow { remaining: 0, .. }
+        ));
+        assert!(matches!(l.check_at(b"a", t1), Decision::Deny { .. }));
+        // After the whole bucket's time, the full burst passes again.
+        let t2 = t1 + 400_000_000;
+        assert!((0..3).all(|_| matches!(l.check_at(b"a", t2), Decision::Allow { .. })));
+    }
+
+    #[test]
+    fn memory_is_bounded_whatever_the_number_of_keys() {
+        let l = limiter("1/s", 1, RateKey::ClientIp);
+        let before = l.sets.len();
+        let t = 1_000_000_000;
+        for i in 0..200_000u32 {
+            assert!(matches!(
+                l.check_at(&i.to_be_bytes(), t),
+                Decision::Allow { .. }
+            ));
+        }
+        assert_eq!(l.sets.len(), before);
+        assert_eq!(l.capacity(), KEYED_SETS * WAYS);
+        // Most of the 200,000 keys are still remembered (the table holds 262,144).
+        let denied = (0..200_000u32)
+            .filter(|i| matches!(l.check_at(&i.to_be_bytes(), t), Decision::Deny { .. }))
+            .count();
+        assert!(denied > 150_000, "only {denied} keys remembered");
+    }
+
+    #[test]
+    fn global_limit_has_one_set() {
+        let l = limiter("5/m", 2, RateKey::Global);
+        assert_eq!(l.capacity(), WAYS);
+        assert!(matches!(l.check_at(b"", 1), Decision::Allow { .. }));
+        assert!(matches!(l.check_at(b"", 1), Decision::Allow { .. }));
+        assert!(
+            matches!(l.check_at(b"", 1), Decision::Deny { retry_after, .. } if retry_after == Duration::from_secs(12))
+        );
+    }
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(ceil_secs(Duration::from_millis(100)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
+    }
+}
