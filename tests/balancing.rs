@@ -161,7 +161,10 @@ async fn least_connections_avoids_the_slow_backend() {
         tasks.push(tokio::spawn(async move {
             let (mut fast, mut stuck) = (0usize, false);
             while let Some(left) = window.checked_sub(started.elapsed()) {
-                match tokio::time::timeout(left, get(&client, &url)).await {
+                // A fast answer takes milliseconds; the grace second past the window
+                // only lets the last one finish. The slow backend takes 8 s.
+                let grace = Duration::from_secs(1);
+                match tokio::time::timeout(left + grace, get(&client, &url)).await {
                     Ok(Ok((200, backend, _))) if backend.starts_with("fast") => fast += 1,
                     Ok(other) => panic!("unexpected answer {other:?}"),
                     Err(_) => {

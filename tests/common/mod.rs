@@ -177,13 +177,26 @@ impl Tollgate {
             pid = dir.join("tollgate.pid").display(),
             sock = dir.join("upgrade.sock").display(),
         );
+        Self::launch(dir, &config, addr, metrics_addr, &[]).await
+    }
+
+    /// Starts tollgate on a complete topology `config` whose listener is `addr` and
+    /// metrics endpoint `metrics_addr`, with extra environment variables.
+    pub async fn launch(
+        dir: PathBuf,
+        config: &str,
+        addr: SocketAddr,
+        metrics_addr: SocketAddr,
+        envs: &[(&str, &str)],
+    ) -> Tollgate {
         let config_path = dir.join("tollgate.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr log");
         let child = Command::new(TOLLGATE)
             .arg("-c")
             .arg(&config_path)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,tollgate=debug")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -196,6 +209,20 @@ impl Tollgate {
         };
         tollgate.wait_ready().await;
         tollgate
+    }
+
+    /// Starts tollgate on `body` below a generated `server:` section, as `start`,
+    /// with extra environment variables.
+    pub async fn start_with_env(body: &str, envs: &[(&str, &str)]) -> Tollgate {
+        let dir = temp_dir("tollgate");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = format!(
+            "server:\n  threads: 2\n  listeners:\n    - address: {addr}\n  metrics: {metrics_addr}\n  access_log: off\n  pid_file: {pid}\n  upgrade_sock: {sock}\n\n{body}",
+            pid = dir.join("tollgate.pid").display(),
+            sock = dir.join("upgrade.sock").display(),
+        );
+        Self::launch(dir, &config, addr, metrics_addr, envs).await
     }
 
     async fn wait_ready(&mut self) {
