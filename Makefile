@@ -4,10 +4,11 @@
 
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# command:package pairs the build needs; pingora's zlib-ng needs cmake.
-BUILD_NEEDS := cmake:cmake cc:build-essential c++:g++ pkg-config:pkg-config python3:python3
+# command:package pairs the build and tests need; pingora's zlib-ng needs cmake,
+# the JWT tests generate keys with openssl.
+BUILD_NEEDS := cmake:cmake cc:build-essential c++:g++ pkg-config:pkg-config python3:python3 openssl:openssl
 
-.PHONY: all deps build run test lint unit clean
+.PHONY: all deps build run run-gateway test lint clean
 
 all: build
 
@@ -29,14 +30,17 @@ build: deps
 	$(CARGO) build --release --bins
 
 run: build
-	@bash examples/run_demo.sh
+	@bash examples/run_demo.sh tollgate
+
+run-gateway: build
+	@bash examples/run_demo.sh gateway
 
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
 test: lint
-	$(CARGO) test
+	$(CARGO) test --all-targets
 
 clean:
 	$(CARGO) clean

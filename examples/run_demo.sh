@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Starts three demo backends on 127.0.0.1:9001-9003 and tollgate on
-# config/tollgate.yaml in front of them. Ctrl-C stops all four.
+# Starts an example topology with its demo backends; Ctrl-C stops everything.
+#   run_demo.sh           config/tollgate.yaml: three app backends on :9001-9003
+#   run_demo.sh gateway   config/gateway.yaml: auth service on :7000, products on :9001-9002
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release
+example=${1:-tollgate}
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -12,25 +14,38 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for i in 1 2 3; do
-  "$bin/tollgate-demo-backend" --listen "127.0.0.1:900$i" --name "app-$i" >/dev/null &
+backend() { # listen-address name [flags...]
+  "$bin/tollgate-demo-backend" --listen "$1" --name "$2" "${@:3}" >/dev/null &
   pids+=($!)
-done
+}
 
-"$bin/tollgate" -t -c config/tollgate.yaml
-cat <<'TEXT'
-
-tollgate is starting on http://127.0.0.1:8080 (metrics on http://127.0.0.1:9091/metrics)
-Try:
-  curl -i http://127.0.0.1:8080/products/1   # round robin: app-1 (weight 2), app-2, app-3
+case "$example" in
+  tollgate)
+    for i in 1 2 3; do backend "127.0.0.1:900$i" "app-$i"; done
+    try='  curl -i http://127.0.0.1:8080/products/1   # round robin: app-1 (weight 2), app-2, app-3
   curl -i http://127.0.0.1:8080/healthz      # answered by tollgate itself
   curl    http://127.0.0.1:8080/sticky/me    # ip_hash: always the same backend for you
   curl    http://127.0.0.1:8080/calm/x       # least connections
-  curl -s http://127.0.0.1:9091/metrics | grep ^tollgate_
-Stop a backend (kill the tollgate-demo-backend on :9002) and keep curling: no errors.
-Ctrl-C stops everything.
+Stop a backend (kill the tollgate-demo-backend on :9002) and keep curling: no errors.'
+    ;;
+  gateway)
+    backend 127.0.0.1:7000 auth --role auth
+    for i in 1 2; do backend "127.0.0.1:900$i" "product-$i"; done
+    try='  TOKEN=$(curl -s -X POST http://127.0.0.1:8080/auth/login \
+      -d '"'"'{"user":"alice","password":"alice-password"}'"'"' | sed '"'"'s/.*"token":"\([^"]*\)".*/\1/'"'"')
+  curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8080/product/42   # backend sees X-User: alice
+  curl -i http://127.0.0.1:8080/product/42                                   # 401
+  curl http://127.0.0.1:8080/product/public/1                                # public, rate limited'
+    ;;
+  *)
+    echo "usage: $0 [tollgate|gateway]" >&2
+    exit 2
+    ;;
+esac
 
-TEXT
-"$bin/tollgate" -c config/tollgate.yaml &
+config="config/$example.yaml"
+"$bin/tollgate" -t -c "$config"
+printf '\ntollgate is starting on http://127.0.0.1:8080 (metrics on http://127.0.0.1:9091/metrics)\nTry:\n%s\n  curl -s http://127.0.0.1:9091/metrics | grep ^tollgate_\nCtrl-C stops everything.\n\n' "$try"
+"$bin/tollgate" -c "$config" &
 pids+=($!)
 wait "${pids[-1]}"
