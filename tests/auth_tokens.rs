@@ -21,6 +21,7 @@ fn generate_key(dir: &Path, kind: &str) -> Vec<u8> {
         "RSA" => cmd.args(["-pkeyopt", "rsa_keygen_bits:2048"]),
         _ => cmd.args(["-pkeyopt", "ec_paramgen_curve:P-256"]),
     };
+    cmd.stderr(std::process::Stdio::null());
     let status = cmd
         .status()
         .expect("openssl (Debian package openssl) is needed");
@@ -104,7 +105,7 @@ auth:
   hmac:
     jwt:
       algorithms: [HS256]
-      secret_env: TEST_JWT_SECRET
+      secret_file: {secret}
       issuer: https://auth.test
       audience: products
       claims_to_headers: {{sub: X-User}}
@@ -138,10 +139,20 @@ routes:
   - match: {{path_prefix: /keys/}}
     upstream: app
     auth: machines
+  - match: {{path_prefix: /per-key/}}
+    upstream: app
+    auth: machines
+    rate_limit: per_subject
+rate_limits:
+  per_subject:
+    key: auth_subject
+    rate: 1/m
+    burst: 2
 ",
         backend = backend.addr,
         jwks = jwks.display(),
-        keys = keys_file.display()
+        keys = keys_file.display(),
+        secret = write_file(&dir, "hmac.secret", &format!("{HMAC_SECRET}\n")).display()
     );
     let tollgate = Tollgate::start_with_env(&body, &[("TEST_JWT_SECRET", HMAC_SECRET)]).await;
     (
@@ -178,7 +189,15 @@ async fn jwt_policies_accept_valid_tokens_and_refuse_the_rest() {
     let (tollgate, _backend, keys) = setup().await;
     let hmac = EncodingKey::from_secret(HMAC_SECRET.as_bytes());
 
-    // Valid: each algorithm, claims copied into headers.
+    // Valid: each algorithm, claims copied into headers. HS256 with the secret
+    // from a file (/hs/) and from the environment (/mixed/).
+    let from_env = token(
+        Algorithm::HS256,
+        None,
+        &claims("hana", "products", 300),
+        &hmac,
+    );
+    assert_eq!(call(&tollgate, "/mixed/1", &from_env).await.0, 200);
     let (status, seen) = call(
         &tollgate,
         "/hs/1",
@@ -389,6 +408,33 @@ async fn api_keys_from_header_or_bearer() {
     let missing = client.get(tollgate.url("/keys/1")).send().await.unwrap();
     assert_eq!(missing.status(), 401);
     assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_subject_limits_each_key_on_its_own() {
+    let (tollgate, _backend, _keys) = setup().await;
+    let client = reqwest::Client::new();
+    let send = |key: &'static str| {
+        client
+            .get(tollgate.url("/per-key/1"))
+            .header("X-API-Key", key)
+            .send()
+    };
+    // Same client address, two subjects: each has its own bucket of 2.
+    for _ in 0..2 {
+        assert_eq!(send("k-billing-123").await.unwrap().status(), 200);
+    }
+    let refused = send("k-billing-123").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        refused.headers()["retry-after"],
+        "60",
+        "one request a minute"
+    );
+    assert_eq!(send("k-anonymous-456").await.unwrap().status(), 200);
+    // A request that fails auth is refused before the limit counts it.
+    assert_eq!(send("wrong").await.unwrap().status(), 401);
+    assert_eq!(send("k-anonymous-456").await.unwrap().status(), 200);
 }
 
 #[test]
