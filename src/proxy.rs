@@ -31,7 +31,8 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use std::time::Instant;
@@ -43,13 +44,21 @@ const CLIENT_CLOSED: u16 = 499;
 pub struct Proxy {
     topology: Arc<ArcSwap<Topology>>,
     access_log: AccessLog,
+    tls_listeners: HashMap<SocketAddr, Option<http::HeaderValue>>,
 }
 
 impl Proxy {
-    pub fn new(topology: Arc<ArcSwap<Topology>>, access_log: AccessLog) -> Self {
+    /// `tls_listeners`: the TLS listeners by local address, with the
+    /// Strict-Transport-Security value each adds to its answers.
+    pub fn new(
+        topology: Arc<ArcSwap<Topology>>,
+        access_log: AccessLog,
+        tls_listeners: HashMap<SocketAddr, Option<http::HeaderValue>>,
+    ) -> Self {
         Proxy {
             topology,
             access_log,
+            tls_listeners,
         }
     }
 }
@@ -74,6 +83,10 @@ pub struct RequestCtx {
     own_status: Option<u16>,
     /// What the route's auth policy established.
     identity: Option<Identity>,
+    /// The request came over TLS.
+    https: bool,
+    /// Strict-Transport-Security of the listener, if it sets one.
+    hsts: Option<http::HeaderValue>,
     /// The route's rate-limit state after this request, for RateLimit-* headers.
     rate_limit: Option<(Arc<NamedRateLimit>, u32, Duration)>,
 }
@@ -237,6 +250,8 @@ impl ProxyHttp for Proxy {
             backend_answered: false,
             own_status: None,
             identity: None,
+            https: false,
+            hsts: None,
             rate_limit: None,
         }
     }
@@ -268,6 +283,14 @@ impl ProxyHttp for Proxy {
             }
         }
 
+        if let Some(listener) = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .and_then(|local| self.tls_listeners.get(local))
+        {
+            ctx.https = true;
+            ctx.hsts = listener.clone();
+        }
         let topology = self.topology.load_full();
         ctx.peer_ip = session
             .client_addr()
@@ -453,7 +476,7 @@ impl ProxyHttp for Proxy {
             ctx.peer_ip,
             ctx.client_ip,
             trusted,
-            "http",
+            if ctx.https { "https" } else { "http" },
         )?;
         // No client may forge an identity: every header a policy may set goes first.
         if let Some(topology) = &ctx.topology {
@@ -533,13 +556,18 @@ impl ProxyHttp for Proxy {
         Ok(None)
     }
 
-    /// Adds RateLimit-Limit/-Remaining/-Reset to answers of rate-limited routes.
+    /// Adds Strict-Transport-Security on TLS listeners that set it, and
+    /// RateLimit-Limit/-Remaining/-Reset to answers of rate-limited routes.
     async fn response_filter(
         &self,
         _session: &mut Session,
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(hsts) = &ctx.hsts {
+            upstream_response
+                .insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+        }
         if let Some((limit, remaining, reset)) = &ctx.rate_limit {
             upstream_response.insert_header(RATELIMIT_LIMIT, limit.limit_header.clone())?;
             upstream_response.insert_header(RATELIMIT_REMAINING, *remaining)?;

@@ -5,6 +5,8 @@
 use crate::access_log::AccessLog;
 use crate::balance::health::HealthChecker;
 use crate::config::{Config, ConfigErrors, LoadedConfig};
+use crate::edge::redirect::HttpsRedirect;
+use crate::edge::tls::{listener_settings as tls_listener_settings, SniResolver};
 use crate::proxy::Proxy;
 use crate::topology::Topology;
 use arc_swap::ArcSwap;
@@ -15,6 +17,8 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// How the process was started, beyond the topology file.
@@ -31,6 +35,8 @@ pub struct StartOptions {
 pub struct Prepared {
     pub topology: Topology,
     pub access_log: AccessLog,
+    /// The certificate resolver of each listener, `None` for plain ones.
+    pub tls: Vec<Option<Arc<SniResolver>>>,
 }
 
 pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
@@ -38,9 +44,29 @@ pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
     let topology = Topology::compile(config).map_err(|e| loaded.error_at(&e.node, &e.message))?;
     let access_log = AccessLog::open(&config.server.access_log, config.server.access_log_format)
         .map_err(|e| loaded.error_at("server.access_log", &e.to_string()))?;
+    let mut tls = Vec::with_capacity(config.server.listeners.len());
+    for (i, listener) in config.server.listeners.iter().enumerate() {
+        let Some(tls_config) = &listener.tls else {
+            tls.push(None);
+            continue;
+        };
+        let pairs: Vec<_> = tls_config
+            .certificates
+            .iter()
+            .map(|c| (c.cert.as_path(), c.key.as_path()))
+            .collect();
+        let resolver = SniResolver::load(&pairs).map_err(|(j, (file, message))| {
+            loaded.error_at(
+                &format!("server.listeners[{i}].tls.certificates[{j}].{file}"),
+                &message,
+            )
+        })?;
+        tls.push(Some(Arc::new(resolver)));
+    }
     Ok(Prepared {
         topology,
         access_log,
+        tls,
     })
 }
 
@@ -72,14 +98,36 @@ pub fn build(config: &Config, prepared: Prepared, options: StartOptions) -> anyh
 
     let check_plans = prepared.topology.check_plans.clone();
     let topology = Arc::new(ArcSwap::from_pointee(prepared.topology));
+    let listeners = ListenerRoles::of(config);
     let mut proxy = pingora::proxy::http_proxy_service(
         &server.configuration,
-        Proxy::new(Arc::clone(&topology), prepared.access_log),
+        Proxy::new(
+            Arc::clone(&topology),
+            prepared.access_log,
+            listeners.tls_headers,
+        ),
     );
-    for listener in &config.server.listeners {
-        proxy.add_tcp(&listener.address.to_string());
+    let mut redirects = Service::new(
+        "https redirect".to_string(),
+        HttpServer::new_app(HttpsRedirect::new(listeners.https_port.unwrap_or(443))),
+    );
+    redirects.threads = Some(1);
+    for (listener, resolver) in config.server.listeners.iter().zip(prepared.tls) {
+        let address = listener.address.to_string();
+        match (resolver, &listener.tls) {
+            (Some(resolver), Some(tls)) => {
+                let settings = tls_listener_settings(resolver, tls.http2)
+                    .map_err(|e| anyhow::anyhow!("TLS settings of {address}: {e}"))?;
+                proxy.add_tls_with_settings(&address, None, settings);
+            }
+            _ if listener.redirect_https => redirects.add_tcp(&address),
+            _ => proxy.add_tcp(&address),
+        }
     }
     server.add_service(proxy);
+    if listeners.any_redirect {
+        server.add_service(redirects);
+    }
 
     if let Some(address) = config.server.metrics {
         let mut metrics = Service::new("metrics".to_string(), HttpServer::new_app(MetricsEndpoint));
@@ -95,6 +143,46 @@ pub fn build(config: &Config, prepared: Prepared, options: StartOptions) -> anyh
         ));
     }
     Ok(server)
+}
+
+/// What the listeners of a config ask of the proxy.
+struct ListenerRoles {
+    /// TLS listeners by address, with their Strict-Transport-Security value.
+    tls_headers: HashMap<SocketAddr, Option<http::HeaderValue>>,
+    /// The port HTTPS redirects point to: the first TLS listener's.
+    https_port: Option<u16>,
+    any_redirect: bool,
+}
+
+impl ListenerRoles {
+    fn of(config: &Config) -> Self {
+        let mut tls_headers = HashMap::new();
+        for listener in &config.server.listeners {
+            if let Some(tls) = &listener.tls {
+                let hsts = tls.hsts.as_ref().and_then(|h| {
+                    let mut value = format!("max-age={}", h.max_age.as_secs());
+                    if h.include_subdomains {
+                        value.push_str("; includeSubDomains");
+                    }
+                    if h.preload {
+                        value.push_str("; preload");
+                    }
+                    http::HeaderValue::from_str(&value).ok()
+                });
+                tls_headers.insert(listener.address, hsts);
+            }
+        }
+        ListenerRoles {
+            tls_headers,
+            https_port: config
+                .server
+                .listeners
+                .iter()
+                .find(|l| l.tls.is_some())
+                .map(|l| l.address.port()),
+            any_redirect: config.server.listeners.iter().any(|l| l.redirect_https),
+        }
+    }
 }
 
 /// Serves the Prometheus text exposition at `/metrics`; 404 elsewhere.

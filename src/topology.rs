@@ -276,8 +276,13 @@ fn compile_route(
             format!("{id}:{path}")
         }
     };
-    let (action, upstream_label) = match (&config.upstream, &config.respond) {
-        (Some(name), None) => {
+    let direct = |status: u16, headers: Vec<(&str, &str)>, body: Bytes| {
+        DirectResponse::new(status, headers, body)
+            .map(|r| (RouteAction::Respond(Box::new(r)), NO_UPSTREAM.to_string()))
+            .map_err(|e| CompileError::at(format!("routes[{id}]"), e.to_string()))
+    };
+    let (action, upstream_label) = match (&config.upstream, &config.respond, &config.redirect) {
+        (Some(name), None, None) => {
             let index = *upstreams.get(name.as_str()).ok_or_else(|| {
                 CompileError::at(
                     format!("routes[{id}].upstream"),
@@ -286,21 +291,20 @@ fn compile_route(
             })?;
             (RouteAction::Proxy { upstream: index }, name.clone())
         }
-        (None, Some(respond)) => {
-            let response = DirectResponse::new(
-                respond.status,
-                respond
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-                Bytes::from(respond.body.clone()),
-            )
-            .map_err(|e| CompileError::at(format!("routes[{id}].respond"), e.to_string()))?;
-            (
-                RouteAction::Respond(Box::new(response)),
-                NO_UPSTREAM.to_string(),
-            )
-        }
+        (None, Some(respond), None) => direct(
+            respond.status,
+            respond
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            Bytes::from(respond.body.clone()),
+        )?,
+        (None, None, Some(redirect)) => direct(
+            redirect.status,
+            vec![("Location", redirect.to.as_str())],
+            Bytes::from(format!("Redirecting to {}\n", redirect.to)),
+        )?,
         _ => {
             return Err(CompileError::at(
                 format!("routes[{id}]"),

@@ -53,6 +53,44 @@ pub struct ServerConfig {
 pub struct ListenerConfig {
     #[serde(deserialize_with = "units::socket_addr")]
     pub address: SocketAddr,
+    /// Answer every request with a 308 to the same URL on the TLS listener.
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// Terminate TLS on this listener.
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// Certificates chosen by SNI against each one's names; the first is the
+    /// default for clients that send no (or an unknown) name.
+    pub certificates: Vec<CertificateConfig>,
+    /// Offer HTTP/2 by ALPN (HTTP/1.1 is always offered).
+    #[serde(default)]
+    pub http2: bool,
+    /// Strict-Transport-Security on every answer of this listener.
+    pub hsts: Option<HstsConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HstsConfig {
+    #[serde(with = "duration_serde")]
+    pub max_age: Duration,
+    #[serde(default)]
+    pub include_subdomains: bool,
+    #[serde(default)]
+    pub preload: bool,
 }
 
 /// Where access log lines go: `stdout`, `off`, or a file path.
@@ -205,6 +243,7 @@ pub struct RouteConfig {
     pub matcher: MatchConfig,
     pub upstream: Option<String>,
     pub respond: Option<RespondConfig>,
+    pub redirect: Option<RedirectConfig>,
     /// Remove the matched `path_prefix` before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,
@@ -306,6 +345,17 @@ pub struct RespondConfig {
     pub headers: BTreeMap<String, String>,
 }
 
+/// A redirect answered by tollgate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// The `Location`: an absolute URL or a path.
+    pub to: String,
+    /// 301, 302, 303, 307 or 308 (default).
+    #[serde(default = "defaults::redirect_status")]
+    pub status: u16,
+}
+
 /// serde `with` module for [`Duration`] fields written as `5s`.
 mod duration_serde {
     pub use super::units::duration as deserialize;
@@ -372,6 +422,9 @@ pub mod defaults {
     }
     pub fn jwt_leeway() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn redirect_status() -> u16 {
+        308
     }
     pub fn api_key_header() -> String {
         "X-API-Key".to_string()

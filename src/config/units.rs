@@ -7,7 +7,7 @@ use serde::{de::Error as _, Deserialize, Deserializer};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Parses `250ms`, `5s`, `2m`, `1h` (a whole number and a unit, no space).
+/// Parses `250ms`, `5s`, `2m`, `1h`, `365d` (a whole number and a unit, no space).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let digits_end = text
@@ -15,7 +15,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits_end);
     let invalid = || {
-        format!("invalid duration `{text}`: expected a whole number with a unit (ms, s, m, h), e.g. `250ms` or `5s`")
+        format!("invalid duration `{text}`: expected a whole number with a unit (ms, s, m, h, d), e.g. `250ms` or `5s`")
     };
     let value: u64 = number.parse().map_err(|_| invalid())?;
     let millis_per_unit = match unit {
@@ -23,6 +23,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return Err(invalid()),
     };
     value

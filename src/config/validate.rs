@@ -188,12 +188,44 @@ fn check_server(server: &ServerConfig, problems: &mut Problems) {
         ));
     }
     let mut seen = HashSet::new();
+    let has_tls = server.listeners.iter().any(|l| l.tls.is_some());
     for (i, listener) in server.listeners.iter().enumerate() {
+        let at = format!("server.listeners[{i}]");
         if !seen.insert(listener.address) {
             problems.push((
-                format!("server.listeners[{i}].address"),
+                format!("{at}.address"),
                 format!("{} is listed twice", listener.address),
             ));
+        }
+        if listener.redirect_https && listener.tls.is_some() {
+            problems.push((
+                format!("{at}.redirect_https"),
+                "a TLS listener cannot redirect to HTTPS".into(),
+            ));
+        }
+        if listener.redirect_https && !has_tls {
+            problems.push((
+                format!("{at}.redirect_https"),
+                "redirect_https needs a listener with `tls`".into(),
+            ));
+        }
+        if let Some(tls) = &listener.tls {
+            if tls.certificates.is_empty() {
+                problems.push((
+                    format!("{at}.tls.certificates"),
+                    "list at least one certificate".into(),
+                ));
+            }
+            if tls
+                .hsts
+                .as_ref()
+                .is_some_and(|h| h.max_age.is_zero() && (h.include_subdomains || h.preload))
+            {
+                problems.push((
+                    format!("{at}.tls.hsts.max_age"),
+                    "must be more than 0 with include_subdomains or preload".into(),
+                ));
+            }
         }
     }
     if let Some(metrics) = server.metrics {
@@ -371,12 +403,31 @@ fn check_routes(config: &Config, problems: &mut Problems) {
                 ));
             }
         }
-        match (&route.upstream, &route.respond) {
-            (Some(_), Some(_)) | (None, None) => problems.push((
+        let actions = usize::from(route.upstream.is_some())
+            + usize::from(route.respond.is_some())
+            + usize::from(route.redirect.is_some());
+        if actions != 1 {
+            problems.push((
                 at.clone(),
-                "a route has exactly one action: `upstream` or `respond`".into(),
-            )),
-            _ => {}
+                "a route has exactly one action: `upstream`, `respond` or `redirect`".into(),
+            ));
+        }
+        if let Some(redirect) = &route.redirect {
+            if ![301, 302, 303, 307, 308].contains(&redirect.status) {
+                problems.push((
+                    format!("{at}.redirect.status"),
+                    format!(
+                        "{} is not a redirect status (301, 302, 303, 307, 308)",
+                        redirect.status
+                    ),
+                ));
+            }
+            if redirect.to.is_empty() || http::HeaderValue::from_str(&redirect.to).is_err() {
+                problems.push((
+                    format!("{at}.redirect.to"),
+                    "expected a URL or a path".into(),
+                ));
+            }
         }
         if let Some(auth) = &route.auth {
             if !config.auth.contains_key(auth) {

@@ -1,3 +1,5 @@
-//! Answers tollgate writes itself, without a backend.
+//! The edge: TLS termination, HTTPS redirects, and answers tollgate writes itself.
 
+pub mod redirect;
 pub mod respond;
+pub mod tls;

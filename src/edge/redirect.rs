@@ -1,0 +1,109 @@
+//! Answers on a `redirect_https: true` listener: every request gets a 308 to the
+//! same host, path and query over HTTPS, on the TLS listener's port (left out when
+//! it is 443).
+
+use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+pub struct HttpsRedirect {
+    /// The TLS listener's port; `None` for 443.
+    pub https_port: Option<u16>,
+}
+
+impl HttpsRedirect {
+    pub fn new(https_port: u16) -> Self {
+        HttpsRedirect {
+            https_port: (https_port != 443).then_some(https_port),
+        }
+    }
+
+    /// The `Location` for a request to `host` (a Host header, port allowed) and
+    /// `target` (the path and query as sent); `None` when the host is unusable.
+    pub fn location(&self, host: &str, target: &str) -> Option<String> {
+        let name = host_without_port(host.trim())?;
+        let valid = name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
+        });
+        if name.is_empty() || !valid {
+            return None;
+        }
+        let target = if target.starts_with('/') { target } else { "/" };
+        Some(match self.https_port {
+            Some(port) => format!("https://{name}:{port}{target}"),
+            None => format!("https://{name}{target}"),
+        })
+    }
+}
+
+fn host_without_port(host: &str) -> Option<&str> {
+    if host.starts_with('[') {
+        return host.find(']').map(|end| &host[..=end]);
+    }
+    Some(match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    })
+}
+
+#[async_trait]
+impl ServeHttp for HttpsRedirect {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let target = String::from_utf8_lossy(req.raw_path()).into_owned();
+        let mut response = http::Response::new(Vec::new());
+        match self
+            .location(host, &target)
+            .and_then(|l| http::HeaderValue::from_str(&l).ok())
+        {
+            Some(location) => {
+                *response.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+                response
+                    .headers_mut()
+                    .insert(http::header::LOCATION, location);
+            }
+            None => {
+                *response.status_mut() = http::StatusCode::BAD_REQUEST;
+                *response.body_mut() =
+                    b"400 Bad Request: a Host header is needed to redirect to HTTPS\n".to_vec();
+            }
+        }
+        let length = response.body().len();
+        response.headers_mut().insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(length),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        let r = HttpsRedirect::new(443);
+        assert_eq!(
+            r.location("example.com", "/a?b=c").as_deref(),
+            Some("https://example.com/a?b=c")
+        );
+        assert_eq!(
+            r.location("example.com:80", "/").as_deref(),
+            Some("https://example.com/")
+        );
+        let r = HttpsRedirect::new(8443);
+        assert_eq!(
+            r.location("[::1]:8080", "/x").as_deref(),
+            Some("https://[::1]:8443/x")
+        );
+        assert_eq!(r.location("", "/x"), None);
+        assert_eq!(r.location("evil.com/x", "/"), None);
+        assert_eq!(r.location("a b", "/"), None);
+    }
+}

@@ -1,0 +1,274 @@
+//! TLS termination with certificates generated at test time: SNI picks the
+//! certificate, HTTP/2 and HTTP/1.1 both work, plain listeners redirect to HTTPS,
+//! HSTS, and bad certificates are `-t` errors that name the file.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// A self-signed certificate for `names`, valid from `from_days` to `to_days`
+/// (relative to now); returns (cert path, key path, PEM of the cert).
+fn certificate(
+    dir: &Path,
+    tag: &str,
+    names: &[&str],
+    from_days: i64,
+    to_days: i64,
+) -> (PathBuf, PathBuf, String) {
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now + time::Duration::days(from_days);
+    params.not_after = now + time::Duration::days(to_days);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let cert_path = write_file(dir, &format!("{tag}.crt"), &cert.pem());
+    let key_path = write_file(dir, &format!("{tag}.key"), &key.serialize_pem());
+    (cert_path, key_path, cert.pem())
+}
+
+struct Edge {
+    tollgate: Tollgate,
+    https: SocketAddr,
+    _backend: Backend,
+    roots: Vec<String>,
+}
+
+async fn edge(http2: bool) -> Edge {
+    let dir = temp_dir("tls");
+    let a = certificate(&dir, "a", &["a.test"], -1, 30);
+    let b = certificate(&dir, "b", &["b.test", "www.b.test"], -1, 30);
+    let c = certificate(&dir, "c", &["*.c.test"], -1, 30);
+    let backend = Backend::start("app");
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        "server:
+  listeners:
+    - address: {http}
+      redirect_https: true
+    - address: {https}
+      tls:
+        certificates:
+          - {{cert: {ac}, key: {ak}}}
+          - {{cert: {bc}, key: {bk}}}
+          - {{cert: {cc}, key: {ck}}}
+        http2: {http2}
+        hsts: {{max_age: 365d, include_subdomains: true}}
+  metrics: {metrics}
+  access_log: off
+upstreams:
+  app:
+    backends: [{{address: {backend}}}]
+routes:
+  - match: {{path_prefix: /}}
+    upstream: app
+  - match: {{path: /old}}
+    redirect: {{to: /new, status: 301}}
+",
+        ac = a.0.display(),
+        ak = a.1.display(),
+        bc = b.0.display(),
+        bk = b.1.display(),
+        cc = c.0.display(),
+        ck = c.1.display(),
+        backend = backend.addr
+    );
+    // The redirect listener is the one the harness waits on; the TLS one is checked by the tests.
+    let tollgate = Tollgate::launch(dir, &config, http, metrics, &[]).await;
+    Edge {
+        tollgate,
+        https,
+        _backend: backend,
+        roots: vec![a.2, b.2, c.2],
+    }
+}
+
+/// A client that trusts the test certificates and sends `name` to the TLS listener.
+fn client_for(edge: &Edge, name: &str, http1_only: bool) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .resolve(name, edge.https)
+        .tls_info(true)
+        .use_rustls_tls();
+    for pem in &edge.roots {
+        builder =
+            builder.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+    }
+    if http1_only {
+        builder = builder.http1_only();
+    }
+    builder.build().unwrap()
+}
+
+/// The DNS names of the certificate the server presented.
+fn served_names(response: &reqwest::Response) -> Vec<String> {
+    let info = response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .expect("TLS info");
+    let der = info.peer_certificate().expect("a peer certificate");
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_the_certificate_and_http2_is_offered() {
+    let edge = edge(true).await;
+    for (name, expected) in [
+        ("a.test", "a.test"),
+        ("www.b.test", "www.b.test"),
+        ("shop.c.test", "*.c.test"),
+    ] {
+        let response = client_for(&edge, name, false)
+            .get(format!("https://{name}:{}/hello", edge.https.port()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(response.status(), 200);
+        assert!(
+            served_names(&response).iter().any(|n| n == expected),
+            "{name}: {:?}",
+            served_names(&response)
+        );
+        assert_eq!(response.version(), reqwest::Version::HTTP_2, "{name}");
+        assert_eq!(
+            response.headers()["strict-transport-security"],
+            "max-age=31536000; includeSubDomains"
+        );
+        let seen: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+    }
+    // HTTP/1.1 is always there too.
+    let response = client_for(&edge, "a.test", true)
+        .get(format!("https://a.test:{}/", edge.https.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_11);
+    assert_eq!(response.status(), 200);
+    // A client without SNI (or with an unknown name) gets the first certificate.
+    let no_sni = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .tls_info(true)
+        .use_rustls_tls()
+        .build()
+        .unwrap()
+        .get(format!("https://{}/", edge.https))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served_names(&no_sni), vec!["a.test"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_http2_alpn_offers_http1_only() {
+    let edge = edge(false).await;
+    let response = client_for(&edge, "a.test", false)
+        .get(format!("https://a.test:{}/", edge.https.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_listener_redirects_to_https_keeping_path_and_query() {
+    let edge = edge(true).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = client
+        .get(format!("http://{}/a/b?c=d&e", edge.tollgate.addr))
+        .header("Host", "shop.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 308);
+    assert_eq!(
+        response.headers()["location"],
+        format!("https://shop.example.com:{}/a/b?c=d&e", edge.https.port()).as_str()
+    );
+    // A route's own redirect.
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve("a.test", edge.https)
+        .add_root_certificate(reqwest::Certificate::from_pem(edge.roots[0].as_bytes()).unwrap())
+        .build()
+        .unwrap()
+        .get(format!("https://a.test:{}/old", edge.https.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 301);
+    assert_eq!(response.headers()["location"], "/new");
+}
+
+/// Runs `tollgate -t` on a TLS listener with `cert` and `key`.
+fn check_tls(cert: &Path, key: &Path) -> (bool, String, PathBuf) {
+    let dir = temp_dir("tls-check");
+    let config = write_file(
+        &dir,
+        "t.yaml",
+        &format!(
+            "server:\n  listeners:\n    - address: 127.0.0.1:1\n      tls:\n        certificates:\n          - cert: {}\n            key: {}\nroutes:\n  - match: {{path: /}}\n    respond: {{status: 200}}\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let out = Command::new(TOLLGATE)
+        .arg("-t")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        config,
+    )
+}
+
+#[test]
+fn bad_certificates_are_config_errors_naming_the_file() {
+    let dir = temp_dir("bad-certs");
+    let good = certificate(&dir, "good", &["a.test"], -1, 30);
+    let other = certificate(&dir, "other", &["b.test"], -1, 30);
+    let expired = certificate(&dir, "expired", &["a.test"], -30, -1);
+
+    let (ok, text, _) = check_tls(&good.0, &good.1);
+    assert!(ok, "{text}");
+
+    let missing = dir.join("missing.crt");
+    let (ok, text, config) = check_tls(&missing, &good.1);
+    assert!(!ok);
+    assert!(
+        text.contains(&format!("{}:6:", config.display())) && text.contains("missing.crt"),
+        "{text}"
+    );
+
+    let (ok, text, config) = check_tls(&good.0, &other.1);
+    assert!(!ok);
+    assert!(
+        text.contains(&format!("{}:7:", config.display())) && text.contains("does not match"),
+        "{text}"
+    );
+
+    let (ok, text, _) = check_tls(&expired.0, &expired.1);
+    assert!(!ok);
+    assert!(text.contains("expired.crt is not valid now"), "{text}");
+}
