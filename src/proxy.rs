@@ -333,6 +333,10 @@ impl ProxyHttp for Proxy {
                 response.send(session).await?;
                 Ok(true)
             }
+            RouteAction::Static(files) => {
+                ctx.own_status = Some(files.serve(session).await?);
+                Ok(true)
+            }
             RouteAction::Proxy { upstream } => {
                 ctx.upstream = Some(*upstream);
                 ctx.retries_left = topology.upstreams[*upstream].retries;

@@ -7,6 +7,7 @@ use crate::balance::probe::Probe;
 use crate::balance::{Backend, BackendState, Upstream};
 use crate::config::{AuthPolicyConfig, Config, RateKey, RouteConfig, UpstreamConfig};
 use crate::edge::respond::DirectResponse;
+use crate::edge::static_files::StaticFiles;
 use crate::filters::auth::{api_keys::ApiKeys, forward::ForwardAuth, jwt::JwtAuth, AuthPolicy};
 use crate::filters::rate_limit::RateLimiter;
 use crate::forwarding::TrustedProxies;
@@ -64,6 +65,8 @@ pub enum RouteAction {
     Proxy { upstream: usize },
     /// Answer directly.
     Respond(Box<DirectResponse>),
+    /// Serve files.
+    Static(Box<StaticFiles>),
 }
 
 pub struct Route {
@@ -281,6 +284,24 @@ fn compile_route(
             .map(|r| (RouteAction::Respond(Box::new(r)), NO_UPSTREAM.to_string()))
             .map_err(|e| CompileError::at(format!("routes[{id}]"), e.to_string()))
     };
+    if let Some(files) = &config.static_files {
+        let served = StaticFiles::new(
+            &files.root,
+            files.index.clone(),
+            files.not_found_page.as_deref(),
+        )
+        .map_err(|e| CompileError::at(format!("routes[{id}].static.root"), e))?;
+        let route = Route {
+            metrics: RouteMetrics::new(&label, NO_UPSTREAM),
+            label,
+            upstream_label: NO_UPSTREAM.to_string(),
+            action: RouteAction::Static(Box::new(served)),
+            strip_prefix: None,
+            auth: None,
+            rate_limit: None,
+        };
+        return Ok(route);
+    }
     let (action, upstream_label) = match (&config.upstream, &config.respond, &config.redirect) {
         (Some(name), None, None) => {
             let index = *upstreams.get(name.as_str()).ok_or_else(|| {

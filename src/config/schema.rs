@@ -244,6 +244,9 @@ pub struct RouteConfig {
     pub upstream: Option<String>,
     pub respond: Option<RespondConfig>,
     pub redirect: Option<RedirectConfig>,
+    /// Serve files from a directory.
+    #[serde(rename = "static")]
+    pub static_files: Option<StaticConfig>,
     /// Remove the matched `path_prefix` before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,
@@ -345,6 +348,19 @@ pub struct RespondConfig {
     pub headers: BTreeMap<String, String>,
 }
 
+/// Files served from a directory, as nginx `root`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    /// The request path is appended to it: `/poster/a.jpg` -> `ROOT/poster/a.jpg`.
+    pub root: PathBuf,
+    /// File served for a path ending in `/`.
+    #[serde(default = "defaults::index_file")]
+    pub index: String,
+    /// A file under `root` sent with status 404 for missing files.
+    pub not_found_page: Option<String>,
+}
+
 /// A redirect answered by tollgate.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -422,6 +438,9 @@ pub mod defaults {
     }
     pub fn jwt_leeway() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn index_file() -> String {
+        "index.html".to_string()
     }
     pub fn redirect_status() -> u16 {
         308

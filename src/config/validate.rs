@@ -405,12 +405,22 @@ fn check_routes(config: &Config, problems: &mut Problems) {
         }
         let actions = usize::from(route.upstream.is_some())
             + usize::from(route.respond.is_some())
-            + usize::from(route.redirect.is_some());
+            + usize::from(route.redirect.is_some())
+            + usize::from(route.static_files.is_some());
         if actions != 1 {
             problems.push((
                 at.clone(),
-                "a route has exactly one action: `upstream`, `respond` or `redirect`".into(),
+                "a route has exactly one action: `upstream`, `respond`, `redirect` or `static`"
+                    .into(),
             ));
+        }
+        if let Some(files) = &route.static_files {
+            if files.index.is_empty() || files.index.contains('/') || files.index.starts_with('.') {
+                problems.push((
+                    format!("{at}.static.index"),
+                    "expected a file name such as index.html".into(),
+                ));
+            }
         }
         if let Some(redirect) = &route.redirect {
             if ![301, 302, 303, 307, 308].contains(&redirect.status) {

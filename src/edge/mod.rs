@@ -2,4 +2,5 @@
 
 pub mod redirect;
 pub mod respond;
+pub mod static_files;
 pub mod tls;
