@@ -10,7 +10,8 @@
 
 use crate::access_log::{AccessEntry, AccessLog};
 use crate::balance::{InFlightGuard, Tried};
-use crate::config::RateKey;
+use crate::config::{ClientTimeoutsConfig, RateKey};
+use crate::edge::compression::CompressionPolicy;
 use crate::edge::respond::{send_answer, send_error};
 use crate::filters::auth::{Identity, Rejection, Verdict};
 use crate::filters::framing::{self, Framing};
@@ -44,21 +45,29 @@ const CLIENT_CLOSED: u16 = 499;
 pub struct Proxy {
     topology: Arc<ArcSwap<Topology>>,
     access_log: AccessLog,
-    tls_listeners: HashMap<SocketAddr, Option<http::HeaderValue>>,
+    settings: ProxySettings,
+}
+
+/// Process-wide settings of the proxy, from `server:`.
+pub struct ProxySettings {
+    /// TLS listeners by local address, with the Strict-Transport-Security value
+    /// each adds to its answers.
+    pub tls_listeners: HashMap<SocketAddr, Option<http::HeaderValue>>,
+    pub max_request_body: u64,
+    pub client_timeouts: ClientTimeoutsConfig,
+    pub compression: Option<CompressionPolicy>,
 }
 
 impl Proxy {
-    /// `tls_listeners`: the TLS listeners by local address, with the
-    /// Strict-Transport-Security value each adds to its answers.
     pub fn new(
         topology: Arc<ArcSwap<Topology>>,
         access_log: AccessLog,
-        tls_listeners: HashMap<SocketAddr, Option<http::HeaderValue>>,
+        settings: ProxySettings,
     ) -> Self {
         Proxy {
             topology,
             access_log,
-            tls_listeners,
+            settings,
         }
     }
 }
@@ -85,6 +94,8 @@ pub struct RequestCtx {
     identity: Option<Identity>,
     /// The request came over TLS.
     https: bool,
+    /// Request body bytes read so far.
+    body_bytes: u64,
     /// Strict-Transport-Security of the listener, if it sets one.
     hsts: Option<http::HeaderValue>,
     /// The route's rate-limit state after this request, for RateLimit-* headers.
@@ -102,6 +113,28 @@ impl RequestCtx {
 }
 
 impl Proxy {
+    /// Applies the client timeouts and refuses a body announced larger than
+    /// `max_request_body` (413, connection closed) before anything is read or
+    /// forwarded. Returns false when the request was answered.
+    async fn within_limits(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let timeouts = &self.settings.client_timeouts;
+        session.set_read_timeout(Some(timeouts.read_body));
+        session.set_write_timeout(Some(timeouts.send));
+        session.set_keepalive(Some(timeouts.keepalive.as_secs()));
+        let announced = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if announced.is_some_and(|len| len > self.settings.max_request_body) {
+            ctx.own_status = Some(413);
+            send_error(session, 413, "413 Content Too Large", true).await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// Applies the route's rate limit and auth policy, in that order, except that a
     /// limit keyed on `auth_subject` runs after the policy found the subject.
     /// Returns false when the request was answered (429, 401, 403, 503).
@@ -235,6 +268,33 @@ static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new("-"
 impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
 
+    /// Registers pingora's response compression module, on at the configured
+    /// level when `server.compression` is set (each answer is then checked by
+    /// [`CompressionPolicy::check_response`]), off otherwise.
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        let level = self
+            .settings
+            .compression
+            .as_ref()
+            .map_or(0, CompressionPolicy::level);
+        modules.add_module(
+            pingora::modules::http::compression::ResponseCompressionBuilder::enable(level),
+        );
+    }
+
+    /// Runs before pingora's modules see the request: keeps the compression
+    /// module from choosing brotli (see `edge::compression`).
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(compression) = &self.settings.compression {
+            compression.refuse_brotli(session.req_header_mut());
+        }
+        Ok(())
+    }
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
@@ -251,6 +311,7 @@ impl ProxyHttp for Proxy {
             own_status: None,
             identity: None,
             https: false,
+            body_bytes: 0,
             hsts: None,
             rate_limit: None,
         }
@@ -286,7 +347,7 @@ impl ProxyHttp for Proxy {
         if let Some(listener) = session
             .server_addr()
             .and_then(|a| a.as_inet())
-            .and_then(|local| self.tls_listeners.get(local))
+            .and_then(|local| self.settings.tls_listeners.get(local))
         {
             ctx.https = true;
             ctx.hsts = listener.clone();
@@ -324,6 +385,14 @@ impl ProxyHttp for Proxy {
         };
         ctx.route = Some(route_id);
         let route = &topology.routes[route_id];
+        if !route.admits(ctx.client_ip) {
+            ctx.own_status = Some(403);
+            send_error(session, 403, "403 Forbidden", false).await?;
+            return Ok(true);
+        }
+        if !self.within_limits(session, ctx).await? {
+            return Ok(true);
+        }
         if !self.admit(session, ctx, route).await? {
             return Ok(true);
         }
@@ -334,7 +403,11 @@ impl ProxyHttp for Proxy {
                 Ok(true)
             }
             RouteAction::Static(files) => {
-                ctx.own_status = Some(files.serve(session).await?);
+                ctx.own_status = Some(
+                    files
+                        .serve(session, self.settings.compression.as_ref())
+                        .await?,
+                );
                 Ok(true)
             }
             RouteAction::Proxy { upstream } => {
@@ -544,6 +617,27 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    /// Counts the request body as it streams; a body without Content-Length that
+    /// grows past `max_request_body` ends the request with 413.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > self.settings.max_request_body {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body larger than max_request_body",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Releases the backend's in-flight count as soon as its answer is complete,
     /// before the client has it, so the next pick sees the backend's true load.
     /// (`logging` releases it for requests that end any other way.)
@@ -564,13 +658,16 @@ impl ProxyHttp for Proxy {
     /// RateLimit-Limit/-Remaining/-Reset to answers of rate-limited routes.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(hsts) = &ctx.hsts {
             upstream_response
                 .insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+        }
+        if let Some(compression) = &self.settings.compression {
+            compression.check_response(session, upstream_response);
         }
         if let Some((limit, remaining, reset)) = &ctx.rate_limit {
             upstream_response.insert_header(RATELIMIT_LIMIT, limit.limit_header.clone())?;

@@ -5,9 +5,10 @@
 use crate::access_log::AccessLog;
 use crate::balance::health::HealthChecker;
 use crate::config::{Config, ConfigErrors, LoadedConfig};
+use crate::edge::compression::CompressionPolicy;
 use crate::edge::redirect::HttpsRedirect;
 use crate::edge::tls::{listener_settings as tls_listener_settings, SniResolver};
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, ProxySettings};
 use crate::topology::Topology;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -104,7 +105,16 @@ pub fn build(config: &Config, prepared: Prepared, options: StartOptions) -> anyh
         Proxy::new(
             Arc::clone(&topology),
             prepared.access_log,
-            listeners.tls_headers,
+            ProxySettings {
+                tls_listeners: listeners.tls_headers,
+                max_request_body: config.server.max_request_body,
+                client_timeouts: config.server.client_timeouts.clone(),
+                compression: config
+                    .server
+                    .compression
+                    .as_ref()
+                    .map(CompressionPolicy::new),
+            },
         ),
     );
     let mut redirects = Service::new(

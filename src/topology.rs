@@ -79,7 +79,19 @@ pub struct Route {
     pub strip_prefix: Option<String>,
     pub auth: Option<Arc<NamedAuth>>,
     pub rate_limit: Option<Arc<NamedRateLimit>>,
+    /// Client networks allowed (empty: all) and denied, checked before anything else.
+    pub allow: Vec<ipnet::IpNet>,
+    pub deny: Vec<ipnet::IpNet>,
     pub metrics: RouteMetrics,
+}
+
+impl Route {
+    /// Whether `client` may use this route: not denied, and allowed when an
+    /// allow list is set.
+    pub fn admits(&self, client: std::net::IpAddr) -> bool {
+        !self.deny.iter().any(|n| n.contains(&client))
+            && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&client)))
+    }
 }
 
 impl Topology {
@@ -299,6 +311,8 @@ fn compile_route(
             strip_prefix: None,
             auth: None,
             rate_limit: None,
+            allow: config.allow.clone(),
+            deny: config.deny.clone(),
         };
         return Ok(route);
     }
@@ -346,5 +360,7 @@ fn compile_route(
         strip_prefix,
         auth: None,
         rate_limit: None,
+        allow: config.allow.clone(),
+        deny: config.deny.clone(),
     })
 }

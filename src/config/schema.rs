@@ -46,6 +46,58 @@ pub struct ServerConfig {
     pub pid_file: PathBuf,
     #[serde(default = "defaults::upgrade_sock")]
     pub upgrade_sock: PathBuf,
+    /// Larger request bodies are refused with 413.
+    #[serde(
+        default = "defaults::max_request_body",
+        deserialize_with = "units::byte_size"
+    )]
+    pub max_request_body: u64,
+    /// How long tollgate waits on slow or idle clients.
+    #[serde(default)]
+    pub client_timeouts: ClientTimeoutsConfig,
+    /// Compression of responses; off when absent.
+    pub compression: Option<CompressionConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTimeoutsConfig {
+    /// Longest wait for the next piece of a request body.
+    #[serde(default = "defaults::client_timeout", with = "duration_serde")]
+    pub read_body: Duration,
+    /// Longest wait for a client to take the next piece of a response.
+    #[serde(default = "defaults::client_timeout", with = "duration_serde")]
+    pub send: Duration,
+    /// How long an idle keep-alive connection waits for its next request.
+    #[serde(default = "defaults::client_timeout", with = "duration_serde")]
+    pub keepalive: Duration,
+}
+
+impl Default for ClientTimeoutsConfig {
+    fn default() -> Self {
+        ClientTimeoutsConfig {
+            read_body: defaults::client_timeout(),
+            send: defaults::client_timeout(),
+            keepalive: defaults::client_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// gzip/brotli/zstd level (1 to 9).
+    #[serde(default = "defaults::compression_level")]
+    pub level: u32,
+    /// Smaller responses are sent as they are.
+    #[serde(
+        default = "defaults::compression_min_size",
+        deserialize_with = "units::byte_size"
+    )]
+    pub min_size: u64,
+    /// Content types compressed (before any `;`); defaults to text types.
+    #[serde(default = "defaults::compression_types")]
+    pub types: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,6 +302,12 @@ pub struct RouteConfig {
     /// Remove the matched `path_prefix` before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,
+    /// Only clients in these networks may use the route (403 otherwise).
+    #[serde(default, deserialize_with = "units::ip_nets")]
+    pub allow: Vec<ipnet::IpNet>,
+    /// Clients in these networks get 403 (checked before `allow`).
+    #[serde(default, deserialize_with = "units::ip_nets")]
+    pub deny: Vec<ipnet::IpNet>,
     /// Name of the policy under `auth:` that guards this route; public when absent.
     pub auth: Option<String>,
     /// Name of the limit under `rate_limits:` applied to this route.
@@ -438,6 +496,37 @@ pub mod defaults {
     }
     pub fn jwt_leeway() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn max_request_body() -> u64 {
+        10 << 20
+    }
+    pub fn client_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn compression_level() -> u32 {
+        6
+    }
+    pub fn compression_min_size() -> u64 {
+        1024
+    }
+    pub fn compression_types() -> Vec<String> {
+        [
+            "text/html",
+            "text/css",
+            "text/plain",
+            "text/xml",
+            "text/javascript",
+            "text/csv",
+            "text/markdown",
+            "application/json",
+            "application/javascript",
+            "application/xml",
+            "application/wasm",
+            "image/svg+xml",
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect()
     }
     pub fn index_file() -> String {
         "index.html".to_string()

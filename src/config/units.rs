@@ -102,6 +102,36 @@ pub fn opt_duration<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>
     duration(de).map(Some)
 }
 
+/// Parses a size: `512B`, `64KiB`, `10MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let invalid = || {
+        format!("invalid size `{text}`: expected a whole number with a unit (B, KiB, MiB, GiB), e.g. `10MiB`")
+    };
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let value: u64 = number.parse().map_err(|_| invalid())?;
+    let factor: u64 = match unit {
+        "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(invalid()),
+    };
+    value.checked_mul(factor).ok_or_else(invalid)
+}
+
+/// serde adapter: a byte size written as `10MiB`.
+pub fn byte_size<'de, D: Deserializer<'de>>(de: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_byte_size(&text).map_err(D::Error::custom)
+}
+
 /// serde adapter: a [`Duration`] written as `5s`.
 pub fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
@@ -149,6 +179,16 @@ mod tests {
             "99999999999999999999h",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn sizes_have_units() {
+        assert_eq!(parse_byte_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_byte_size("512B"), Ok(512));
+        assert_eq!(parse_byte_size("2KB"), Ok(2000));
+        for bad in ["10", "10mb", "MiB", "1.5MiB", "99999999999999GiB"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad} accepted");
         }
     }
 

@@ -228,6 +228,27 @@ fn check_server(server: &ServerConfig, problems: &mut Problems) {
             }
         }
     }
+    if let Some(c) = &server.compression {
+        if !(1..=9).contains(&c.level) {
+            problems.push((
+                "server.compression.level".into(),
+                format!("{} is out of range: expected 1 to 9", c.level),
+            ));
+        }
+    }
+    let t = &server.client_timeouts;
+    for (key, value) in [
+        ("read_body", t.read_body),
+        ("send", t.send),
+        ("keepalive", t.keepalive),
+    ] {
+        if value.is_zero() {
+            problems.push((
+                format!("server.client_timeouts.{key}"),
+                "must be more than 0".into(),
+            ));
+        }
+    }
     if let Some(metrics) = server.metrics {
         if seen.contains(&metrics) {
             problems.push((

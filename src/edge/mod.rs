@@ -1,5 +1,6 @@
 //! The edge: TLS termination, HTTPS redirects, and answers tollgate writes itself.
 
+pub mod compression;
 pub mod redirect;
 pub mod respond;
 pub mod static_files;

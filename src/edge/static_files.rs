@@ -7,6 +7,7 @@
 //! canonical root, so a symlink pointing outside is refused too. Directories serve
 //! their `index` file; listings are never produced.
 
+use crate::edge::compression::CompressionPolicy;
 use crate::edge::respond::send_answer;
 use bytes::Bytes;
 use http::header::{
@@ -21,7 +22,7 @@ use std::time::SystemTime;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// Bytes read and sent per chunk.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 16 * 1024;
 
 pub struct StaticFiles {
     /// The canonical root directory.
@@ -60,7 +61,12 @@ impl StaticFiles {
     }
 
     /// Answers the request in `session`. Returns the status sent.
-    pub async fn serve(&self, session: &mut Session) -> pingora::Result<u16> {
+    /// `compression`, when set, decides whether the file's answer is compressed.
+    pub async fn serve(
+        &self,
+        session: &mut Session,
+        compression: Option<&CompressionPolicy>,
+    ) -> pingora::Result<u16> {
         let req = session.req_header();
         let head_only = req.method == http::Method::HEAD;
         if req.method != http::Method::GET && !head_only {
@@ -76,10 +82,13 @@ impl StaticFiles {
         }
         let raw_path = req.uri.path().to_string();
         let Some(relative) = safe_relative_path(&raw_path) else {
-            return self.not_found(session).await;
+            return self.not_found(session, compression).await;
         };
         match self.find(&relative).await {
-            Found::File(path, meta) => self.send_file(session, &path, &meta, head_only, 200).await,
+            Found::File(path, meta) => {
+                self.send_file(session, &path, &meta, head_only, 200, compression)
+                    .await
+            }
             Found::AddSlash => {
                 let mut header = ResponseHeader::build(301, Some(2))?;
                 let query = session
@@ -92,7 +101,7 @@ impl StaticFiles {
                 send_answer(session, header, Bytes::new()).await?;
                 Ok(301)
             }
-            Found::Missing => self.not_found(session).await,
+            Found::Missing => self.not_found(session, compression).await,
         }
     }
 
@@ -124,12 +133,18 @@ impl StaticFiles {
         Found::File(canonical, meta)
     }
 
-    async fn not_found(&self, session: &mut Session) -> pingora::Result<u16> {
+    async fn not_found(
+        &self,
+        session: &mut Session,
+        compression: Option<&CompressionPolicy>,
+    ) -> pingora::Result<u16> {
         if let Some(page) = &self.not_found_page {
             if let Ok(meta) = tokio::fs::metadata(page).await {
                 if meta.is_file() {
                     let head_only = session.req_header().method == http::Method::HEAD;
-                    return self.send_file(session, page, &meta, head_only, 404).await;
+                    return self
+                        .send_file(session, page, &meta, head_only, 404, compression)
+                        .await;
                 }
             }
         }
@@ -145,6 +160,7 @@ impl StaticFiles {
         meta: &std::fs::Metadata,
         head_only: bool,
         status: u16,
+        compression: Option<&CompressionPolicy>,
     ) -> pingora::Result<u16> {
         let len = meta.len();
         let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -207,6 +223,9 @@ impl StaticFiles {
             })?;
         }
         let empty = head_only || count == 0;
+        if let Some(policy) = compression {
+            policy.check_response(session, &header);
+        }
         session
             .write_response_header(Box::new(header), empty)
             .await?;

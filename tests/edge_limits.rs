@@ -1,0 +1,182 @@
+//! Request limits (413 before anything reaches a backend, per-route allow/deny)
+//! and response compression (gzip and zstd that decode to the original; never
+//! for images, ranges or small bodies; no brotli while pingora#1013 is open).
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_get_413_and_never_reach_the_backend() {
+    let backend = RawBackend::start(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    let tollgate = Tollgate::start_with(
+        &format!("upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n", backend.addr),
+        "  max_request_body: 1KiB\n",
+    )
+    .await;
+    let big = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{}",
+        "x".repeat(5000)
+    );
+    let (raw, closed) = raw_exchange(tollgate.addr, big.as_bytes(), Duration::from_secs(5));
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    assert!(closed, "connection left open after 413");
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        0,
+        "the large body reached the backend"
+    );
+
+    let small = reqwest::Client::new()
+        .post(tollgate.url("/upload"))
+        .body("x".repeat(1000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 200);
+
+    // Without Content-Length the body is counted as it streams.
+    let chunked = "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n"
+        .to_string()
+        + &"y".repeat(2048)
+        + "\r\n0\r\n\r\n";
+    let (raw, _) = raw_exchange(tollgate.addr, chunked.as_bytes(), Duration::from_secs(5));
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_and_deny_lists_answer_403() {
+    let backend = Backend::start("app");
+    let tollgate = Tollgate::start(&format!(
+        "upstreams:
+  app:
+    backends: [{{address: {}}}]
+routes:
+  - match: {{path_prefix: /admin/}}
+    upstream: app
+    allow: [127.0.0.10/31]
+    deny: [127.0.0.11]
+  - match: {{path_prefix: /}}
+    upstream: app
+    deny: [127.0.0.66]
+",
+        backend.addr
+    ))
+    .await;
+    let status_from = |ip: [u8; 4], path: &'static str| {
+        let client = reqwest::Client::builder()
+            .local_address(IpAddr::from(ip))
+            .build()
+            .unwrap();
+        let url = tollgate.url(path);
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status_from([127, 0, 0, 10], "/admin/x").await, 200);
+    assert_eq!(
+        status_from([127, 0, 0, 11], "/admin/x").await,
+        403,
+        "deny beats allow"
+    );
+    assert_eq!(
+        status_from([127, 0, 0, 12], "/admin/x").await,
+        403,
+        "not in the allow list"
+    );
+    assert_eq!(status_from([127, 0, 0, 12], "/").await, 200);
+    assert_eq!(status_from([127, 0, 0, 66], "/").await, 403);
+}
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn unzstd(bytes: &[u8]) -> Vec<u8> {
+    zstd::stream::decode_all(bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_is_compressed_by_accept_encoding_and_decodes_to_the_original() {
+    let dir = temp_dir("compress");
+    let text: String = (0..2000)
+        .map(|i| format!("line {i}: the quick brown fox\n"))
+        .collect();
+    std::fs::write(dir.join("page.html"), &text).unwrap();
+    std::fs::write(dir.join("tiny.txt"), "small").unwrap();
+    let image: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("photo.jpg"), &image).unwrap();
+    let backend = Backend::start("app");
+    let tollgate = Tollgate::start_with(
+        &format!(
+            "upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - match: {{path_prefix: /api/}}\n    upstream: app\n  - match: {{path_prefix: /}}\n    static: {{root: {}}}\n",
+            backend.addr,
+            dir.display()
+        ),
+        "  compression: {level: 6, min_size: 100B}\n",
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let get = |path: &str, encoding: Option<&str>, range: Option<&str>| {
+        let mut request = client.get(tollgate.url(path));
+        if let Some(e) = encoding {
+            request = request.header("Accept-Encoding", e);
+        }
+        if let Some(r) = range {
+            request = request.header("Range", r);
+        }
+        request.send()
+    };
+
+    let gz = get("/page.html", Some("gzip"), None).await.unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    assert!(gz.headers()["vary"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase()
+        .contains("accept-encoding"));
+    let body = gz.bytes().await.unwrap();
+    assert!(
+        body.len() < text.len() / 4,
+        "gzip body of {} bytes for {}",
+        body.len(),
+        text.len()
+    );
+    assert_eq!(gunzip(&body), text.as_bytes());
+
+    let zst = get("/page.html", Some("zstd"), None).await.unwrap();
+    assert_eq!(zst.headers()["content-encoding"], "zstd");
+    assert_eq!(unzstd(&zst.bytes().await.unwrap()), text.as_bytes());
+
+    // Brotli is never produced (pingora#1013): a br-first client gets gzip.
+    let br_first = get("/page.html", Some("br, gzip"), None).await.unwrap();
+    assert_eq!(br_first.headers()["content-encoding"], "gzip");
+    assert_eq!(gunzip(&br_first.bytes().await.unwrap()), text.as_bytes());
+
+    // Proxied answers too (the demo backend's JSON is over 100 bytes).
+    let api = get("/api/x", Some("gzip"), None).await.unwrap();
+    assert_eq!(api.headers()["content-encoding"], "gzip");
+    let json: serde_json::Value =
+        serde_json::from_slice(&gunzip(&api.bytes().await.unwrap())).unwrap();
+    assert_eq!(json["backend"], "app");
+
+    for (path, encoding, range, why) in [
+        ("/page.html", None, None, "no Accept-Encoding"),
+        ("/page.html", Some("br"), None, "br only"),
+        ("/photo.jpg", Some("gzip, br"), None, "an image"),
+        ("/tiny.txt", Some("gzip"), None, "under min_size"),
+        ("/page.html", Some("gzip"), Some("bytes=0-99"), "a range"),
+    ] {
+        let response = get(path, encoding, range).await.unwrap();
+        assert!(
+            response.headers().get("content-encoding").is_none(),
+            "{why} was compressed"
+        );
+    }
+}
