@@ -12,6 +12,7 @@ use crate::access_log::{AccessEntry, AccessLog};
 use crate::balance::{InFlightGuard, Tried};
 use crate::config::{ClientTimeoutsConfig, RateKey};
 use crate::edge::compression::CompressionPolicy;
+use crate::edge::hsts::{Hsts, HstsBuilder};
 use crate::edge::respond::{send_answer, send_error};
 use crate::filters::auth::{Identity, Rejection, Verdict};
 use crate::filters::framing::{self, Framing};
@@ -96,8 +97,6 @@ pub struct RequestCtx {
     https: bool,
     /// Request body bytes read so far.
     body_bytes: u64,
-    /// Strict-Transport-Security of the listener, if it sets one.
-    hsts: Option<http::HeaderValue>,
     /// The route's rate-limit state after this request, for RateLimit-* headers.
     rate_limit: Option<(Arc<NamedRateLimit>, u32, Duration)>,
 }
@@ -268,9 +267,10 @@ static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new("-"
 impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
 
-    /// Registers pingora's response compression module, on at the configured
-    /// level when `server.compression` is set (each answer is then checked by
-    /// [`CompressionPolicy::check_response`]), off otherwise.
+    /// Registers the downstream modules every answer passes through: pingora's
+    /// response compression, on at the configured level when `server.compression`
+    /// is set (each answer is then checked by [`CompressionPolicy::check_response`]),
+    /// and [`Hsts`], which `request_filter` arms on TLS listeners that set `hsts`.
     fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
         let level = self
             .settings
@@ -280,6 +280,7 @@ impl ProxyHttp for Proxy {
         modules.add_module(
             pingora::modules::http::compression::ResponseCompressionBuilder::enable(level),
         );
+        modules.add_module(Box::new(HstsBuilder));
     }
 
     /// Runs before pingora's modules see the request: keeps the compression
@@ -312,7 +313,6 @@ impl ProxyHttp for Proxy {
             identity: None,
             https: false,
             body_bytes: 0,
-            hsts: None,
             rate_limit: None,
         }
     }
@@ -350,7 +350,9 @@ impl ProxyHttp for Proxy {
             .and_then(|local| self.settings.tls_listeners.get(local))
         {
             ctx.https = true;
-            ctx.hsts = listener.clone();
+            if let Some(hsts) = session.downstream_modules_ctx.get_mut::<Hsts>() {
+                hsts.set(listener.clone());
+            }
         }
         let topology = self.topology.load_full();
         ctx.peer_ip = session
@@ -654,18 +656,14 @@ impl ProxyHttp for Proxy {
         Ok(None)
     }
 
-    /// Adds Strict-Transport-Security on TLS listeners that set it, and
-    /// RateLimit-Limit/-Remaining/-Reset to answers of rate-limited routes.
+    /// Adds RateLimit-Limit/-Remaining/-Reset to answers of rate-limited routes and
+    /// checks whether the answer is to be compressed.
     async fn response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(hsts) = &ctx.hsts {
-            upstream_response
-                .insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
-        }
         if let Some(compression) = &self.settings.compression {
             compression.check_response(session, upstream_response);
         }

@@ -3,7 +3,7 @@
 //! Built once per load and swapped whole; the request path only reads it.
 
 use crate::balance::health::CheckPlan;
-use crate::balance::probe::Probe;
+use crate::balance::probe::{Probe, ProbeTls};
 use crate::balance::{Backend, BackendState, Upstream};
 use crate::config::{AuthPolicyConfig, Config, RateKey, RouteConfig, UpstreamConfig};
 use crate::edge::respond::DirectResponse;
@@ -231,7 +231,13 @@ fn compile_upstream(name: &str, config: &UpstreamConfig) -> Upstream {
         .iter()
         .map(|b| {
             let label = b.address.to_string();
-            let mut peer = HttpPeer::new(b.address, false, String::new());
+            let tls = config.tls.as_ref();
+            let sni = tls.and_then(|t| t.sni.clone()).unwrap_or_default();
+            let mut peer = HttpPeer::new(b.address, tls.is_some(), sni);
+            if let Some(tls) = tls {
+                peer.options.verify_cert = tls.verify;
+                peer.options.verify_hostname = tls.verify;
+            }
             peer.options.connection_timeout = Some(config.timeouts.connect);
             peer.options.read_timeout = Some(config.timeouts.read);
             peer.options.write_timeout = Some(config.timeouts.write);
@@ -264,9 +270,11 @@ fn check_plan(upstream: &Arc<Upstream>, config: &UpstreamConfig) -> Option<Check
         },
         None => Probe::Tcp,
     };
+    let probe_tls = config.tls.as_ref().map(ProbeTls::new);
     Some(CheckPlan {
         upstream: Arc::clone(upstream),
         probe,
+        tls: probe_tls,
         interval: hc.interval,
         timeout: hc.timeout,
         healthy_threshold: hc.healthy_threshold,

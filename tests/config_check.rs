@@ -181,7 +181,10 @@ fn example_topologies_are_valid() {
     let mut checked = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") {
+        // edge.yaml names certificates that only exist on a real machine; the
+        // edge_example test runs it with generated ones.
+        let needs_machine_files = path.file_name().is_some_and(|n| n == "edge.yaml");
+        if path.extension().is_some_and(|e| e == "yaml") && !needs_machine_files {
             let out = Command::new(TOLLGATE)
                 .arg("-t")
                 .arg("-c")

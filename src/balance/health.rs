@@ -1,7 +1,7 @@
 //! Backend health: active state (moved by probes), passive state (moved by failures
 //! seen on real traffic), and the background service that runs the probes.
 
-use super::probe::Probe;
+use super::probe::{Probe, ProbeTls};
 use super::Upstream;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -149,6 +149,8 @@ impl PassiveHealth {
 pub struct CheckPlan {
     pub upstream: Arc<Upstream>,
     pub probe: Probe,
+    /// Probe over TLS, as the upstream's traffic goes.
+    pub tls: Option<ProbeTls>,
     pub interval: Duration,
     pub timeout: Duration,
     pub healthy_threshold: u32,
@@ -160,7 +162,11 @@ impl CheckPlan {
     pub async fn run_once(&self) {
         let probes = self.upstream.backends.iter().map(|backend| {
             let address = backend.address;
-            async move { self.probe.check(address, self.timeout).await }
+            async move {
+                self.probe
+                    .check(address, self.tls.as_ref(), self.timeout)
+                    .await
+            }
         });
         let results = futures::future::join_all(probes).await;
         for (index, result) in results.into_iter().enumerate() {

@@ -1,9 +1,17 @@
 //! One active health probe of one backend: a TCP connect, or an HTTP/1.1 GET whose
-//! status is checked.
+//! status is checked; over TLS when the upstream's traffic is.
 
+use crate::config::UpstreamTlsConfig;
+use pingora::tls::{
+    install_default_crypto_provider, load_platform_certs_incl_env_into_store, CertificateDer,
+    ClientConfig, CryptoProvider, DigitallySignedStruct, HandshakeSignatureValid, RootCertStore,
+    RusTlsError, ServerCertVerified, ServerCertVerifier, ServerName, SignatureScheme, TlsConnector,
+    UnixTime,
+};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How a backend is probed.
@@ -25,18 +33,47 @@ pub enum Probe {
 const MAX_HEAD: usize = 8 * 1024;
 
 impl Probe {
-    /// Probes `address` within `timeout`; `Err` says why the backend failed.
-    pub async fn check(&self, address: SocketAddr, timeout: Duration) -> Result<(), String> {
-        match tokio::time::timeout(timeout, self.check_unbounded(address)).await {
+    /// Probes `address` within `timeout`, over TLS when `tls` is set; `Err` says
+    /// why the backend failed.
+    pub async fn check(
+        &self,
+        address: SocketAddr,
+        tls: Option<&ProbeTls>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        match tokio::time::timeout(timeout, self.check_unbounded(address, tls)).await {
             Ok(result) => result,
             Err(_) => Err(format!("no answer within {timeout:?}")),
         }
     }
 
-    async fn check_unbounded(&self, address: SocketAddr) -> Result<(), String> {
-        let mut stream = TcpStream::connect(address)
+    async fn check_unbounded(
+        &self,
+        address: SocketAddr,
+        tls: Option<&ProbeTls>,
+    ) -> Result<(), String> {
+        let tcp = TcpStream::connect(address)
             .await
             .map_err(|e| format!("connect: {e}"))?;
+        match tls {
+            None => self.exchange(tcp, address).await,
+            Some(tls) => {
+                let stream = tls
+                    .connector
+                    .connect(tls.server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                self.exchange(stream, address).await
+            }
+        }
+    }
+
+    /// The HTTP part of a probe on an open connection; nothing for TCP probes.
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+        address: SocketAddr,
+    ) -> Result<(), String> {
         let Probe::Http {
             path,
             host,
@@ -82,6 +119,82 @@ impl Probe {
         } else {
             Err(format!("status {status}"))
         }
+    }
+}
+
+/// TLS for probes, set up as the upstream's traffic is: SNI and verification
+/// against the system's CAs when `verify`, no verification otherwise.
+pub struct ProbeTls {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl ProbeTls {
+    pub fn new(config: &UpstreamTlsConfig) -> Self {
+        install_default_crypto_provider();
+        let builder = ClientConfig::builder();
+        let mut client = if config.verify {
+            let mut roots = RootCertStore::empty();
+            if let Err(e) = load_platform_certs_incl_env_into_store(&mut roots) {
+                log::warn!("health checks: system CA certificates unavailable: {e}");
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
+                .with_no_client_auth()
+        };
+        let sni = config.sni.clone().filter(|s| !s.is_empty());
+        client.enable_sni = sni.is_some();
+        let server_name = sni
+            .and_then(|s| ServerName::try_from(s).ok())
+            .unwrap_or_else(|| ServerName::try_from("backend.invalid").expect("a valid DNS name"));
+        ProbeTls {
+            connector: TlsConnector::from(Arc::new(client)),
+            server_name,
+        }
+    }
+}
+
+/// The certificate check of `verify: false`: none.
+#[derive(Debug)]
+struct AcceptAnyCertificate;
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, RusTlsError> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, RusTlsError> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, RusTlsError> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        CryptoProvider::get_default()
+            .map(|p| p.signature_verification_algorithms.supported_schemes())
+            .unwrap_or_default()
     }
 }
 

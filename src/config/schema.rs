@@ -192,6 +192,18 @@ pub struct UpstreamConfig {
     pub retries: u32,
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+    /// HTTPS to the backends (and their health checks); plain HTTP when absent.
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// The name sent by SNI and checked against the backends' certificates.
+    pub sni: Option<String>,
+    /// Check the certificate against the system's CAs and `sni` (default true).
+    #[serde(default = "defaults::verify")]
+    pub verify: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -496,6 +508,9 @@ pub mod defaults {
     }
     pub fn jwt_leeway() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn verify() -> bool {
+        true
     }
     pub fn max_request_body() -> u64 {
         10 << 20

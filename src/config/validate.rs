@@ -358,6 +358,14 @@ fn check_upstream(name: &str, upstream: &UpstreamConfig, problems: &mut Problems
             ));
         }
     }
+    if let Some(tls) = &upstream.tls {
+        if tls.verify && tls.sni.as_deref().is_none_or(str::is_empty) {
+            problems.push((
+                format!("{at}.tls"),
+                "verify needs `sni`, the name certificates are checked against".into(),
+            ));
+        }
+    }
     if upstream.passive.max_fails > 0 && upstream.passive.fail_timeout.is_zero() {
         problems.push((
             format!("{at}.passive.fail_timeout"),

@@ -1,6 +1,7 @@
 //! The edge: TLS termination, HTTPS redirects, and answers tollgate writes itself.
 
 pub mod compression;
+pub mod hsts;
 pub mod redirect;
 pub mod respond;
 pub mod static_files;

@@ -1,0 +1,90 @@
+//! config/edge.yaml as shipped, with its addresses, certificate and poster
+//! directory moved to what the test made: :80 redirects to :443, :443 serves
+//! posters from disk and proxies the rest to two replicas over h2 or h1.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_example_works_as_documented() {
+    let dir = temp_dir("edge-example");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_path = write_file(&dir, "site.crt", &cert.pem());
+    let key_path = write_file(&dir, "site.key", &key.serialize_pem());
+    let posters = dir.join("share");
+    std::fs::create_dir_all(posters.join("poster")).unwrap();
+    let poster: Vec<u8> = (0..5000u32).map(|i| (i % 256) as u8).collect();
+    std::fs::write(posters.join("poster/film.jpg"), &poster).unwrap();
+
+    let replicas = [Backend::start("app-1"), Backend::start("app-2")];
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/edge.yaml"))
+        .unwrap()
+        .replace("0.0.0.0:80\n", &format!("{http}\n"))
+        .replace("0.0.0.0:443\n", &format!("{https}\n"))
+        .replace("127.0.0.1:9091", &metrics.to_string())
+        .replace(
+            "/etc/tollgate/tls/site.crt",
+            &cert_path.display().to_string(),
+        )
+        .replace(
+            "/etc/tollgate/tls/site.key",
+            &key_path.display().to_string(),
+        )
+        .replace("/usr/share/tollgate", &posters.display().to_string())
+        .replace(
+            "/var/log/tollgate/access.log",
+            &dir.join("access.log").display().to_string(),
+        )
+        .replace("127.0.0.1:9001", &replicas[0].addr.to_string())
+        .replace("127.0.0.1:9002", &replicas[1].addr.to_string());
+    let _tollgate = Tollgate::launch(dir, &text, http, metrics, &[]).await;
+
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let redirect = plain
+        .get(format!("http://{http}/poster/film.jpg?v=2"))
+        .header("Host", "shop.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), 308);
+    assert_eq!(
+        redirect.headers()["location"],
+        format!("https://shop.test:{}/poster/film.jpg?v=2", https.port()).as_str()
+    );
+
+    let client = reqwest::Client::builder()
+        .resolve("shop.test", https)
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let base = format!("https://shop.test:{}", https.port());
+    let film = client
+        .get(format!("{base}/poster/film.jpg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(film.status(), 200);
+    assert_eq!(film.version(), reqwest::Version::HTTP_2);
+    assert!(film.headers().contains_key("strict-transport-security"));
+    assert_eq!(film.bytes().await.unwrap().as_ref(), poster.as_slice());
+
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let answer = client.get(format!("{base}/cart")).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        seen.insert(answer.headers()["x-backend"].to_str().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 2, "both replicas answer: {seen:?}");
+}

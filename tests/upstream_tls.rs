@@ -1,0 +1,115 @@
+//! HTTPS to backends: traffic and health probes go over TLS with SNI;
+//! `verify: true` refuses a certificate no CA vouches for.
+
+mod common;
+
+use common::*;
+use pingora::tls::{CertificateDer, PrivateKeyDer, ServerConfig, TlsAcceptor};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A TLS backend for `backend.test` with a self-signed certificate, answering
+/// every request `200 tls-backend`; counts completed handshakes.
+async fn tls_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    pingora::tls::install_default_crypto_provider();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["backend.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let chain = vec![CertificateDer::from(cert.der().to_vec())];
+    let private = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let counter = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, counter) = (acceptor.clone(), counter.clone());
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    while let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        request.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\ntls-backend";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, handshakes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_and_health_checks_go_over_tls() {
+    let (backend, handshakes) = tls_backend().await;
+    let tollgate = Tollgate::start(&format!(
+        "upstreams:
+  secure:
+    backends: [{{address: {backend}}}]
+    tls: {{sni: backend.test, verify: false}}
+    health_check:
+      http: {{path: /health}}
+      interval: 100ms
+  strict:
+    backends: [{{address: {backend}}}]
+    tls: {{sni: backend.test, verify: true}}
+    retries: 0
+routes:
+  - match: {{path_prefix: /strict}}
+    upstream: strict
+  - match: {{path_prefix: /}}
+    upstream: secure
+"
+    ))
+    .await;
+    let response = reqwest::get(tollgate.url("/x")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "tls-backend");
+
+    let probed = wait_until(std::time::Duration::from_secs(5), || async {
+        tollgate
+            .metric(
+                "tollgate_health_checks_total",
+                &[("upstream", "secure"), ("result", "success")],
+            )
+            .await
+            .unwrap_or(0.0)
+            >= 2.0
+    })
+    .await;
+    assert!(
+        probed,
+        "no successful TLS health probe:\n{}",
+        tollgate.metrics().await
+    );
+    assert!(
+        handshakes.load(Ordering::SeqCst) >= 2,
+        "the backend saw no TLS handshakes"
+    );
+
+    // A self-signed certificate is not accepted when verification is on.
+    let refused = reqwest::get(tollgate.url("/strict")).await.unwrap();
+    assert_eq!(refused.status(), 502);
+}
