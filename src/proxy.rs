@@ -11,7 +11,7 @@
 use crate::access_log::{AccessEntry, AccessLog};
 use crate::balance::{InFlightGuard, Tried};
 use crate::config::{ClientTimeoutsConfig, RateKey};
-use crate::edge::compression::CompressionPolicy;
+use crate::edge::compression::{BrotliCompressionBuilder, CompressionPolicy};
 use crate::edge::hsts::{Hsts, HstsBuilder};
 use crate::edge::respond::{send_answer, send_error};
 use crate::filters::auth::{Identity, Rejection, Verdict};
@@ -281,17 +281,20 @@ impl ProxyHttp for Proxy {
             pingora::modules::http::compression::ResponseCompressionBuilder::enable(level),
         );
         modules.add_module(Box::new(HstsBuilder));
+        if self.settings.compression.is_some() {
+            modules.add_module(Box::new(BrotliCompressionBuilder));
+        }
     }
 
-    /// Runs before pingora's modules see the request: keeps the compression
-    /// module from choosing brotli (see `edge::compression`).
+    /// Runs before pingora's modules see the request: hands brotli to our own
+    /// module rather than pingora's (see `edge::compression`).
     async fn early_request_filter(
         &self,
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(compression) = &self.settings.compression {
-            compression.refuse_brotli(session.req_header_mut());
+            compression.route_brotli(session);
         }
         Ok(())
     }

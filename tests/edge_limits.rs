@@ -1,6 +1,6 @@
 //! Request limits (413 before anything reaches a backend, per-route allow/deny)
-//! and response compression (gzip and zstd that decode to the original; never
-//! for images, ranges or small bodies; no brotli while pingora#1013 is open).
+//! and response compression (gzip, brotli and zstd that decode to the original;
+//! never for images, ranges or small bodies).
 
 mod common;
 
@@ -98,6 +98,15 @@ fn gunzip(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Strict brotli decoding: fails on a stream that is not finished.
+fn unbrotli(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    brotli::Decompressor::new(bytes, 4096)
+        .read_to_end(&mut out)
+        .expect("a complete brotli stream");
+    out
+}
+
 fn unzstd(bytes: &[u8]) -> Vec<u8> {
     zstd::stream::decode_all(bytes).unwrap()
 }
@@ -154,10 +163,23 @@ async fn text_is_compressed_by_accept_encoding_and_decodes_to_the_original() {
     assert_eq!(zst.headers()["content-encoding"], "zstd");
     assert_eq!(unzstd(&zst.bytes().await.unwrap()), text.as_bytes());
 
-    // Brotli is never produced (pingora#1013): a br-first client gets gzip.
-    let br_first = get("/page.html", Some("br, gzip"), None).await.unwrap();
-    assert_eq!(br_first.headers()["content-encoding"], "gzip");
-    assert_eq!(gunzip(&br_first.bytes().await.unwrap()), text.as_bytes());
+    // Brotli comes from our own module (pingora#1013), finished properly, and
+    // wins over gzip when the client accepts both.
+    for accept in ["br", "gzip, br", "br, gzip"] {
+        let br = get("/page.html", Some(accept), None).await.unwrap();
+        assert_eq!(br.headers()["content-encoding"], "br", "{accept}");
+        assert!(br.headers().get("content-length").is_none());
+        assert_eq!(
+            unbrotli(&br.bytes().await.unwrap()),
+            text.as_bytes(),
+            "{accept}"
+        );
+    }
+    let api_br = get("/api/x", Some("br"), None).await.unwrap();
+    assert_eq!(api_br.headers()["content-encoding"], "br");
+    let json: serde_json::Value =
+        serde_json::from_slice(&unbrotli(&api_br.bytes().await.unwrap())).unwrap();
+    assert_eq!(json["backend"], "app");
 
     // Proxied answers too (the demo backend's JSON is over 100 bytes).
     let api = get("/api/x", Some("gzip"), None).await.unwrap();
@@ -168,8 +190,9 @@ async fn text_is_compressed_by_accept_encoding_and_decodes_to_the_original() {
 
     for (path, encoding, range, why) in [
         ("/page.html", None, None, "no Accept-Encoding"),
-        ("/page.html", Some("br"), None, "br only"),
         ("/photo.jpg", Some("gzip, br"), None, "an image"),
+        ("/tiny.txt", Some("br"), None, "under min_size (br)"),
+        ("/page.html", Some("br"), Some("bytes=0-99"), "a range (br)"),
         ("/tiny.txt", Some("gzip"), None, "under min_size"),
         ("/page.html", Some("gzip"), Some("bytes=0-99"), "a range"),
     ] {

@@ -229,7 +229,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     let backend = Backend::start("echo");
     let tollgate = Tollgate::start(&single_upstream(&backend.addr.to_string(), "")).await;
     let mut connections = std::collections::HashSet::new();
-    for _ in 0..10 {
+    for _ in 0..20 {
         // A new client connection each time: reuse must be on tollgate's side.
         let client = reqwest::Client::new();
         let body: Value = client
@@ -242,10 +242,12 @@ async fn upstream_connections_are_kept_alive_and_reused() {
             .unwrap();
         connections.insert(body["connection"].as_u64().unwrap());
     }
-    assert_eq!(
-        connections.len(),
-        1,
-        "10 sequential requests used {} backend connections",
+    // Without reuse every request opens a connection. With it, a request that
+    // follows its predecessor's answer very closely may still find that
+    // connection not yet back in the pool, so a few can be opened.
+    assert!(
+        connections.len() <= 4,
+        "20 sequential requests used {} backend connections",
         connections.len()
     );
 }

@@ -1,17 +1,21 @@
-//! Response compression (gzip or zstd, the first the client's Accept-Encoding
-//! lists) through pingora's downstream compression module, under our policy: only
-//! listed content types, only bodies of at least `min_size`, never a body that is
-//! already encoded or a partial (206) one.
+//! Response compression under our policy: only listed content types, only bodies
+//! of at least `min_size`, never a body that is already encoded or a partial (206)
+//! one.
 //!
-//! Brotli is not offered: pingora 0.9.1 never finishes its brotli streams
-//! (cloudflare/pingora#1013), which strict decoders reject. `br` is removed from
-//! Accept-Encoding before the module reads it, so those clients get gzip or zstd.
+//! Brotli, when the client accepts it, is done by [`BrotliCompression`], our own
+//! downstream module: pingora 0.9.1's brotli never finishes its streams
+//! (cloudflare/pingora#1013), which strict decoders reject, so `br` is removed
+//! from Accept-Encoding before pingora's module reads it. gzip and zstd (the
+//! first the client lists) are done by pingora's module.
 
 use crate::config::CompressionConfig;
+use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use pingora::http::ResponseHeader;
 use pingora::modules::http::compression::ResponseCompression;
+use pingora::modules::http::{HttpModule, HttpModuleBuilder, Module};
 use pingora::proxy::Session;
+use std::io::Write;
 
 pub struct CompressionPolicy {
     level: u32,
@@ -33,9 +37,11 @@ impl CompressionPolicy {
         }
     }
 
-    /// Removes `br` from the request's Accept-Encoding (see the module doc); call
-    /// from `early_request_filter`, before the compression module reads it.
-    pub fn refuse_brotli(&self, req: &mut pingora::http::RequestHeader) {
+    /// Hands brotli to our module when the client accepts it, and removes `br`
+    /// from the request's Accept-Encoding (see the module doc). Call from
+    /// `early_request_filter`, before pingora's compression module reads it.
+    pub fn route_brotli(&self, session: &mut Session) {
+        let req = session.req_header_mut();
         let Some(value) = req
             .headers
             .get(http::header::ACCEPT_ENCODING)
@@ -62,6 +68,12 @@ impl CompressionPolicy {
         } else if let Ok(v) = http::HeaderValue::from_str(&kept.join(", ")) {
             let _ = req.insert_header(http::header::ACCEPT_ENCODING, v);
         }
+        if let Some(module) = session
+            .downstream_modules_ctx
+            .get_mut::<BrotliCompression>()
+        {
+            module.arm(self.level);
+        }
     }
 
     /// The level the compression module starts every request with; it reads the
@@ -79,6 +91,12 @@ impl CompressionPolicy {
                 .get_mut::<ResponseCompression>()
             {
                 module.adjust_level(0);
+            }
+            if let Some(module) = session
+                .downstream_modules_ctx
+                .get_mut::<BrotliCompression>()
+            {
+                module.disarm();
             }
         }
     }
@@ -104,5 +122,124 @@ impl CompressionPolicy {
         };
         let media = media.split(';').next().unwrap_or("").trim();
         self.types.iter().any(|t| t.eq_ignore_ascii_case(media))
+    }
+}
+
+/// Brotli for one response, streams finished properly. Armed per request by
+/// [`CompressionPolicy::route_brotli`] when the client accepts `br`, disarmed by
+/// [`CompressionPolicy::check_response`] for answers that are not to be
+/// compressed. Runs before pingora's compression module, which then sees
+/// `Content-Encoding: br` and leaves the body alone.
+#[derive(Default)]
+pub struct BrotliCompression {
+    /// The quality to compress with, when armed.
+    armed: Option<u32>,
+    encoder: Option<brotli::CompressorWriter<Vec<u8>>>,
+}
+
+impl BrotliCompression {
+    pub fn arm(&mut self, level: u32) {
+        self.armed = Some(level);
+    }
+
+    pub fn disarm(&mut self) {
+        self.armed = None;
+    }
+}
+
+#[async_trait::async_trait]
+impl HttpModule for BrotliCompression {
+    async fn response_header_filter(
+        &mut self,
+        resp: &mut ResponseHeader,
+        end_of_stream: bool,
+    ) -> pingora::Result<()> {
+        let Some(level) = self.armed else {
+            return Ok(());
+        };
+        if resp.status.is_informational() {
+            if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                self.armed = None;
+            }
+            return Ok(());
+        }
+        self.armed = None;
+        if end_of_stream || resp.headers.contains_key(CONTENT_ENCODING) {
+            return Ok(());
+        }
+        resp.remove_header(&CONTENT_LENGTH);
+        resp.remove_header(&http::header::ACCEPT_RANGES);
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        resp.insert_header(CONTENT_ENCODING, "br")?;
+        let vary = match resp
+            .headers
+            .get(http::header::VARY)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(v) if v.to_ascii_lowercase().contains("accept-encoding") => None,
+            Some(v) => Some(format!("{v}, Accept-Encoding")),
+            None => Some("Accept-Encoding".to_string()),
+        };
+        if let Some(vary) = vary {
+            resp.insert_header(http::header::VARY, vary)?;
+        }
+        if let Some(etag) = resp
+            .headers
+            .get(http::header::ETAG)
+            .map(|e| e.as_bytes().to_vec())
+        {
+            if etag.starts_with(b"\"") {
+                resp.insert_header(http::header::ETAG, [b"W/".as_slice(), &etag].concat())?;
+            } else if !etag.starts_with(b"W/") {
+                resp.remove_header(&http::header::ETAG);
+            }
+        }
+        self.encoder = Some(brotli::CompressorWriter::new(Vec::new(), 4096, level, 22));
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> pingora::Result<()> {
+        let Some(encoder) = self.encoder.as_mut() else {
+            return Ok(());
+        };
+        let failed = |e: std::io::Error| {
+            pingora::Error::because(pingora::ErrorType::InternalError, "brotli compression", e)
+        };
+        if let Some(chunk) = body.as_ref() {
+            encoder.write_all(chunk).map_err(failed)?;
+        }
+        if end_of_stream {
+            *body = self.encoder.take().map(|e| Bytes::from(e.into_inner()));
+        } else {
+            // Flush so that a streamed answer reaches the client as it comes.
+            encoder.flush().map_err(failed)?;
+            *body = Some(Bytes::from(std::mem::take(encoder.get_mut())));
+        }
+        Ok(())
+    }
+
+    fn response_done_filter(&mut self) -> pingora::Result<Option<Bytes>> {
+        Ok(self.encoder.take().map(|e| Bytes::from(e.into_inner())))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// Builds [`BrotliCompression`] for each request.
+pub struct BrotliCompressionBuilder;
+
+impl HttpModuleBuilder for BrotliCompressionBuilder {
+    fn init(&self) -> Module {
+        Box::new(BrotliCompression::default())
     }
 }
