@@ -119,7 +119,8 @@ impl Proxy {
         let timeouts = &self.settings.client_timeouts;
         session.set_read_timeout(Some(timeouts.read_body));
         session.set_write_timeout(Some(timeouts.send));
-        session.set_keepalive(Some(timeouts.keepalive.as_secs()));
+        // pingora counts keep-alive in whole seconds and takes 0 as "forever".
+        session.set_keepalive(Some(ceil_secs(timeouts.keepalive).max(1)));
         let announced = session
             .req_header()
             .headers
@@ -699,6 +700,8 @@ impl ProxyHttp for Proxy {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    // The client stopped sending its body (client_timeouts.read_body).
+                    ErrorType::ReadTimedout => 408,
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,
@@ -708,6 +711,7 @@ impl ProxyHttp for Proxy {
             ctx.own_status = Some(code);
             let message = match code {
                 400 => "400 Bad Request",
+                408 => "408 Request Timeout: the request body stopped arriving",
                 502 => "502 Bad Gateway: the backend failed to answer",
                 503 => "503 Service Unavailable: no healthy backend",
                 504 => "504 Gateway Timeout: the backend did not answer in time",

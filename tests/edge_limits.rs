@@ -203,3 +203,42 @@ async fn text_is_compressed_by_accept_encoding_and_decodes_to_the_original() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_are_timed_out() {
+    let backend = Backend::start("app");
+    let tollgate = Tollgate::start_with(
+        &format!("upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n", backend.addr),
+        "  client_timeouts: {read_body: 500ms, send: 5s, keepalive: 1s}\n",
+    )
+    .await;
+    // A body that stops arriving: 408 and the connection closed, soon after read_body.
+    let started = std::time::Instant::now();
+    let (raw, closed) = raw_exchange(
+        tollgate.addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly-a-little",
+        Duration::from_secs(5),
+    );
+    assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
+    assert!(closed);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // An idle keep-alive connection is closed after `keepalive`.
+    let started = std::time::Instant::now();
+    let (raw, closed) = raw_exchange(
+        tollgate.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(closed, "idle connection left open");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
