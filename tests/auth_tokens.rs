@@ -439,41 +439,31 @@ async fn auth_subject_limits_each_key_on_its_own() {
 
 #[test]
 fn unreadable_key_material_is_a_config_error_with_its_line() {
-    let dir = temp_dir("jwt-config");
-    let config = write_file(
-        &dir,
-        "t.yaml",
+    let missing_jwks = check_topology(
         "server:\n  listeners: [{address: 127.0.0.1:1}]\nauth:\n  p:\n    jwt:\n      algorithms: [RS256]\n      jwks_file: /nonexistent/jwks.json\nroutes:\n  - match: {path: /}\n    respond: {status: 200}\n    auth: p\n",
     );
-    let out = Command::new(TOLLGATE)
-        .arg("-t")
-        .arg("-c")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert!(!missing_jwks.ok);
+    let located = format!("{}:7:", missing_jwks.file);
     assert!(
-        text.contains(&format!("{}:7:", config.display()))
-            && text.contains("cannot read /nonexistent/jwks.json"),
-        "{text}"
+        missing_jwks.output.contains(&located)
+            && missing_jwks
+                .output
+                .contains("cannot read /nonexistent/jwks.json"),
+        "{}",
+        missing_jwks.output
     );
 
-    let env_config = write_file(
-        &dir,
-        "e.yaml",
+    let unset_secret = check_topology(
         "server:\n  listeners: [{address: 127.0.0.1:1}]\nauth:\n  p:\n    jwt:\n      algorithms: [HS256]\n      secret_env: TOLLGATE_TEST_UNSET_SECRET\nroutes:\n  - match: {path: /}\n    respond: {status: 200}\n    auth: p\n",
     );
-    let out = Command::new(TOLLGATE)
-        .arg("-t")
-        .arg("-c")
-        .arg(&env_config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert!(!unset_secret.ok);
+    let located = format!("{}:7:", unset_secret.file);
     assert!(
-        text.contains(":7:") && text.contains("TOLLGATE_TEST_UNSET_SECRET is not set"),
-        "{text}"
+        unset_secret.output.contains(&located)
+            && unset_secret
+                .output
+                .contains("TOLLGATE_TEST_UNSET_SECRET is not set"),
+        "{}",
+        unset_secret.output
     );
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{temp_dir, write_file, TOLLGATE};
+use common::{check_topology, TOLLGATE};
 use std::process::Command;
 
 const VALID: &str = "\
@@ -26,21 +26,8 @@ routes:
 
 /// Runs `tollgate -t` on `contents`; returns (exit success, stdout + stderr, path).
 fn check(contents: &str) -> (bool, String, String) {
-    let dir = temp_dir("check");
-    let path = write_file(&dir, "topology.yaml", contents);
-    let out = Command::new(TOLLGATE)
-        .arg("-t")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .expect("run tollgate -t");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    (out.status.success(), text, path.display().to_string())
+    let result = check_topology(contents);
+    (result.ok, result.output, result.file)
 }
 
 /// Asserts that `contents` is refused with an error at `line` mentioning `words`.

@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// A self-signed certificate for `names`, valid from `from_days` to `to_days`
@@ -219,28 +218,13 @@ async fn plain_listener_redirects_to_https_keeping_path_and_query() {
 }
 
 /// Runs `tollgate -t` on a TLS listener with `cert` and `key`.
-fn check_tls(cert: &Path, key: &Path) -> (bool, String, PathBuf) {
-    let dir = temp_dir("tls-check");
-    let config = write_file(
-        &dir,
-        "t.yaml",
-        &format!(
-            "server:\n  listeners:\n    - address: 127.0.0.1:1\n      tls:\n        certificates:\n          - cert: {}\n            key: {}\nroutes:\n  - match: {{path: /}}\n    respond: {{status: 200}}\n",
-            cert.display(),
-            key.display()
-        ),
-    );
-    let out = Command::new(TOLLGATE)
-        .arg("-t")
-        .arg("-c")
-        .arg(&config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        config,
-    )
+fn check_tls(cert: &Path, key: &Path) -> (bool, String, String) {
+    let result = check_topology(&format!(
+        "server:\n  listeners:\n    - address: 127.0.0.1:1\n      tls:\n        certificates:\n          - cert: {}\n            key: {}\nroutes:\n  - match: {{path: /}}\n    respond: {{status: 200}}\n",
+        cert.display(),
+        key.display()
+    ));
+    (result.ok, result.output, result.file)
 }
 
 #[test]
@@ -257,14 +241,14 @@ fn bad_certificates_are_config_errors_naming_the_file() {
     let (ok, text, config) = check_tls(&missing, &good.1);
     assert!(!ok);
     assert!(
-        text.contains(&format!("{}:6:", config.display())) && text.contains("missing.crt"),
+        text.contains(&format!("{config}:6:")) && text.contains("missing.crt"),
         "{text}"
     );
 
     let (ok, text, config) = check_tls(&good.0, &other.1);
     assert!(!ok);
     assert!(
-        text.contains(&format!("{}:7:", config.display())) && text.contains("does not match"),
+        text.contains(&format!("{config}:7:")) && text.contains("does not match"),
         "{text}"
     );
 

@@ -351,6 +351,37 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> (Str
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
+/// What `tollgate -t` said about a topology file.
+pub struct CheckResult {
+    /// Exit status 0.
+    pub ok: bool,
+    /// stdout then stderr.
+    pub output: String,
+    /// The file checked, as it appears in messages.
+    pub file: String,
+}
+
+/// Writes `contents` to a fresh file and runs `tollgate -t -c` on it.
+pub fn check_topology(contents: &str) -> CheckResult {
+    let dir = temp_dir("check");
+    let path = write_file(&dir, "topology.yaml", contents);
+    let out = Command::new(TOLLGATE)
+        .arg("-t")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run tollgate -t");
+    CheckResult {
+        ok: out.status.success(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        file: path.display().to_string(),
+    }
+}
+
 /// Writes `contents` to `dir/name` and returns the path.
 pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);
