@@ -368,11 +368,17 @@ impl ProxyHttp for Proxy {
             .client_ip(ctx.peer_ip, &session.req_header().headers);
 
         let req = session.req_header();
+        // The target's authority (absolute-form, or HTTP/2's :authority) wins over
+        // Host (RFC 9112 3.2.2), as it does for the Host pingora sends upstream:
+        // routing must decide for the same virtual host the backend will serve.
         let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.host())
+            .uri
+            .host()
+            .or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
             .unwrap_or("");
         let path = normalize_path(req.uri.path());
         let route_id = topology.router.lookup(host, &path);

@@ -159,3 +159,17 @@ async fn strip_prefix_and_normalized_paths_reach_the_backend() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_target_routes_by_its_authority() {
+    let (tollgate, _backends) = topology().await;
+    let send = |request: &'static [u8]| {
+        raw_exchange(tollgate.addr, request, std::time::Duration::from_secs(5)).0
+    };
+    let raw = send(b"GET http://api.example.com/product/7 HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n");
+    assert!(raw.contains("x-backend: api-product"), "{raw}");
+    // A Host that disagrees with the target could make routing and the backend
+    // see different virtual hosts: such a request is refused, never forwarded.
+    let raw = send(b"GET http://api.example.com/product/7 HTTP/1.1\r\nHost: other.org\r\nConnection: close\r\n\r\n");
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+}
