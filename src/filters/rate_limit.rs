@@ -121,11 +121,14 @@ impl RateLimiter {
                 reset: Duration::from_nanos(ahead),
             };
         }
-        let new_tat = tat + self.interval_ns;
+        let new_tat = tat.saturating_add(self.interval_ns);
         set[slot].tat = new_tat;
         let used = new_tat - now;
-        let remaining =
-            (self.tolerance_ns + self.interval_ns).saturating_sub(used) / self.interval_ns;
+        let remaining = self
+            .tolerance_ns
+            .saturating_add(self.interval_ns)
+            .saturating_sub(used)
+            / self.interval_ns;
         Decision::Allow {
             remaining: remaining as u32,
             reset: Duration::from_nanos(used),
@@ -224,6 +227,19 @@ mod tests {
         assert!(
             matches!(l.check_at(b"", 1), Decision::Deny { retry_after, .. } if retry_after == Duration::from_secs(12))
         );
+    }
+
+    #[test]
+    fn extreme_settings_do_not_overflow() {
+        let l = limiter("1/m", u32::MAX, RateKey::ClientIp);
+        for _ in 0..3 {
+            assert!(matches!(
+                l.check_at(b"a", u64::MAX / 2),
+                Decision::Allow { .. }
+            ));
+        }
+        let fast = limiter("1000000000/s", 1, RateKey::Global);
+        assert!(matches!(fast.check_at(b"", 5), Decision::Allow { .. }));
     }
 
     #[test]
