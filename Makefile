@@ -5,8 +5,8 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # command:package pairs the build and tests need; pingora's zlib-ng needs cmake,
-# the JWT tests generate keys with openssl.
-BUILD_NEEDS := cmake:cmake cc:build-essential c++:g++ pkg-config:pkg-config python3:python3 openssl:openssl
+# the JWT tests generate keys with openssl, the metrics test lints with promtool.
+BUILD_NEEDS := cmake:cmake cc:build-essential c++:g++ pkg-config:pkg-config python3:python3 openssl:openssl promtool:prometheus
 
 .PHONY: all deps build run run-gateway test lint clean
 
