@@ -1,6 +1,6 @@
 //! The `tollgate` command: parse flags, load the topology file, build the server, run.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tollgate::server::{self, StartOptions};
@@ -32,6 +32,17 @@ struct Cli {
     /// Run in the background (writes `server.pid_file`).
     #[arg(short = 'd', long = "daemon")]
     daemon: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check the topology file as -t does, then ask the running tollgate (the
+    /// process in `server.pid_file`) to reload it, by SIGHUP. In-flight requests
+    /// finish on the old topology; an invalid file changes nothing.
+    Reload,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +71,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Reload) = cli.command {
+        return match server::signal_reload(&loaded.config) {
+            Ok(pid) => {
+                println!(
+                    "tollgate: asked process {pid} to reload {}",
+                    cli.conf.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tollgate: cannot reload: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if cli.test {
         let backends: usize = prepared
             .topology
@@ -80,8 +106,14 @@ fn main() -> ExitCode {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
     };
-    match server::build(&loaded.config, prepared, options) {
-        Ok(server) => server.run_forever(),
+    match server::build(&loaded, prepared, options) {
+        Ok(server) => {
+            if !cli.daemon {
+                // Daemons get theirs from pingora after the fork.
+                server::write_pid_file(&loaded.config.server.pid_file);
+            }
+            server.run_forever()
+        }
         Err(e) => {
             eprintln!("tollgate: cannot start: {e:#}");
             ExitCode::FAILURE

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     pub auth_rejections: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: prometheus::Gauge,
     pub build_info: IntGaugeVec,
 }
 
@@ -89,6 +91,17 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_rate_limited_total",
             "429 answers of a rate limit.",
             &["route", "policy"]
+        )
+        .expect(ONCE),
+        config_reloads: register_int_counter_vec!(
+            "tollgate_config_reloads_total",
+            "Topology reloads by result (success, error).",
+            &["result"]
+        )
+        .expect(ONCE),
+        config_last_reload_success: prometheus::register_gauge!(
+            "tollgate_config_last_reload_success_timestamp_seconds",
+            "When the running topology was loaded, in seconds since the epoch."
         )
         .expect(ONCE),
         build_info: register_int_gauge_vec!(

@@ -9,7 +9,9 @@ use crate::edge::compression::CompressionPolicy;
 use crate::edge::redirect::HttpsRedirect;
 use crate::edge::tls::{listener_settings as tls_listener_settings, SniResolver};
 use crate::proxy::{Proxy, ProxySettings};
+use crate::reload::Reloader;
 use crate::topology::Topology;
+use anyhow::Context;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::{HttpServer, ServeHttp};
@@ -42,7 +44,8 @@ pub struct Prepared {
 
 pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
     let config = &loaded.config;
-    let topology = Topology::compile(config).map_err(|e| loaded.error_at(&e.node, &e.message))?;
+    let topology =
+        Topology::compile(config, None).map_err(|e| loaded.error_at(&e.node, &e.message))?;
     let access_log = AccessLog::open(&config.server.access_log, config.server.access_log_format)
         .map_err(|e| loaded.error_at("server.access_log", &e.to_string()))?;
     let mut tls = Vec::with_capacity(config.server.listeners.len());
@@ -88,7 +91,12 @@ fn server_conf(config: &Config) -> ServerConf {
 }
 
 /// Builds the server with all its services, ready to run.
-pub fn build(config: &Config, prepared: Prepared, options: StartOptions) -> anyhow::Result<Server> {
+pub fn build(
+    loaded: &LoadedConfig,
+    prepared: Prepared,
+    options: StartOptions,
+) -> anyhow::Result<Server> {
+    let config = &loaded.config;
     let opt = Opt {
         upgrade: options.upgrade,
         daemon: options.daemon,
@@ -146,13 +154,50 @@ pub fn build(config: &Config, prepared: Prepared, options: StartOptions) -> anyh
         server.add_service(metrics);
     }
 
-    if !check_plans.is_empty() {
-        server.add_service(background_service(
-            "health checks",
-            HealthChecker { plans: check_plans },
-        ));
-    }
+    let (plans_sender, plans) = tokio::sync::watch::channel(check_plans);
+    server.add_service(background_service("health checks", HealthChecker { plans }));
+    let reloader = Reloader::new(
+        loaded.file.clone(),
+        Arc::clone(&topology),
+        plans_sender,
+        &config.server,
+    );
+    server.add_service(background_service("reload", reloader));
     Ok(server)
+}
+
+/// Writes this process's id to `path`, for `tollgate reload`; a failure is
+/// logged, not fatal.
+pub fn write_pid_file(path: &std::path::Path) {
+    if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+        log::warn!(
+            "cannot write pid file {}: {e}; `tollgate reload` will not find this process",
+            path.display()
+        );
+    }
+}
+
+/// Sends SIGHUP to the tollgate in `server.pid_file`; returns its pid.
+pub fn signal_reload(config: &Config) -> anyhow::Result<i32> {
+    let path = &config.server.pid_file;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading pid file {}", path.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("pid file {} holds no process id", path.display()))?;
+    if pid <= 0 {
+        anyhow::bail!("pid file {} holds no process id", path.display());
+    }
+    // SAFETY: kill(2) with a positive pid read from the configured pid file.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::bail!(
+            "no tollgate to signal at pid {pid} (from {}): {e}",
+            path.display()
+        );
+    }
+    Ok(pid)
 }
 
 /// What the listeners of a config ask of the proxy.

@@ -97,12 +97,20 @@ impl Route {
 impl Topology {
     /// Compiles a validated config, reading the files it names (keys, secrets).
     /// Errors name the config node they are about.
-    pub fn compile(config: &Config) -> Result<Topology, CompileError> {
+    ///
+    /// Backends that `previous` also has (same upstream name and address) keep
+    /// their live state: health, passive failures and in-flight counts.
+    pub fn compile(config: &Config, previous: Option<&Topology>) -> Result<Topology, CompileError> {
         let mut upstream_index = HashMap::new();
         let mut upstreams = Vec::new();
         let mut check_plans = Vec::new();
         for (name, upstream_config) in &config.upstreams {
-            let upstream = Arc::new(compile_upstream(name, upstream_config));
+            let before = previous.and_then(|p| p.upstreams.iter().find(|u| u.name == *name));
+            let upstream = Arc::new(compile_upstream(
+                name,
+                upstream_config,
+                before.map(|u| u.as_ref()),
+            ));
             if let Some(plan) = check_plan(&upstream, upstream_config) {
                 check_plans.push(Arc::new(plan));
             }
@@ -225,7 +233,7 @@ fn compile_auth(name: &str, config: &AuthPolicyConfig) -> Result<AuthPolicy, Com
     ))
 }
 
-fn compile_upstream(name: &str, config: &UpstreamConfig) -> Upstream {
+fn compile_upstream(name: &str, config: &UpstreamConfig, previous: Option<&Upstream>) -> Upstream {
     let backends = config
         .backends
         .iter()
@@ -244,7 +252,12 @@ fn compile_upstream(name: &str, config: &UpstreamConfig) -> Upstream {
             peer.options.idle_timeout = Some(config.timeouts.idle);
             Backend {
                 address: b.address,
-                state: Arc::new(BackendState::new(BackendMetrics::new(name, &label))),
+                state: previous
+                    .and_then(|p| p.backends.iter().find(|old| old.address == b.address))
+                    .map(|old| Arc::clone(&old.state))
+                    .unwrap_or_else(|| {
+                        Arc::new(BackendState::new(BackendMetrics::new(name, &label)))
+                    }),
                 label,
                 weight: b.weight,
                 peer,

@@ -201,6 +201,7 @@ fn help_explains_every_flag() {
         "--daemon",
         "--help",
         "--version",
+        "reload",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }

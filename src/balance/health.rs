@@ -181,29 +181,41 @@ impl CheckPlan {
 }
 
 /// Runs the probes of every upstream that has a `health_check`, each at its own
-/// interval, the first round at once, until the server shuts down.
+/// interval, the first round at once, until the server shuts down. When a reload
+/// publishes new plans, the old probes stop and the new ones start.
 pub struct HealthChecker {
-    pub plans: Vec<Arc<CheckPlan>>,
+    pub plans: tokio::sync::watch::Receiver<Vec<Arc<CheckPlan>>>,
 }
 
 #[async_trait]
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tasks = Vec::new();
-        for plan in &self.plans {
-            let plan = Arc::clone(plan);
-            tasks.push(tokio::spawn(async move {
-                let mut ticker = tokio::time::interval(plan.interval);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    ticker.tick().await;
-                    plan.run_once().await;
-                }
-            }));
-        }
-        let _ = shutdown.changed().await;
-        for task in tasks {
-            task.abort();
+        let mut plans = self.plans.clone();
+        loop {
+            let current = plans.borrow_and_update().clone();
+            let tasks: Vec<_> = current
+                .into_iter()
+                .map(|plan| {
+                    tokio::spawn(async move {
+                        let mut ticker = tokio::time::interval(plan.interval);
+                        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        loop {
+                            ticker.tick().await;
+                            plan.run_once().await;
+                        }
+                    })
+                })
+                .collect();
+            let replaced = tokio::select! {
+                _ = shutdown.changed() => false,
+                changed = plans.changed() => changed.is_ok(),
+            };
+            for task in tasks {
+                task.abort();
+            }
+            if !replaced {
+                return;
+            }
         }
     }
 }

@@ -29,12 +29,21 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, and one this test process has
+/// not handed out before (the OS readily gives a just-released port again).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral port");
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
@@ -240,6 +249,24 @@ impl Tollgate {
         self.child
             .as_mut()
             .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    /// Replaces the topology file tollgate was started with (for reloads).
+    pub fn rewrite_config(&self, text: &str) {
+        std::fs::write(self.dir.join("tollgate.yaml"), text).expect("rewrite config");
+    }
+
+    /// The topology file as it is now.
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("tollgate.yaml")).expect("read config")
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the tollgate process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("tollgate running").id() as i32;
+        // SAFETY: kill(2) on a child process this harness started and still owns.
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(result, 0, "kill({pid}, {signal}) failed");
     }
 
     /// What tollgate wrote to stderr (its error log).

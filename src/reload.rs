@@ -1,0 +1,100 @@
+//! Topology reload: on SIGHUP (and so `tollgate reload` and systemd's
+//! ExecReload), the file is read and validated in full, compiled with the live
+//! state of backends that stay, and swapped in whole. Requests in flight finish on
+//! the topology they started with; new ones take the new one. An invalid file
+//! changes nothing: the error is logged with its file:line and counted.
+
+use crate::balance::health::CheckPlan;
+use crate::config;
+use crate::metrics::metrics;
+use crate::topology::Topology;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::watch;
+
+pub struct Reloader {
+    path: PathBuf,
+    topology: Arc<ArcSwap<Topology>>,
+    plans: watch::Sender<Vec<Arc<CheckPlan>>>,
+    /// The `server:` section the process started with, which a reload cannot change.
+    server_at_start: String,
+}
+
+impl Reloader {
+    pub fn new(
+        path: PathBuf,
+        topology: Arc<ArcSwap<Topology>>,
+        plans: watch::Sender<Vec<Arc<CheckPlan>>>,
+        server_at_start: &config::ServerConfig,
+    ) -> Self {
+        record_success();
+        Reloader {
+            path,
+            topology,
+            plans,
+            server_at_start: format!("{server_at_start:?}"),
+        }
+    }
+
+    /// Reads, validates, compiles and swaps in the topology file.
+    pub fn reload(&self) -> Result<(), config::ConfigErrors> {
+        let loaded = config::load(&self.path)?;
+        let current = self.topology.load();
+        let topology = Topology::compile(&loaded.config, Some(&current))
+            .map_err(|e| loaded.error_at(&e.node, &e.message))?;
+        if format!("{:?}", loaded.config.server) != self.server_at_start {
+            log::warn!(
+                "{}: the server section changed; listeners, threads, TLS certificates, limits, compression, \
+                 logging and metrics settings take effect only after a restart or an upgrade (tollgate -u)",
+                self.path.display()
+            );
+        }
+        let plans = topology.check_plans.clone();
+        self.topology.store(Arc::new(topology));
+        // The checker may be gone during shutdown; nothing is left to update then.
+        let _ = self.plans.send(plans);
+        Ok(())
+    }
+}
+
+fn record_success() {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics().config_last_reload_success.set(now);
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("cannot listen for SIGHUP, reloads are off: {e}");
+                    return;
+                }
+            };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hangups.recv() => match self.reload() {
+                    Ok(()) => {
+                        metrics().config_reloads.with_label_values(&["success"]).inc();
+                        record_success();
+                        log::info!("reloaded {}", self.path.display());
+                    }
+                    Err(errors) => {
+                        metrics().config_reloads.with_label_values(&["error"]).inc();
+                        log::error!("reload failed; the running topology is unchanged:\n{errors}");
+                    }
+                },
+            }
+        }
+    }
+}

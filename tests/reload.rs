@@ -1,0 +1,205 @@
+//! Topology reload on SIGHUP under a steady stream of requests: the new backend
+//! set takes over with no failed request, an invalid file changes nothing, and
+//! the health of backends that stay is kept.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn app_upstream(backends: &[&Backend], extra: &str) -> String {
+    format!(
+        "upstreams:\n  app:\n    backends:\n{}{extra}routes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
+        backend_list(backends)
+    )
+}
+
+/// The config text with the upstreams/routes part replaced by `body`.
+fn with_body(current: &str, body: &str) -> String {
+    let server_part = current.split("upstreams:").next().unwrap_or(current);
+    format!("{server_part}{body}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_moves_traffic_to_the_new_backends_without_a_failed_request() {
+    let old = [Backend::start("old-1"), Backend::start("old-2")];
+    let new = [Backend::start("new-1"), Backend::start("new-2")];
+    let tollgate = Tollgate::start(&app_upstream(&[&old[0], &old[1]], "")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (url, stop, seen) = (tollgate.url("/"), stop.clone(), seen.clone());
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut failed = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match get(&client, &url).await {
+                    Ok((200, backend, _)) => seen.lock().unwrap().push(backend),
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            failed
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tollgate.rewrite_config(&with_body(
+        &tollgate.config_text(),
+        &app_upstream(&[&new[0], &new[1]], ""),
+    ));
+    tollgate.signal(libc::SIGHUP);
+    let moved = wait_until(Duration::from_secs(5), || async {
+        let seen = seen.lock().unwrap();
+        seen.len() > 20 && seen[seen.len() - 20..].iter().all(|b| b.starts_with("new"))
+    })
+    .await;
+    assert!(moved, "traffic did not move to the new backends");
+
+    // An invalid file changes nothing.
+    let good = tollgate.config_text();
+    tollgate.rewrite_config(&good.replace("upstream: app", "upstream: nowhere"));
+    tollgate.signal(libc::SIGHUP);
+    let counted = wait_until(Duration::from_secs(5), || async {
+        tollgate
+            .metric("tollgate_config_reloads_total", &[("result", "error")])
+            .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(counted, "failed reload not counted");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failed = Vec::new();
+    for w in workers {
+        failed.extend(w.await.unwrap());
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        seen.len() + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(seen.len() > 100, "only {} requests", seen.len());
+    assert!(
+        seen[seen.len() - 20..].iter().all(|b| b.starts_with("new")),
+        "the invalid file changed the backends"
+    );
+    assert_eq!(
+        tollgate
+            .metric("tollgate_config_reloads_total", &[("result", "success")])
+            .await,
+        Some(1.0)
+    );
+    assert!(tollgate
+        .stderr()
+        .contains("reload failed; the running topology is unchanged"));
+    assert!(
+        tollgate.stderr().contains("tollgate.yaml:"),
+        "error without file:line:\n{}",
+        tollgate.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_of_backends_that_stay_is_kept() {
+    let mut dying = Backend::start("dying");
+    let healthy = Backend::start("healthy");
+    let added = Backend::start("added");
+    let checks = "    health_check:\n      tcp: {}\n      interval: 100ms\n      unhealthy_threshold: 1\n      healthy_threshold: 1000\n    passive: {max_fails: 0}\n";
+    let tollgate = Tollgate::start(&app_upstream(&[&dying, &healthy], checks)).await;
+    dying.kill();
+    let dying_addr = dying.addr.to_string();
+    let down = wait_until(Duration::from_secs(5), || async {
+        tollgate
+            .metric(
+                "tollgate_upstream_backend_healthy",
+                &[("backend", &dying_addr)],
+            )
+            .await
+            == Some(0.0)
+    })
+    .await;
+    assert!(down);
+    // Restarted, it would need 1000 good probes to come back: its state must survive the reload.
+    dying.restart();
+    tollgate.rewrite_config(&with_body(
+        &tollgate.config_text(),
+        &app_upstream(&[&dying, &healthy, &added], checks),
+    ));
+    tollgate.signal(libc::SIGHUP);
+    let reloaded = wait_until(Duration::from_secs(5), || async {
+        tollgate
+            .metric("tollgate_config_reloads_total", &[("result", "success")])
+            .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(reloaded);
+    let client = reqwest::Client::new();
+    let mut reached = std::collections::HashSet::new();
+    for _ in 0..30 {
+        let (status, backend, _) = get(&client, &tollgate.url("/")).await.unwrap();
+        assert_eq!(status, 200);
+        reached.insert(backend);
+    }
+    assert!(
+        !reached.contains("dying"),
+        "a backend's unhealthy state was lost in the reload"
+    );
+    assert!(
+        reached.contains("added") && reached.contains("healthy"),
+        "{reached:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tollgate_reload_checks_the_file_then_signals_the_running_process() {
+    let first = Backend::start("first");
+    let second = Backend::start("second");
+    let tollgate = Tollgate::start(&app_upstream(&[&first], "")).await;
+    let config = tollgate.dir.join("tollgate.yaml");
+    let reload = || {
+        std::process::Command::new(TOLLGATE)
+            .arg("-c")
+            .arg(&config)
+            .arg("reload")
+            .output()
+            .unwrap()
+    };
+
+    // An invalid file: the command fails with the error and sends nothing.
+    let good = tollgate.config_text();
+    tollgate.rewrite_config(&good.replace("upstream: app", "upstream: nowhere"));
+    let out = reload();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown upstream `nowhere`"));
+
+    tollgate.rewrite_config(&with_body(&good, &app_upstream(&[&second], "")));
+    let out = reload();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let moved = wait_until(Duration::from_secs(5), || async {
+        matches!(get(&reqwest::Client::new(), &tollgate.url("/")).await, Ok((200, b, _)) if b == "second")
+    })
+    .await;
+    assert!(moved, "reload did not take effect");
+    assert_eq!(
+        tollgate
+            .metric("tollgate_config_reloads_total", &[("result", "error")])
+            .await,
+        None
+    );
+    assert_eq!(
+        tollgate
+            .metric("tollgate_config_reloads_total", &[("result", "success")])
+            .await,
+        Some(1.0)
+    );
+}
