@@ -119,8 +119,12 @@ impl Proxy {
         let timeouts = &self.settings.client_timeouts;
         session.set_read_timeout(Some(timeouts.read_body));
         session.set_write_timeout(Some(timeouts.send));
-        // pingora counts keep-alive in whole seconds and takes 0 as "forever".
-        session.set_keepalive(Some(ceil_secs(timeouts.keepalive).max(1)));
+        // pingora counts keep-alive in whole seconds and takes 0 as "forever". It
+        // turns keep-alive off while the process shuts down or hands its sockets
+        // to a new one; that must stay off, so clients move to the new process.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(ceil_secs(timeouts.keepalive).max(1)));
+        }
         let announced = session
             .req_header()
             .headers

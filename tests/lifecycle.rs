@@ -45,3 +45,67 @@ async fn sigterm_drains_in_flight_requests() {
     );
     eprintln!("drained and exited in {:?}", started.elapsed());
 }
+
+/// Known to fail: the handover works, but pingora 0.9 drops idle keep-alive
+/// connections the instant it broadcasts shutdown, so a client that sends its next
+/// request at that moment gets a reset (seen: 2 to 4 of ~13,000 requests). Zero
+/// resets needs pingora to answer such a request with `Connection: close` instead.
+/// Run with `cargo test --test lifecycle -- --ignored`.
+#[ignore = "pingora drops idle keep-alive connections at the upgrade broadcast (issue 5 open)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_upgrade_hands_over_the_sockets_without_a_failed_request() {
+    let backend = Backend::start("app");
+    let mut old = Tollgate::start(&format!(
+        "upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
+        backend.addr
+    ))
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (url, stop) = (old.url("/"), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get(&client, &url).await {
+                    Ok((200, _, _)) => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut new = old.spawn_upgrade();
+    // The new process waits on the upgrade socket; the old one hands over on SIGQUIT.
+    let socket = old.dir.join("upgrade.sock");
+    let waiting = wait_until(Duration::from_secs(10), || {
+        let exists = socket.exists();
+        async move { exists }
+    })
+    .await;
+    assert!(waiting, "the new process never opened the upgrade socket");
+    old.signal(libc::SIGQUIT);
+    let exited = old.wait_exit(Duration::from_secs(20)).await;
+    assert!(exited.is_some(), "the old process did not exit");
+    assert!(matches!(new.try_wait(), Ok(None)), "the new process died");
+    tokio::time::sleep(Duration::from_millis(500)).await; // traffic on the new process alone
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for w in workers {
+        let (o, f) = w.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(ok > 100, "only {ok} requests");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}

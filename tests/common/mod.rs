@@ -269,6 +269,22 @@ impl Tollgate {
         assert_eq!(result, 0, "kill({pid}, {signal}) failed");
     }
 
+    /// Starts a second tollgate on the same topology file with `-u`: it waits to
+    /// take the listening sockets over from this one (see `signal(SIGQUIT)`).
+    pub fn spawn_upgrade(&self) -> Child {
+        let stderr =
+            std::fs::File::create(self.dir.join("upgrade-stderr.log")).expect("stderr log");
+        Command::new(TOLLGATE)
+            .arg("-u")
+            .arg("-c")
+            .arg(self.dir.join("tollgate.yaml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn upgraded tollgate")
+    }
+
     /// Waits up to `timeout` for the process to exit; its status if it did.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
