@@ -124,23 +124,7 @@ async fn a_stream_of_gets_sees_no_error_while_a_backend_is_killed() {
         2,
     ))
     .await;
-    let url = tollgate.url("/");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (url, stop) = (url.clone(), stop.clone());
-        workers.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let (mut ok, mut failed) = (0usize, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match get(&client, &url).await {
-                    Ok((200, _, _)) => ok += 1,
-                    other => failed.push(format!("{other:?}")),
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let load = SteadyLoad::start(tollgate.url("/"), 4);
     tokio::time::sleep(Duration::from_millis(300)).await; // traffic flowing before the kill
     backends[0].kill();
     let killed = wait_until(Duration::from_secs(5), || async {
@@ -148,22 +132,9 @@ async fn a_stream_of_gets_sees_no_error_while_a_backend_is_killed() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await; // and after it
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for w in workers {
-        let (o, f) = w.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
+    let report = load.stop().await;
     assert!(killed, "killed backend never marked down");
-    assert!(ok > 100, "only {ok} requests made");
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        ok + failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    report.assert_no_failure(101);
     // Traffic did meet the dead backend, and retries carried it elsewhere.
     let retries = tollgate
         .metric("tollgate_upstream_retries_total", &[("upstream", "app")])

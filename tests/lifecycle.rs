@@ -60,22 +60,7 @@ async fn binary_upgrade_hands_over_the_sockets_without_a_failed_request() {
         backend.addr
     ))
     .await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (url, stop) = (old.url("/"), stop.clone());
-        workers.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let (mut ok, mut failed) = (0usize, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match get(&client, &url).await {
-                    Ok((200, _, _)) => ok += 1,
-                    other => failed.push(format!("{other:?}")),
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let load = SteadyLoad::start(old.url("/"), 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut new = old.spawn_upgrade();
     // The new process waits on the upgrade socket; the old one hands over on SIGQUIT.
@@ -91,21 +76,8 @@ async fn binary_upgrade_hands_over_the_sockets_without_a_failed_request() {
     assert!(exited.is_some(), "the old process did not exit");
     assert!(matches!(new.try_wait(), Ok(None)), "the new process died");
     tokio::time::sleep(Duration::from_millis(500)).await; // traffic on the new process alone
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for w in workers {
-        let (o, f) = w.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
+    let report = load.stop().await;
     let _ = new.kill();
     let _ = new.wait();
-    assert!(ok > 100, "only {ok} requests");
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        ok + failed.len(),
-        &failed[..failed.len().min(3)]
-    );
+    report.assert_no_failure(101);
 }

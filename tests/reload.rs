@@ -5,8 +5,6 @@
 mod common;
 
 use common::*;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn app_upstream(backends: &[&Backend], extra: &str) -> String {
@@ -27,32 +25,16 @@ async fn sighup_moves_traffic_to_the_new_backends_without_a_failed_request() {
     let old = [Backend::start("old-1"), Backend::start("old-2")];
     let new = [Backend::start("new-1"), Backend::start("new-2")];
     let tollgate = Tollgate::start(&app_upstream(&[&old[0], &old[1]], "")).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (url, stop, seen) = (tollgate.url("/"), stop.clone(), seen.clone());
-        workers.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut failed = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match get(&client, &url).await {
-                    Ok((200, backend, _)) => seen.lock().unwrap().push(backend),
-                    other => failed.push(format!("{other:?}")),
-                }
-            }
-            failed
-        }));
-    }
+    let load = SteadyLoad::start(tollgate.url("/"), 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
     tollgate.rewrite_config(&with_body(
         &tollgate.config_text(),
         &app_upstream(&[&new[0], &new[1]], ""),
     ));
     tollgate.signal(libc::SIGHUP);
-    let moved = wait_until(Duration::from_secs(5), || async {
-        let seen = seen.lock().unwrap();
-        seen.len() > 20 && seen[seen.len() - 20..].iter().all(|b| b.starts_with("new"))
+    let moved = wait_until(Duration::from_secs(5), || {
+        let last = load.last_backends(20);
+        async move { last.len() == 20 && last.iter().all(|b| b.starts_with("new")) }
     })
     .await;
     assert!(moved, "traffic did not move to the new backends");
@@ -70,22 +52,11 @@ async fn sighup_moves_traffic_to_the_new_backends_without_a_failed_request() {
     .await;
     assert!(counted, "failed reload not counted");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut failed = Vec::new();
-    for w in workers {
-        failed.extend(w.await.unwrap());
-    }
-    let seen = seen.lock().unwrap().clone();
+    let report = load.stop().await;
+    report.assert_no_failure(101);
+    let last = &report.backends[report.backends.len() - 20..];
     assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        seen.len() + failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert!(seen.len() > 100, "only {} requests", seen.len());
-    assert!(
-        seen[seen.len() - 20..].iter().all(|b| b.starts_with("new")),
+        last.iter().all(|b| b.starts_with("new")),
         "the invalid file changed the backends"
     );
     assert_eq!(

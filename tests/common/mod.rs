@@ -509,3 +509,89 @@ impl RawBackend {
         RawBackend { addr, connections }
     }
 }
+
+/// Clients that GET `url` in a loop over keep-alive connections until stopped.
+pub struct SteadyLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The X-Backend of every 200 answer so far, in order.
+    pub backends: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    workers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+/// What a [`SteadyLoad`] saw.
+pub struct LoadReport {
+    /// X-Backend of every 200 answer.
+    pub backends: Vec<String>,
+    /// Every other outcome, described.
+    pub failed: Vec<String>,
+}
+
+impl SteadyLoad {
+    pub fn start(url: String, clients: usize) -> SteadyLoad {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let backends = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let workers = (0..clients)
+            .map(|_| {
+                let (url, stop, backends) = (url.clone(), stop.clone(), backends.clone());
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let mut failed = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match get(&client, &url).await {
+                            Ok((200, backend, _)) => backends
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(backend),
+                            other => failed.push(format!("{other:?}")),
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        SteadyLoad {
+            stop,
+            backends,
+            workers,
+        }
+    }
+
+    /// The last `n` backends that answered (fewer when fewer did).
+    pub fn last_backends(&self, n: usize) -> Vec<String> {
+        let seen = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        seen[seen.len().saturating_sub(n)..].to_vec()
+    }
+
+    /// Stops the clients and reports.
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut failed = Vec::new();
+        for worker in self.workers {
+            failed.extend(worker.await.expect("load client"));
+        }
+        let backends = self
+            .backends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        LoadReport { backends, failed }
+    }
+}
+
+impl LoadReport {
+    /// Asserts that at least `min` requests were answered and none failed.
+    pub fn assert_no_failure(&self, min: usize) {
+        let total = self.backends.len() + self.failed.len();
+        assert!(
+            self.backends.len() >= min,
+            "only {} of {total} requests answered",
+            self.backends.len()
+        );
+        assert!(
+            self.failed.is_empty(),
+            "{} of {total} requests failed: {:?}",
+            self.failed.len(),
+            &self.failed[..self.failed.len().min(3)]
+        );
+    }
+}
