@@ -54,6 +54,16 @@ routes:
             .0,
         404
     );
+    // The last request is counted once its logging phase ran (each earlier one
+    // was, before its connection read the next request).
+    let settled = tollgate
+        .metric_reaches(
+            "tollgate_requests_total",
+            &[("route", "-"), ("code", "404")],
+            1.0,
+        )
+        .await;
+    assert!(settled, "the last request was never counted");
 
     let text = tollgate.metrics().await;
     let value = |name: &str, labels: &[(&str, &str)]| metric_value(&text, name, labels);

@@ -323,6 +323,16 @@ impl Tollgate {
             .expect("metrics body")
     }
 
+    /// Waits up to 5 s for the sample of `name` with `labels` to equal `value`.
+    /// Request counters move in pingora's `logging` phase, just after the client
+    /// has its answer, so a test reads them only once they have caught up.
+    pub async fn metric_reaches(&self, name: &str, labels: &[(&str, &str)], value: f64) -> bool {
+        wait_until(Duration::from_secs(5), || async {
+            self.metric(name, labels).await == Some(value)
+        })
+        .await
+    }
+
     /// The value of the sample of `name` whose labels include all of `labels`.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         metric_value(&self.metrics().await, name, labels)
