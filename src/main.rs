@@ -43,6 +43,11 @@ enum Command {
     /// process in `server.pid_file`) to reload it, by SIGHUP. In-flight requests
     /// finish on the old topology; an invalid file changes nothing.
     Reload,
+    /// Check the topology file with this binary, then ask the running tollgate
+    /// (the process in `server.pid_file`) to upgrade, by SIGUSR2: it starts the
+    /// binary at its own path with `-u`, hands its listening sockets over and
+    /// drains for `server.grace_period`. Install the new binary first.
+    Upgrade,
 }
 
 fn main() -> ExitCode {
@@ -71,17 +76,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Command::Reload) = cli.command {
-        return match server::signal_reload(&loaded.config) {
+    if let Some(command) = cli.command {
+        let (signal, verb) = match command {
+            Command::Reload => (libc::SIGHUP, "reload"),
+            Command::Upgrade => (libc::SIGUSR2, "upgrade"),
+        };
+        return match server::signal_running(&loaded.config, signal) {
             Ok(pid) => {
                 println!(
-                    "tollgate: asked process {pid} to reload {}",
+                    "tollgate: asked process {pid} to {verb} ({})",
                     cli.conf.display()
                 );
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("tollgate: cannot reload: {e:#}");
+                eprintln!("tollgate: cannot {verb}: {e:#}");
                 ExitCode::FAILURE
             }
         };

@@ -120,9 +120,12 @@ impl Proxy {
         session.set_read_timeout(Some(timeouts.read_body));
         session.set_write_timeout(Some(timeouts.send));
         // pingora counts keep-alive in whole seconds and takes 0 as "forever". It
-        // turns keep-alive off while the process shuts down or hands its sockets
-        // to a new one; that must stay off, so clients move to the new process.
-        if session.get_keepalive().is_some() {
+        // turns keep-alive off while the process shuts down; that must stay off,
+        // and so must it from the moment a handover to a new process begins, so
+        // clients move to the new process.
+        if crate::upgrade::handing_over() {
+            session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
             session.set_keepalive(Some(ceil_secs(timeouts.keepalive).max(1)));
         }
         let announced = session
@@ -670,14 +673,18 @@ impl ProxyHttp for Proxy {
         Ok(None)
     }
 
-    /// Adds RateLimit-Limit/-Remaining/-Reset to answers of rate-limited routes and
-    /// checks whether the answer is to be compressed.
+    /// Adds RateLimit-Limit/-Remaining/-Reset to answers of rate-limited routes,
+    /// checks whether the answer is to be compressed, and closes the connection
+    /// after answers that end during a handover to a new process.
     async fn response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if crate::upgrade::handing_over() {
+            session.set_keepalive(None);
+        }
         if let Some(compression) = &self.settings.compression {
             compression.check_response(session, upstream_response);
         }

@@ -62,6 +62,20 @@ impl Reloader {
     }
 }
 
+impl Reloader {
+    /// [`Reloader::reload`] between `RELOADING=1` and `READY=1` to the service
+    /// manager.
+    fn reload_notifying(&self) -> Result<(), config::ConfigErrors> {
+        crate::notify::send("RELOADING=1");
+        let result = self.reload();
+        crate::notify::send(match result {
+            Ok(()) => "READY=1\nSTATUS=reloaded",
+            Err(_) => "READY=1\nSTATUS=reload failed; serving the previous topology",
+        });
+        result
+    }
+}
+
 fn record_success() {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -83,7 +97,7 @@ impl BackgroundService for Reloader {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = hangups.recv() => match self.reload() {
+                _ = hangups.recv() => match self.reload_notifying() {
                     Ok(()) => {
                         metrics().config_reloads.with_label_values(&["success"]).inc();
                         record_success();

@@ -8,9 +8,11 @@ use crate::config::{Config, ConfigErrors, LoadedConfig};
 use crate::edge::compression::CompressionPolicy;
 use crate::edge::redirect::HttpsRedirect;
 use crate::edge::tls::{listener_settings as tls_listener_settings, SniResolver};
+use crate::notify::Readiness;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::reload::Reloader;
 use crate::topology::Topology;
+use crate::upgrade::{Launch, Upgrader};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -90,6 +92,10 @@ fn server_conf(config: &Config) -> ServerConf {
     }
 }
 
+/// How long a new process started by SIGUSR2 may take to load its config and
+/// open the upgrade socket.
+const UPGRADE_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Builds the server with all its services, ready to run.
 pub fn build(
     loaded: &LoadedConfig,
@@ -163,6 +169,20 @@ pub fn build(
         &config.server,
     );
     server.add_service(background_service("reload", reloader));
+
+    let launch = Launch::of_this_process().context("reading this process's own launch")?;
+    server.add_service(background_service(
+        "upgrade",
+        Upgrader {
+            launch,
+            upgrade_sock: config.server.upgrade_sock.clone(),
+            start_timeout: UPGRADE_START_TIMEOUT,
+        },
+    ));
+    let mut addresses: Vec<SocketAddr> =
+        config.server.listeners.iter().map(|l| l.address).collect();
+    addresses.extend(config.server.metrics);
+    server.add_service(background_service("readiness", Readiness { addresses }));
     Ok(server)
 }
 
@@ -177,8 +197,9 @@ pub fn write_pid_file(path: &std::path::Path) {
     }
 }
 
-/// Sends SIGHUP to the tollgate in `server.pid_file`; returns its pid.
-pub fn signal_reload(config: &Config) -> anyhow::Result<i32> {
+/// Sends `signal` (SIGHUP: reload, SIGUSR2: upgrade) to the tollgate in
+/// `server.pid_file`; returns its pid.
+pub fn signal_running(config: &Config, signal: libc::c_int) -> anyhow::Result<i32> {
     let path = &config.server.pid_file;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading pid file {}", path.display()))?;
@@ -190,7 +211,7 @@ pub fn signal_reload(config: &Config) -> anyhow::Result<i32> {
         anyhow::bail!("pid file {} holds no process id", path.display());
     }
     // SAFETY: kill(2) with a positive pid read from the configured pid file.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+    if unsafe { libc::kill(pid, signal) } != 0 {
         let e = std::io::Error::last_os_error();
         anyhow::bail!(
             "no tollgate to signal at pid {pid} (from {}): {e}",

@@ -46,12 +46,10 @@ async fn sigterm_drains_in_flight_requests() {
     eprintln!("drained and exited in {:?}", started.elapsed());
 }
 
-/// Known to fail: the handover works, but pingora 0.9 drops idle keep-alive
-/// connections the instant it broadcasts shutdown, so a client that sends its next
-/// request at that moment gets a reset (seen: 2 to 4 of ~13,000 requests). Zero
-/// resets needs pingora to answer such a request with `Connection: close` instead.
-/// Run with `cargo test --test lifecycle -- --ignored`.
-#[ignore = "pingora drops idle keep-alive connections at the upgrade broadcast (issue 5 open)"]
+/// The upgrade by hand: the new process with `-u`, then SIGQUIT to the old one.
+/// pingora drops connections that wait for a request when it stops accepting;
+/// the old process closes every connection after its answer from the SIGQUIT on,
+/// so clients have left it by then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_upgrade_hands_over_the_sockets_without_a_failed_request() {
     let backend = Backend::start("app");
@@ -80,4 +78,159 @@ async fn binary_upgrade_hands_over_the_sockets_without_a_failed_request() {
     let _ = new.kill();
     let _ = new.wait();
     report.assert_no_failure(101);
+}
+
+/// Kills a process this test started indirectly (the upgraded tollgate, a child
+/// of the one the harness started) when dropped.
+struct Reap(u32);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the tollgate this test's upgrade started.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+/// Messages tollgate sends to a systemd-style notify socket.
+struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(tag: &str) -> NotifySocket {
+        let path = temp_dir(tag).join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        NotifySocket { socket, path }
+    }
+
+    /// Waits up to `timeout` for a message holding every one of `lines`.
+    fn expect(&self, lines: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if lines.iter().all(|l| message.lines().any(|m| m == *l)) {
+                    return message;
+                }
+                seen.push(message);
+            }
+        }
+        panic!("no notify message with {lines:?} within {timeout:?}; seen: {seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_command_restarts_the_binary_in_place_without_a_failed_request() {
+    let backend = Backend::start("app");
+    let notify = NotifySocket::bind("notify");
+    let notify_path = notify.path.to_string_lossy().into_owned();
+    let mut old = Tollgate::start_with_env(
+        &format!(
+            "upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
+            backend.addr
+        ),
+        &[("NOTIFY_SOCKET", &notify_path)],
+    )
+    .await;
+    let old_pid = old.pid();
+    notify.expect(
+        &["READY=1", &format!("MAINPID={old_pid}")],
+        Duration::from_secs(10),
+    );
+
+    // A reload is bracketed by RELOADING=1 and READY=1.
+    let (ok, output) = old.command(&["reload"]);
+    assert!(ok, "{output}");
+    notify.expect(&["RELOADING=1"], Duration::from_secs(5));
+    notify.expect(&["READY=1"], Duration::from_secs(5));
+
+    let load = SteadyLoad::start(old.url("/"), 4);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, output) = old.command(&["upgrade"]);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains(&format!("asked process {old_pid} to upgrade")),
+        "{output}"
+    );
+
+    // The new process tells the service manager it is the main one now.
+    let message = notify.expect(&["READY=1"], Duration::from_secs(15));
+    let new_pid: u32 = message
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse().ok())
+        .expect("MAINPID in the new process's READY");
+    let _reap = Reap(new_pid);
+    assert_ne!(new_pid, old_pid);
+    let exited = old.wait_exit(Duration::from_secs(20)).await;
+    assert!(exited.is_some(), "the old process did not exit");
+    assert!(alive(new_pid), "the new process died:\n{}", old.stderr());
+    assert_eq!(old.pid_in_file(), Some(new_pid));
+    tokio::time::sleep(Duration::from_millis(500)).await; // traffic on the new process alone
+    let report = load.stop().await;
+    report.assert_no_failure(101);
+
+    // The new process is the one `reload` reaches now.
+    let (ok, output) = old.command(&["reload"]);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains(&format!("asked process {new_pid}")),
+        "{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_upgrade_leaves_the_old_process_serving() {
+    let backend = Backend::start("app");
+    let tollgate = Tollgate::start(&format!(
+        "upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
+        backend.addr
+    ))
+    .await;
+    // `tollgate upgrade` checks the file with the new binary first.
+    let good = tollgate.config_text();
+    tollgate.rewrite_config(&format!("{good}\nroutes_typo: []\n"));
+    let (ok, output) = tollgate.command(&["upgrade"]);
+    assert!(!ok, "an invalid file was accepted for an upgrade: {output}");
+    assert!(output.contains("routes_typo"), "{output}");
+
+    // A new process that cannot start (the file went bad after the check) makes
+    // the old one log why and keep serving.
+    tollgate.signal(libc::SIGUSR2);
+    let logged = wait_until(Duration::from_secs(15), || {
+        let stderr = tollgate.stderr();
+        async move { stderr.contains("upgrade aborted, this process keeps serving") }
+    })
+    .await;
+    assert!(logged, "no abort logged:\n{}", tollgate.stderr());
+    assert_eq!(tollgate.pid_in_file(), Some(tollgate.pid()));
+    let client = reqwest::Client::new();
+    let (status, backend_name, _) = get(&client, &tollgate.url("/"))
+        .await
+        .expect("still serving");
+    assert_eq!((status, backend_name.as_str()), (200, "app"));
+
+    // With the file fixed, the next upgrade goes through.
+    tollgate.rewrite_config(&good);
+    let (ok, output) = tollgate.command(&["upgrade"]);
+    assert!(ok, "{output}");
+    let old_pid = tollgate.pid();
+    let moved = wait_until(Duration::from_secs(15), || {
+        let pid = tollgate.pid_in_file();
+        async move { pid.is_some_and(|p| p != old_pid) }
+    })
+    .await;
+    assert!(moved, "no new process:\n{}", tollgate.stderr());
+    let _reap = Reap(tollgate.pid_in_file().unwrap_or_default());
 }

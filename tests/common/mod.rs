@@ -269,6 +269,36 @@ impl Tollgate {
         assert_eq!(result, 0, "kill({pid}, {signal}) failed");
     }
 
+    /// The process id of the tollgate this harness started.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("tollgate running").id()
+    }
+
+    /// The process id in the pid file, if it holds one.
+    pub fn pid_in_file(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("tollgate.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Runs `tollgate -c <this topology file> <args>`; its exit status and output.
+    pub fn command(&self, args: &[&str]) -> (bool, String) {
+        let output = Command::new(TOLLGATE)
+            .arg("-c")
+            .arg(self.dir.join("tollgate.yaml"))
+            .args(args)
+            .output()
+            .expect("run tollgate");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    }
+
     /// Starts a second tollgate on the same topology file with `-u`: it waits to
     /// take the listening sockets over from this one (see `signal(SIGQUIT)`).
     pub fn spawn_upgrade(&self) -> Child {
