@@ -5,10 +5,12 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # command:package pairs the build and tests need; pingora's zlib-ng needs cmake,
-# the JWT tests generate keys with openssl, the metrics test lints with promtool.
-BUILD_NEEDS := cmake:cmake cc:build-essential c++:g++ pkg-config:pkg-config python3:python3 openssl:openssl promtool:prometheus
+# the JWT tests generate keys with openssl, the monitoring tests run Prometheus,
+# the deploy tests check the unit and the cloud-init file with their own tools.
+BUILD_NEEDS := cmake:cmake cc:build-essential c++:g++ pkg-config:pkg-config python3:python3 openssl:openssl \
+  promtool:prometheus systemd-analyze:systemd cloud-init:cloud-init
 
-.PHONY: all deps build run run-gateway test lint clean
+.PHONY: all deps build run run-gateway test lint dist clean
 
 all: build
 
@@ -41,6 +43,10 @@ lint: deps
 
 test: lint
 	$(CARGO) test --all-targets
+
+# A release tarball (binary, systemd unit, EC2, Prometheus, Grafana files) in dist/.
+dist: build
+	sh deploy/dist.sh target/release/tollgate dist
 
 clean:
 	$(CARGO) clean

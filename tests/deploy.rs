@@ -1,0 +1,179 @@
+//! The files in deploy/, checked by the tools that read them: systemd's own
+//! verifier, cloud-init's schema, promtool; the topology inside the cloud-init
+//! file by `tollgate -t`; the release tarball's layout against what cloud-init
+//! installs from it.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Runs a command; its success and everything it printed.
+fn run(command: &mut Command) -> (bool, String) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?} (make test installs it): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify() {
+    // verify checks that ExecStart's binary exists: point it at this build.
+    let unit = std::fs::read_to_string(Path::new(ROOT).join("deploy/systemd/tollgate.service"))
+        .expect("unit file");
+    for needed in [
+        "Type=notify",
+        "NotifyAccess=all",
+        "User=tollgate",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "LimitNOFILE=",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "ExecReload=/usr/local/bin/tollgate -c /etc/tollgate/tollgate.yaml reload",
+    ] {
+        assert!(unit.contains(needed), "the unit lacks {needed}");
+    }
+    let dir = temp_dir("systemd");
+    let path = write_file(
+        &dir,
+        "tollgate.service",
+        &unit.replace("/usr/local/bin/tollgate", TOLLGATE),
+    );
+    let (ok, output) = run(Command::new("systemd-analyze").arg("verify").arg(&path));
+    assert!(ok, "systemd-analyze verify failed:\n{output}");
+    // Unknown keys and other mistakes are warnings with a zero exit: none allowed.
+    assert!(
+        output.trim().is_empty(),
+        "systemd-analyze verify warned:\n{output}"
+    );
+
+    // The verifier does catch a mistake (so the check above means something).
+    let broken = write_file(
+        &dir,
+        "broken.service",
+        &unit
+            .replace("/usr/local/bin/tollgate", TOLLGATE)
+            .replace("ProtectHome=yes", "ProtectHome=very"),
+    );
+    let (_, output) = run(Command::new("systemd-analyze").arg("verify").arg(&broken));
+    assert!(
+        output.contains("very"),
+        "no complaint about ProtectHome=very:\n{output}"
+    );
+}
+
+#[test]
+fn cloud_init_user_data_passes_the_schema_and_carries_a_valid_topology() {
+    let path = Path::new(ROOT).join("deploy/ec2/user-data.yaml");
+    let (ok, output) = run(Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(&path));
+    assert!(ok, "cloud-init schema failed:\n{output}");
+    assert!(output.contains("Valid cloud-config"), "{output}");
+
+    let text = std::fs::read_to_string(&path).expect("user-data");
+    let data: serde_yaml::Value = serde_yaml::from_str(&text).expect("user-data YAML");
+    let files = data["write_files"].as_sequence().expect("write_files");
+    let topology = files
+        .iter()
+        .find(|f| f["path"].as_str() == Some("/etc/tollgate/tollgate.yaml"))
+        .and_then(|f| f["content"].as_str())
+        .expect("the topology in write_files");
+    let checked = check_topology(topology);
+    assert!(
+        checked.ok,
+        "the EC2 topology is invalid:\n{}",
+        checked.output
+    );
+    assert!(topology.contains("pid_file: /run/tollgate/tollgate.pid"));
+
+    // What runcmd installs from the release tarball is where deploy/dist.sh puts it.
+    let script = data["runcmd"][0][2].as_str().expect("runcmd script");
+    for needed in [
+        "sha256sum -c",
+        "--strip-components=1",
+        "\"$work/bin/tollgate\" /usr/local/bin/tollgate",
+        "\"$work/deploy/systemd/tollgate.service\" /etc/systemd/system/tollgate.service",
+        "tollgate -c /etc/tollgate/tollgate.yaml -t",
+        "systemctl enable --now tollgate",
+    ] {
+        assert!(script.contains(needed), "runcmd lacks {needed}:\n{script}");
+    }
+}
+
+#[test]
+fn release_tarball_holds_what_cloud_init_installs() {
+    let out = temp_dir("dist");
+    let (ok, output) = run(Command::new("sh")
+        .arg(Path::new(ROOT).join("deploy/dist.sh"))
+        .arg(TOLLGATE)
+        .arg(&out));
+    assert!(ok, "dist.sh failed:\n{output}");
+    let tarball = output
+        .trim()
+        .lines()
+        .last()
+        .expect("tarball path")
+        .to_string();
+    let (ok, checksum) = run(Command::new("sha256sum")
+        .args(["-c", &format!("{tarball}.sha256")])
+        .current_dir(&out));
+    assert!(ok, "{checksum}");
+    let unpacked = temp_dir("unpacked");
+    let (ok, output) = run(Command::new("tar")
+        .args(["-xzf", &tarball, "--strip-components=1", "-C"])
+        .arg(&unpacked));
+    assert!(ok, "{output}");
+    for file in [
+        "bin/tollgate",
+        "deploy/systemd/tollgate.service",
+        "deploy/prometheus/tollgate-alerts.yml",
+        "grafana/dashboards/tollgate.json",
+        "config/tollgate.yaml",
+        "README.md",
+    ] {
+        assert!(unpacked.join(file).is_file(), "the tarball lacks {file}");
+    }
+    let (ok, version) = run(Command::new(unpacked.join("bin/tollgate")).arg("--version"));
+    assert!(ok && version.starts_with("tollgate "), "{version}");
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&unpacked);
+}
+
+#[test]
+fn prometheus_config_and_alert_rules_pass_promtool() {
+    let dir = Path::new(ROOT).join("deploy/prometheus");
+    for args in [
+        &["check", "config", "prometheus.yml"][..],
+        &["check", "rules", "tollgate-alerts.yml"][..],
+        // Each alert fires on the series meant to raise it, and only on those.
+        &["test", "rules", "tollgate-alerts.test.yml"][..],
+    ] {
+        let (ok, output) = run(Command::new("promtool").args(args).current_dir(&dir));
+        assert!(ok, "promtool {args:?} failed:\n{output}");
+    }
+    let rules = std::fs::read_to_string(dir.join("tollgate-alerts.yml")).expect("rules");
+    for alert in [
+        "TollgateBackendDown",
+        "TollgateUpstreamDown",
+        "TollgateHighErrorRatio",
+        "TollgateHighLatencyP99",
+        "TollgateRateLimitSurge",
+        "TollgateReloadFailed",
+    ] {
+        assert!(
+            rules.contains(&format!("alert: {alert}")),
+            "no {alert} rule"
+        );
+    }
+}
