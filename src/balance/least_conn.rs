@@ -1,22 +1,106 @@
 //! Least connections: the usable backend with the fewest requests in flight divided
-//! by its weight; ties go round robin from a rotating start.
+//! by its weight.
+//!
+//! Up to [`EXACT_SCAN_MAX`] backends, a pick reads every backend's counter and
+//! takes the least loaded (ties go round robin from a rotating start). Above that,
+//! reading every counter costs more than the request is worth (about 5 ns a
+//! backend), so a pick draws two usable backends at random, each with a chance
+//! proportional to its weight (Vose's alias table, built once per topology), and
+//! takes the less loaded of the two: "power of two choices", as Envoy and
+//! HAProxy's `random(2)` do, which keeps the most loaded backend within a small
+//! factor of the least loaded at O(1) per pick. When draws keep landing on
+//! unusable backends (most of the pool down or tried), the pick falls back to the
+//! full scan.
 //!
 //! In-flight counts are kept by [`super::InFlightGuard`], so they return to zero
-//! however a request ends. A pick reads every backend's counter: O(backends).
+//! however a request ends.
 
 use super::{Backend, Balancer};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-#[derive(Default)]
+/// Pools up to this size are scanned in full on every pick.
+pub const EXACT_SCAN_MAX: usize = 16;
+
+/// Draws at random before falling back to a full scan.
+const DRAWS: usize = 8;
+
 pub struct LeastConnections {
     next: AtomicUsize,
+    /// Weighted sampling for pools above [`EXACT_SCAN_MAX`].
+    sampler: Option<AliasTable>,
+    /// The state of the random draws (a counter fed through a mixer).
+    draws: AtomicU64,
 }
 
 impl LeastConnections {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(backends: &[Backend]) -> Self {
+        let sampler = (backends.len() > EXACT_SCAN_MAX).then(|| {
+            let weights: Vec<u64> = backends.iter().map(|b| u64::from(b.weight)).collect();
+            AliasTable::new(&weights)
+        });
+        LeastConnections {
+            next: AtomicUsize::new(0),
+            sampler,
+            draws: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+        }
     }
+
+    /// The least loaded usable backend, reading all of them.
+    fn scan(&self, backends: &[Backend], usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let n = backends.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut best: Option<usize> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if usable(i) && best.is_none_or(|b| less_loaded(&backends[i], &backends[b])) {
+                best = Some(i);
+            }
+        }
+        best
+    }
+
+    /// The less loaded of two weighted random draws of usable backends; `None`
+    /// when [`DRAWS`] draws found fewer than two.
+    fn two_choices(
+        &self,
+        sampler: &AliasTable,
+        backends: &[Backend],
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let mut first: Option<usize> = None;
+        for _ in 0..DRAWS {
+            let random = splitmix64(
+                self.draws
+                    .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed),
+            );
+            let i = sampler.sample(random);
+            if !usable(i) || first == Some(i) {
+                continue;
+            }
+            match first {
+                None => first = Some(i),
+                Some(f) => {
+                    return Some(if less_loaded(&backends[i], &backends[f]) {
+                        i
+                    } else {
+                        f
+                    });
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Whether `a` has fewer requests in flight per unit of weight than `b`
+/// (compared without division).
+fn less_loaded(a: &Backend, b: &Backend) -> bool {
+    let load = |x: &Backend| i128::from(x.state.in_flight().max(0));
+    load(a) * i128::from(b.weight) < load(b) * i128::from(a.weight)
 }
 
 impl Balancer for LeastConnections {
@@ -26,30 +110,67 @@ impl Balancer for LeastConnections {
         _client: IpAddr,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
-        let n = backends.len();
-        if n == 0 {
-            return None;
+        match &self.sampler {
+            Some(sampler) if sampler.len() == backends.len() => self
+                .two_choices(sampler, backends, usable)
+                .or_else(|| self.scan(backends, usable)),
+            _ => self.scan(backends, usable),
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best: Option<(usize, i128, i128)> = None;
-        for k in 0..n {
-            let i = (start + k) % n;
-            if !usable(i) {
-                continue;
-            }
-            let load = i128::from(backends[i].state.in_flight().max(0));
-            let weight = i128::from(backends[i].weight);
-            // load/weight < best_load/best_weight, without division.
-            let better = match best {
-                None => true,
-                Some((_, best_load, best_weight)) => load * best_weight < best_load * weight,
-            };
-            if better {
-                best = Some((i, load, weight));
-            }
-        }
-        best.map(|(i, _, _)| i)
     }
+}
+
+/// Vose's alias method: draws index `i` with probability `weights[i] / sum` in
+/// O(1) from two tables built in O(n).
+struct AliasTable {
+    /// Chance, out of 2^32, of keeping column `i` rather than taking its alias.
+    keep: Vec<u32>,
+    alias: Vec<u32>,
+}
+
+impl AliasTable {
+    fn new(weights: &[u64]) -> AliasTable {
+        let n = weights.len();
+        let total: u128 = weights.iter().map(|w| u128::from(*w)).sum();
+        // Each column holds total/n of weight; scaled by n so all sums are integers.
+        let mut scaled: Vec<u128> = weights.iter().map(|w| u128::from(*w) * n as u128).collect();
+        let (mut small, mut large): (Vec<usize>, Vec<usize>) =
+            (0..n).partition(|&i| scaled[i] < total);
+        let mut keep = vec![u32::MAX; n];
+        let mut alias: Vec<u32> = (0..n as u32).collect();
+        while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+            keep[s] = ((scaled[s] << 32) / total.max(1)).min(u128::from(u32::MAX)) as u32;
+            alias[s] = l as u32;
+            scaled[l] -= total - scaled[s];
+            if scaled[l] < total {
+                large.pop();
+                small.push(l);
+            }
+        }
+        AliasTable { keep, alias }
+    }
+
+    fn len(&self) -> usize {
+        self.keep.len()
+    }
+
+    /// The index drawn by the 64 random bits `random`.
+    fn sample(&self, random: u64) -> usize {
+        // High bits pick the column, low bits the side: independent enough.
+        let column = (((random >> 32) * self.keep.len() as u64) >> 32) as usize;
+        if (random as u32) < self.keep[column] {
+            column
+        } else {
+            self.alias[column] as usize
+        }
+    }
+}
+
+/// A 64-bit mixer (splitmix64's finalizer): a counter in, well-spread bits out.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -61,7 +182,7 @@ mod tests {
     #[test]
     fn prefers_fewest_in_flight_per_weight() {
         let b = backends(&[1, 1, 2]);
-        let lc = LeastConnections::new();
+        let lc = LeastConnections::new(&b);
         let ip = IpAddr::from([127, 0, 0, 1]);
         let _g0 = InFlightGuard::new(&b[0].state);
         let _g2a = InFlightGuard::new(&b[2].state);
@@ -76,7 +197,7 @@ mod tests {
     #[test]
     fn ties_rotate() {
         let b = backends(&[1, 1, 1]);
-        let lc = LeastConnections::new();
+        let lc = LeastConnections::new(&b);
         let ip = IpAddr::from([127, 0, 0, 1]);
         let picks: Vec<_> = (0..6)
             .map(|_| lc.pick(&b, ip, &|_| true).unwrap())
@@ -93,5 +214,49 @@ mod tests {
             assert_eq!(b[0].state.in_flight(), 2);
         }
         assert_eq!(b[0].state.in_flight(), 0);
+    }
+
+    #[test]
+    fn alias_table_draws_in_proportion_to_weight() {
+        let table = AliasTable::new(&[1, 2, 3, 0, 4]);
+        let mut counts = [0u32; 5];
+        for k in 0..100_000u64 {
+            counts[table.sample(splitmix64(k))] += 1;
+        }
+        assert_eq!(counts[3], 0, "weight 0 drawn");
+        for (i, w) in [(0, 1.0), (1, 2.0), (2, 3.0), (4, 4.0)] {
+            let share = f64::from(counts[i]) / 100_000.0;
+            assert!((share - w / 10.0).abs() < 0.01, "backend {i}: {share}");
+        }
+    }
+
+    #[test]
+    fn large_pools_pick_the_less_loaded_of_two_draws() {
+        let b = backends(&[1; 100]);
+        let lc = LeastConnections::new(&b);
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        // Half the pool is busy: a pick lands on an idle backend unless both draws
+        // were busy (about 1 in 4).
+        let _busy: Vec<_> = (0..50).map(|i| InFlightGuard::new(&b[i].state)).collect();
+        let idle = (0..4000)
+            .filter(|_| lc.pick(&b, ip, &|_| true).is_some_and(|i| i >= 50))
+            .count();
+        assert!((2800..3200).contains(&idle), "{idle} of 4000 picks idle");
+    }
+
+    #[test]
+    fn large_pools_honour_usable_and_fall_back_to_a_scan() {
+        let b = backends(&[1; 100]);
+        let lc = LeastConnections::new(&b);
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        for _ in 0..200 {
+            let pick = lc.pick(&b, ip, &|i| i % 10 == 3).unwrap();
+            assert_eq!(pick % 10, 3);
+        }
+        // One usable backend: the draws rarely find it, the scan always does.
+        for _ in 0..50 {
+            assert_eq!(lc.pick(&b, ip, &|i| i == 77), Some(77));
+        }
+        assert_eq!(lc.pick(&b, ip, &|_| false), None);
     }
 }

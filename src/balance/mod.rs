@@ -164,7 +164,7 @@ impl Upstream {
         let balancer: Box<dyn Balancer> = match algorithm {
             Algorithm::RoundRobin => Box::new(round_robin::RoundRobin::new(&backends)),
             Algorithm::IpHash => Box::new(ip_hash::IpHash::new(&backends)),
-            Algorithm::LeastConnections => Box::new(least_conn::LeastConnections::new()),
+            Algorithm::LeastConnections => Box::new(least_conn::LeastConnections::new(&backends)),
         };
         Upstream {
             name,
