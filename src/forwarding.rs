@@ -92,21 +92,28 @@ pub fn set_forwarded_headers(
     peer_trusted: bool,
     scheme: &'static str,
 ) -> pingora::Result<()> {
-    let mut forwarded_for = String::new();
-    for value in req.headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(text) = value.to_str() {
-            if !forwarded_for.is_empty() {
+    let peer_text = IpText::new(peer);
+    let peer_value = header_value(peer_text.as_bytes())?;
+    if req.headers.contains_key(&X_FORWARDED_FOR) {
+        let mut forwarded_for = String::new();
+        for value in req.headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(text) = value.to_str() {
+                forwarded_for.push_str(text.trim());
                 forwarded_for.push_str(", ");
             }
-            forwarded_for.push_str(text.trim());
         }
+        forwarded_for.push_str(peer_text.as_str());
+        req.insert_header(X_FORWARDED_FOR, forwarded_for)?;
+    } else {
+        // The common case: one allocation, shared by X-Real-IP when the peer is the client.
+        req.insert_header(X_FORWARDED_FOR, peer_value.clone())?;
     }
-    if !forwarded_for.is_empty() {
-        forwarded_for.push_str(", ");
-    }
-    forwarded_for.push_str(&peer.to_string());
-    req.insert_header(X_FORWARDED_FOR, forwarded_for)?;
-    req.insert_header(X_REAL_IP, client.to_string())?;
+    let real_ip = if client == peer {
+        peer_value
+    } else {
+        header_value(IpText::new(client).as_bytes())?
+    };
+    req.insert_header(X_REAL_IP, real_ip)?;
 
     if !(peer_trusted && req.headers.contains_key(&X_FORWARDED_PROTO)) {
         req.insert_header(X_FORWARDED_PROTO, scheme)?;
@@ -125,6 +132,38 @@ pub fn set_forwarded_headers(
         }
     }
     Ok(())
+}
+
+/// An IP address as text, formatted on the stack (no allocation).
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> IpText {
+        use std::io::Write;
+        let mut buf = [0u8; 48];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        // The longest IPv6 text is 45 bytes: the write cannot run out of room.
+        let _ = write!(cursor, "{ip}");
+        let len = cursor.position() as usize;
+        IpText { buf, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+fn header_value(bytes: &[u8]) -> pingora::Result<http::HeaderValue> {
+    http::HeaderValue::from_bytes(bytes).map_err(|e| {
+        pingora::Error::because(pingora::ErrorType::InternalError, "client address", e)
+    })
 }
 
 /// Removes hop-by-hop headers from a backend's response: those the Connection
@@ -164,6 +203,19 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_text_fits_the_longest_addresses() {
+        for ip in [
+            "255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "1:2:3:4:5:6:7:8",
+        ] {
+            let parsed: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(parsed).as_str(), parsed.to_string());
+        }
+    }
 
     fn headers(xff: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
