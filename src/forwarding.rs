@@ -172,11 +172,32 @@ fn header_value(bytes: &[u8]) -> pingora::Result<http::HeaderValue> {
 /// protocol switch needs. Framing headers are left to pingora, which re-frames.
 pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    // Most answers carry none of these, or only `Connection: keep-alive`: find
+    // out in one pass over the (few) names before touching the maps.
+    let fixed_present = resp.headers.keys().any(|name| {
+        [
+            &CONNECTION,
+            &UPGRADE,
+            &KEEP_ALIVE,
+            &PROXY_CONNECTION,
+            &TE,
+            &TRAILER,
+        ]
+        .contains(&name)
+    });
+    if !fixed_present {
+        return;
+    }
     let mut nominated: Vec<HeaderName> = Vec::new();
     for value in resp.headers.get_all(CONNECTION) {
         let Ok(text) = value.to_str() else { continue };
         for token in text.split(',') {
-            let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) else {
+            let token = token.trim();
+            // Connection options that are not header names of their own.
+            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+                continue;
+            }
+            let Ok(name) = HeaderName::from_bytes(token.as_bytes()) else {
                 continue;
             };
             let protected = name == http::header::CONTENT_LENGTH
