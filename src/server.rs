@@ -17,6 +17,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::{HttpServer, ServeHttp};
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -96,6 +97,21 @@ fn server_conf(config: &Config) -> ServerConf {
 /// open the upgrade socket.
 const UPGRADE_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Client connections over plain HTTP read straight into pingora's request and
+/// body buffers: its default 64 KiB read buffer per connection cost ~100 KiB of
+/// memory per idle connection and one more copy of every byte.
+const PLAIN_READ_BUFFER: L4BufferSettings = L4BufferSettings {
+    read: Some(0),
+    write: None,
+};
+
+/// TLS reads one record (up to 16 KiB) at a time; a buffer of one record saves
+/// the small reads without pingora's 64 KiB per connection.
+const TLS_READ_BUFFER: L4BufferSettings = L4BufferSettings {
+    read: Some(16 * 1024),
+    write: None,
+};
+
 /// Builds the server with all its services, ready to run.
 pub fn build(
     loaded: &LoadedConfig,
@@ -142,10 +158,16 @@ pub fn build(
             (Some(resolver), Some(tls)) => {
                 let settings = tls_listener_settings(resolver, tls.http2)
                     .map_err(|e| anyhow::anyhow!("TLS settings of {address}: {e}"))?;
-                proxy.add_tls_with_settings(&address, None, settings);
+                proxy.add_listener(
+                    ListenerConfig::tcp(address)
+                        .tls(settings)
+                        .l4_buffer(TLS_READ_BUFFER),
+                );
             }
-            _ if listener.redirect_https => redirects.add_tcp(&address),
-            _ => proxy.add_tcp(&address),
+            _ if listener.redirect_https => {
+                redirects.add_listener(ListenerConfig::tcp(address).l4_buffer(PLAIN_READ_BUFFER))
+            }
+            _ => proxy.add_listener(ListenerConfig::tcp(address).l4_buffer(PLAIN_READ_BUFFER)),
         }
     }
     server.add_service(proxy);
