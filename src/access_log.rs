@@ -139,14 +139,63 @@ fn write_lines(
     }
 }
 
+/// The two time formats of the log lines.
+#[derive(Clone, Copy, PartialEq)]
+enum TimeFormat {
+    /// `2026-11-23T10:40:01`, followed by `.mmmZ` per line.
+    Iso,
+    /// `23/Nov/2026:10:40:01 +0000`.
+    Common,
+}
+
+/// Appends the current time in `format`. The part down to the second is
+/// formatted once per second per thread and reused; strftime per line cost more
+/// than the rest of the line.
+fn push_time(out: &mut String, format: TimeFormat) {
+    thread_local! {
+        static CACHE: std::cell::RefCell<[(i64, String); 2]> =
+            const { std::cell::RefCell::new([(i64::MIN, String::new()), (i64::MIN, String::new())]) };
+    }
+    let now = chrono::Utc::now();
+    let second = now.timestamp();
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let slot = &mut cache[format as usize];
+        if slot.0 != second {
+            let pattern = match format {
+                TimeFormat::Iso => "%Y-%m-%dT%H:%M:%S",
+                TimeFormat::Common => "%d/%b/%Y:%H:%M:%S +0000",
+            };
+            slot.1.clear();
+            let _ = write!(slot.1, "{}", now.format(pattern));
+            slot.0 = second;
+        }
+        out.push_str(&slot.1);
+    });
+    if format == TimeFormat::Iso {
+        let millis = now.timestamp_subsec_millis().min(999);
+        out.push('.');
+        push_padded3(out, millis);
+        out.push('Z');
+    }
+}
+
+/// Appends `n` (< 1000) with three digits.
+fn push_padded3(out: &mut String, n: u32) {
+    out.push(char::from(b'0' + (n / 100) as u8));
+    out.push(char::from(b'0' + (n / 10 % 10) as u8));
+    out.push(char::from(b'0' + (n % 10) as u8));
+}
+
+fn push_int(out: &mut String, n: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
 fn json_line(e: &AccessEntry<'_>) -> String {
     let mut s = String::with_capacity(320);
-    let time = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
-    let _ = write!(
-        s,
-        "{{\"time\":\"{time}\",\"client\":\"{}\",\"method\":",
-        e.client
-    );
+    s.push_str("{\"time\":\"");
+    push_time(&mut s, TimeFormat::Iso);
+    let _ = write!(s, "\",\"client\":\"{}\",\"method\":", e.client);
     json_str(&mut s, e.method);
     s.push_str(",\"uri\":");
     json_str(&mut s, e.uri);
@@ -154,13 +203,16 @@ fn json_line(e: &AccessEntry<'_>) -> String {
     json_str(&mut s, e.version);
     s.push_str(",\"host\":");
     json_str(&mut s, e.host);
-    let _ = write!(
-        s,
-        ",\"status\":{},\"bytes_sent\":{},\"duration_ms\":{:.3},\"route\":",
-        e.status,
-        e.bytes_sent,
-        e.duration.as_secs_f64() * 1000.0
-    );
+    s.push_str(",\"status\":");
+    push_int(&mut s, e.status);
+    s.push_str(",\"bytes_sent\":");
+    push_int(&mut s, e.bytes_sent);
+    s.push_str(",\"duration_ms\":");
+    let micros = e.duration.as_micros();
+    push_int(&mut s, micros / 1000);
+    s.push('.');
+    push_padded3(&mut s, (micros % 1000) as u32);
+    s.push_str(",\"route\":");
     json_str(&mut s, e.route);
     s.push_str(",\"upstream\":");
     json_str(&mut s, e.upstream);
@@ -177,6 +229,11 @@ fn json_line(e: &AccessEntry<'_>) -> String {
 /// Appends `text` as a JSON string literal.
 fn json_str(out: &mut String, text: &str) {
     out.push('"');
+    if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(text);
+        out.push('"');
+        return;
+    }
     for c in text.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -195,15 +252,20 @@ fn json_str(out: &mut String, text: &str) {
 
 /// nginx's `combined`: client - - [time] "request" status bytes "referer" "agent".
 fn combined_line(e: &AccessEntry<'_>) -> String {
-    let time = chrono::Utc::now().format("%d/%b/%Y:%H:%M:%S +0000");
     let mut s = String::with_capacity(256);
-    let _ = write!(s, "{} - - [{time}] \"", e.client);
+    let _ = write!(s, "{} - - [", e.client);
+    push_time(&mut s, TimeFormat::Common);
+    s.push_str("] \"");
     quoted_part(&mut s, e.method);
     s.push(' ');
     quoted_part(&mut s, e.uri);
     s.push(' ');
     quoted_part(&mut s, e.version);
-    let _ = write!(s, "\" {} {} \"", e.status, e.bytes_sent);
+    s.push_str("\" ");
+    push_int(&mut s, e.status);
+    s.push(' ');
+    push_int(&mut s, e.bytes_sent);
+    s.push_str(" \"");
     quoted_part(&mut s, if e.referer.is_empty() { "-" } else { e.referer });
     s.push_str("\" \"");
     quoted_part(
@@ -220,6 +282,13 @@ fn combined_line(e: &AccessEntry<'_>) -> String {
 
 /// Appends `text` for use inside double quotes, escaping as nginx does (`\xHH`).
 fn quoted_part(out: &mut String, text: &str) {
+    if text
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push_str(text);
+        return;
+    }
     for b in text.bytes() {
         if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
             let _ = write!(out, "\\x{b:02X}");
