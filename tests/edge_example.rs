@@ -46,7 +46,9 @@ async fn the_edge_example_works_as_documented() {
         )
         .replace("127.0.0.1:9001", &replicas[0].addr.to_string())
         .replace("127.0.0.1:9002", &replicas[1].addr.to_string());
-    let _tollgate = Tollgate::launch(dir, &text, http, metrics, &[]).await;
+    let tollgate = Tollgate::launch(dir, &text, http, metrics, &[]).await;
+    // The TLS listener belongs to another service than the one the harness waits on.
+    tollgate.wait_listening(https).await;
 
     let plain = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -79,8 +79,10 @@ routes:
         ck = c.1.display(),
         backend = backend.addr
     );
-    // The redirect listener is the one the harness waits on; the TLS one is checked by the tests.
+    // The harness waits on the redirect listener; the TLS one belongs to another
+    // service and may start listening a moment later.
     let tollgate = Tollgate::launch(dir, &config, http, metrics, &[]).await;
+    tollgate.wait_listening(https).await;
     Edge {
         tollgate,
         https,

@@ -269,6 +269,15 @@ impl Tollgate {
         assert_eq!(result, 0, "kill({pid}, {signal}) failed");
     }
 
+    /// Waits up to 10 s for `addr`, another listener of this tollgate, to accept.
+    pub async fn wait_listening(&self, addr: SocketAddr) {
+        let listening = wait_until(Duration::from_secs(10), || async move {
+            TcpStream::connect(addr).is_ok()
+        })
+        .await;
+        assert!(listening, "{addr} never opened:\n{}", self.stderr());
+    }
+
     /// The process id of the tollgate this harness started.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("tollgate running").id()
