@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_NEEDS := cmake:cmake cc:build-essential c++:g++ pkg-config:pkg-config python3:python3 openssl:openssl \
   promtool:prometheus systemd-analyze:systemd cloud-init:cloud-init
 
-.PHONY: all deps build run run-gateway test lint dist clean
+.PHONY: all deps build run run-gateway test lint dist bench clean
 
 all: build
 
@@ -43,6 +43,15 @@ lint: deps
 
 test: lint
 	$(CARGO) test --all-targets
+
+# Criterion micro-benchmarks, then tollgate side by side with nginx and HAProxy
+# (bench/run.py installs nginx, haproxy and wrk when missing); the table
+# is printed and kept in bench/results/latest.txt, with latest.json and latest.svg.
+BENCH_ARGS ?=
+bench: build
+	$(CARGO) bench --bench hot_path
+	mkdir -p bench/results
+	bash -o pipefail -c 'python3 bench/run.py --tollgate target/release/tollgate $(BENCH_ARGS) | tee bench/results/latest.txt'
 
 # A release tarball (binary, systemd unit, EC2, Prometheus, Grafana files) in dist/.
 dist: build

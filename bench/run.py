@@ -1,0 +1,1072 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of tollgate, nginx and HAProxy on loopback.
+
+Usage (what `make bench` runs):
+
+    python3 bench/run.py --tollgate target/release/tollgate [--rounds 3] [--duration 10]
+                         [--quick] [--pin]
+
+One nginx process with one worker serves two backend ports (a 20-byte body at
+/small, a 64 KiB file at /large). Three proxies, each with one worker thread and
+keep-alive to both backends, balance over them round robin: tollgate, nginx and
+HAProxy. wrk loads each proxy in interleaved rounds per scenario; the medians of
+requests/s, latency percentiles and the proxy's CPU time per request are
+printed, with the proxies' memory holding 10,000 idle client connections.
+Results go to bench/results/latest.json and bench/results/latest.svg.
+
+Every server is a child process of this script, with its configuration in a
+temporary directory and on loopback ports picked here; all are stopped by PID at
+the end, on Ctrl-C and on errors. Standard library only.
+"""
+
+import argparse
+import errno
+import html
+import http.client
+import json
+import math
+import os
+import platform
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(BENCH_DIR, "results")
+
+SMALL_BODY = b"tollgate-bench-small"  # 20 bytes
+LARGE_SIZE = 64 * 1024
+IDLE_CONNECTIONS = 10_000
+WARMUP_SECONDS = 1
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# command -> Debian package that provides it
+PACKAGES = {
+    "nginx": "nginx",
+    "haproxy": "haproxy",
+    "wrk": "wrk",
+    "openssl": "openssl",
+    "taskset": "util-linux",
+}
+
+PROXIES = ("tollgate", "nginx", "haproxy")
+LABELS = {
+    "tollgate": "tollgate",
+    "nginx": "nginx",
+    "haproxy": "HAProxy",
+    "tollgate-full": "tollgate full",
+}
+COLORS = {
+    "tollgate": "#e8590c",
+    "nginx": "#2f9e44",
+    "haproxy": "#1c7ed6",
+    "tollgate-full": "#f5b041",
+}
+
+# wrk's done() hook: one machine-readable line with the figures we keep.
+WRK_LUA = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH {"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,' ..
+    '"write":%d,"status":%d,"timeout":%d,"p50":%d,"p99":%d,"p999":%d,"max":%d}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read,
+    e.write, e.status, e.timeout, latency:percentile(50), latency:percentile(99),
+    latency:percentile(99.9), latency.max))
+end
+"""
+
+
+class BenchError(Exception):
+    """A failure that ends the benchmark with a message and exit status 1."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One load pattern, run against each of `proxies` in interleaved rounds."""
+
+    key: str
+    title: str
+    path: str = "/small"
+    connections: int = 50
+    close: bool = False
+    tls: bool = False
+    proxies: tuple = PROXIES
+
+
+SCENARIOS = (
+    Scenario("a", "/small, keep-alive, 50 connections"),
+    Scenario("b", "/large (64 KiB), keep-alive, 50 connections", path="/large"),
+    Scenario("c", "/small, new connection per request, 50 connections", close=True),
+    Scenario("d", "/small, keep-alive, 1,000 connections", connections=1000),
+    Scenario("e", "TLS termination (HTTP/1.1), /small, keep-alive, 50 connections", tls=True),
+    Scenario(
+        "f",
+        "tollgate with metrics, JSON access log, health checks, rate limit vs bare (load a)",
+        proxies=("tollgate-full", "tollgate"),
+    ),
+)
+
+FIGURES = (
+    ("rps", "requests/s"),
+    ("p50_us", "p50 latency µs"),
+    ("p99_us", "p99 latency µs"),
+    ("p999_us", "p99.9 latency µs"),
+    ("cpu_us_per_request", "proxy CPU µs/request"),
+)
+
+
+# ---------------------------------------------------------------------------
+# Environment
+
+
+def ensure_packages():
+    """Install the Debian packages of any missing command (apt-get, through sudo unless root)."""
+    missing = sorted({pkg for cmd, pkg in PACKAGES.items() if shutil.which(cmd) is None})
+    if not missing:
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    print(f"installing: {' '.join(missing)}", flush=True)
+    for argv in (sudo + ["apt-get", "update", "-qq"], sudo + ["apt-get", "install", "-y", "-qq"] + missing):
+        if subprocess.run(argv, env=env).returncode != 0:
+            raise BenchError(f"`{' '.join(argv)}` failed; install {' '.join(missing)} and run again")
+
+
+def raise_nofile():
+    """Raise this process's open-file limit to its hard limit; the servers inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def free_ports(count):
+    """Return `count` distinct free TCP ports on 127.0.0.1 (held open together while picked)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def command_output(argv):
+    """The first line of a command's combined output, or `unknown` when it cannot run."""
+    try:
+        out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    lines = out.strip().splitlines()
+    return lines[0].strip() if lines else "unknown"
+
+
+def nginx_version():
+    """nginx's version as a tuple of ints, e.g. (1, 22, 1)."""
+    text = command_output(["nginx", "-v"])
+    number = text.rsplit("/", 1)[-1].split()[0]
+    return tuple(int(part) for part in number.split(".") if part.isdigit())
+
+
+def machine_info(tollgate):
+    """What the results depend on: cores, kernel, CPU model and the versions of every tool."""
+    cpu_model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "tollgate": command_output([tollgate, "-V"]),
+        "nginx": command_output(["nginx", "-v"]),
+        "haproxy": command_output(["haproxy", "-v"]),
+        "wrk": command_output(["wrk", "-v"]),
+        "openssl": command_output(["openssl", "version"]),
+        "somaxconn": int(open("/proc/sys/net/core/somaxconn").read()),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Processes
+
+
+def process_stat(pid):
+    """The fields of /proc/PID/stat after the command name (index 0 is field 3, the state)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def process_tree(pid):
+    """`pid` and all its descendants (for nginx: the master and its worker)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(int(process_stat(entry)[1]), []).append(int(entry))
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def start_time(pid):
+    """When the process started (field 22 of /proc/PID/stat, clock ticks after boot)."""
+    return int(process_stat(pid)[19])
+
+
+def cpu_ticks(pids):
+    """utime + stime (fields 14 and 15 of /proc/PID/stat) summed over `pids`, in clock ticks."""
+    total = 0
+    for pid in pids:
+        fields = process_stat(pid)
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def rss_kib(pids):
+    """VmRSS summed over `pids`, in KiB."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+class Server:
+    """A server process started by the harness, in its own session, logging to a file."""
+
+    def __init__(self, name, argv, log_path, stop_signal=signal.SIGTERM, env=None):
+        """Remember how to start `argv`; nothing runs until start()."""
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.stop_signal = stop_signal
+        self.env = env
+        self.popen = None
+        self.pids = []
+
+    def start(self, ports):
+        """Start the process and wait until every port in `ports` accepts connections."""
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env, start_new_session=True,
+            )
+        deadline = time.monotonic() + 15
+        for port in ports:
+            while True:
+                if self.popen.poll() is not None:
+                    raise BenchError(f"{self.name} exited with status {self.popen.returncode} at start\n"
+                                     f"{self.log_tail()}")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"{self.name} does not listen on 127.0.0.1:{port} after 15 s\n"
+                                         f"{self.log_tail()}")
+                    time.sleep(0.05)
+
+    def restart(self, ports):
+        """Stop the process and start it again: a fresh process, as after start()."""
+        self.stop()
+        self.start(ports)
+
+    def tree(self):
+        """The PIDs of the process and its children, remembered for stop()."""
+        self.check_alive()
+        self.pids = process_tree(self.popen.pid)
+        return self.pids
+
+    def check_alive(self):
+        """Raise BenchError when the process has exited."""
+        if self.popen.poll() is not None:
+            raise BenchError(f"{self.name} exited with status {self.popen.returncode}\n{self.log_tail()}")
+
+    def log_tail(self, lines=15):
+        """The last lines of the process's log, indented, for error messages."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                tail = f.read().splitlines()[-lines:]
+        except OSError:
+            return ""
+        return "\n".join(f"    {self.name}| {line}" for line in tail)
+
+    def stop(self):
+        """Stop the process by PID (its stop signal, then SIGKILL after 10 s) and any child left.
+
+        A child is killed only while its start time shows it is still the process
+        seen before the stop, never a new process that reused its PID.
+        """
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            self.pids = process_tree(self.popen.pid)
+        children = {}
+        for pid in self.pids:
+            if pid != self.popen.pid:
+                try:
+                    children[pid] = start_time(pid)
+                except FileNotFoundError:
+                    continue
+        if self.popen.poll() is None:
+            self.popen.send_signal(self.stop_signal)
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        for pid, started in children.items():
+            try:
+                if start_time(pid) == started:
+                    os.kill(pid, signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+
+
+@dataclass
+class Proxy:
+    """A proxy under test: its server process and the ports it serves HTTP (and TLS) on."""
+
+    name: str
+    server: Server
+    port: int
+    tls_port: int = 0
+
+    def url(self, scenario):
+        """The URL wrk loads for `scenario`."""
+        if scenario.tls:
+            return f"https://127.0.0.1:{self.tls_port}{scenario.path}"
+        return f"http://127.0.0.1:{self.port}{scenario.path}"
+
+
+# ---------------------------------------------------------------------------
+# Configuration files
+
+
+def make_certificate(tmp):
+    """A self-signed RSA certificate for localhost / 127.0.0.1: (cert, key, cert+key PEM) paths."""
+    crt, key, pem = (os.path.join(tmp, name) for name in ("tls.crt", "tls.key", "tls.pem"))
+    result = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+         "-keyout", key, "-out", crt, "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    if result.returncode != 0:
+        raise BenchError(f"openssl could not make the test certificate:\n{result.stdout}")
+    with open(pem, "w") as out:
+        out.write(open(crt).read() + open(key).read())
+    return crt, key, pem
+
+
+def nginx_temp_paths(tmp, name):
+    """nginx's temporary-file directives, all under `tmp` (Debian compiles in /var/lib/nginx)."""
+    return "\n".join(f"    {kind}_temp_path {tmp}/{name}-temp-{kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+
+
+def backend_conf(tmp, ports, nofile):
+    """nginx backend: one worker, a server block per port with /small (20 B) and /large (64 KiB)."""
+    servers = "".join(f"""
+    server {{
+        listen 127.0.0.1:{port} backlog=65535;
+        location = /small {{ default_type text/plain; return 200 "{SMALL_BODY.decode()}"; }}
+        location = /large {{ default_type application/octet-stream; root {tmp}/www; }}
+    }}""" for port in ports)
+    return f"""
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {tmp}/backend.pid;
+error_log {tmp}/backend-error.log warn;
+events {{ worker_connections {max(20000, nofile)}; }}
+http {{
+{nginx_temp_paths(tmp, "backend")}
+    access_log off;
+    sendfile on;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+{servers}
+}}
+"""
+
+
+def nginx_proxy_conf(tmp, port, tls_port, backends, crt, key, nofile):
+    """nginx as proxy: one worker, upstream keep-alive (64 idle), TLS + HTTP/2 on `tls_port`."""
+    if nginx_version() >= (1, 25, 1):
+        tls_listen = f"listen 127.0.0.1:{tls_port} ssl backlog=65535;\n        http2 on;"
+    else:
+        tls_listen = f"listen 127.0.0.1:{tls_port} ssl http2 backlog=65535;"
+    servers = "".join(f"\n        server 127.0.0.1:{b};" for b in backends)
+    return f"""
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections {max(20000, nofile)}; }}
+http {{
+{nginx_temp_paths(tmp, "nginx")}
+    access_log off;
+    keepalive_requests 10000000;
+    upstream app {{{servers}
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=65535;
+        {tls_listen}
+        ssl_certificate {crt};
+        ssl_certificate_key {key};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def haproxy_conf(port, tls_port, backends, pem):
+    """HAProxy: one thread, http-reuse always, round robin, TLS with ALPN h2,http/1.1.
+
+    maxconn 20000 wants about 40,000 descriptors; `no strict-limits` lets HAProxy
+    run (with a warning) where the hard RLIMIT_NOFILE is lower and cannot be raised.
+    """
+    servers = "".join(f"\n    server b{i} 127.0.0.1:{b}" for i, b in enumerate(backends, 1))
+    return f"""
+global
+    nbthread 1
+    maxconn 20000
+    no strict-limits
+
+defaults
+    mode http
+    maxconn 20000
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 60s
+    timeout http-keep-alive 60s
+
+frontend fe
+    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{tls_port} ssl crt {pem} alpn h2,http/1.1
+    default_backend app
+
+backend app
+    balance roundrobin{servers}
+"""
+
+
+def tollgate_conf(tmp, name, port, backends, tls=None, metrics_port=None):
+    """tollgate topology: one thread, round robin over `backends`.
+
+    `tls` = (tls_port, cert, key) adds a TLS listener with HTTP/2; `metrics_port`
+    turns the production features on: metrics, a JSON access log to a file,
+    active health checks and a rate limit too high to trigger.
+    """
+    listeners = f"    - address: 127.0.0.1:{port}\n"
+    if tls:
+        tls_port, crt, key = tls
+        listeners += (f"    - address: 127.0.0.1:{tls_port}\n"
+                      f"      tls: {{certificates: [{{cert: {crt}, key: {key}}}], http2: true}}\n")
+    if metrics_port:
+        logging = (f"  metrics: 127.0.0.1:{metrics_port}\n"
+                   f"  access_log: {tmp}/{name}-access.log\n"
+                   f"  access_log_format: json\n")
+        health = "    health_check: {http: {path: /small}, interval: 1s}\n"
+        limits = "rate_limits:\n  never: {key: client_ip, rate: 100000000/s, burst: 100000000}\n"
+        route_limit = "    rate_limit: never\n"
+    else:
+        logging = "  access_log: off\n"
+        health = limits = route_limit = ""
+    backend_lines = "".join(f"      - address: 127.0.0.1:{b}\n" for b in backends)
+    return (f"server:\n  threads: 1\n  listeners:\n{listeners}{logging}"
+            f"  pid_file: {tmp}/{name}.pid\n  upgrade_sock: {tmp}/{name}-upgrade.sock\n"
+            f"upstreams:\n  app:\n    algorithm: round_robin\n    backends:\n{backend_lines}{health}"
+            f"{limits}routes:\n  - match: {{path_prefix: /}}\n    upstream: app\n{route_limit}")
+
+
+def write_file(path, text):
+    """Write `text` to `path` and return the path."""
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def check_tollgate_conf(tollgate, path):
+    """Run `tollgate -t -c path`; raise BenchError with its message when the file is invalid."""
+    result = subprocess.run([tollgate, "-t", "-c", path], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        raise BenchError(f"tollgate -t rejects {path}:\n{result.stdout}")
+
+
+# ---------------------------------------------------------------------------
+# Checks and load
+
+
+def tls_context(cafile, alpn):
+    """A client TLS context that trusts only the bench certificate `cafile` and offers `alpn`."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.set_alpn_protocols(alpn)
+    return context
+
+
+def http_get(port, path, cafile=None):
+    """GET `path` over HTTP/1.1 from 127.0.0.1:port, over TLS when `cafile` is given: (status, body)."""
+    if cafile:
+        context = tls_context(cafile, ["http/1.1"])
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def speaks_h2(port, cafile):
+    """True when a TLS listener offered h2 and http/1.1 picks h2 and answers the preface with SETTINGS."""
+    context = tls_context(cafile, ["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            if tls.selected_alpn_protocol() != "h2":
+                return False
+            settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # empty SETTINGS frame
+            goaway = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + bytes(8)  # GOAWAY, no error
+            tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings)
+            frame_head = tls.recv(9)
+            tls.sendall(goaway)
+            return len(frame_head) == 9 and frame_head[3] == 0x04
+
+
+def verify_answers(name, port, large_body, tls_port=0, cafile=None):
+    """Raise BenchError unless /small and /large answer 200 with the right bodies (also over TLS)."""
+    targets = [(port, False)] + ([(tls_port, True)] if tls_port else [])
+    for target_port, tls in targets:
+        for path, body in (("/small", SMALL_BODY), ("/large", large_body)):
+            scheme = "https" if tls else "http"
+            try:
+                status, got = http_get(target_port, path, cafile if tls else None)
+            except (OSError, http.client.HTTPException) as e:
+                raise BenchError(f"{name}: GET {scheme}://127.0.0.1:{target_port}{path} failed: {e}")
+            if status != 200 or got != body:
+                raise BenchError(f"{name}: GET {scheme}://127.0.0.1:{target_port}{path} answered {status} "
+                                 f"with {len(got)} bytes; expected 200 with {len(body)}")
+    if tls_port:
+        try:
+            h2 = speaks_h2(tls_port, cafile)
+        except OSError as e:
+            raise BenchError(f"{name}: HTTP/2 check on 127.0.0.1:{tls_port} failed: {e}")
+        if not h2:
+            raise BenchError(f"{name}: the TLS listener does not speak HTTP/2 (ALPN h2)")
+
+
+def run_wrk(url, connections, duration, lua, close, pin):
+    """Run wrk (2 threads) against `url`; return the figures its done() hook printed."""
+    argv = (["taskset", "-c", "0"] if pin else []) + [
+        "wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "--latency", "-s", lua]
+    if close:
+        argv += ["-H", "Connection: close"]
+    argv.append(url)
+    try:
+        result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"wrk against {url} did not finish within {duration + 60} s")
+    for line in result.stdout.splitlines():
+        if line.startswith("BENCH "):
+            return json.loads(line[len("BENCH "):])
+    raise BenchError(f"wrk printed no result for {url}:\n{result.stdout}")
+
+
+def measure(proxy, scenario, duration, lua, pin):
+    """One measured run: warm up, then load `proxy` and return its figures for this run."""
+    url = proxy.url(scenario)
+    run_wrk(url, scenario.connections, WARMUP_SECONDS, lua, scenario.close, pin)
+    pids = proxy.server.tree()
+    ticks_before = cpu_ticks(pids)
+    wrk = run_wrk(url, scenario.connections, duration, lua, scenario.close, pin)
+    proxy.server.check_alive()
+    ticks = cpu_ticks(pids) - ticks_before
+    requests = wrk["requests"]
+    if requests == 0:
+        raise BenchError(f"{proxy.name} completed no request in scenario ({scenario.key})\n"
+                         f"{proxy.server.log_tail()}")
+    return {
+        "rps": requests / (wrk["duration_us"] / 1e6),
+        "p50_us": wrk["p50"],
+        "p99_us": wrk["p99"],
+        "p999_us": wrk["p999"],
+        "max_us": wrk["max"],
+        "cpu_us_per_request": ticks / CLK_TCK * 1e6 / requests,
+        "requests": requests,
+        "non_2xx": wrk["status"],
+        "socket_errors": {k: wrk[k] for k in ("connect", "read", "write", "timeout")},
+    }
+
+
+def median_figures(runs):
+    """Per figure, the median over `runs`; errors are summed instead."""
+    medians = {key: statistics.median(run[key] for run in runs) for key, _ in FIGURES}
+    medians["non_2xx"] = sum(run["non_2xx"] for run in runs)
+    medians["socket_errors"] = sum(sum(run["socket_errors"].values()) for run in runs)
+    return medians
+
+
+# ---------------------------------------------------------------------------
+# Memory with idle connections
+
+
+def response_complete(buf):
+    """True once `buf` holds a whole HTTP response head and its Content-Length body."""
+    head_end = buf.find(b"\r\n\r\n")
+    if head_end < 0:
+        return False
+    length = 0
+    for line in bytes(buf[:head_end]).split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return len(buf) >= head_end + 4 + length
+
+
+def open_idle_connections(port, count, batch=500, timeout=30):
+    """Open `count` keep-alive connections to 127.0.0.1:port, each after one answered GET /small.
+
+    Non-blocking sockets and a selector, `batch` connections at a time; returns the
+    open sockets. Raises BenchError when a connection fails or is not answered 200.
+    """
+    request = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    sel = selectors.DefaultSelector()
+    opened = []
+    try:
+        for first in range(0, count, batch):
+            pending = {}
+            for _ in range(min(batch, count - first)):
+                s = socket.socket()
+                s.setblocking(False)
+                err = s.connect_ex(("127.0.0.1", port))
+                if err not in (0, errno.EINPROGRESS):
+                    s.close()
+                    raise BenchError(f"connection {len(opened)} to :{port} failed: {os.strerror(err)}")
+                pending[s] = bytearray()
+                opened.append(s)
+                sel.register(s, selectors.EVENT_WRITE)
+            deadline = time.monotonic() + timeout
+            while pending:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{len(pending)} idle connections to :{port} "
+                                     f"unanswered after {timeout} s")
+                for key, _ in sel.select(timeout=1):
+                    s = key.fileobj
+                    if key.events == selectors.EVENT_WRITE:
+                        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        if err:
+                            raise BenchError(f"connection to :{port} failed: {os.strerror(err)}")
+                        s.send(request)
+                        sel.modify(s, selectors.EVENT_READ)
+                        continue
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise BenchError(f"an idle connection to :{port} was closed before its answer")
+                    buf = pending[s]
+                    buf += chunk
+                    if response_complete(buf):
+                        if not buf.startswith(b"HTTP/1.1 200"):
+                            raise BenchError(f"idle connection to :{port} answered {bytes(buf[:40])!r}")
+                        sel.unregister(s)
+                        del pending[s]
+        return opened
+    except BaseException:
+        for s in opened:
+            s.close()
+        raise
+    finally:
+        sel.close()
+
+
+def count_closed(socks):
+    """How many of `socks` the peer has closed (readable with no request pending)."""
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        sel.register(s, selectors.EVENT_READ)
+    closed = len(sel.select(timeout=0))
+    sel.close()
+    return closed
+
+
+def measure_rss(proxy):
+    """RSS of a freshly restarted proxy (KiB, process and children summed).
+
+    Read idle, while holding 10,000 idle keep-alive client connections, and 1 s
+    after they closed. The restart keeps the memory the allocators retained from
+    the load runs out of the figures.
+    """
+    proxy.server.restart([proxy.port])
+    time.sleep(1)
+    idle = rss_kib(proxy.server.tree())
+    socks = open_idle_connections(proxy.port, IDLE_CONNECTIONS)
+    try:
+        time.sleep(1)
+        held = rss_kib(proxy.server.tree())
+        dropped = count_closed(socks)
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(1)
+    after = rss_kib(proxy.server.tree())
+    return {
+        "idle_kib": idle,
+        "connections": IDLE_CONNECTIONS,
+        "with_connections_kib": held,
+        "after_close_kib": after,
+        "bytes_per_connection": (held - idle) * 1024 / IDLE_CONNECTIONS,
+        "dropped_connections": dropped,
+        "pids": len(proxy.server.pids),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Output
+
+
+def fmt(key, value):
+    """A figure formatted for the table."""
+    if key == "cpu_us_per_request":
+        return f"{value:.1f}"
+    return f"{value:,.0f}"
+
+
+def ratio(a, b):
+    """a/b with two decimals, or `-` when b is zero."""
+    return f"{a / b:.2f}" if b else "-"
+
+
+def print_row(label, cells, width=26):
+    """One table row: the label, then right-aligned cells."""
+    print(f"  {label:<{width - 2}}" + "".join(f"{cell:>14}" for cell in cells))
+
+
+def print_table(results, rss):
+    """Print the medians per scenario and figure, with tollgate's ratios to the others."""
+    for scenario in SCENARIOS:
+        med = results[scenario.key]["median"]
+        names = scenario.proxies
+        if names == PROXIES:
+            header = [LABELS[n] for n in names] + ["tg/nginx", "tg/HAProxy"]
+        else:
+            header = ["tg full", "tg bare", "full/bare"]
+        print(f"\n({scenario.key}) {scenario.title}")
+        print_row("", header)
+        for key, label in FIGURES:
+            values = [med[n][key] for n in names]
+            print_row(label, [fmt(key, v) for v in values] + [ratio(values[0], v) for v in values[1:]])
+        print_row("non-2xx (all rounds)", [f"{med[n]['non_2xx']:,}" for n in names])
+        print_row("socket errors (all rounds)", [f"{med[n]['socket_errors']:,}" for n in names])
+
+    print(f"\nMemory: RSS in KiB (process + children) of each proxy restarted fresh: idle, holding "
+          f"{IDLE_CONNECTIONS:,} idle keep-alive connections, and after closing them")
+    print_row("", [LABELS[n] for n in PROXIES] + ["tg/nginx", "tg/HAProxy"])
+    rows = (
+        ("idle_kib", "RSS idle KiB"),
+        ("with_connections_kib", f"RSS {IDLE_CONNECTIONS:,} conns KiB"),
+        ("after_close_kib", "RSS after closing KiB"),
+        ("bytes_per_connection", "bytes per connection"),
+    )
+    for key, label in rows:
+        values = [rss[n][key] for n in PROXIES]
+        print_row(label, [fmt(key, v) for v in values] + [ratio(values[0], v) for v in values[1:]])
+    print_row("connections dropped", [f"{rss[n]['dropped_connections']:,}" for n in PROXIES])
+
+
+def bar_panel(x0, y0, width, height, title, key, results, log=False):
+    """SVG elements of one grouped bar chart: `key`'s median per scenario and proxy.
+
+    With `log`, the value axis is logarithmic (powers of ten), for figures that
+    differ by orders of magnitude between scenarios.
+    """
+    groups = [(s, [(n, results[s.key]["median"][n][key]) for n in s.proxies]) for s in SCENARIOS]
+    values = [v for _, bars in groups for _, v in bars]
+    if log:
+        low = math.floor(math.log10(max(min(values), 1)))
+        high = max(math.ceil(math.log10(max(values))), low + 1)
+        ticks = [10 ** e for e in range(low, high + 1)]
+        scale = lambda v: (math.log10(max(v, 10 ** low)) - low) / (high - low)  # noqa: E731
+    else:
+        top = max(values) or 1
+        magnitude = 10 ** math.floor(math.log10(top))
+        top = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= top)
+        ticks = [top * i / 4 for i in range(5)]
+        scale = lambda v: v / top  # noqa: E731
+    plot_x, plot_y, plot_w, plot_h = x0 + 60, y0 + 30, width - 70, height - 60
+    out = [f'<text x="{x0 + width / 2}" y="{y0 + 16}" text-anchor="middle" font-size="14" '
+           f'font-weight="bold">{html.escape(title)}</text>']
+    for tick in ticks:
+        y = plot_y + plot_h - plot_h * scale(tick)
+        out.append(f'<line x1="{plot_x}" y1="{y:.1f}" x2="{plot_x + plot_w}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{plot_x - 6}" y="{y + 4:.1f}" text-anchor="end" '
+                   f'font-size="11">{tick:,g}</text>')
+    group_w = plot_w / len(groups)
+    bar_w = group_w * 0.8 / len(PROXIES)
+    for g, (scenario, bars) in enumerate(groups):
+        left = plot_x + g * group_w + (group_w - bar_w * len(bars)) / 2
+        for b, (name, value) in enumerate(bars):
+            h = plot_h * scale(value)
+            x = left + b * bar_w
+            y = plot_y + plot_h - h
+            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" '
+                       f'fill="{COLORS[name]}"><title>{LABELS[name]}: {value:,.1f}</title></rect>')
+            label = f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+            out.append(f'<text x="{x + bar_w / 2 - 1:.1f}" y="{y - 3:.1f}" text-anchor="middle" '
+                       f'font-size="9">{label}</text>')
+        out.append(f'<text x="{plot_x + g * group_w + group_w / 2:.1f}" y="{plot_y + plot_h + 16}" '
+                   f'text-anchor="middle" font-size="12">({scenario.key})</text>')
+    return out
+
+
+def write_svg(path, results, info):
+    """A hand-written SVG: CPU µs/request and p99 latency per scenario, grouped by proxy."""
+    width, panel_h = 900, 320
+    legend = []
+    for i, name in enumerate(("tollgate", "nginx", "haproxy", "tollgate-full")):
+        x = 60 + i * 150
+        legend.append(f'<rect x="{x}" y="{2 * panel_h + 10}" width="12" height="12" fill="{COLORS[name]}"/>')
+        legend.append(f'<text x="{x + 18}" y="{2 * panel_h + 21}" '
+                      f'font-size="12">{html.escape(LABELS[name])}</text>')
+    lines = [f"({s.key}) {s.title}" for s in SCENARIOS] + [
+        f"Medians; {info['cpu_model']}, {info['nproc']} cores, Linux {info['kernel']}; "
+        f"nginx and HAProxy with one worker, tollgate with one thread."]
+    notes = [f'<text x="10" y="{2 * panel_h + 44 + 15 * i}" font-size="11">{html.escape(line)}</text>'
+             for i, line in enumerate(lines)]
+    body = (bar_panel(0, 0, width, panel_h, "Proxy CPU time per request (µs, lower is better)",
+                      "cpu_us_per_request", results)
+            + bar_panel(0, panel_h, width, panel_h, "p99 latency (µs, log scale, lower is better)", "p99_us",
+                        results, log=True)
+            + legend + notes)
+    height = 2 * panel_h + 44 + 15 * len(lines)
+    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif">\n<rect width="100%" height="100%" fill="white"/>\n'
+           + "\n".join(body) + "\n</svg>\n")
+    write_file(path, svg)
+
+
+# ---------------------------------------------------------------------------
+# Main
+
+
+def parse_args():
+    """Command-line options; --quick means 1 round of 3 s unless --rounds/--duration say otherwise."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tollgate", required=True, help="the tollgate binary (target/release/tollgate)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per scenario (default 3)")
+    parser.add_argument("--duration", type=int, help="seconds of load per run (default 10)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 1 round of 3 s per scenario")
+    parser.add_argument("--pin", action="store_true",
+                        help="run the proxy on CPU 1 and wrk on CPU 0 (taskset)")
+    args = parser.parse_args()
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.duration is None:
+        args.duration = 3 if args.quick else 10
+    if args.rounds < 1 or args.duration < 1:
+        parser.error("--rounds and --duration must be at least 1")
+    if not (os.path.isfile(args.tollgate) and os.access(args.tollgate, os.X_OK)):
+        parser.error(f"{args.tollgate} is not an executable (build it: cargo build --release --bins)")
+    args.tollgate = os.path.abspath(args.tollgate)
+    return args
+
+
+def start_everything(tmp, tollgate, pin, nofile, servers):
+    """Write every configuration, start the backend and the proxies, check their answers.
+
+    `nofile` is the descriptor limit the servers inherit. Started servers are
+    appended to `servers` as they start (so they are stopped even when a later
+    one fails). Returns (proxies by name, configuration texts).
+    """
+    os.makedirs(os.path.join(tmp, "www"))
+    large_body = os.urandom(LARGE_SIZE)
+    with open(os.path.join(tmp, "www", "large"), "wb") as f:
+        f.write(large_body)
+    crt, key, pem = make_certificate(tmp)
+    (b1, b2, tg, tg_tls, ngx, ngx_tls, hap, hap_tls, full, full_metrics) = free_ports(10)
+    backends = (b1, b2)
+    configs = {
+        "backend.conf": backend_conf(tmp, backends, nofile),
+        "nginx.conf": nginx_proxy_conf(tmp, ngx, ngx_tls, backends, crt, key, nofile),
+        "haproxy.cfg": haproxy_conf(hap, hap_tls, backends, pem),
+        "tollgate.yaml": tollgate_conf(tmp, "tollgate", tg, backends, tls=(tg_tls, crt, key)),
+        "tollgate-full.yaml": tollgate_conf(tmp, "tollgate-full", full, backends, metrics_port=full_metrics),
+    }
+    paths = {name: write_file(os.path.join(tmp, name), text) for name, text in configs.items()}
+    for name in ("tollgate.yaml", "tollgate-full.yaml"):
+        check_tollgate_conf(tollgate, paths[name])
+
+    pin_proxy = ["taskset", "-c", "1"] if pin else []
+    tollgate_env = dict(os.environ, RUST_LOG="warn")
+
+    def server(name, argv, stop_signal=signal.SIGTERM, env=None):
+        """A Server logging to TMP/NAME.log, registered in `servers` for stopping."""
+        started = Server(LABELS.get(name, name), argv, os.path.join(tmp, f"{name}.log"), stop_signal, env)
+        servers.append(started)
+        return started
+
+    def nginx_argv(conf):
+        """nginx in the foreground on `conf`, with TMP as its prefix and startup errors on stderr."""
+        return ["nginx", "-e", "stderr", "-c", conf, "-p", tmp, "-g", "daemon off;"]
+
+    backend = server("backend", nginx_argv(paths["backend.conf"]))
+    backend.start(backends)
+    for port in backends:
+        verify_answers(f"backend :{port}", port, large_body)
+
+    specs = (
+        Proxy("tollgate", server("tollgate", pin_proxy + [tollgate, "-c", paths["tollgate.yaml"]],
+                                 signal.SIGINT, tollgate_env), tg, tg_tls),
+        Proxy("nginx", server("nginx", pin_proxy + nginx_argv(paths["nginx.conf"])), ngx, ngx_tls),
+        Proxy("haproxy", server("haproxy", pin_proxy + ["haproxy", "-f", paths["haproxy.cfg"], "-db"]),
+              hap, hap_tls),
+        Proxy("tollgate-full", server("tollgate-full",
+                                      pin_proxy + [tollgate, "-c", paths["tollgate-full.yaml"]],
+                                      signal.SIGINT, tollgate_env), full),
+    )
+    proxies = {}
+    for proxy in specs:
+        proxy.server.start([proxy.port])
+        verify_answers(proxy.name, proxy.port, large_body, proxy.tls_port, crt)
+        proxies[proxy.name] = proxy
+    status, _ = http_get(full_metrics, "/metrics")
+    if status != 200:
+        raise BenchError(f"tollgate full: the metrics endpoint answered {status}")
+    return proxies, configs
+
+
+def print_progress(scenario, round_no, name, run):
+    """One line per measured run, with its errors when there were any."""
+    line = (f"  ({scenario.key}) round {round_no} {LABELS[name]:<14} {run['rps']:>10,.0f} req/s  "
+            f"p99 {run['p99_us']:>7,} µs  {run['cpu_us_per_request']:6.1f} CPU µs/req")
+    if run["non_2xx"]:
+        line += f"  non-2xx {run['non_2xx']:,}"
+    if any(run["socket_errors"].values()):
+        line += f"  socket errors {run['socket_errors']}"
+    print(line, flush=True)
+
+
+def run_benchmark(args, tmp, servers):
+    """Start the servers, run every scenario in interleaved rounds, measure RSS; return the results."""
+    tollgate = args.tollgate
+    info = machine_info(tollgate)
+    info["nofile_limit"] = raise_nofile()
+    proxies, configs = start_everything(tmp, tollgate, args.pin, info["nofile_limit"], servers)
+    lua = write_file(os.path.join(tmp, "report.lua"), WRK_LUA)
+    print(f"{info['cpu_model']}, {info['nproc']} cores, Linux {info['kernel']}; "
+          f"{args.rounds} round(s) of {args.duration} s per proxy and scenario"
+          f"{', proxy on CPU 1 and wrk on CPU 0' if args.pin else ''}", flush=True)
+
+    results = {}
+    for scenario in SCENARIOS:
+        runs = {name: [] for name in scenario.proxies}
+        for round_no in range(1, args.rounds + 1):
+            for name in scenario.proxies:
+                run = measure(proxies[name], scenario, args.duration, lua, args.pin)
+                runs[name].append(run)
+                print_progress(scenario, round_no, name, run)
+        results[scenario.key] = {
+            "title": scenario.title,
+            "url_path": scenario.path,
+            "connections": scenario.connections,
+            "connection_close": scenario.close,
+            "tls": scenario.tls,
+            "rounds": runs,
+            "median": {name: median_figures(r) for name, r in runs.items()},
+        }
+
+    rss = {}
+    for name in PROXIES:
+        rss[name] = measure_rss(proxies[name])
+        print(f"  RSS {LABELS[name]:<9} idle {rss[name]['idle_kib']:,} KiB, "
+              f"with {IDLE_CONNECTIONS:,} connections {rss[name]['with_connections_kib']:,} KiB", flush=True)
+    return {
+        "machine": info,
+        "settings": {"rounds": args.rounds, "duration_s": args.duration, "warmup_s": WARMUP_SECONDS,
+                     "pin": args.pin, "quick": args.quick, "wrk": "wrk -t2 --timeout 10s --latency"},
+        "scenarios": results,
+        "rss": rss,
+        "configs": configs,
+    }
+
+
+def main():
+    """Run the benchmark, print the table, write the JSON and SVG; exit 1 on any failure."""
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join(path + [d for d in ("/usr/sbin", "/sbin") if d not in path])
+    args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tmp = tempfile.mkdtemp(prefix="tollgate-bench-")
+    os.chmod(tmp, 0o755)  # nginx workers run as nobody when started by root
+    servers = []
+    failed = False
+    try:
+        ensure_packages()
+        report = run_benchmark(args, tmp, servers)
+    except BenchError as e:
+        failed = True
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        for server in reversed(servers):
+            server.stop()
+        if failed and servers:
+            print(f"bench: configurations and logs kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    print_table(report["scenarios"], report["rss"])
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    write_file(os.path.join(RESULTS_DIR, "latest.json"), json.dumps(report, indent=2) + "\n")
+    write_svg(os.path.join(RESULTS_DIR, "latest.svg"), report["scenarios"], report["machine"])
+    print(f"\nwrote {os.path.relpath(RESULTS_DIR)}/latest.json and latest.svg")
+    bad = [f"({key}) {LABELS[name]}: {med['non_2xx']} non-2xx"
+           for key, scenario in report["scenarios"].items()
+           for name, med in scenario["median"].items() if med["non_2xx"]]
+    if bad:
+        print("bench: error: proxies served errors under load: " + "; ".join(bad), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
