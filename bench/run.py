@@ -390,6 +390,23 @@ def nginx_temp_paths(tmp, name):
                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
 
 
+def nginx_conf(tmp, name, nofile, http):
+    """A whole nginx configuration with one worker, its pid, error log and temporary
+    files under `tmp` as `name`, no access log, and `http` inside the http block."""
+    return f"""
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}-error.log warn;
+events {{ worker_connections {max(20000, nofile)}; }}
+http {{
+{nginx_temp_paths(tmp, name)}
+    access_log off;
+{http}
+}}
+"""
+
+
 def backend_conf(tmp, ports, nofile):
     """nginx backend: one worker, a server block per port with /small (20 B) and /large (64 KiB)."""
     servers = "".join(f"""
@@ -398,21 +415,10 @@ def backend_conf(tmp, ports, nofile):
         location = /small {{ default_type text/plain; return 200 "{SMALL_BODY.decode()}"; }}
         location = /large {{ default_type application/octet-stream; root {tmp}/www; }}
     }}""" for port in ports)
-    return f"""
-worker_processes 1;
-worker_rlimit_nofile {nofile};
-pid {tmp}/backend.pid;
-error_log {tmp}/backend-error.log warn;
-events {{ worker_connections {max(20000, nofile)}; }}
-http {{
-{nginx_temp_paths(tmp, "backend")}
-    access_log off;
-    sendfile on;
+    return nginx_conf(tmp, "backend", nofile, f"""    sendfile on;
     keepalive_requests 10000000;
     keepalive_timeout 300s;
-{servers}
-}}
-"""
+{servers}""")
 
 
 def nginx_proxy_conf(tmp, port, tls_port, backends, crt, key, nofile):
@@ -422,16 +428,7 @@ def nginx_proxy_conf(tmp, port, tls_port, backends, crt, key, nofile):
     else:
         tls_listen = f"listen 127.0.0.1:{tls_port} ssl http2 backlog=65535;"
     servers = "".join(f"\n        server 127.0.0.1:{b};" for b in backends)
-    return f"""
-worker_processes 1;
-worker_rlimit_nofile {nofile};
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections {max(20000, nofile)}; }}
-http {{
-{nginx_temp_paths(tmp, "nginx")}
-    access_log off;
-    keepalive_requests 10000000;
+    return nginx_conf(tmp, "nginx", nofile, f"""    keepalive_requests 10000000;
     upstream app {{{servers}
         keepalive 64;
         keepalive_requests 10000000;
@@ -446,9 +443,7 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
-    }}
-}}
-"""
+    }}""")
 
 
 def haproxy_conf(port, tls_port, backends, pem):

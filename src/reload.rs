@@ -60,9 +60,7 @@ impl Reloader {
         let _ = self.plans.send(plans);
         Ok(())
     }
-}
 
-impl Reloader {
     /// [`Reloader::reload`] between `RELOADING=1` and `READY=1` to the service
     /// manager.
     fn reload_notifying(&self) -> Result<(), config::ConfigErrors> {

@@ -286,6 +286,15 @@ impl Drop for Prometheus {
     }
 }
 
+/// The rules of every group in an answer of Prometheus's `/api/v1/rules`.
+fn rules_in(answer: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    answer["data"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+}
+
 /// A dashboard query as Grafana sends it with "All" chosen for every variable.
 fn as_grafana_sends(query: &str) -> String {
     query
@@ -346,21 +355,11 @@ async fn prometheus_scrapes_tollgate_and_answers_every_dashboard_query() {
 
     // The alert rules load and evaluate without error.
     let rules = prometheus.api("rules", &[]).await;
-    let loaded: Vec<&serde_json::Value> = rules["data"]["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
-        .collect();
-    assert_eq!(loaded.len(), 7, "rules: {rules}");
+    assert_eq!(rules_in(&rules).count(), 7, "rules: {rules}");
     let evaluated = wait_until(Duration::from_secs(10), || async {
         let rules = prometheus.api("rules", &[]).await;
-        rules["data"]["groups"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
-            .all(|r| r["health"] == "ok")
+        let all_ok = rules_in(&rules).all(|r| r["health"] == "ok");
+        all_ok
     })
     .await;
     assert!(
