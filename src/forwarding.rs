@@ -15,6 +15,12 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// The names as written to the backend. Given as text, pingora keeps them
+/// without allocating a copy for its case-preserving map.
+const X_FORWARDED_FOR_WIRE: &str = "X-Forwarded-For";
+const X_FORWARDED_PROTO_WIRE: &str = "X-Forwarded-Proto";
+const X_FORWARDED_HOST_WIRE: &str = "X-Forwarded-Host";
+const X_REAL_IP_WIRE: &str = "X-Real-IP";
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -103,20 +109,20 @@ pub fn set_forwarded_headers(
             }
         }
         forwarded_for.push_str(peer_text.as_str());
-        req.insert_header(X_FORWARDED_FOR, forwarded_for)?;
+        req.insert_header(X_FORWARDED_FOR_WIRE, forwarded_for)?;
     } else {
         // The common case: one allocation, shared by X-Real-IP when the peer is the client.
-        req.insert_header(X_FORWARDED_FOR, peer_value.clone())?;
+        req.insert_header(X_FORWARDED_FOR_WIRE, peer_value.clone())?;
     }
     let real_ip = if client == peer {
         peer_value
     } else {
         header_value(IpText::new(client).as_bytes())?
     };
-    req.insert_header(X_REAL_IP, real_ip)?;
+    req.insert_header(X_REAL_IP_WIRE, real_ip)?;
 
     if !(peer_trusted && req.headers.contains_key(&X_FORWARDED_PROTO)) {
-        req.insert_header(X_FORWARDED_PROTO, scheme)?;
+        req.insert_header(X_FORWARDED_PROTO_WIRE, scheme)?;
     }
     if !(peer_trusted && req.headers.contains_key(&X_FORWARDED_HOST)) {
         let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
@@ -125,7 +131,7 @@ pub fn set_forwarded_headers(
                 .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
         });
         match host {
-            Some(host) => req.insert_header(X_FORWARDED_HOST, host)?,
+            Some(host) => req.insert_header(X_FORWARDED_HOST_WIRE, host)?,
             None => {
                 req.remove_header(&X_FORWARDED_HOST);
             }
@@ -144,6 +150,21 @@ impl IpText {
     fn new(ip: IpAddr) -> IpText {
         use std::io::Write;
         let mut buf = [0u8; 48];
+        if let IpAddr::V4(v4) = ip {
+            // The common case, without the formatting machinery.
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let mut digits = itoa::Buffer::new();
+                let text = digits.format(octet).as_bytes();
+                buf[len..len + text.len()].copy_from_slice(text);
+                len += text.len();
+            }
+            return IpText { buf, len };
+        }
         let mut cursor = std::io::Cursor::new(&mut buf[..]);
         // The longest IPv6 text is 45 bytes: the write cannot run out of room.
         let _ = write!(cursor, "{ip}");
@@ -229,6 +250,9 @@ mod tests {
     fn ip_text_fits_the_longest_addresses() {
         for ip in [
             "255.255.255.255",
+            "0.0.0.0",
+            "10.0.0.1",
+            "192.168.100.9",
             "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
             "::ffff:255.255.255.255",
             "1:2:3:4:5:6:7:8",

@@ -6,6 +6,7 @@ use crate::access_log::AccessLog;
 use crate::balance::health::HealthChecker;
 use crate::config::{Config, ConfigErrors, LoadedConfig};
 use crate::edge::compression::CompressionPolicy;
+use crate::edge::keepalive::LeanKeepalive;
 use crate::edge::redirect::HttpsRedirect;
 use crate::edge::tls::{listener_settings as tls_listener_settings, SniResolver};
 use crate::notify::Readiness;
@@ -130,7 +131,7 @@ pub fn build(
     let check_plans = prepared.topology.check_plans.clone();
     let topology = Arc::new(ArcSwap::from_pointee(prepared.topology));
     let listeners = ListenerRoles::of(config);
-    let mut proxy = pingora::proxy::http_proxy_service(
+    let http_proxy = pingora::proxy::http_proxy(
         &server.configuration,
         Proxy::new(
             Arc::clone(&topology),
@@ -146,6 +147,10 @@ pub fn build(
                     .map(CompressionPolicy::new),
             },
         ),
+    );
+    let mut proxy = Service::new(
+        "proxy".to_string(),
+        LeanKeepalive::new(http_proxy, config.server.client_timeouts.keepalive),
     );
     let mut redirects = Service::new(
         "https redirect".to_string(),

@@ -242,3 +242,83 @@ async fn slow_and_idle_clients_are_timed_out() {
         started.elapsed()
     );
 }
+
+/// Reads one response (head and its Content-Length body) from `stream`.
+/// Returns it, or what arrived before the connection closed or 5 s passed.
+fn read_response(stream: &mut std::net::TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .ok();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while std::time::Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        let text = String::from_utf8_lossy(&out);
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length = text[..head_end]
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if out.len() >= head_end + 4 + length {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An idle client connection is held as a bare socket until a request starts
+/// (src/edge/keepalive.rs); requests that start late, arrive in pieces, or
+/// have a head longer than the first read must all be served whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_arriving_late_or_in_pieces_are_served() {
+    use std::io::Write;
+    let backend = Backend::start("app");
+    let tollgate = Tollgate::start_with(
+        &format!("upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n", backend.addr),
+        "  client_timeouts: {keepalive: 5s}\n",
+    )
+    .await;
+    let mut stream = std::net::TcpStream::connect(tollgate.addr).expect("connect");
+    // Silent for a while after connecting, then a request in two pieces.
+    std::thread::sleep(Duration::from_millis(300));
+    stream.write_all(b"GET /first HT").expect("send");
+    std::thread::sleep(Duration::from_millis(200));
+    stream
+        .write_all(b"TP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let first = read_response(&mut stream);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(first.contains("\"uri\":\"/first\""), "{first}");
+
+    // On the same connection, a head longer than the 4 KiB first read.
+    let long = format!(
+        "GET /second HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n",
+        "f".repeat(6000)
+    );
+    stream.write_all(long.as_bytes()).expect("send");
+    let second = read_response(&mut stream);
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(second.contains("\"uri\":\"/second\""), "{second}");
+
+    // Idle between requests, then one more.
+    std::thread::sleep(Duration::from_millis(500));
+    stream
+        .write_all(b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let third = read_response(&mut stream);
+    assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+    assert!(third.contains("\"uri\":\"/third\""), "{third}");
+}

@@ -234,3 +234,85 @@ async fn failed_upgrade_leaves_the_old_process_serving() {
     assert!(moved, "no new process:\n{}", tollgate.stderr());
     let _reap = Reap(tollgate.pid_in_file().unwrap_or_default());
 }
+
+/// On SIGTERM an idle keep-alive connection is closed as soon as tollgate
+/// stops listening, not held until the process exits at the end of the grace
+/// period; a request in flight on another connection still finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_connections_at_once() {
+    use std::io::{Read, Write};
+    let backend = Backend::start("slow");
+    let dir = temp_dir("idle-shutdown");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        "server:\n  threads: 2\n  listeners:\n    - address: {addr}\n  metrics: {metrics_addr}\n  pid_file: {pid}\n  upgrade_sock: {sock}\n  grace_period: 5s\nupstreams:\n  app:\n    backends: [{{address: {backend}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
+        pid = dir.join("tollgate.pid").display(),
+        sock = dir.join("upgrade.sock").display(),
+        backend = backend.addr,
+    );
+    let mut tollgate = Tollgate::launch(dir, &config, addr, metrics_addr, &[]).await;
+
+    // One connection answered once and left idle.
+    let mut idle = std::net::TcpStream::connect(addr).expect("connect");
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    idle.set_read_timeout(Some(Duration::from_millis(100))).ok();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answered = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&answer).contains("\"backend\":\"slow\"") {
+        assert!(
+            Instant::now() < answered,
+            "no answer on the idle connection"
+        );
+        if let Ok(n) = idle.read(&mut buf) {
+            answer.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    // A slow request in flight on another connection.
+    let url = tollgate.url("/slow?ms=1500");
+    let slow = tokio::spawn(async move {
+        let response = reqwest::get(url).await?;
+        let status = response.status().as_u16();
+        response.text().await.map(|_| status)
+    });
+    let in_flight = wait_until(Duration::from_secs(5), || async {
+        tollgate
+            .metric("tollgate_upstream_in_flight", &[("upstream", "app")])
+            .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(in_flight);
+
+    let signalled = Instant::now();
+    tollgate.signal(libc::SIGTERM);
+    let closed = loop {
+        match idle.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if signalled.elapsed() > Duration::from_secs(4) {
+                    break false;
+                }
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(
+        closed,
+        "the idle connection was still open 4 s after SIGTERM"
+    );
+    assert_eq!(
+        slow.await.unwrap().expect("the slow request was cut off"),
+        200
+    );
+    assert!(tollgate.wait_exit(Duration::from_secs(15)).await.is_some());
+}

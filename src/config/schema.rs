@@ -68,8 +68,8 @@ pub struct ClientTimeoutsConfig {
     /// Longest wait for a client to take the next piece of a response.
     #[serde(default = "defaults::client_timeout", with = "duration_serde")]
     pub send: Duration,
-    /// How long an idle keep-alive connection waits for its next request, in whole
-    /// seconds (rounded up).
+    /// How long an idle keep-alive connection waits for its next request (on TLS
+    /// listeners rounded up to whole seconds).
     #[serde(default = "defaults::client_timeout", with = "duration_serde")]
     pub keepalive: Duration,
 }

@@ -2,6 +2,7 @@
 
 pub mod compression;
 pub mod hsts;
+pub mod keepalive;
 pub mod redirect;
 pub mod respond;
 pub mod static_files;

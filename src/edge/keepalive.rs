@@ -1,0 +1,186 @@
+//! Client connections between requests.
+//!
+//! pingora's own HTTP/1 loop waits for the next request inside the request's
+//! state: its session, a 4 KiB header buffer and the whole boxed proxy future,
+//! about 35 KiB for every idle keep-alive connection. [`LeanKeepalive`] runs
+//! that loop itself for plain-TCP HTTP/1 connections and waits for the first
+//! bytes of each request on the bare socket. Only once they arrive does it
+//! build the session, hand the bytes back to the socket and let pingora read
+//! and proxy the request as before. Everything else (TLS, HTTP/2) goes to
+//! pingora's loop unchanged.
+
+use std::future::poll_fn;
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as TcpStream;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::watch;
+
+/// How long a new connection may wait before its first request starts; the
+/// wait pingora itself allows.
+const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(60);
+
+/// The most bytes read while waiting; pingora's first read of a request head
+/// takes as many.
+const FIRST_READ: usize = 4096;
+
+/// An HTTP application whose plain-TCP HTTP/1 connections hold no request
+/// state while they wait for a request.
+pub struct LeanKeepalive<A> {
+    app: Arc<A>,
+    /// How long an idle connection waits for its next request.
+    keepalive: Duration,
+    /// Turns true once the service stops listening; idle connections then close.
+    closing: watch::Sender<bool>,
+}
+
+/// How a wait for the next request ended.
+enum Wait {
+    /// Request bytes arrived and were handed back to the socket.
+    Request,
+    /// The client closed, the wait timed out, the socket failed, or the
+    /// service is closing: the connection is done.
+    Done,
+}
+
+impl<A> LeanKeepalive<A>
+where
+    A: HttpServerApp + ServerApp + Send + Sync + 'static,
+{
+    /// Wraps `app`; idle connections wait `keepalive` for their next request.
+    pub fn new(app: A, keepalive: Duration) -> Self {
+        LeanKeepalive {
+            app: Arc::new(app),
+            keepalive,
+            closing: watch::Sender::new(false),
+        }
+    }
+
+    /// Whether this connection is plain TCP speaking HTTP/1, the only kind
+    /// this loop handles (TLS has no way to hand read bytes back; HTTP/2 has a
+    /// loop of its own).
+    fn is_plain_http1(&self, stream: &Stream) -> bool {
+        let h2c = self
+            .app
+            .server_options()
+            .is_some_and(|o| o.h2c || o.force_custom);
+        !h2c && stream.as_any().is::<TcpStream>()
+    }
+
+    /// Waits up to `limit` for the first bytes of a request on `stream` and
+    /// hands them back to it, so the session built next reads them first.
+    /// `closing` is this connection's subscription to [`Self::closing`].
+    async fn wait_for_request(
+        stream: &mut TcpStream,
+        limit: Duration,
+        closing: &mut watch::Receiver<bool>,
+    ) -> Wait {
+        if *closing.borrow_and_update() {
+            return Wait::Done;
+        }
+        let first_bytes = poll_fn(|cx| {
+            // The buffer lives only during the poll, not in the waiting future,
+            // and is not zeroed first: the socket read fills what it returns.
+            let mut buf = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+            let mut read = ReadBuf::uninit(&mut buf);
+            match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Wait::Done),
+                Poll::Ready(Ok(())) => {
+                    stream.rewind(read.filled());
+                    Poll::Ready(Wait::Request)
+                }
+                Poll::Ready(Err(e)) => {
+                    log::debug!("client connection failed while idle: {e}");
+                    Poll::Ready(Wait::Done)
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        });
+        tokio::select! {
+            biased;
+            wait = pingora::prelude::timeout(limit, first_bytes) => wait.unwrap_or(Wait::Done),
+            _ = closing.changed() => Wait::Done,
+        }
+    }
+}
+
+/// `stream` as the plain TCP stream it is, once `is::<TcpStream>()` said so.
+/// `None` only for another kind of stream, which is then closed.
+fn into_tcp(stream: Stream) -> Option<Box<TcpStream>> {
+    stream.into_any().downcast::<TcpStream>().ok()
+}
+
+#[async_trait]
+impl<A> ServerApp for LeanKeepalive<A>
+where
+    A: HttpServerApp + ServerApp + Send + Sync + 'static,
+{
+    /// Serves one client connection to its end. Plain-TCP HTTP/1 connections
+    /// loop here: wait for a request on the bare socket, then let the wrapped
+    /// app read and answer it; the keep-alive settings of one request carry
+    /// over to the next as in pingora's loop. Other connections are the
+    /// wrapped app's. Always returns `None`: the connection is finished here.
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if !self.is_plain_http1(&stream) {
+            return self.app.process_new(stream, shutdown).await;
+        }
+        let mut tcp = into_tcp(stream)?;
+        let mut closing = self.closing.subscribe();
+        let mut carried: Option<HttpPersistentSettings> = None;
+        let mut limit = FIRST_REQUEST_WAIT;
+        loop {
+            if let Wait::Done = Self::wait_for_request(&mut tcp, limit, &mut closing).await {
+                return None;
+            }
+            let mut session = ServerSession::new_http1(tcp);
+            match carried.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => {
+                    // What pingora sets on a new connection; the proxy's
+                    // request filter then applies the configured keep-alive.
+                    let keepalive = if *shutdown.borrow() { None } else { Some(60) };
+                    session.set_keepalive(keepalive);
+                    session.set_keepalive_reuses_remaining(
+                        self.app
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            let (stream, settings) = self
+                .app
+                .process_new_http(session, shutdown)
+                .await?
+                .consume();
+            // The session gives back the stream it was given; were it another
+            // kind, pingora's loop would take over.
+            if !stream.as_any().is::<TcpStream>() {
+                return self.app.process_new(stream, shutdown).await;
+            }
+            tcp = into_tcp(stream)?;
+            // tollgate leaves pingora's pipelining off, so a finished request
+            // never leaves the next one's bytes in `settings`: all of them are
+            // still in the socket, where the wait above looks.
+            carried = settings;
+            limit = self.keepalive;
+        }
+    }
+
+    /// Closes the idle connections, then cleans up the wrapped app.
+    async fn cleanup(&self) {
+        self.closing.send_replace(true);
+        ServerApp::cleanup(self.app.as_ref()).await;
+    }
+}
