@@ -193,20 +193,23 @@ fn header_value(bytes: &[u8]) -> pingora::Result<http::HeaderValue> {
 /// protocol switch needs. Framing headers are left to pingora, which re-frames.
 pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
-    // Most answers carry none of these, or only `Connection: keep-alive`: find
-    // out in one pass over the (few) names before touching the maps.
-    let fixed_present = resp.headers.keys().any(|name| {
-        [
-            &CONNECTION,
-            &UPGRADE,
-            &KEEP_ALIVE,
-            &PROXY_CONNECTION,
-            &TE,
-            &TRAILER,
-        ]
-        .contains(&name)
-    });
-    if !fixed_present {
+    // Most answers carry none of these, or only `Connection: keep-alive`: one
+    // pass over the (few) names finds which are there before touching the maps.
+    let fixed_names: [&HeaderName; 6] = [
+        &CONNECTION,
+        &UPGRADE,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+    ];
+    let mut present = [false; 6];
+    for name in resp.headers.keys() {
+        if let Some(i) = fixed_names.iter().position(|fixed| *fixed == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
     let mut nominated: Vec<HeaderName> = Vec::new();
@@ -232,14 +235,13 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     for name in &nominated {
         resp.remove_header(name);
     }
-    if !switching {
-        resp.remove_header(&CONNECTION);
-        resp.remove_header(&UPGRADE);
+    for (fixed, present) in fixed_names.into_iter().zip(present) {
+        // A protocol switch needs its Connection and Upgrade.
+        let kept = switching && (*fixed == CONNECTION || *fixed == UPGRADE);
+        if present && !kept {
+            resp.remove_header(fixed);
+        }
     }
-    resp.remove_header(&KEEP_ALIVE);
-    resp.remove_header(&PROXY_CONNECTION);
-    resp.remove_header(&TE);
-    resp.remove_header(&TRAILER);
 }
 
 #[cfg(test)]
@@ -303,5 +305,29 @@ mod tests {
             assert!(!r.headers.contains_key(gone), "{gone} kept");
         }
         assert!(r.headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn a_protocol_switch_keeps_connection_and_upgrade() {
+        let mut r = ResponseHeader::build(101, None).unwrap();
+        r.insert_header("Connection", "Upgrade, X-Secret").unwrap();
+        r.insert_header("Upgrade", "websocket").unwrap();
+        r.insert_header("X-Secret", "1").unwrap();
+        r.insert_header("Keep-Alive", "timeout=5").unwrap();
+        strip_response_hop_by_hop(&mut r);
+        assert!(r.headers.contains_key("connection"));
+        assert_eq!(r.headers.get("upgrade").unwrap(), "websocket");
+        for gone in ["x-secret", "keep-alive"] {
+            assert!(!r.headers.contains_key(gone), "{gone} kept");
+        }
+    }
+
+    #[test]
+    fn answers_without_hop_by_hop_headers_are_untouched() {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        r.insert_header("Content-Type", "text/plain").unwrap();
+        r.insert_header("X-Kept", "1").unwrap();
+        strip_response_hop_by_hop(&mut r);
+        assert_eq!(r.headers.len(), 2);
     }
 }
