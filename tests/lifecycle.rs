@@ -22,13 +22,9 @@ async fn sigterm_drains_in_flight_requests() {
     });
     // Let the request reach the backend, then ask tollgate to stop.
     let started = Instant::now();
-    let in_flight = wait_until(Duration::from_secs(5), || async {
-        tollgate
-            .metric("tollgate_upstream_in_flight", &[("upstream", "app")])
-            .await
-            == Some(1.0)
-    })
-    .await;
+    let in_flight = tollgate
+        .metric_reaches("tollgate_upstream_in_flight", &[("upstream", "app")], 1.0)
+        .await;
     assert!(in_flight);
     tollgate.signal(libc::SIGTERM);
     let (status, body) = slow
@@ -278,13 +274,9 @@ async fn sigterm_closes_idle_connections_at_once() {
         let status = response.status().as_u16();
         response.text().await.map(|_| status)
     });
-    let in_flight = wait_until(Duration::from_secs(5), || async {
-        tollgate
-            .metric("tollgate_upstream_in_flight", &[("upstream", "app")])
-            .await
-            == Some(1.0)
-    })
-    .await;
+    let in_flight = tollgate
+        .metric_reaches("tollgate_upstream_in_flight", &[("upstream", "app")], 1.0)
+        .await;
     assert!(in_flight);
 
     let signalled = Instant::now();

@@ -43,13 +43,9 @@ async fn sighup_moves_traffic_to_the_new_backends_without_a_failed_request() {
     let good = tollgate.config_text();
     tollgate.rewrite_config(&good.replace("upstream: app", "upstream: nowhere"));
     tollgate.signal(libc::SIGHUP);
-    let counted = wait_until(Duration::from_secs(5), || async {
-        tollgate
-            .metric("tollgate_config_reloads_total", &[("result", "error")])
-            .await
-            == Some(1.0)
-    })
-    .await;
+    let counted = tollgate
+        .metric_reaches("tollgate_config_reloads_total", &[("result", "error")], 1.0)
+        .await;
     assert!(counted, "failed reload not counted");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let report = load.stop().await;
@@ -102,13 +98,13 @@ async fn health_of_backends_that_stay_is_kept() {
         &app_upstream(&[&dying, &healthy, &added], checks),
     ));
     tollgate.signal(libc::SIGHUP);
-    let reloaded = wait_until(Duration::from_secs(5), || async {
-        tollgate
-            .metric("tollgate_config_reloads_total", &[("result", "success")])
-            .await
-            == Some(1.0)
-    })
-    .await;
+    let reloaded = tollgate
+        .metric_reaches(
+            "tollgate_config_reloads_total",
+            &[("result", "success")],
+            1.0,
+        )
+        .await;
     assert!(reloaded);
     let client = reqwest::Client::new();
     let mut reached = std::collections::HashSet::new();
