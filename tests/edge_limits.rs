@@ -246,36 +246,7 @@ async fn slow_and_idle_clients_are_timed_out() {
 /// Reads one response (head and its Content-Length body) from `stream`.
 /// Returns it, or what arrived before the connection closed or 5 s passed.
 fn read_response(stream: &mut std::net::TcpStream) -> String {
-    stream
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .ok();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    while std::time::Instant::now() < deadline {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break,
-        }
-        let text = String::from_utf8_lossy(&out);
-        if let Some(head_end) = text.find("\r\n\r\n") {
-            let length = text[..head_end]
-                .lines()
-                .filter_map(|l| l.split_once(':'))
-                .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if out.len() >= head_end + 4 + length {
-                break;
-            }
-        }
-    }
+    let (out, _) = read_until(stream, Duration::from_secs(5), response_complete);
     String::from_utf8_lossy(&out).into_owned()
 }
 

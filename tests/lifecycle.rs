@@ -236,7 +236,7 @@ async fn failed_upgrade_leaves_the_old_process_serving() {
 /// period; a request in flight on another connection still finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_idle_connections_at_once() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let backend = Backend::start("slow");
     let dir = temp_dir("idle-shutdown");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -253,19 +253,13 @@ async fn sigterm_closes_idle_connections_at_once() {
     let mut idle = std::net::TcpStream::connect(addr).expect("connect");
     idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("send");
-    idle.set_read_timeout(Some(Duration::from_millis(100))).ok();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    let answered = Instant::now() + Duration::from_secs(5);
-    while !String::from_utf8_lossy(&answer).contains("\"backend\":\"slow\"") {
-        assert!(
-            Instant::now() < answered,
-            "no answer on the idle connection"
-        );
-        if let Ok(n) = idle.read(&mut buf) {
-            answer.extend_from_slice(&buf[..n]);
-        }
-    }
+    let (answer, _) = read_until(&mut idle, Duration::from_secs(5), |got| {
+        String::from_utf8_lossy(got).contains("\"backend\":\"slow\"")
+    });
+    assert!(
+        String::from_utf8_lossy(&answer).contains("\"backend\":\"slow\""),
+        "no answer on the idle connection"
+    );
 
     // A slow request in flight on another connection.
     let url = tollgate.url("/slow?ms=1500");
@@ -279,25 +273,8 @@ async fn sigterm_closes_idle_connections_at_once() {
         .await;
     assert!(in_flight);
 
-    let signalled = Instant::now();
     tollgate.signal(libc::SIGTERM);
-    let closed = loop {
-        match idle.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if signalled.elapsed() > Duration::from_secs(4) {
-                    break false;
-                }
-            }
-            Err(_) => break true,
-        }
-    };
+    let (_, closed) = read_until(&mut idle, Duration::from_secs(4), |_| false);
     assert!(
         closed,
         "the idle connection was still open 4 s after SIGTERM"

@@ -148,9 +148,14 @@ where
             match carried.take() {
                 Some(settings) => settings.apply_to_session(&mut session),
                 None => {
-                    // What pingora sets on a new connection; the proxy's
-                    // request filter then applies the configured keep-alive.
-                    let keepalive = if *shutdown.borrow() { None } else { Some(60) };
+                    // What pingora sets on a new connection (the same 60 s);
+                    // the proxy's request filter then applies the configured
+                    // keep-alive.
+                    let keepalive = if *shutdown.borrow() {
+                        None
+                    } else {
+                        Some(FIRST_REQUEST_WAIT.as_secs())
+                    };
                     session.set_keepalive(keepalive);
                     session.set_keepalive_reuses_remaining(
                         self.app

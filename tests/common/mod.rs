@@ -426,20 +426,31 @@ pub fn backend_list(backends: &[&Backend]) -> String {
         .collect()
 }
 
-/// Sends raw bytes on a new connection and reads until the server closes it or
-/// `timeout` passes. Returns what was read and whether the server closed.
+/// Sends `request` on a new connection to `addr` and reads until the peer closes
+/// or `timeout` passes. Returns what arrived and whether the peer closed.
 pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> (String, bool) {
     let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.write_all(request).expect("send");
+    let (out, closed) = read_until(&mut stream, timeout, |_| false);
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// Reads from `stream` until `done` holds for all that has arrived, the peer
+/// closes, or `timeout` passes. Returns what arrived and whether the peer closed.
+pub fn read_until(
+    stream: &mut TcpStream,
+    timeout: Duration,
+    done: impl Fn(&[u8]) -> bool,
+) -> (Vec<u8>, bool) {
     stream
         .set_read_timeout(Some(Duration::from_millis(100)))
         .ok();
-    stream.write_all(request).expect("send");
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
-    let closed = loop {
+    loop {
         match stream.read(&mut buf) {
-            Ok(0) => break true,
+            Ok(0) => return (out, true),
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e)
                 if matches!(
@@ -448,13 +459,30 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> (Str
                 ) =>
             {
                 if Instant::now() >= deadline {
-                    break false;
+                    return (out, false);
                 }
+                continue;
             }
-            Err(_) => break true,
+            Err(_) => return (out, true),
         }
+        if done(&out) {
+            return (out, false);
+        }
+    }
+}
+
+/// Whether `bytes` hold a whole response: its head and its Content-Length body.
+pub fn response_complete(bytes: &[u8]) -> bool {
+    let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
     };
-    (String::from_utf8_lossy(&out).into_owned(), closed)
+    let length = String::from_utf8_lossy(&bytes[..head_end])
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    bytes.len() >= head_end + 4 + length
 }
 
 /// What `tollgate -t` said about a topology file.
