@@ -10,17 +10,19 @@
 
 use crate::access_log::{AccessEntry, AccessLog};
 use crate::balance::{InFlightGuard, Tried};
-use crate::config::{ClientTimeoutsConfig, RateKey};
+use crate::config::{ClientTimeoutsConfig, EncodedSlashes, RateKey, UnderscoreHeaders};
 use crate::edge::compression::{BrotliCompressionBuilder, CompressionPolicy};
 use crate::edge::hsts::{Hsts, HstsBuilder};
 use crate::edge::respond::{send_answer, send_error};
 use crate::filters::auth::{Identity, Rejection, Verdict};
 use crate::filters::framing::{self, Framing};
 use crate::filters::rate_limit::{ceil_secs, Decision};
+use crate::filters::request_head;
+use crate::filters::request_path::{self, Refusal};
 use crate::forwarding::{canonical_ip, set_forwarded_headers, strip_response_hop_by_hop};
 use crate::metrics::metrics;
 use crate::metrics::{RouteMetrics, NO_UPSTREAM};
-use crate::router::{normalize_path, RouteId};
+use crate::router::{RouteId, RouteMatch};
 use crate::topology::NamedRateLimit;
 use crate::topology::{Route, RouteAction, Topology};
 use arc_swap::ArcSwap;
@@ -57,6 +59,9 @@ pub struct ProxySettings {
     pub max_request_body: u64,
     pub client_timeouts: ClientTimeoutsConfig,
     pub compression: Option<CompressionPolicy>,
+    /// `server.encoded_slashes`: for routes that do not set their own.
+    pub encoded_slashes: EncodedSlashes,
+    pub underscores_in_headers: UnderscoreHeaders,
 }
 
 impl Proxy {
@@ -80,6 +85,8 @@ pub struct RequestCtx {
     /// topology swap never changes a request in flight.
     topology: Option<Arc<Topology>>,
     route: Option<RouteId>,
+    /// The path to forward when it is not the one received (see `request_path`).
+    forward_path: Option<String>,
     peer_ip: IpAddr,
     client_ip: IpAddr,
     upstream: Option<usize>,
@@ -242,6 +249,131 @@ impl Proxy {
             }
         }
     }
+
+    /// Checks the request head before routing: framing (see `framing`), the Host
+    /// and header names (see `request_head`). Returns the reason of a refusal.
+    /// Agreeing Content-Lengths are collapsed into one and underscore headers
+    /// dropped on the way, as those modules say.
+    fn head_refusal(&self, session: &mut Session) -> Result<Option<&'static str>> {
+        let raw_head = if session
+            .req_header()
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING)
+        {
+            session.as_http1().map(|h1| h1.get_headers_raw_bytes())
+        } else {
+            None
+        };
+        match framing::check(session.req_header(), raw_head.as_deref()) {
+            Framing::Valid => {}
+            Framing::CollapseContentLength(length) => {
+                session
+                    .req_header_mut()
+                    .insert_header(http::header::CONTENT_LENGTH, length)?;
+            }
+            Framing::Refuse(reason) => return Ok(Some(reason)),
+        }
+        let underscores = self.settings.underscores_in_headers;
+        Ok(request_head::check(session.req_header_mut(), underscores)
+            .err()
+            .map(|refusal| refusal.reason()))
+    }
+
+    /// Notes what the connection tells about the request: whether it came over TLS
+    /// (arming HSTS where the listener sets it), its peer, and its client (through
+    /// `trusted_proxies`).
+    fn note_connection(&self, session: &mut Session, ctx: &mut RequestCtx, topology: &Topology) {
+        if let Some(listener) = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .and_then(|local| self.settings.tls_listeners.get(local))
+        {
+            ctx.https = true;
+            if let Some(hsts) = session.downstream_modules_ctx.get_mut::<Hsts>() {
+                hsts.set(listener.clone());
+            }
+        }
+        ctx.peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| canonical_ip(a.ip()));
+        ctx.client_ip = topology
+            .trusted_proxies
+            .client_ip(ctx.peer_ip, &session.req_header().headers);
+    }
+
+    /// What `req` matches in `topology`, and the path to forward when it is not the
+    /// path received; or why the path is refused (see `request_path`).
+    fn route_request(
+        &self,
+        topology: &Topology,
+        req: &RequestHeader,
+    ) -> std::result::Result<(Option<RouteMatch>, Option<String>), Refusal> {
+        if !req.raw_path_is_utf8() && !target_path_is_utf8(req.raw_path()) {
+            return Err(Refusal::NotUtf8);
+        }
+        // The target's authority (absolute-form, or HTTP/2's :authority) wins over
+        // Host (RFC 9112 3.2.2), as it does for the Host pingora sends upstream:
+        // routing must decide for the same virtual host the backend will serve.
+        let host = req
+            .uri
+            .host()
+            .or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or("");
+        let routed = request_path::route(
+            req.uri.path(),
+            |path| topology.router.lookup(host, path),
+            |found| {
+                found
+                    .and_then(|m| topology.routes[m.route()].encoded_slashes)
+                    .unwrap_or(self.settings.encoded_slashes)
+            },
+        )?;
+        let forward_path = match routed.forward {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(path) => Some(path),
+        };
+        Ok((routed.found, forward_path))
+    }
+}
+
+/// Whether the path part of a request-target (up to `?`) is UTF-8.
+fn target_path_is_utf8(target: &[u8]) -> bool {
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    std::str::from_utf8(path).is_ok()
+}
+
+/// Answers 400 with `reason` and closes the connection.
+async fn refuse(session: &mut Session, ctx: &mut RequestCtx, reason: &str) -> Result<bool> {
+    ctx.own_status = Some(400);
+    send_error(session, 400, &format!("400 Bad Request: {reason}"), true).await?;
+    Ok(true)
+}
+
+/// Redirects a request for a `path_prefix` without its final `/` to the path with
+/// it: 301 for GET and HEAD, 308 (method and body kept) for the others.
+async fn add_slash(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    let req = session.req_header();
+    let path = ctx.forward_path.as_deref().unwrap_or(req.uri.path());
+    let mut location = format!("{path}/");
+    if let Some(query) = req.uri.query() {
+        location.push('?');
+        location.push_str(query);
+    }
+    let status = if matches!(req.method, http::Method::GET | http::Method::HEAD) {
+        301
+    } else {
+        308
+    };
+    ctx.own_status = Some(status);
+    let mut header = ResponseHeader::build(status, Some(2))?;
+    header.insert_header(http::header::LOCATION, location)?;
+    send_answer(session, header, Bytes::new()).await?;
+    Ok(true)
 }
 
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
@@ -312,6 +444,7 @@ impl ProxyHttp for Proxy {
             started: Instant::now(),
             topology: None,
             route: None,
+            forward_path: None,
             peer_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             upstream: None,
@@ -328,79 +461,42 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    /// Refuses ambiguous framing (400, connection closed), routes the request, and
-    /// answers it here when it matches no route (404) or a `respond` route.
+    /// Refuses a request head that cannot be trusted (400, connection closed),
+    /// routes the request on its normalized path, and answers it here when it is
+    /// refused, matches no route (404), needs its `/` (redirect), or is for a
+    /// `respond` or `static` route.
     /// Returns `Ok(true)` when an answer was sent, `Ok(false)` to go on to a backend.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let raw_head = if session
-            .req_header()
-            .headers
-            .contains_key(http::header::TRANSFER_ENCODING)
-        {
-            session.as_http1().map(|h1| h1.get_headers_raw_bytes())
-        } else {
-            None
-        };
-        match framing::check(session.req_header(), raw_head.as_deref()) {
-            Framing::Valid => {}
-            Framing::CollapseContentLength(length) => {
-                session
-                    .req_header_mut()
-                    .insert_header(http::header::CONTENT_LENGTH, length)?;
-            }
-            Framing::Refuse(reason) => {
-                ctx.own_status = Some(400);
-                send_error(session, 400, &format!("400 Bad Request: {reason}"), true).await?;
-                return Ok(true);
-            }
-        }
-
-        if let Some(listener) = session
-            .server_addr()
-            .and_then(|a| a.as_inet())
-            .and_then(|local| self.settings.tls_listeners.get(local))
-        {
-            ctx.https = true;
-            if let Some(hsts) = session.downstream_modules_ctx.get_mut::<Hsts>() {
-                hsts.set(listener.clone());
-            }
+        if let Some(reason) = self.head_refusal(session)? {
+            return refuse(session, ctx, reason).await;
         }
         let topology = self.topology.load_full();
-        ctx.peer_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| canonical_ip(a.ip()));
-        ctx.client_ip = topology
-            .trusted_proxies
-            .client_ip(ctx.peer_ip, &session.req_header().headers);
-
-        let req = session.req_header();
-        // The target's authority (absolute-form, or HTTP/2's :authority) wins over
-        // Host (RFC 9112 3.2.2), as it does for the Host pingora sends upstream:
-        // routing must decide for the same virtual host the backend will serve.
-        let host = req
-            .uri
-            .host()
-            .or_else(|| {
-                req.headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or("");
-        let path = normalize_path(req.uri.path());
-        let route_id = topology.router.lookup(host, &path);
-        drop(path);
+        self.note_connection(session, ctx, &topology);
         ctx.topology = Some(Arc::clone(&topology));
-        let Some(route_id) = route_id else {
-            ctx.own_status = Some(404);
-            send_error(
-                session,
-                404,
-                "404 Not Found: no route for this host and path",
-                false,
-            )
-            .await?;
-            return Ok(true);
+        let found = match self.route_request(&topology, session.req_header()) {
+            Ok((found, forward_path)) => {
+                ctx.forward_path = forward_path;
+                found
+            }
+            Err(refusal) => return refuse(session, ctx, refusal.reason()).await,
+        };
+        let route_id = match found {
+            Some(RouteMatch::Route(id)) => id,
+            Some(RouteMatch::AddSlash(id)) => {
+                ctx.route = Some(id);
+                return add_slash(session, ctx).await;
+            }
+            None => {
+                ctx.own_status = Some(404);
+                send_error(
+                    session,
+                    404,
+                    "404 Not Found: no route for this host and path",
+                    false,
+                )
+                .await?;
+                return Ok(true);
+            }
         };
         ctx.route = Some(route_id);
         let route = &topology.routes[route_id];
@@ -422,11 +518,10 @@ impl ProxyHttp for Proxy {
                 Ok(true)
             }
             RouteAction::Static(files) => {
-                ctx.own_status = Some(
-                    files
-                        .serve(session, self.settings.compression.as_ref())
-                        .await?,
-                );
+                let received = session.req_header().uri.path().to_string();
+                let path = ctx.forward_path.as_deref().unwrap_or(&received);
+                let compression = self.settings.compression.as_ref();
+                ctx.own_status = Some(files.serve(session, path, compression).await?);
                 Ok(true)
             }
             RouteAction::Proxy { upstream } => {
@@ -555,7 +650,7 @@ impl ProxyHttp for Proxy {
 
     /// Adds X-Forwarded-For/-Proto/-Host and X-Real-IP; removes every identity
     /// header any auth policy may set, then adds those this request's policy found;
-    /// rewrites the path to the normalized one the route matched, without the
+    /// sends the path in origin-form as `request_path` forwards it, without the
     /// prefix when `strip_prefix` is set.
     async fn upstream_request_filter(
         &self,
@@ -587,33 +682,20 @@ impl ProxyHttp for Proxy {
         }
 
         let strip = ctx.route().and_then(|r| r.strip_prefix.as_deref());
-        let path = upstream_request.uri.path();
-        let normalized = normalize_path(path);
-        let rewritten = match strip {
-            Some(prefix) => {
-                let rest = normalized.strip_prefix(prefix).unwrap_or(&normalized);
-                Some(if rest.starts_with('/') {
-                    rest.to_string()
-                } else {
-                    format!("/{rest}")
-                })
-            }
-            None if normalized != path => Some(normalized.into_owned()),
-            None => None,
+        let received = upstream_request.uri.path();
+        let forward = ctx.forward_path.as_deref().unwrap_or(received);
+        let forward = match strip {
+            Some(prefix) => request_path::strip_prefix(forward, prefix),
+            None => std::borrow::Cow::Borrowed(forward),
         };
-        if let Some(mut new_path) = rewritten {
-            if let Some(query) = upstream_request.uri.query() {
-                new_path.push('?');
-                new_path.push_str(query);
-            }
-            let uri = http::Uri::try_from(new_path).map_err(|e| {
-                Error::because(
-                    ErrorType::HTTPStatus(400),
-                    "rewritten path is not a valid URI",
-                    e,
-                )
+        let raw = upstream_request.raw_path();
+        let origin_form = raw.starts_with(b"/") || raw == b"*";
+        if forward != received || !origin_form {
+            let query = raw.iter().position(|&b| b == b'?').map(|at| &raw[at..]);
+            let target = [forward.as_bytes(), query.unwrap_or_default()].concat();
+            upstream_request.set_raw_path(&target).map_err(|e| {
+                Error::because(ErrorType::HTTPStatus(400), "invalid forwarded path", e)
             })?;
-            upstream_request.set_uri(uri);
         }
         Ok(())
     }

@@ -2,15 +2,35 @@
 //! wildcard host beats no host; within a host, an exact `path` beats the longest
 //! `path_prefix`. When a host's routes match no path, less specific hosts are asked.
 //!
-//! Tables are built once per topology; a lookup does not allocate unless the path
-//! needs normalizing (see [`normalize_path`]).
+//! A `path_prefix` ending in `/` asked for without it (`/protected` for
+//! `/protected/`) is answered with a redirect to the slashed path, as nginx does,
+//! unless a route matches that path exactly: it is never served by a less
+//! specific route.
+//!
+//! Tables are built once per topology; a lookup does not allocate. Paths are
+//! looked up as `filters::request_path` reads them.
 
 use crate::config::{HostPattern, PathPattern};
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// Index of a route in the topology's route list.
 pub type RouteId = usize;
+
+/// What a path matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteMatch {
+    Route(RouteId),
+    /// The path is this route's `path_prefix` without its final `/`: redirect there.
+    AddSlash(RouteId),
+}
+
+impl RouteMatch {
+    pub fn route(self) -> RouteId {
+        match self {
+            RouteMatch::Route(id) | RouteMatch::AddSlash(id) => id,
+        }
+    }
+}
 
 type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
@@ -20,6 +40,8 @@ struct PathTable {
     prefixes: Map<RouteId>,
     /// Distinct prefix lengths, longest first.
     prefix_lengths: Vec<usize>,
+    /// Prefixes that end in `/` (but `/` itself), keyed without it.
+    slashless: Map<RouteId>,
 }
 
 impl PathTable {
@@ -30,6 +52,9 @@ impl PathTable {
             }
             PathPattern::Prefix(p) => {
                 self.prefixes.entry(p.as_str().into()).or_insert(route);
+                if let Some(bare) = p.strip_suffix('/').filter(|b| !b.is_empty()) {
+                    self.slashless.entry(bare.into()).or_insert(route);
+                }
                 if !self.prefix_lengths.contains(&p.len()) {
                     self.prefix_lengths.push(p.len());
                     self.prefix_lengths.sort_unstable_by(|a, b| b.cmp(a));
@@ -38,14 +63,23 @@ impl PathTable {
         }
     }
 
-    fn lookup(&self, path: &str) -> Option<RouteId> {
+    /// An exact `path`, then a prefix equal to the path, then a prefix that is the
+    /// path and a `/` (redirect), then the longest prefix.
+    fn lookup(&self, path: &str) -> Option<RouteMatch> {
         if let Some(route) = self.exact.get(path) {
-            return Some(*route);
+            return Some(RouteMatch::Route(*route));
+        }
+        if let Some(slashed) = self.slashless.get(path) {
+            return Some(match self.prefixes.get(path) {
+                Some(route) => RouteMatch::Route(*route),
+                None => RouteMatch::AddSlash(*slashed),
+            });
         }
         self.prefix_lengths
             .iter()
             .filter(|&&len| len <= path.len() && path.is_char_boundary(len))
             .find_map(|&len| self.prefixes.get(&path[..len]).copied())
+            .map(RouteMatch::Route)
     }
 }
 
@@ -78,8 +112,9 @@ impl Router {
     }
 
     /// The route for a request to `host` (a Host header value, port allowed, any
-    /// case) and `path` (already normalized).
-    pub fn lookup(&self, host: &str, path: &str) -> Option<RouteId> {
+    /// case) and `path` (a matched path, see `filters::request_path`). The most
+    /// specific host whose table has an answer for the path decides.
+    pub fn lookup(&self, host: &str, path: &str) -> Option<RouteMatch> {
         let mut buf = [0u8; 256];
         let host = host_name(host, &mut buf);
         if !host.is_empty() {
@@ -126,63 +161,6 @@ fn host_name<'b>(host: &'b str, buf: &'b mut [u8; 256]) -> &'b str {
     std::str::from_utf8(out).unwrap_or("")
 }
 
-/// The path routes are matched against: percent-encoded unreserved characters
-/// decoded, `.` and `..` segments resolved, repeated slashes merged, so that
-/// `/a/../product` or `/%70roduct` cannot slip past the route for `/product`.
-/// `%2F` stays encoded. Borrowed when the path is already normal (the usual case).
-pub fn normalize_path(path: &str) -> Cow<'_, str> {
-    let needs_work =
-        path.contains('%') || path.contains("//") || path.contains("/.") || !path.starts_with('/');
-    if !needs_work {
-        return Cow::Borrowed(path);
-    }
-    let decoded = decode_unreserved(path);
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    let mut out = String::with_capacity(decoded.len());
-    for s in &segments {
-        out.push('/');
-        out.push_str(s);
-    }
-    let ends_in_dir = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
-    if out.is_empty() || (ends_in_dir && !segments.is_empty()) {
-        out.push('/');
-    }
-    Cow::Owned(out)
-}
-
-fn decode_unreserved(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = String::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                let c = (h * 16 + l) as u8;
-                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    out.push(c as char);
-                    i += 3;
-                    continue;
-                }
-            }
-        }
-        // Copy one whole UTF-8 character.
-        let len = path[i..].chars().next().map_or(1, char::len_utf8);
-        out.push_str(&path[i..i + len]);
-        i += len;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,36 +192,74 @@ mod tests {
             ), // 4
             (HostPattern::Any, prefix("/product/public")), // 5
         ]);
-        assert_eq!(r.lookup("", "/x"), Some(0));
-        assert_eq!(r.lookup("other.org", "/products"), Some(1));
-        assert_eq!(r.lookup("other.org", "/product/list"), Some(2));
-        assert_eq!(r.lookup("other.org", "/product/public/1"), Some(5));
-        assert_eq!(r.lookup("API.Example.com:8080", "/product/1"), Some(3));
-        assert_eq!(r.lookup("www.example.com", "/product/1"), Some(4));
-        assert_eq!(r.lookup("a.b.example.com", "/product/1"), Some(4));
-        assert_eq!(r.lookup("example.com", "/product/1"), Some(1));
+        assert_eq!(r.lookup("", "/x"), Some(RouteMatch::Route(0)));
+        assert_eq!(
+            r.lookup("other.org", "/products"),
+            Some(RouteMatch::Route(1))
+        );
+        assert_eq!(
+            r.lookup("other.org", "/product/list"),
+            Some(RouteMatch::Route(2))
+        );
+        assert_eq!(
+            r.lookup("other.org", "/product/public/1"),
+            Some(RouteMatch::Route(5))
+        );
+        assert_eq!(
+            r.lookup("API.Example.com:8080", "/product/1"),
+            Some(RouteMatch::Route(3))
+        );
+        assert_eq!(
+            r.lookup("www.example.com", "/product/1"),
+            Some(RouteMatch::Route(4))
+        );
+        assert_eq!(
+            r.lookup("a.b.example.com", "/product/1"),
+            Some(RouteMatch::Route(4))
+        );
+        assert_eq!(
+            r.lookup("example.com", "/product/1"),
+            Some(RouteMatch::Route(1))
+        );
         // A host whose routes do not cover the path falls back to no-host routes.
-        assert_eq!(r.lookup("api.example.com", "/about"), Some(0));
+        assert_eq!(
+            r.lookup("api.example.com", "/about"),
+            Some(RouteMatch::Route(0))
+        );
     }
 
     #[test]
     fn no_match_is_none() {
         let r = router(&[(HostPattern::Any, exact("/healthz"))]);
-        assert_eq!(r.lookup("x", "/healthz"), Some(0));
+        assert_eq!(r.lookup("x", "/healthz"), Some(RouteMatch::Route(0)));
         assert_eq!(r.lookup("x", "/healthz/"), None);
     }
 
     #[test]
-    fn paths_are_normalized_before_matching() {
-        assert_eq!(normalize_path("/product/1"), "/product/1");
-        assert!(matches!(normalize_path("/product/1"), Cow::Borrowed(_)));
-        assert_eq!(normalize_path("/%70roduct"), "/product");
-        assert_eq!(normalize_path("/public/../product/x"), "/product/x");
-        assert_eq!(normalize_path("//product//x/"), "/product/x/");
-        assert_eq!(normalize_path("/a/./b/."), "/a/b/");
-        assert_eq!(normalize_path("/../../"), "/");
-        assert_eq!(normalize_path("/a%2Fb"), "/a%2Fb");
-        assert_eq!(normalize_path("/a%2"), "/a%2");
-        assert_eq!(normalize_path("/é/%41"), "/é/A");
+    fn a_slashed_prefix_asked_without_its_slash_redirects() {
+        let r = router(&[
+            (HostPattern::Any, prefix("/")),           // 0
+            (HostPattern::Any, prefix("/protected/")), // 1
+            (HostPattern::Any, prefix("/docs/")),      // 2
+            (HostPattern::Any, exact("/docs")),        // 3
+            (HostPattern::Any, prefix("/api/")),       // 4
+            (HostPattern::Any, prefix("/api")),        // 5
+        ]);
+        assert_eq!(r.lookup("", "/protected"), Some(RouteMatch::AddSlash(1)));
+        assert_eq!(r.lookup("", "/protected/"), Some(RouteMatch::Route(1)));
+        assert_eq!(r.lookup("", "/protectedx"), Some(RouteMatch::Route(0)));
+        assert_eq!(r.lookup("", "/docs"), Some(RouteMatch::Route(3)));
+        assert_eq!(r.lookup("", "/api"), Some(RouteMatch::Route(5)));
+        assert_eq!(r.lookup("", "/"), Some(RouteMatch::Route(0)));
+        // A host's own prefix redirects before host-less routes are asked.
+        let r = router(&[
+            (HostPattern::Exact("a.example".into()), prefix("/admin/")),
+            (HostPattern::Any, exact("/admin")),
+        ]);
+        assert_eq!(
+            r.lookup("a.example", "/admin"),
+            Some(RouteMatch::AddSlash(0))
+        );
+        assert_eq!(r.lookup("b.example", "/admin"), Some(RouteMatch::Route(1)));
     }
 }

@@ -145,6 +145,8 @@ pub fn build(
                     .compression
                     .as_ref()
                     .map(CompressionPolicy::new),
+                encoded_slashes: config.server.encoded_slashes,
+                underscores_in_headers: config.server.underscores_in_headers,
             },
         ),
     );

@@ -77,6 +77,8 @@ pub struct Route {
     pub action: RouteAction,
     /// The prefix removed from the path before forwarding, when `strip_prefix` is set.
     pub strip_prefix: Option<String>,
+    /// The route's own `encoded_slashes`; the server's applies when `None`.
+    pub encoded_slashes: Option<crate::config::EncodedSlashes>,
     pub auth: Option<Arc<NamedAuth>>,
     pub rate_limit: Option<Arc<NamedRateLimit>>,
     /// Client networks allowed (empty: all) and denied, checked before anything else.
@@ -330,6 +332,7 @@ fn compile_route(
             upstream_label: NO_UPSTREAM.to_string(),
             action: RouteAction::Static(Box::new(served)),
             strip_prefix: None,
+            encoded_slashes: config.encoded_slashes,
             auth: None,
             rate_limit: None,
             allow: config.allow.clone(),
@@ -379,6 +382,7 @@ fn compile_route(
         upstream_label,
         action,
         strip_prefix,
+        encoded_slashes: config.encoded_slashes,
         auth: None,
         rate_limit: None,
         allow: config.allow.clone(),

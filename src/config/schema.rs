@@ -57,6 +57,40 @@ pub struct ServerConfig {
     pub client_timeouts: ClientTimeoutsConfig,
     /// Compression of responses; off when absent.
     pub compression: Option<CompressionConfig>,
+    /// What `%2F`, `%5C` and `\` in request paths do, unless a route says otherwise.
+    #[serde(default)]
+    pub encoded_slashes: EncodedSlashes,
+    /// What request headers whose names contain `_` do.
+    #[serde(default)]
+    pub underscores_in_headers: UnderscoreHeaders,
+}
+
+/// How escaped slashes in a request path are read (see `filters::request_path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodedSlashes {
+    /// 400 Bad Request.
+    #[default]
+    Reject,
+    /// As `/`: the path is matched and forwarded decoded.
+    Decode,
+    /// As written: matched and forwarded with the escapes (unsafe with auth on
+    /// backends that decode them; refused still when that would change the route).
+    Keep,
+}
+
+/// What happens to request headers whose names contain `_`, which some backends
+/// read as `-` (`X_Auth_Role` for `X-Auth-Role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoreHeaders {
+    /// Removed before routing (nginx's `underscores_in_headers off`).
+    #[default]
+    Drop,
+    /// Passed on.
+    Keep,
+    /// 400 Bad Request.
+    Reject,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -325,6 +359,8 @@ pub struct RouteConfig {
     pub auth: Option<String>,
     /// Name of the limit under `rate_limits:` applied to this route.
     pub rate_limit: Option<String>,
+    /// `server.encoded_slashes` for this route's paths.
+    pub encoded_slashes: Option<EncodedSlashes>,
 }
 
 /// One authentication policy: exactly one of `forward`, `jwt`, `api_keys`.
@@ -616,15 +652,8 @@ impl MatchConfig {
         let text = match &pattern {
             PathPattern::Exact(p) | PathPattern::Prefix(p) => p,
         };
-        if !text.starts_with('/')
-            || text
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
-            return Err(format!(
-                "invalid path `{text}`: expected a path starting with `/` and without spaces"
-            ));
-        }
+        crate::filters::request_path::check_pattern(text)
+            .map_err(|why| format!("invalid path `{text}`: {why}"))?;
         Ok(pattern)
     }
 }

@@ -60,11 +60,13 @@ impl StaticFiles {
         })
     }
 
-    /// Answers the request in `session`. Returns the status sent.
-    /// `compression`, when set, decides whether the file's answer is compressed.
+    /// Answers the request in `session` for `path` (the path as forwarded, see
+    /// `filters::request_path`). Returns the status sent. `compression`, when set,
+    /// decides whether the file's answer is compressed.
     pub async fn serve(
         &self,
         session: &mut Session,
+        path: &str,
         compression: Option<&CompressionPolicy>,
     ) -> pingora::Result<u16> {
         let req = session.req_header();
@@ -80,8 +82,7 @@ impl StaticFiles {
             .await?;
             return Ok(405);
         }
-        let raw_path = req.uri.path().to_string();
-        let Some(relative) = safe_relative_path(&raw_path) else {
+        let Some(relative) = safe_relative_path(path) else {
             return self.not_found(session, compression).await;
         };
         match self.find(&relative).await {
@@ -97,7 +98,7 @@ impl StaticFiles {
                     .query()
                     .map(|q| format!("?{q}"))
                     .unwrap_or_default();
-                header.insert_header(LOCATION, format!("{raw_path}/{query}"))?;
+                header.insert_header(LOCATION, format!("{path}/{query}"))?;
                 send_answer(session, header, Bytes::new()).await?;
                 Ok(301)
             }

@@ -4,3 +4,5 @@
 pub mod auth;
 pub mod framing;
 pub mod rate_limit;
+pub mod request_head;
+pub mod request_path;
