@@ -10,7 +10,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_NEEDS := cmake:cmake cc:build-essential c++:g++ pkg-config:pkg-config python3:python3 openssl:openssl \
   promtool:prometheus systemd-analyze:systemd cloud-init:cloud-init
 
-.PHONY: all deps build run run-gateway test lint dist bench clean
+# Backend frameworks the tests run for real (Flask, Starlette on uvicorn), from
+# PyPI into a virtualenv of their own; Debian's python3 needs python3-venv for it.
+PYTHON_ENV := target/python
+PY_REQUIREMENTS := tests/python/requirements.txt
+
+.PHONY: all deps pydeps build run run-gateway test lint dist bench path-table clean
 
 all: build
 
@@ -28,6 +33,17 @@ deps:
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
 
+pydeps: $(PYTHON_ENV)/installed
+
+$(PYTHON_ENV)/installed: $(PY_REQUIREMENTS)
+	@python3 -m venv $(PYTHON_ENV) 2>/dev/null || { \
+	  echo "installing: python3-venv"; rm -rf $(PYTHON_ENV); \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && \
+	  python3 -m venv $(PYTHON_ENV); }
+	$(PYTHON_ENV)/bin/pip install --quiet --disable-pip-version-check -r $(PY_REQUIREMENTS)
+	touch $@
+
 build: deps
 	$(CARGO) build --release --bins
 
@@ -41,7 +57,7 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-test: lint
+test: lint pydeps
 	$(CARGO) test --all-targets
 
 # Criterion micro-benchmarks, then tollgate side by side with nginx and HAProxy
@@ -52,6 +68,12 @@ bench: build
 	$(CARGO) bench --bench hot_path
 	mkdir -p bench/results
 	bash -o pipefail -c 'python3 bench/run.py --tollgate target/release/tollgate $(BENCH_ARGS) | tee bench/results/latest.txt'
+
+# The README's request-path table: tollgate and nginx in front of Flask and Starlette.
+path-table: build pydeps
+	@command -v nginx >/dev/null 2>&1 || command -v /usr/sbin/nginx >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; }
+	$(PYTHON_ENV)/bin/python3 tests/python/compare_nginx.py
 
 # A release tarball (binary, systemd unit, EC2, Prometheus, Grafana files) in dist/.
 dist: build

@@ -206,3 +206,50 @@ fn help_explains_every_flag() {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
 }
+
+#[test]
+fn request_path_switches_take_their_values_only() {
+    let switches = VALID.replace(
+        "  listeners:",
+        "  encoded_slashes: decode\n  underscores_in_headers: reject\n  listeners:",
+    );
+    let with_route = switches.replace(
+        "    upstream: app\n",
+        "    upstream: app\n    encoded_slashes: keep\n",
+    );
+    let (ok, text, _) = check(&with_route);
+    assert!(ok, "{text}");
+    assert_refused(
+        &VALID.replace("  listeners:", "  encoded_slashes: allow\n  listeners:"),
+        2,
+        &["unknown variant `allow`", "reject", "decode", "keep"],
+    );
+    assert_refused(
+        &VALID.replace(
+            "  listeners:",
+            "  underscores_in_headers: yes\n  listeners:",
+        ),
+        2,
+        &["unknown variant `yes`", "drop"],
+    );
+}
+
+#[test]
+fn route_paths_are_written_as_they_are_matched() {
+    for (written, says) in [
+        ("/caf%C3%A9/", "write `/café/`"),
+        ("/a/../b/", "write `/b/`"),
+        ("//a", "write `/a`"),
+        ("/a;b", "cannot hold `;`"),
+        ("/a%2Fb", "without escapes"),
+    ] {
+        assert_refused(
+            &VALID.replace(
+                "{path_prefix: /}",
+                &format!("{{path_prefix: \"{written}\"}}"),
+            ),
+            14,
+            &["routes[1].match", says],
+        );
+    }
+}

@@ -64,7 +64,9 @@ where
     }
 }
 
-/// A `tollgate-demo-backend` process; killed when dropped.
+/// A backend process that prints `listening on ADDR` once bound: a
+/// `tollgate-demo-backend`, or a script of `tests/python` in a real framework;
+/// killed when dropped.
 pub struct Backend {
     child: Option<Child>,
     pub addr: SocketAddr,
@@ -81,12 +83,34 @@ impl Backend {
     /// Starts a backend with extra flags (e.g. `--delay 500`).
     pub fn start_with(name: &str, listen: &str, extra: &[&str]) -> Backend {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = spawn_backend(name, listen, &args);
+        let (child, addr) = try_spawn_backend(demo_command(name, listen, &args))
+            .unwrap_or_else(|e| panic!("backend {name}: {e}"));
         Backend {
             child: Some(child),
             addr,
             name: name.to_string(),
             args,
+        }
+    }
+
+    /// Starts `tests/python/SCRIPT ARGS` with the test virtualenv's Python (see
+    /// [`python`]); `name` is for messages. It cannot be restarted.
+    pub fn start_python(name: &str, script: &str, args: &[&str]) -> Backend {
+        let mut command = Command::new(python());
+        command
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/python")
+                    .join(script),
+            )
+            .args(args);
+        let (child, addr) =
+            try_spawn_backend(command).unwrap_or_else(|e| panic!("backend {name}: {e}"));
+        Backend {
+            child: Some(child),
+            addr,
+            name: name.to_string(),
+            args: Vec::new(),
         }
     }
 
@@ -98,12 +122,13 @@ impl Backend {
         }
     }
 
-    /// Starts the backend again on the same address.
+    /// Starts the (demo) backend again on the same address.
     pub fn restart(&mut self) {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match try_spawn_backend(&self.name, &self.addr.to_string(), &self.args) {
+            let command = demo_command(&self.name, &self.addr.to_string(), &self.args);
+            match try_spawn_backend(command) {
                 Ok((child, _)) => {
                     self.child = Some(child);
                     return;
@@ -124,18 +149,29 @@ impl Drop for Backend {
     }
 }
 
-fn spawn_backend(name: &str, listen: &str, args: &[String]) -> (Child, SocketAddr) {
-    try_spawn_backend(name, listen, args).unwrap_or_else(|e| panic!("backend {name}: {e}"))
+/// The Python of the virtualenv `make pydeps` builds in `target/python`, with the
+/// frameworks of `tests/python/requirements.txt`.
+pub fn python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/python/bin/python3");
+    assert!(
+        python.exists(),
+        "{} is missing: run `make pydeps` (make test does) to install the test frameworks",
+        python.display()
+    );
+    python
 }
 
-fn try_spawn_backend(
-    name: &str,
-    listen: &str,
-    args: &[String],
-) -> Result<(Child, SocketAddr), String> {
-    let mut child = Command::new(DEMO_BACKEND)
+fn demo_command(name: &str, listen: &str, args: &[String]) -> Command {
+    let mut command = Command::new(DEMO_BACKEND);
+    command
         .args(["--listen", listen, "--name", name])
-        .args(args)
+        .args(args);
+    command
+}
+
+/// Spawns `command` and waits for its `listening on ADDR` line.
+fn try_spawn_backend(mut command: Command) -> Result<(Child, SocketAddr), String> {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -177,6 +213,20 @@ impl Tollgate {
     }
 
     pub async fn start_with(body: &str, server_extra: &str) -> Tollgate {
+        Self::start_with_options(body, server_extra, &[]).await
+    }
+
+    /// As [`Tollgate::start`], with extra environment variables.
+    pub async fn start_with_env(body: &str, envs: &[(&str, &str)]) -> Tollgate {
+        Self::start_with_options(body, "", envs).await
+    }
+
+    /// As [`Tollgate::start_with`], with extra environment variables.
+    pub async fn start_with_options(
+        body: &str,
+        server_extra: &str,
+        envs: &[(&str, &str)],
+    ) -> Tollgate {
         let dir = temp_dir("tollgate");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -186,7 +236,7 @@ impl Tollgate {
             pid = dir.join("tollgate.pid").display(),
             sock = dir.join("upgrade.sock").display(),
         );
-        Self::launch(dir, &config, addr, metrics_addr, &[]).await
+        Self::launch(dir, &config, addr, metrics_addr, envs).await
     }
 
     /// Starts tollgate on a complete topology `config` whose listener is `addr` and
@@ -218,20 +268,6 @@ impl Tollgate {
         };
         tollgate.wait_ready().await;
         tollgate
-    }
-
-    /// Starts tollgate on `body` below a generated `server:` section, as `start`,
-    /// with extra environment variables.
-    pub async fn start_with_env(body: &str, envs: &[(&str, &str)]) -> Tollgate {
-        let dir = temp_dir("tollgate");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = format!(
-            "server:\n  threads: 2\n  listeners:\n    - address: {addr}\n  metrics: {metrics_addr}\n  access_log: off\n  pid_file: {pid}\n  upgrade_sock: {sock}\n\n{body}",
-            pid = dir.join("tollgate.pid").display(),
-            sock = dir.join("upgrade.sock").display(),
-        );
-        Self::launch(dir, &config, addr, metrics_addr, envs).await
     }
 
     async fn wait_ready(&mut self) {
