@@ -14,7 +14,7 @@ use crate::config::{ClientTimeoutsConfig, EncodedSlashes, RateKey, UnderscoreHea
 use crate::edge::compression::{BrotliCompressionBuilder, CompressionPolicy};
 use crate::edge::hsts::{Hsts, HstsBuilder};
 use crate::edge::respond::{send_answer, send_error};
-use crate::filters::auth::{Identity, Rejection, Verdict};
+use crate::filters::auth::{AuthRequest, Identity, Rejection, Verdict};
 use crate::filters::framing::{self, Framing};
 use crate::filters::rate_limit::{ceil_secs, Decision};
 use crate::filters::request_head;
@@ -166,7 +166,13 @@ impl Proxy {
             }
         }
         if let Some(auth) = &route.auth {
-            match auth.policy.check(session.req_header(), ctx.client_ip).await {
+            let head = session.req_header();
+            let request = AuthRequest {
+                head,
+                client: ctx.client_ip,
+                path: ctx.forward_path.as_deref().unwrap_or(head.uri.path()),
+            };
+            match auth.policy.check(&request).await {
                 Verdict::Pass(identity) => ctx.identity = Some(identity),
                 Verdict::Reject(rejection) => {
                     metrics()

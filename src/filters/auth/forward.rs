@@ -9,13 +9,11 @@
 //! With `cache`, positive answers are reused per Authorization value for that
 //! long, in a cache bounded to `cache_entries`.
 
-use super::{Identity, RejectReason, Rejection, Verdict};
+use super::{AuthRequest, Identity, RejectReason, Rejection, Verdict};
 use crate::config::ForwardAuthConfig;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use pingora::http::RequestHeader;
 use pingora_memory_cache::MemoryCache;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,7 +71,10 @@ impl ForwardAuth {
         self.copy_headers.clone()
     }
 
-    pub async fn check(&self, req: &RequestHeader, client: IpAddr) -> Verdict {
+    /// Asks the auth service about `request`: X-Forwarded-Uri is the path it was
+    /// routed on (as forwarded) with its query.
+    pub async fn check(&self, request: &AuthRequest<'_>) -> Verdict {
+        let req = request.head;
         let authorization = req.headers.get(AUTHORIZATION);
         if let (Some((_, cache)), Some(auth)) = (&self.cache, authorization) {
             if let (Some(hit), _) = cache.get(auth.as_bytes()) {
@@ -87,8 +88,8 @@ impl ForwardAuth {
             .get(self.url.clone())
             .timeout(self.timeout)
             .header("X-Forwarded-Method", req.method.as_str())
-            .header("X-Forwarded-Uri", req.raw_path())
-            .header("X-Forwarded-For", client.to_string());
+            .header("X-Forwarded-Uri", forwarded_uri(request))
+            .header("X-Forwarded-For", request.client.to_string());
         if let Some(auth) = authorization {
             ask = ask.header(AUTHORIZATION, auth.clone());
         }
@@ -184,4 +185,12 @@ async fn read_limited(mut answer: reqwest::Response, limit: usize) -> Bytes {
         }
     }
     Bytes::from(body)
+}
+
+/// The path and query of `request` as it is forwarded.
+fn forwarded_uri(request: &AuthRequest<'_>) -> String {
+    match request.head.uri.query() {
+        Some(query) => format!("{}?{query}", request.path),
+        None => request.path.to_string(),
+    }
 }

@@ -100,6 +100,16 @@ pub enum Verdict {
     Reject(Rejection),
 }
 
+/// What a policy is asked about.
+pub struct AuthRequest<'a> {
+    pub head: &'a RequestHeader,
+    /// The client address (after `trusted_proxies`).
+    pub client: IpAddr,
+    /// The path the request was routed on, as it is forwarded (see
+    /// `filters::request_path`), without the query.
+    pub path: &'a str,
+}
+
 /// One configured policy.
 pub enum AuthPolicy {
     Forward(Box<forward::ForwardAuth>),
@@ -108,12 +118,12 @@ pub enum AuthPolicy {
 }
 
 impl AuthPolicy {
-    /// Decides about `req` from `client`. Never lets a request pass on an error.
-    pub async fn check(&self, req: &RequestHeader, client: IpAddr) -> Verdict {
+    /// Decides about `req`. Never lets a request pass on an error.
+    pub async fn check(&self, req: &AuthRequest<'_>) -> Verdict {
         match self {
-            AuthPolicy::Forward(f) => f.check(req, client).await,
-            AuthPolicy::Jwt(j) => j.check(req),
-            AuthPolicy::ApiKeys(k) => k.check(req),
+            AuthPolicy::Forward(f) => f.check(req).await,
+            AuthPolicy::Jwt(j) => j.check(req.head),
+            AuthPolicy::ApiKeys(k) => k.check(req.head),
         }
     }
 
