@@ -10,6 +10,7 @@ pub mod filters;
 pub mod forwarding;
 pub mod metrics;
 pub mod notify;
+pub mod pid_file;
 pub mod proxy;
 pub mod reload;
 pub mod router;

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tollgate::pid_file;
 use tollgate::server::{self, StartOptions};
 
 /// mimalloc instead of glibc's malloc: a proxied request allocates and frees
@@ -20,7 +21,7 @@ struct Cli {
         short = 'c',
         long = "conf",
         value_name = "FILE",
-        default_value = "/etc/tollgate/tollgate.yaml"
+        default_value = tollgate::config::DEFAULT_FILE
     )]
     conf: PathBuf,
 
@@ -87,7 +88,7 @@ fn main() -> ExitCode {
             Command::Reload => (libc::SIGHUP, "reload"),
             Command::Upgrade => (libc::SIGUSR2, "upgrade"),
         };
-        return match server::signal_running(&loaded.config, signal) {
+        return match server::signal_running(&loaded, signal) {
             Ok(pid) => {
                 println!(
                     "tollgate: asked process {pid} to {verb} ({})",
@@ -117,17 +118,32 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    if !cli.upgrade {
+        if let Err(e) = server::check_listen_addresses(&loaded.config) {
+            eprintln!("tollgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let options = StartOptions {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
     };
     match server::build(&loaded, prepared, options) {
         Ok(server) => {
+            let server_config = &loaded.config.server;
+            if let Err(e) = pid_file::prepare_dir(&server_config.upgrade_sock) {
+                eprintln!("tollgate: cannot start: {e:#}");
+                return ExitCode::FAILURE;
+            }
             if !cli.daemon {
                 // Daemons get theirs from pingora after the fork.
-                server::write_pid_file(&loaded.config.server.pid_file);
+                if let Err(e) = pid_file::write(&server_config.pid_file) {
+                    log::warn!("{e:#}; `tollgate reload` will not find this process");
+                }
             }
-            server.run_forever()
+            server.run(pingora::server::RunArgs::default());
+            pid_file::remove_if_ours(&server_config.pid_file);
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("tollgate: cannot start: {e:#}");

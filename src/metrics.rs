@@ -19,6 +19,7 @@ pub struct Metrics {
     pub backend_healthy: IntGaugeVec,
     pub health_checks: IntCounterVec,
     pub upstream_retries: IntCounterVec,
+    pub upstream_panic_requests: IntCounterVec,
     pub auth_rejections: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub config_reloads: IntCounterVec,
@@ -78,6 +79,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         upstream_retries: register_int_counter_vec!(
             "tollgate_upstream_retries_total",
             "Requests sent to another backend after a failure.",
+            &["upstream"]
+        )
+        .expect(ONCE),
+        upstream_panic_requests: register_int_counter_vec!(
+            "tollgate_upstream_panic_requests_total",
+            "Requests sent to a backend while no backend of the upstream was up (panic mode: all are tried).",
             &["upstream"]
         )
         .expect(ONCE),
@@ -201,6 +208,9 @@ impl RouteMetrics {
 
 /// Handles of one backend's metrics.
 pub struct BackendMetrics {
+    /// The `upstream` and `backend` labels, for log lines.
+    pub upstream: String,
+    pub backend: String,
     pub requests: CodeCounters,
     pub in_flight: IntGauge,
     pub healthy: IntGauge,
@@ -212,6 +222,8 @@ impl BackendMetrics {
     pub fn new(upstream: &str, backend: &str) -> Self {
         let m = metrics();
         BackendMetrics {
+            upstream: upstream.to_string(),
+            backend: backend.to_string(),
             requests: CodeCounters::new(&m.upstream_requests, upstream, backend),
             in_flight: m.upstream_in_flight.with_label_values(&[upstream, backend]),
             healthy: m.backend_healthy.with_label_values(&[upstream, backend]),

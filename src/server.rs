@@ -215,37 +215,28 @@ pub fn build(
     Ok(server)
 }
 
-/// Writes this process's id to `path`, for `tollgate reload`; a failure is
-/// logged, not fatal.
-pub fn write_pid_file(path: &std::path::Path) {
-    if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
-        log::warn!(
-            "cannot write pid file {}: {e}; `tollgate reload` will not find this process",
-            path.display()
-        );
+/// Checks that every address this config listens on (listeners and metrics) can
+/// be bound now, so that a busy port is one clear error at start instead of
+/// pingora's retries. Not for `-u`, where the old process holds them.
+pub fn check_listen_addresses(config: &Config) -> Result<(), String> {
+    let listeners = config.server.listeners.iter().map(|l| l.address);
+    for address in listeners.chain(config.server.metrics) {
+        if let Err(e) = std::net::TcpListener::bind(address) {
+            return Err(format!("cannot listen on {address}: {e}"));
+        }
     }
+    Ok(())
 }
 
 /// Sends `signal` (SIGHUP: reload, SIGUSR2: upgrade) to the tollgate in
-/// `server.pid_file`; returns its pid.
-pub fn signal_running(config: &Config, signal: libc::c_int) -> anyhow::Result<i32> {
-    let path = &config.server.pid_file;
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading pid file {}", path.display()))?;
-    let pid: i32 = text
-        .trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("pid file {} holds no process id", path.display()))?;
-    if pid <= 0 {
-        anyhow::bail!("pid file {} holds no process id", path.display());
-    }
-    // SAFETY: kill(2) with a positive pid read from the configured pid file.
+/// `server.pid_file`, once checked to be a tollgate running the file `loaded`
+/// was read from; returns its pid.
+pub fn signal_running(loaded: &LoadedConfig, signal: libc::c_int) -> anyhow::Result<i32> {
+    let pid = crate::pid_file::running_tollgate(&loaded.config.server.pid_file, &loaded.file)?;
+    // SAFETY: kill(2) on a pid just checked to be a tollgate on this topology file.
     if unsafe { libc::kill(pid, signal) } != 0 {
         let e = std::io::Error::last_os_error();
-        anyhow::bail!(
-            "no tollgate to signal at pid {pid} (from {}): {e}",
-            path.display()
-        );
+        anyhow::bail!("cannot signal tollgate process {pid}: {e}");
     }
     Ok(pid)
 }

@@ -239,31 +239,15 @@ fn compile_upstream(name: &str, config: &UpstreamConfig, previous: Option<&Upstr
     let backends = config
         .backends
         .iter()
-        .map(|b| {
-            let label = b.address.to_string();
-            let tls = config.tls.as_ref();
-            let sni = tls.and_then(|t| t.sni.clone()).unwrap_or_default();
-            let mut peer = HttpPeer::new(b.address, tls.is_some(), sni);
-            if let Some(tls) = tls {
-                peer.options.verify_cert = tls.verify;
-                peer.options.verify_hostname = tls.verify;
-            }
-            peer.options.connection_timeout = Some(config.timeouts.connect);
-            peer.options.read_timeout = Some(config.timeouts.read);
-            peer.options.write_timeout = Some(config.timeouts.write);
-            peer.options.idle_timeout = Some(config.timeouts.idle);
-            Backend {
-                address: b.address,
-                state: previous
-                    .and_then(|p| p.backends.iter().find(|old| old.address == b.address))
-                    .map(|old| Arc::clone(&old.state))
-                    .unwrap_or_else(|| {
-                        Arc::new(BackendState::new(BackendMetrics::new(name, &label)))
-                    }),
-                label,
-                weight: b.weight,
-                peer,
-            }
+        .flat_map(|b| {
+            b.resolved.iter().map(move |address| {
+                // A name that stands for several addresses labels each by its address.
+                let label = match b.resolved.len() {
+                    1 => b.address.trim().to_string(),
+                    _ => address.to_string(),
+                };
+                compile_backend(name, config, *address, label, b.weight, previous)
+            })
         })
         .collect();
     Upstream::new(
@@ -273,6 +257,39 @@ fn compile_upstream(name: &str, config: &UpstreamConfig, previous: Option<&Upstr
         config.retries,
         config.passive.clone(),
     )
+}
+
+/// One backend at `address`, with the live state `previous` had for that address.
+fn compile_backend(
+    upstream: &str,
+    config: &UpstreamConfig,
+    address: std::net::SocketAddr,
+    label: String,
+    weight: u32,
+    previous: Option<&Upstream>,
+) -> Backend {
+    let tls = config.tls.as_ref();
+    let sni = tls.and_then(|t| t.sni.clone()).unwrap_or_default();
+    let mut peer = HttpPeer::new(address, tls.is_some(), sni);
+    if let Some(tls) = tls {
+        peer.options.verify_cert = tls.verify;
+        peer.options.verify_hostname = tls.verify;
+    }
+    peer.options.connection_timeout = Some(config.timeouts.connect);
+    peer.options.read_timeout = Some(config.timeouts.read);
+    peer.options.write_timeout = Some(config.timeouts.write);
+    peer.options.idle_timeout = Some(config.timeouts.idle);
+    let state = previous
+        .and_then(|p| p.backends.iter().find(|old| old.address == address))
+        .map(|old| Arc::clone(&old.state))
+        .unwrap_or_else(|| Arc::new(BackendState::new(BackendMetrics::new(upstream, &label))));
+    Backend {
+        address,
+        label,
+        weight,
+        state,
+        peer,
+    }
 }
 
 fn check_plan(upstream: &Arc<Upstream>, config: &UpstreamConfig) -> Option<CheckPlan> {

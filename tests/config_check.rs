@@ -253,3 +253,29 @@ fn route_paths_are_written_as_they_are_matched() {
         );
     }
 }
+
+#[test]
+fn every_bad_backend_address_is_reported_at_once() {
+    let file = VALID
+        .replace(
+            "      - address: 127.0.0.1:19001\n",
+            "      - address: no-such-host.invalid:8080\n",
+        )
+        .replace(
+            "      - address: 127.0.0.1:19002\n",
+            "      - address: localhost\n      - address: \"localhost:19003\"\n      - address: 127.0.0.1:19003\n",
+        );
+    let (ok, text, path) = check(&file);
+    assert!(!ok, "{text}");
+    for (line, says) in [
+        (7, "cannot resolve `no-such-host.invalid`"),
+        (9, "no port"),
+        (11, "as backends[2] is"),
+    ] {
+        assert!(
+            text.contains(&format!("{path}:{line}:")),
+            "line {line} in:\n{text}"
+        );
+        assert!(text.contains(says), "`{says}` in:\n{text}");
+    }
+}

@@ -1,6 +1,7 @@
 //! Health: active checks take a dead backend out within interval x threshold and
 //! bring it back after healthy_threshold successes; retries hide a backend's death
-//! from clients; passive failures take a backend out; all dead answers 503 at once.
+//! from clients; passive failures take a backend out, but never the last one up,
+//! and a passing check brings it back; with every backend out, all are tried.
 
 mod common;
 
@@ -197,7 +198,7 @@ routes:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_backends_dead_answers_503_at_once() {
+async fn with_every_backend_out_all_are_tried_anyway() {
     let mut backends = [Backend::start("a"), Backend::start("b")];
     let refs: Vec<&Backend> = backends.iter().collect();
     let tollgate = Tollgate::start(&checked_upstream(&refs, "{max_fails: 0}", 1)).await;
@@ -214,10 +215,98 @@ async fn all_backends_dead_answers_503_at_once() {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
+    // Both really are dead: each is tried (panic mode), and the answer comes at once.
     let asked = Instant::now();
-    let (status, _, body) = get(&client, &tollgate.url("/")).await.unwrap();
+    let (status, _, _) = get(&client, &tollgate.url("/")).await.unwrap();
     let took = asked.elapsed();
-    assert_eq!(status, 503);
-    assert!(body.contains("no healthy backend"), "{body}");
-    assert!(took < Duration::from_secs(1), "503 took {took:?}");
+    assert_eq!(status, 502);
+    assert!(took < Duration::from_secs(1), "502 took {took:?}");
+    assert!(
+        tollgate
+            .metric_reaches(
+                "tollgate_upstream_panic_requests_total",
+                &[("upstream", "app")],
+                2.0
+            )
+            .await
+    );
+    assert!(tollgate
+        .stderr()
+        .contains("no backend is up; trying all 2 anyway"));
+    // One comes back before its checks have seen it: it answers at once.
+    backends[0].restart();
+    let (status, backend, _) = get(&client, &tollgate.url("/")).await.unwrap();
+    assert_eq!((status, backend.as_str()), (200, "a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_backend_up_is_never_taken_out_by_passive_checks() {
+    let mut only = Backend::start("only");
+    let tollgate = Tollgate::start(&format!(
+        "upstreams:\n  auth:\n    backends: [{{address: {}}}]\n    passive: {{max_fails: 1, fail_timeout: 60s}}\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: auth\n",
+        only.addr
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    only.kill();
+    let (status, _, _) = get(&client, &tollgate.url("/")).await.unwrap();
+    assert_eq!(status, 502);
+    // Restarted (an auth service after a deploy): served at once, not after 60 s.
+    only.restart();
+    let (status, backend, _) = get(&client, &tollgate.url("/")).await.unwrap();
+    assert_eq!((status, backend.as_str()), (200, "only"));
+    let label = only.addr.to_string();
+    assert_eq!(
+        tollgate
+            .metric("tollgate_upstream_backend_healthy", &[("backend", &label)])
+            .await,
+        Some(1.0)
+    );
+    assert!(
+        tollgate
+            .stderr()
+            .contains("kept in: it is the upstream's last backend that is up"),
+        "{}",
+        tollgate.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passing_active_check_ends_a_passive_ejection() {
+    let mut backends = [Backend::start("a"), Backend::start("b")];
+    let refs: Vec<&Backend> = backends.iter().collect();
+    // Probes that never take a backend out themselves (unhealthy_threshold is out
+    // of reach), so that only traffic can.
+    let body = checked_upstream(&refs, "{max_fails: 1, fail_timeout: 60s}", 1).replace(
+        &format!("unhealthy_threshold: {UNHEALTHY_THRESHOLD}"),
+        "unhealthy_threshold: 1000",
+    );
+    let tollgate = Tollgate::start(&body).await;
+    let client = reqwest::Client::new();
+    // `a` dies and a request finds it (retried on `b`): passive checks take it out.
+    backends[0].kill();
+    let a_out = wait_until(Duration::from_secs(5), || async {
+        let _ = get(&client, &tollgate.url("/")).await;
+        healthy(&tollgate, &backends[0]).await == Some(0.0)
+    })
+    .await;
+    assert!(a_out, "{}", tollgate.stderr());
+    // Back before its 60 s are over: the next passing probe brings it back.
+    backends[0].restart();
+    let a_back = wait_until(Duration::from_secs(5), || async {
+        healthy(&tollgate, &backends[0]).await == Some(1.0)
+    })
+    .await;
+    assert!(a_back, "{}", tollgate.stderr());
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(get(&client, &tollgate.url("/")).await.unwrap().1);
+    }
+    assert!(seen.iter().any(|b| b == "a"), "{seen:?}");
+    let log = tollgate.stderr();
+    assert!(log.contains("out for 60s"), "{log}");
+    assert!(
+        log.contains("is back in: it passed an active check"),
+        "{log}"
+    );
 }

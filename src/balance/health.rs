@@ -112,7 +112,9 @@ impl PassiveHealth {
         until != 0 && now_millis() < until
     }
 
-    /// Records a failure; returns true when it takes the backend out.
+    /// Counts a failure; returns true when it is the `max_fails`-th within
+    /// `fail_timeout` (the count then starts again). Whether the backend is taken
+    /// out for it is the caller's decision ([`PassiveHealth::take_out`]).
     pub fn record_failure(&self, max_fails: u32, fail_timeout: Duration) -> bool {
         let now = now_millis();
         let window = fail_timeout.as_millis() as u64;
@@ -129,12 +131,22 @@ impl PassiveHealth {
             };
         if failures >= max_fails {
             self.failures.store(0, Ordering::Relaxed);
-            // `max(1)` keeps 0 meaning "not down" even in the first millisecond.
-            self.down_until
-                .store((now + window).max(1), Ordering::Relaxed);
             return true;
         }
         false
+    }
+
+    /// Takes the backend out for `fail_timeout` from now.
+    pub fn take_out(&self, fail_timeout: Duration) {
+        let until = now_millis() + fail_timeout.as_millis() as u64;
+        // `max(1)` keeps 0 meaning "not out" even in the first millisecond.
+        self.down_until.store(until.max(1), Ordering::Relaxed);
+    }
+
+    /// Ends a failure period early; returns true when one was running.
+    pub fn bring_back(&self) -> bool {
+        self.failures.store(0, Ordering::Relaxed);
+        self.down_until.swap(0, Ordering::Relaxed) != 0
     }
 
     /// Records a success: earlier failures no longer count toward `max_fails`.

@@ -60,7 +60,15 @@ impl BackendState {
 
     /// Whether the backend takes new requests now (active and passive state).
     pub fn is_up(&self) -> bool {
-        self.active.is_healthy() && self.passive.is_usable(|| self.refresh_healthy_gauge())
+        self.active.is_healthy()
+            && self.passive.is_usable(|| {
+                self.refresh_healthy_gauge();
+                log::warn!(
+                    "backend {} of upstream {} is back in: its fail_timeout ran out",
+                    self.metrics.backend,
+                    self.metrics.upstream
+                );
+            })
     }
 
     /// Sets `tollgate_upstream_backend_healthy` from the current state.
@@ -146,11 +154,16 @@ impl Tried {
 pub struct Upstream {
     pub name: String,
     pub backends: Vec<Backend>,
-    pub algorithm: Algorithm,
     balancer: Box<dyn Balancer>,
     /// Other backends tried when connecting fails.
     pub retries: u32,
     pub passive: PassiveConfig,
+    /// No backend was up at the last pick: every backend is being tried.
+    panicking: std::sync::atomic::AtomicBool,
+    /// The next backend to try in panic mode.
+    panic_next: std::sync::atomic::AtomicUsize,
+    /// `tollgate_upstream_panic_requests_total` of this upstream.
+    panic_requests: prometheus::IntCounter,
 }
 
 impl Upstream {
@@ -166,50 +179,99 @@ impl Upstream {
             Algorithm::IpHash => Box::new(ip_hash::IpHash::new(&backends)),
             Algorithm::LeastConnections => Box::new(least_conn::LeastConnections::new(&backends)),
         };
+        let panic_requests = crate::metrics::metrics()
+            .upstream_panic_requests
+            .with_label_values(&[name.as_str()]);
         Upstream {
             name,
             backends,
-            algorithm,
             balancer,
             retries,
             passive,
+            panicking: std::sync::atomic::AtomicBool::new(false),
+            panic_next: std::sync::atomic::AtomicUsize::new(0),
+            panic_requests,
         }
     }
 
-    /// Chooses a backend for `client` that is up and not in `tried`.
+    /// Chooses a backend for `client` that is up and not in `tried`. When no
+    /// backend of the upstream is up at all, every backend is tried anyway, as if
+    /// all were up ("panic mode", as Envoy has it): a backend that is back before
+    /// its checks say so then answers, instead of the whole upstream refusing.
+    /// In panic mode the backends are taken in turn, whatever the algorithm.
     pub fn select(&self, client: IpAddr, tried: &Tried) -> Option<usize> {
         let usable = |i: usize| !tried.contains(i) && self.backends[i].state.is_up();
-        self.balancer.pick(&self.backends, client, &usable)
+        if let Some(index) = self.balancer.pick(&self.backends, client, &usable) {
+            if self.panicking.swap(false, Ordering::Relaxed) {
+                log::warn!(
+                    "upstream {}: a backend is up again, panic mode ends",
+                    self.name
+                );
+            }
+            return Some(index);
+        }
+        if self.backends.iter().any(|b| b.state.is_up()) {
+            return None;
+        }
+        // The algorithms keep only healthy backends in their tables: in panic mode
+        // the backends are taken in turn.
+        let count = self.backends.len();
+        let start = self.panic_next.fetch_add(1, Ordering::Relaxed);
+        let index = (0..count)
+            .map(|k| (start + k) % count)
+            .find(|&i| !tried.contains(i))?;
+        if !self.panicking.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "upstream {}: no backend is up; trying all {} anyway (panic mode)",
+                self.name,
+                self.backends.len()
+            );
+        }
+        self.panic_requests.inc();
+        Some(index)
     }
 
-    /// Whether any backend is up, ignoring what a request tried.
-    pub fn any_up(&self) -> bool {
-        self.backends.iter().any(|b| b.state.is_up())
-    }
-
-    /// Records a failed attempt on backend `index` for passive health.
+    /// Records a failed attempt on backend `index` for passive health. The
+    /// backend is taken out after `max_fails` failures within `fail_timeout`,
+    /// unless it is the last backend of the upstream that is up.
     pub fn record_failure(&self, index: usize) {
         let Some(backend) = self.backends.get(index) else {
             return;
         };
-        if self.passive.max_fails == 0 {
+        let passive = &self.passive;
+        if passive.max_fails == 0
+            || !backend
+                .state
+                .passive
+                .record_failure(passive.max_fails, passive.fail_timeout)
+        {
             return;
         }
-        if backend
-            .state
-            .passive
-            .record_failure(self.passive.max_fails, self.passive.fail_timeout)
-        {
+        let others_up = self
+            .backends
+            .iter()
+            .enumerate()
+            .any(|(i, b)| i != index && b.state.is_up());
+        if !others_up {
             log::warn!(
-                "backend {} of upstream {} failed {} time(s) within {:?}: out for {:?}",
+                "backend {} of upstream {} failed {} time(s) within {:?}; kept in: it is the upstream's last backend that is up",
                 backend.label,
                 self.name,
-                self.passive.max_fails,
-                self.passive.fail_timeout,
-                self.passive.fail_timeout
+                passive.max_fails,
+                passive.fail_timeout
             );
-            backend.state.refresh_healthy_gauge();
+            return;
         }
+        backend.state.passive.take_out(passive.fail_timeout);
+        log::warn!(
+            "backend {} of upstream {} failed {} time(s) within {:?}: out for {:?}",
+            backend.label,
+            self.name,
+            passive.max_fails,
+            passive.fail_timeout,
+            passive.fail_timeout
+        );
+        backend.state.refresh_healthy_gauge();
     }
 
     /// Records a successful answer from backend `index` for passive health.
@@ -236,6 +298,16 @@ impl Upstream {
             backend.state.metrics.check_success.inc();
         } else {
             backend.state.metrics.check_failure.inc();
+        }
+        // A backend that answers its checks is no longer held out for failures
+        // seen on traffic: the check is the fresher news.
+        if ok && backend.state.passive.bring_back() && backend.state.active.is_healthy() {
+            log::warn!(
+                "backend {} of upstream {} is back in: it passed an active check",
+                backend.label,
+                self.name
+            );
+            backend.state.refresh_healthy_gauge();
         }
         let Some(now_healthy) =
             backend

@@ -4,6 +4,7 @@
 //! has passed every check in `validate`, so compiling it into a topology cannot fail
 //! on user input.
 
+pub mod resolve;
 mod schema;
 mod spans;
 pub mod units;
@@ -14,6 +15,9 @@ pub use spans::{Position, Spans};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+/// The topology file read when `-c` is not given.
+pub const DEFAULT_FILE: &str = "/etc/tollgate/tollgate.yaml";
 
 /// One problem in a topology file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +96,7 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
 
 /// Parses and validates topology `source`; `path` is used in error messages only.
 pub fn parse(source: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
-    let config: Config = serde_yaml::from_str(source).map_err(|e| {
+    let mut config: Config = serde_yaml::from_str(source).map_err(|e| {
         let position = e.location().map(|l| Position {
             line: l.line(),
             column: l.column(),
@@ -103,8 +107,10 @@ pub fn parse(source: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
             message: plain_serde_message(&e.to_string()),
         }])
     })?;
+    fill_default_paths(&mut config.server, path);
     let spans = Spans::index(source);
     let mut problems = validate::check(&config);
+    problems.extend(resolve::resolve_backends(&mut config));
     problems.sort_by_key(|(p, _)| {
         let pos = spans.position(p);
         (pos.line, pos.column)
@@ -126,6 +132,18 @@ pub fn parse(source: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
                 })
                 .collect(),
         ))
+    }
+}
+
+/// Gives `server.pid_file` and `server.upgrade_sock` their defaults, which depend
+/// on the file's own path (see `pid_file`).
+fn fill_default_paths(server: &mut ServerConfig, path: &Path) {
+    let (pid_file, upgrade_sock) = crate::pid_file::default_paths(path);
+    if server.pid_file.as_os_str().is_empty() {
+        server.pid_file = pid_file;
+    }
+    if server.upgrade_sock.as_os_str().is_empty() {
+        server.upgrade_sock = upgrade_sock;
     }
 }
 

@@ -42,9 +42,13 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     #[serde(default = "defaults::grace_period", with = "duration_serde")]
     pub grace_period: Duration,
-    #[serde(default = "defaults::pid_file")]
+    /// Where the process id is written; when not set, a path of this topology
+    /// file's own, filled in at load (see `pid_file`).
+    #[serde(default)]
     pub pid_file: PathBuf,
-    #[serde(default = "defaults::upgrade_sock")]
+    /// The socket listening sockets are handed over on during an upgrade; a
+    /// default of the file's own when not set, as `pid_file`.
+    #[serde(default)]
     pub upgrade_sock: PathBuf,
     /// Larger request bodies are refused with 413.
     #[serde(
@@ -253,8 +257,11 @@ pub enum Algorithm {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    #[serde(deserialize_with = "units::socket_addr")]
-    pub address: SocketAddr,
+    /// `IP:port` or `name:port`, as written (see `resolve`).
+    pub address: String,
+    /// What `address` resolved to when the file was loaded.
+    #[serde(skip)]
+    pub resolved: Vec<SocketAddr>,
     #[serde(default = "defaults::weight")]
     pub weight: u32,
 }
@@ -486,17 +493,10 @@ mod duration_serde {
 
 /// Defaults, chosen to be safe in production (every timeout set).
 pub mod defaults {
-    use std::path::PathBuf;
     use std::time::Duration;
 
     pub fn grace_period() -> Duration {
         Duration::from_secs(10)
-    }
-    pub fn pid_file() -> PathBuf {
-        PathBuf::from("/tmp/tollgate.pid")
-    }
-    pub fn upgrade_sock() -> PathBuf {
-        PathBuf::from("/tmp/tollgate-upgrade.sock")
     }
     pub fn retries() -> u32 {
         1

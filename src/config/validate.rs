@@ -277,7 +277,6 @@ fn check_upstream(name: &str, upstream: &UpstreamConfig, problems: &mut Problems
             "an upstream needs at least one backend".into(),
         ));
     }
-    let mut seen = HashSet::new();
     for (i, backend) in upstream.backends.iter().enumerate() {
         if backend.weight == 0 || backend.weight > MAX_WEIGHT {
             problems.push((
@@ -286,12 +285,6 @@ fn check_upstream(name: &str, upstream: &UpstreamConfig, problems: &mut Problems
                     "weight {} is out of range: expected 1 to {MAX_WEIGHT}",
                     backend.weight
                 ),
-            ));
-        }
-        if !seen.insert(backend.address) {
-            problems.push((
-                format!("{at}.backends[{i}].address"),
-                format!("backend {} is listed twice", backend.address),
             ));
         }
     }
