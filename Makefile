@@ -50,7 +50,7 @@ build: deps
 run: build
 	@bash examples/run_demo.sh tollgate
 
-run-gateway: build
+run-gateway: build pydeps
 	@bash examples/run_demo.sh gateway
 
 lint: deps

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts an example topology with its demo backends; Ctrl-C stops everything.
 #   run_demo.sh           config/tollgate.yaml: three app backends on :9001-9003
-#   run_demo.sh gateway   config/gateway.yaml: auth service on :7000, products on :9001-9002
+#   run_demo.sh gateway   config/gateway.yaml: the tutorial's auth service on :7000 and
+#                         product service on :9001-9002 (Flask, from target/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release
@@ -29,13 +30,21 @@ case "$example" in
 Stop a backend (kill the tollgate-demo-backend on :9002) and keep curling: no errors.'
     ;;
   gateway)
-    backend 127.0.0.1:7000 auth --role auth
-    for i in 1 2; do backend "127.0.0.1:900$i" "product-$i"; done
-    try='  TOKEN=$(curl -s -X POST http://127.0.0.1:8080/auth/login \
-      -d '"'"'{"user":"alice","password":"alice-password"}'"'"' | sed '"'"'s/.*"token":"\([^"]*\)".*/\1/'"'"')
-  curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8080/product/42   # backend sees X-User: alice
-  curl -i http://127.0.0.1:8080/product/42                                   # 401
-  curl http://127.0.0.1:8080/product/public/1                                # public, rate limited'
+    python=target/python/bin/python3
+    script() { # name script [flags...]
+      "$python" "examples/gateway/$2" --name "$1" "${@:3}" >/dev/null &
+      pids+=($!)
+    }
+    script auth auth_service.py --listen 127.0.0.1:7000
+    for i in 1 2; do
+      script "product-$i" product_service.py --listen "127.0.0.1:900$i" --auth http://127.0.0.1:7000
+    done
+    try='  TOKEN=$(curl -s -u admin:admin-password -X POST http://127.0.0.1:8080/public/auth/login \
+      | sed '"'"'s/.*"token": *"\([^"]*\)".*/\1/'"'"')
+  curl http://127.0.0.1:8080/public/product/all                                      # public
+  curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8080/protected/product/1/  # admin: 200
+  curl -i http://127.0.0.1:8080/protected/product/1/                                 # 401 {"message": "Unauthorized"}
+  (log in as gues / gues-password for a 403 from the product service)'
     ;;
   *)
     echo "usage: $0 [tollgate|gateway]" >&2

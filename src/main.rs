@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tollgate::config::LoadedConfig;
 use tollgate::pid_file;
 use tollgate::server::{self, StartOptions};
 
@@ -63,44 +64,14 @@ fn main() -> ExitCode {
 
     let loaded = match tollgate::config::load(&cli.conf) {
         Ok(loaded) => loaded,
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!(
-                "tollgate: the topology file {} is not valid",
-                cli.conf.display()
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(errors) => return invalid(&cli, &errors),
     };
     let prepared = match server::prepare(&loaded) {
         Ok(prepared) => prepared,
-        Err(e) => {
-            eprintln!("{e}");
-            eprintln!(
-                "tollgate: the topology file {} is not valid",
-                cli.conf.display()
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(errors) => return invalid(&cli, &errors),
     };
-    if let Some(command) = cli.command {
-        let (signal, verb) = match command {
-            Command::Reload => (libc::SIGHUP, "reload"),
-            Command::Upgrade => (libc::SIGUSR2, "upgrade"),
-        };
-        return match server::signal_running(&loaded, signal) {
-            Ok(pid) => {
-                println!(
-                    "tollgate: asked process {pid} to {verb} ({})",
-                    cli.conf.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("tollgate: cannot {verb}: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(command) = &cli.command {
+        return signal_running(&cli, command, &loaded);
     }
     if cli.test {
         let backends: usize = prepared
@@ -118,36 +89,71 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    serve(&cli, &loaded, prepared)
+}
+
+/// Prints the problems of the topology file; exit status 1.
+fn invalid(cli: &Cli, errors: &tollgate::config::ConfigErrors) -> ExitCode {
+    eprintln!("{errors}");
+    eprintln!(
+        "tollgate: the topology file {} is not valid",
+        cli.conf.display()
+    );
+    ExitCode::FAILURE
+}
+
+/// `reload` and `upgrade`: signals the tollgate running this file.
+fn signal_running(cli: &Cli, command: &Command, loaded: &LoadedConfig) -> ExitCode {
+    let (signal, verb) = match command {
+        Command::Reload => (libc::SIGHUP, "reload"),
+        Command::Upgrade => (libc::SIGUSR2, "upgrade"),
+    };
+    match server::signal_running(loaded, signal) {
+        Ok(pid) => {
+            println!(
+                "tollgate: asked process {pid} to {verb} ({})",
+                cli.conf.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tollgate: cannot {verb}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the server until it stops; the pid file goes with it.
+fn serve(cli: &Cli, loaded: &LoadedConfig, prepared: server::Prepared) -> ExitCode {
+    let server_config = &loaded.config.server;
     if !cli.upgrade {
         if let Err(e) = server::check_listen_addresses(&loaded.config) {
             eprintln!("tollgate: {e}");
             return ExitCode::FAILURE;
         }
     }
+    if let Err(e) = pid_file::prepare_dir(&server_config.upgrade_sock) {
+        eprintln!("tollgate: cannot start: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let options = StartOptions {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
     };
-    match server::build(&loaded, prepared, options) {
-        Ok(server) => {
-            let server_config = &loaded.config.server;
-            if let Err(e) = pid_file::prepare_dir(&server_config.upgrade_sock) {
-                eprintln!("tollgate: cannot start: {e:#}");
-                return ExitCode::FAILURE;
-            }
-            if !cli.daemon {
-                // Daemons get theirs from pingora after the fork.
-                if let Err(e) = pid_file::write(&server_config.pid_file) {
-                    log::warn!("{e:#}; `tollgate reload` will not find this process");
-                }
-            }
-            server.run(pingora::server::RunArgs::default());
-            pid_file::remove_if_ours(&server_config.pid_file);
-            ExitCode::SUCCESS
-        }
+    let server = match server::build(loaded, prepared, options) {
+        Ok(server) => server,
         Err(e) => {
             eprintln!("tollgate: cannot start: {e:#}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
+        }
+    };
+    if !cli.daemon {
+        // Daemons get theirs from pingora after the fork.
+        if let Err(e) = pid_file::write(&server_config.pid_file) {
+            log::warn!("{e:#}; `tollgate reload` will not find this process");
         }
     }
+    server.run(pingora::server::RunArgs::default());
+    pid_file::remove_if_ours(&server_config.pid_file);
+    ExitCode::SUCCESS
 }

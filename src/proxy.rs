@@ -10,7 +10,7 @@
 
 use crate::access_log::{AccessEntry, AccessLog};
 use crate::balance::{InFlightGuard, Tried};
-use crate::config::{ClientTimeoutsConfig, EncodedSlashes, RateKey, UnderscoreHeaders};
+use crate::config::{ClientTimeoutsConfig, EncodedSlashes, ErrorBody, RateKey, UnderscoreHeaders};
 use crate::edge::compression::{BrotliCompressionBuilder, CompressionPolicy};
 use crate::edge::hsts::{Hsts, HstsBuilder};
 use crate::edge::respond::{send_answer, send_error};
@@ -184,6 +184,10 @@ impl Proxy {
                         ])
                         .inc();
                     ctx.own_status = Some(rejection.status);
+                    let rejection = match auth.error_body {
+                        ErrorBody::Json => rejection.into_json(),
+                        ErrorBody::Text => rejection,
+                    };
                     send_rejection(session, &rejection).await?;
                     return Ok(false);
                 }
@@ -239,18 +243,18 @@ impl Proxy {
                     .rate_limited
                     .with_label_values(&[route.label.as_str(), limit.name.as_str()])
                     .inc();
-                ctx.own_status = Some(429);
-                let mut header = ResponseHeader::build(429, Some(7))?;
+                ctx.own_status = Some(limit.status);
+                let mut header = ResponseHeader::build(limit.status, Some(7))?;
                 header.insert_header(http::header::RETRY_AFTER, ceil_secs(retry_after).max(1))?;
                 header.insert_header(RATELIMIT_LIMIT, limit.limit_header.clone())?;
                 header.insert_header(RATELIMIT_REMAINING, 0)?;
                 header.insert_header(RATELIMIT_RESET, ceil_secs(reset))?;
-                send_answer(
-                    session,
-                    header,
-                    Bytes::from_static(b"429 Too Many Requests\n"),
-                )
-                .await?;
+                let body: &'static [u8] = if limit.status == 503 {
+                    b"503 Service Unavailable: too many requests\n"
+                } else {
+                    b"429 Too Many Requests\n"
+                };
+                send_answer(session, header, Bytes::from_static(body)).await?;
                 Ok(false)
             }
         }
@@ -526,8 +530,13 @@ impl ProxyHttp for Proxy {
             RouteAction::Static(files) => {
                 let received = session.req_header().uri.path().to_string();
                 let path = ctx.forward_path.as_deref().unwrap_or(&received);
+                let file_path = match &route.strip_prefix {
+                    Some(prefix) => request_path::strip_prefix(path, prefix),
+                    None => std::borrow::Cow::Borrowed(path),
+                };
                 let compression = self.settings.compression.as_ref();
-                ctx.own_status = Some(files.serve(session, path, compression).await?);
+                let status = files.serve(session, &file_path, path, compression).await?;
+                ctx.own_status = Some(status);
                 Ok(true)
             }
             RouteAction::Proxy { upstream } => {
@@ -866,6 +875,7 @@ impl ProxyHttp for Proxy {
             client: ctx.client_ip,
             method: req.method.as_str(),
             uri: &uri,
+            routed_path: ctx.forward_path.as_deref(),
             version: version_text(req.version),
             host: header(http::header::HOST),
             status,
@@ -876,6 +886,8 @@ impl ProxyHttp for Proxy {
             backend: backend.map_or("-", |b| b.label.as_str()),
             referer: header(http::header::REFERER),
             user_agent: header(http::header::USER_AGENT),
+            request_headers: &req.headers,
+            response_headers: session.response_written().map(|r| &r.headers),
         });
     }
 }

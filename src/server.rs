@@ -50,8 +50,11 @@ pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
     let config = &loaded.config;
     let topology =
         Topology::compile(config, None).map_err(|e| loaded.error_at(&e.node, &e.message))?;
-    let access_log = AccessLog::open(&config.server.access_log, config.server.access_log_format)
-        .map_err(|e| loaded.error_at("server.access_log", &e.to_string()))?;
+    let access_log = AccessLog::open(
+        &config.server.access_log,
+        config.server.access_log_format.clone(),
+    )
+    .map_err(|e| loaded.error_at("server.access_log", &e.to_string()))?;
     let mut tls = Vec::with_capacity(config.server.listeners.len());
     for (i, listener) in config.server.listeners.iter().enumerate() {
         let Some(tls_config) = &listener.tls else {
@@ -156,7 +159,10 @@ pub fn build(
     );
     let mut redirects = Service::new(
         "https redirect".to_string(),
-        HttpServer::new_app(HttpsRedirect::new(listeners.https_port.unwrap_or(443))),
+        HttpServer::new_app(HttpsRedirect::new(
+            listeners.https_port.unwrap_or(443),
+            listeners.redirect_statuses,
+        )),
     );
     redirects.threads = Some(1);
     for (listener, resolver) in config.server.listeners.iter().zip(prepared.tls) {
@@ -248,6 +254,8 @@ struct ListenerRoles {
     /// The port HTTPS redirects point to: the first TLS listener's.
     https_port: Option<u16>,
     any_redirect: bool,
+    /// The status of each redirecting listener, by address.
+    redirect_statuses: HashMap<SocketAddr, http::StatusCode>,
 }
 
 impl ListenerRoles {
@@ -277,6 +285,16 @@ impl ListenerRoles {
                 .find(|l| l.tls.is_some())
                 .map(|l| l.address.port()),
             any_redirect: config.server.listeners.iter().any(|l| l.redirect_https),
+            redirect_statuses: config
+                .server
+                .listeners
+                .iter()
+                .filter(|l| l.redirect_https)
+                .filter_map(|l| {
+                    let status = http::StatusCode::from_u16(l.redirect_status).ok()?;
+                    Some((l.address, status))
+                })
+                .collect(),
         }
     }
 }

@@ -50,6 +50,8 @@ impl CompileError {
 pub struct NamedAuth {
     pub name: String,
     pub policy: AuthPolicy,
+    /// How its rejections read.
+    pub error_body: crate::config::ErrorBody,
 }
 
 /// A rate limit with its name and the RateLimit-Limit value, shared by its routes.
@@ -57,6 +59,8 @@ pub struct NamedRateLimit {
     pub name: String,
     pub limiter: RateLimiter,
     pub limit_header: http::HeaderValue,
+    /// The status of refused requests (429 or 503).
+    pub status: u16,
 }
 
 /// What a matched route does.
@@ -125,11 +129,21 @@ impl Topology {
         for (name, policy_config) in &config.auth {
             let policy = compile_auth(name, policy_config)?;
             identity_headers.extend(policy.identity_headers());
+            let error_body = [
+                policy_config.forward.as_ref().map(|f| f.error_body),
+                policy_config.jwt.as_ref().map(|j| j.error_body),
+                policy_config.api_keys.as_ref().map(|k| k.error_body),
+            ]
+            .into_iter()
+            .flatten()
+            .next()
+            .unwrap_or_default();
             auth.insert(
                 name.as_str(),
                 Arc::new(NamedAuth {
                     name: name.clone(),
                     policy,
+                    error_body,
                 }),
             );
         }
@@ -141,11 +155,12 @@ impl Topology {
             let key = RateKey::parse(&limit_config.key)
                 .map_err(|e| CompileError::at(format!("rate_limits.{name}.key"), e))?;
             let limiter = RateLimiter::new(limit_config, key);
-            let limit_header = http::HeaderValue::from(limiter.burst);
+            let limit_header = http::HeaderValue::from(limiter.capacity);
             let named = NamedRateLimit {
                 name: name.clone(),
                 limiter,
                 limit_header,
+                status: limit_config.status,
             };
             rate_limits.insert(name.as_str(), Arc::new(named));
         }
@@ -348,7 +363,10 @@ fn compile_route(
             label,
             upstream_label: NO_UPSTREAM.to_string(),
             action: RouteAction::Static(Box::new(served)),
-            strip_prefix: None,
+            strip_prefix: config
+                .strip_prefix
+                .then(|| config.matcher.path_prefix.clone())
+                .flatten(),
             encoded_slashes: config.encoded_slashes,
             auth: None,
             rate_limit: None,

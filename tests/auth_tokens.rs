@@ -147,7 +147,7 @@ rate_limits:
   per_subject:
     key: auth_subject
     rate: 1/m
-    burst: 2
+    burst: 1
 ",
         backend = backend.addr,
         jwks = jwks.display(),
@@ -420,7 +420,7 @@ async fn auth_subject_limits_each_key_on_its_own() {
             .header("X-API-Key", key)
             .send()
     };
-    // Same client address, two subjects: each has its own bucket of 2.
+    // Same client address, two subjects: each has its own bucket of 2 (burst: 1).
     for _ in 0..2 {
         assert_eq!(send("k-billing-123").await.unwrap().status(), 200);
     }
@@ -466,4 +466,43 @@ fn unreadable_key_material_is_a_config_error_with_its_line() {
         "{}",
         unset_secret.output
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_exp_is_refused_unless_require_exp_is_off() {
+    let backend = Backend::start("app");
+    let body = format!(
+        "upstreams:\n  app:\n    backends: [{{address: {}}}]\n\
+         auth:\n\
+         \x20 strict:\n    jwt: {{algorithms: [HS256], secret_env: TEST_JWT_SECRET}}\n\
+         \x20 lenient:\n    jwt: {{algorithms: [HS256], secret_env: TEST_JWT_SECRET, require_exp: false}}\n\
+         routes:\n\
+         \x20 - match: {{path_prefix: /strict/}}\n    upstream: app\n    auth: strict\n\
+         \x20 - match: {{path_prefix: /lenient/}}\n    upstream: app\n    auth: lenient\n",
+        backend.addr
+    );
+    let tollgate = Tollgate::start_with_env(&body, &[("TEST_JWT_SECRET", HMAC_SECRET)]).await;
+    let hmac = EncodingKey::from_secret(HMAC_SECRET.as_bytes());
+    let forever = token(Algorithm::HS256, None, &json!({"sub": "svc"}), &hmac);
+    let response = reqwest::Client::new()
+        .get(tollgate.url("/strict/x"))
+        .bearer_auth(&forever)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("no `exp` claim") && text.contains("require_exp"),
+        "{text}"
+    );
+    assert_eq!(call(&tollgate, "/lenient/x", &forever).await.0, 200);
+    // An expired token is refused whatever the setting.
+    let expired = token(
+        Algorithm::HS256,
+        None,
+        &json!({"sub": "svc", "exp": now() - 3600}),
+        &hmac,
+    );
+    assert_eq!(call(&tollgate, "/lenient/x", &expired).await.0, 401);
 }

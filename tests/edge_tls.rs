@@ -34,6 +34,8 @@ fn certificate(
 struct Edge {
     tollgate: Tollgate,
     https: SocketAddr,
+    /// A second plain listener, redirecting with 301.
+    http_301: SocketAddr,
     _backend: Backend,
     roots: Vec<String>,
 }
@@ -46,12 +48,16 @@ async fn edge(http2: bool) -> Edge {
     let backend = Backend::start("app");
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let http_301: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = format!(
         "server:
   listeners:
     - address: {http}
       redirect_https: true
+    - address: {http_301}
+      redirect_https: true
+      redirect_status: 301
     - address: {https}
       tls:
         certificates:
@@ -83,9 +89,11 @@ routes:
     // service and may start listening a moment later.
     let tollgate = Tollgate::launch(dir, &config, http, metrics, &[]).await;
     tollgate.wait_listening(https).await;
+    tollgate.wait_listening(http_301).await;
     Edge {
         tollgate,
         https,
+        http_301,
         _backend: backend,
         roots: vec![a.2, b.2, c.2],
     }
@@ -203,6 +211,18 @@ async fn plain_listener_redirects_to_https_keeping_path_and_query() {
     assert_eq!(
         response.headers()["location"],
         format!("https://shop.example.com:{}/a/b?c=d&e", edge.https.port()).as_str()
+    );
+    // The listener's own status (redirect_status), as nginx `return 301` users expect.
+    let response = client
+        .get(format!("http://{}/a", edge.http_301))
+        .header("Host", "shop.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 301);
+    assert_eq!(
+        response.headers()["location"],
+        format!("https://shop.example.com:{}/a", edge.https.port()).as_str()
     );
     // A route's own redirect.
     let response = reqwest::Client::builder()

@@ -1,29 +1,34 @@
-//! The API gateway: forward auth against a real auth service (config/gateway.yaml
-//! itself, with test ports), identity headers clients cannot forge, fail-closed
-//! behaviour, and rate limits.
+//! The API gateway of the tutorial set-up tollgate replaces nginx in:
+//! config/gateway.yaml itself (with test ports) in front of the tutorial's own
+//! services, run for real (examples/gateway: Flask, an auth service issuing HS256
+//! tokens and two product-service replicas that trust X-Auth-User/X-Auth-Role).
 
 mod common;
 
 use common::*;
 use serde_json::Value;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 struct Gateway {
     tollgate: Tollgate,
     auth: Backend,
-    _products: [Backend; 2],
+    products: [Backend; 2],
 }
 
 /// config/gateway.yaml with its addresses moved to ports this test picked, and
 /// `edit` applied to the text.
 async fn gateway_with(auth_args: &[&str], edit: impl Fn(String) -> String) -> Gateway {
-    let auth = Backend::start_with(
-        "auth",
-        "127.0.0.1:0",
-        &[&["--role", "auth"], auth_args].concat(),
-    );
-    let products = [Backend::start("product-1"), Backend::start("product-2")];
+    let auth = Backend::start_script("auth", "examples/gateway/auth_service.py", auth_args);
+    let auth_url = format!("http://{}", auth.addr);
+    let product = |name: &str| {
+        Backend::start_script(
+            name,
+            "examples/gateway/product_service.py",
+            &["--name", name, "--auth", &auth_url],
+        )
+    };
+    let products = [product("product-1"), product("product-2")];
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.yaml"))
@@ -38,7 +43,7 @@ async fn gateway_with(auth_args: &[&str], edit: impl Fn(String) -> String) -> Ga
     Gateway {
         tollgate,
         auth,
-        _products: products,
+        products,
     }
 }
 
@@ -46,10 +51,11 @@ async fn gateway() -> Gateway {
     gateway_with(&[], |t| t).await
 }
 
+/// `POST /public/auth/login` with Basic credentials, through the gateway.
 async fn login(gw: &Gateway, user: &str, password: &str) -> String {
     let answer: Value = reqwest::Client::new()
-        .post(gw.tollgate.url("/auth/login"))
-        .body(format!(r#"{{"user":"{user}","password":"{password}"}}"#))
+        .post(gw.tollgate.url("/public/auth/login"))
+        .basic_auth(user, Some(password))
         .send()
         .await
         .unwrap()
@@ -59,341 +65,226 @@ async fn login(gw: &Gateway, user: &str, password: &str) -> String {
     answer["token"].as_str().expect("a token").to_string()
 }
 
-/// Requests sent to the product backends so far.
-async fn product_requests(gw: &Gateway) -> f64 {
-    gw.tollgate
-        .metrics()
-        .await
-        .lines()
-        .filter(|l| {
-            l.starts_with("tollgate_upstream_requests_total{")
-                && l.contains("upstream=\"products\"")
-        })
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_then_call_a_protected_route_as_that_user() {
-    let gw = gateway().await;
-    let token = login(&gw, "alice", "alice-password").await;
-    let client = reqwest::Client::new();
-    let response = client
-        .get(gw.tollgate.url("/product/42"))
-        .bearer_auth(&token)
-        .header("X-User", "mallory")
-        .header("X-Permissions", "admin")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["ratelimit-limit"], "40");
-    let seen: Value = response.json().await.unwrap();
-    assert_eq!(
-        seen["headers"]["x-user"], "alice",
-        "identity comes from the auth service only"
-    );
-    assert_eq!(
-        seen["headers"]["x-permissions"],
-        "products:read,products:write"
-    );
-    assert_eq!(seen["uri"], "/product/42");
-
-    let bob = login(&gw, "bob", "bob-password").await;
-    let seen: Value = client
-        .get(gw.tollgate.url("/product/7"))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(seen["headers"]["x-user"], "bob");
-    assert_eq!(seen["headers"]["x-permissions"], "products:read");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_or_invalid_token_is_401_and_reaches_no_backend() {
-    let gw = gateway().await;
-    let client = reqwest::Client::new();
-    let before = product_requests(&gw).await;
-    for token in [None, Some("not-a-token")] {
-        let mut request = client.get(gw.tollgate.url("/product/42"));
-        if let Some(t) = token {
-            request = request.bearer_auth(t);
-        }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status(), 401);
-        assert_eq!(response.headers()["www-authenticate"], "Bearer");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(
-            body["error"], "invalid or missing token",
-            "the auth service's body is passed on"
-        );
+/// GETs `path` with `token` (when given) and `headers`: (status, JSON body).
+async fn call(
+    gw: &Gateway,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new().get(gw.tollgate.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
     }
-    assert_eq!(product_requests(&gw).await, before);
-    assert_eq!(
-        gw.tollgate
-            .metric(
-                "tollgate_auth_rejections_total",
-                &[
-                    ("route", "products"),
-                    ("policy", "users"),
-                    ("reason", "denied")
-                ]
-            )
-            .await,
-        Some(2.0)
-    );
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn rejections(gw: &Gateway, reason: &str) -> Option<f64> {
+    gw.tollgate
+        .metric(
+            "tollgate_auth_rejections_total",
+            &[
+                ("route", "protected"),
+                ("policy", "users"),
+                ("reason", reason),
+            ],
+        )
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_identity_headers_never_reach_a_backend() {
+async fn the_tutorial_flow_through_the_gateway() {
     let gw = gateway().await;
-    let seen: Value = reqwest::Client::new()
-        .get(gw.tollgate.url("/product/public/1"))
-        .header("X-User", "admin")
-        .header("x-permissions", "everything")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(seen["headers"].get("x-user").is_none(), "{seen}");
-    assert!(seen["headers"].get("x-permissions").is_none(), "{seen}");
+    let admin = login(&gw, "admin", "admin-password").await;
+    let gues = login(&gw, "gues", "gues-password").await;
+
+    let (status, list) = call(&gw, "/public/product/all", None, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["products"].as_array().map(Vec::len), Some(3));
+
+    // admin: the service sees who the auth service says the token is.
+    let (status, product) = call(&gw, "/protected/product/1/", Some(&admin), &[]).await;
+    assert_eq!(status, 200, "{product}");
+    assert_eq!(
+        (product["user"].as_str(), product["role"].as_str()),
+        (Some("admin"), Some("admin"))
+    );
+
+    // gues: authenticated, but the service's own authorization says no.
+    let (status, answer) = call(&gw, "/protected/product/1/", Some(&gues), &[]).await;
+    assert_eq!(
+        (status, &answer["message"]),
+        (403, &Value::from("Forbidden"))
+    );
+
+    // No token: 401 from tollgate itself, without asking the auth service.
+    let (status, answer) = call(&gw, "/protected/product/1/", None, &[]).await;
+    assert_eq!(
+        (status, &answer),
+        (401, &serde_json::json!({"message": "Unauthorized"}))
+    );
+    assert!(
+        gw.tollgate
+            .metric_reaches(
+                "tollgate_auth_rejections_total",
+                &[("policy", "users"), ("reason", "missing_credentials")],
+                1.0
+            )
+            .await
+    );
+    // A bad token: the auth service's 400 means 401.
+    let (status, answer) = call(&gw, "/protected/product/1/", Some("not-a-token"), &[]).await;
+    assert_eq!(
+        (status, &answer),
+        (401, &serde_json::json!({"message": "Unauthorized"}))
+    );
+    assert_eq!(rejections(&gw, "denied").await, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_from_clients_are_never_believed() {
+    let gw = gateway().await;
+    let gues = login(&gw, "gues", "gues-password").await;
+    for forged in [
+        [("X-Auth-User", "admin"), ("X-Auth-Role", "admin")],
+        [("X_Auth_User", "admin"), ("X_Auth_Role", "admin")],
+    ] {
+        let (status, _) = call(&gw, "/protected/product/1/", Some(&gues), &forged).await;
+        assert_eq!(
+            status, 403,
+            "{forged:?} stood in for the gateway's identity"
+        );
+        let (status, _) = call(&gw, "/protected/product/1/", None, &forged).await;
+        assert_eq!(status, 401);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_401() {
+    let gw = gateway_with(&["--token-ttl", "1"], |t| t.replace("      cache: 10s", "")).await;
+    let admin = login(&gw, "admin", "admin-password").await;
+    assert_eq!(
+        call(&gw, "/protected/product/1/", Some(&admin), &[])
+            .await
+            .0,
+        200
+    );
+    // PyJWT checks exp to the second.
+    let expired = wait_until(Duration::from_secs(5), || async {
+        call(&gw, "/protected/product/1/", Some(&admin), &[])
+            .await
+            .0
+            == 401
+    })
+    .await;
+    assert!(expired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_traffic_fails_no_request() {
+    // A limit far above what the load sends: this is about failover.
+    let mut gw = gateway_with(&[], |t| t.replace("rate: 10/s", "rate: 100000/s")).await;
+    let load = SteadyLoad::start(gw.tollgate.url("/public/product/all"), 4);
+    let both = wait_until(Duration::from_secs(5), || async {
+        let seen = load.last_backends(20);
+        seen.iter().any(|b| b == "product-1") && seen.iter().any(|b| b == "product-2")
+    })
+    .await;
+    assert!(both, "both replicas should serve");
+    gw.products[0].kill();
+    let moved = wait_until(Duration::from_secs(5), || async {
+        let seen = load.last_backends(20);
+        seen.len() == 20 && seen.iter().all(|b| b == "product-2")
+    })
+    .await;
+    assert!(moved, "traffic should move to product-2");
+    let more = wait_until(Duration::from_secs(10), || async {
+        load.last_backends(200).len() == 200
+    })
+    .await;
+    assert!(more);
+    load.stop().await.assert_no_failure(200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_auth_service_is_served_at_once() {
+    let mut gw = gateway().await;
+    gw.auth.kill();
+    let client = reqwest::Client::new();
+    let login = || {
+        client
+            .post(gw.tollgate.url("/public/auth/login"))
+            .basic_auth("admin", Some("admin-password"))
+            .send()
+    };
+    assert_eq!(login().await.unwrap().status(), 502);
+    gw.auth.restart();
+    // Its only backend was never taken out: no wait for fail_timeout.
+    let asked = Instant::now();
+    assert_eq!(login().await.unwrap().status(), 200);
+    assert!(asked.elapsed() < Duration::from_secs(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_service_down_slow_or_wrong_means_503() {
     let mut gw = gateway().await;
-    let client = reqwest::Client::new();
-    let token = login(&gw, "alice", "alice-password").await;
-    let call = |token: String| {
-        client
-            .get(gw.tollgate.url("/product/1"))
-            .bearer_auth(token)
-            .send()
-    };
-    assert_eq!(call(token.clone()).await.unwrap().status(), 200);
+    let admin = login(&gw, "admin", "admin-password").await;
+    // Both replicas learn the admin role's permissions while the service is up.
+    for _ in 0..2 {
+        let (status, _) = call(&gw, "/protected/product/1/", Some(&admin), &[]).await;
+        assert_eq!(status, 200);
+    }
     gw.auth.kill();
     // gateway.yaml caches positive answers for 10s: the known token still passes...
     assert_eq!(
-        call(token.clone()).await.unwrap().status(),
-        200,
-        "cached answer not used"
+        call(&gw, "/protected/product/2/", Some(&admin), &[])
+            .await
+            .0,
+        200
     );
     // ...but nothing else does while the auth service is down.
-    let response = call("some-token".to_string()).await.unwrap();
-    assert_eq!(response.status(), 503);
+    let (status, answer) = call(&gw, "/protected/product/1/", Some("another-token"), &[]).await;
+    assert_eq!(
+        (status, &answer["message"]),
+        (503, &Value::from("Service Unavailable"))
+    );
 
-    let slow = gateway_with(&["--delay", "2000"], |t| {
-        t.replace("      timeout: 1s\n", "      timeout: 300ms\n")
+    // An answer that is neither 2xx nor a refusal (the service's 404 for an
+    // endpoint it lacks) does not let the request pass either.
+    let wrong = gateway_with(&[], |t| t.replace("/token/info", "/no-such-endpoint")).await;
+    assert_eq!(
+        call(&wrong, "/protected/product/1/", Some("x"), &[])
+            .await
+            .0,
+        503
+    );
+    assert_eq!(rejections(&wrong, "unavailable").await, Some(1.0));
+
+    // An auth service that does not answer in time: 503 after `timeout`.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    // (It accepts connections and never answers.)
+    let slow = gateway_with(&[], move |t| {
+        let auth_line = t.lines().find(|l| l.contains("url: http://")).unwrap();
+        let url = format!("      url: http://{silent_addr}/public/auth/token/info");
+        t.replace(auth_line, &url)
+            .replace("      timeout: 1s\n", "      timeout: 300ms\n")
     })
     .await;
     let asked = Instant::now();
-    let response = client
-        .get(slow.tollgate.url("/product/1"))
-        .bearer_auth("some-token")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 503);
+    assert_eq!(
+        call(&slow, "/protected/product/1/", Some("x"), &[]).await.0,
+        503
+    );
     assert!(
         asked.elapsed() < Duration::from_millis(1500),
         "auth timeout not applied: {:?}",
         asked.elapsed()
     );
-
-    // An answer other than 2xx/401/403 (here the auth service's 404 for an
-    // endpoint it lacks) does not let the request pass either.
-    let wrong = gateway_with(&[], |t| t.replace("/token-info", "/no-such-endpoint")).await;
-    let response = client
-        .get(wrong.tollgate.url("/product/1"))
-        .bearer_auth("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 503);
-    assert_eq!(
-        wrong
-            .tollgate
-            .metric(
-                "tollgate_auth_rejections_total",
-                &[("policy", "users"), ("reason", "unavailable")]
-            )
-            .await,
-        Some(1.0)
-    );
-}
-
-fn limited_topology(backend: &Backend) -> String {
-    format!(
-        "upstreams:
-  app:
-    backends: [{{address: {}}}]
-rate_limits:
-  tight:
-    key: client_ip
-    rate: 2/s
-    burst: 5
-routes:
-  - name: limited
-    match: {{path_prefix: /}}
-    upstream: app
-    rate_limit: tight
-",
-        backend.addr
-    )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn burst_then_429_per_client_until_the_bucket_refills() {
-    let backend = Backend::start("app");
-    let tollgate = Tollgate::start(&limited_topology(&backend)).await;
-    let from = |ip: [u8; 4]| {
-        reqwest::Client::builder()
-            .local_address(IpAddr::from(ip))
-            .build()
-            .unwrap()
-    };
-    let greedy = from([127, 0, 0, 8]);
-    for i in 0..5 {
-        let r = greedy.get(tollgate.url("/")).send().await.unwrap();
-        assert_eq!(r.status(), 200, "request {i} of the burst");
-        assert_eq!(r.headers()["ratelimit-remaining"], (4 - i).to_string());
-    }
-    let refused = greedy.get(tollgate.url("/")).send().await.unwrap();
-    assert_eq!(refused.status(), 429);
-    let h = refused.headers();
-    assert_eq!(h["retry-after"], "1");
-    assert_eq!(h["ratelimit-limit"], "5");
-    assert_eq!(h["ratelimit-remaining"], "0");
-    assert!(
-        h["ratelimit-reset"]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= 2
-    );
-
-    // Another client has its own bucket.
-    assert_eq!(
-        from([127, 0, 0, 9])
-            .get(tollgate.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-
-    // Refused requests reach no backend, and are counted.
-    let sent = tollgate
-        .metric_reaches(
-            "tollgate_upstream_requests_total",
-            &[("upstream", "app"), ("code", "200")],
-            6.0,
-        )
-        .await;
-    assert!(
-        sent,
-        "the backend did not get exactly the 6 admitted requests"
-    );
-    assert_eq!(
-        tollgate
-            .metric(
-                "tollgate_rate_limited_total",
-                &[("route", "limited"), ("policy", "tight")]
-            )
-            .await,
-        Some(1.0)
-    );
-
-    // After the refill time (one request per 500 ms) the client passes again.
-    let again = wait_until(Duration::from_secs(3), || async {
-        greedy
-            .get(tollgate.url("/"))
-            .send()
-            .await
-            .map(|r| r.status() == 200)
-            .unwrap_or(false)
-    })
-    .await;
-    assert!(again, "never passed again after the refill time");
-}
-
-/// Sends one request per key in `keys` over `connections` keep-alive connections;
-/// returns how many were refused with 429.
-async fn spray_keys(tollgate: &Tollgate, keys: std::ops::Range<u32>, connections: u32) -> usize {
-    let mut tasks = Vec::new();
-    for c in 0..connections {
-        let url = tollgate.url("/limited");
-        let keys = keys.clone();
-        tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut refused = 0;
-            for key in keys.filter(|k| k % connections == c) {
-                let status = client
-                    .get(&url)
-                    .header("X-Client", format!("client-{key}"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status();
-                refused += usize::from(status == 429);
-            }
-            refused
-        }));
-    }
-    let mut refused = 0;
-    for t in tasks {
-        refused += t.await.unwrap();
-    }
-    refused
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_thousand_distinct_keys_leave_memory_bounded() {
-    let tollgate = Tollgate::start(
-        "rate_limits:
-  per_key:
-    key: header:X-Client
-    rate: 1/m
-    burst: 1
-routes:
-  - match: {path: /limited}
-    respond: {status: 200, body: ok}
-    rate_limit: per_key
-",
-    )
-    .await;
-    let rss = || async {
-        tollgate
-            .metric("process_resident_memory_bytes", &[])
-            .await
-            .unwrap()
-    };
-    // Warm up: buffers, connections and allocator pools reach their working size.
-    assert_eq!(spray_keys(&tollgate, 0..20_000, 8).await, 0);
-    let warm = rss().await;
-    let started = Instant::now();
-    // Every key is new: none is refused, and the table does not grow.
-    assert_eq!(spray_keys(&tollgate, 20_000..200_000, 8).await, 0);
-    let after = rss().await;
-    let grown = (after - warm) / 1_048_576.0;
-    eprintln!(
-        "180,000 new keys in {:?}: RSS {:.1} MiB -> {:.1} MiB",
-        started.elapsed(),
-        warm / 1_048_576.0,
-        after / 1_048_576.0
-    );
-    assert!(
-        grown < 8.0,
-        "RSS grew by {grown:.1} MiB over 180,000 new keys"
-    );
-    // The limiter remembers recent keys: a key seen just now is refused.
-    assert_eq!(spray_keys(&tollgate, 199_990..200_000, 1).await, 10);
+    drop(silent);
 }

@@ -109,7 +109,7 @@ rate_limits:
   tight:
     key: client_ip
     rate: 1/m
-    burst: 1
+    burst: 0
 routes:
   - name: api
     match: {{path_prefix: /}}

@@ -231,3 +231,46 @@ async fn access_log_writes_one_json_line_per_request() {
         assert!(line["bytes_sent"].as_u64().unwrap() > 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_takes_a_format_of_nginx_variables() {
+    let a = Backend::start("a");
+    let dir = temp_dir("log-format");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        "server:\n  listeners:\n    - address: {addr}\n  metrics: {metrics}\n  access_log: {log}\n\
+         \x20 access_log_format: '$remote_addr - $remote_user \"$request\" $status $body_bytes_sent \"$http_x_forwarded_for\" $upstream_addr $sent_http_x_backend'\n\
+         upstreams:\n  app:\n    backends: [{{address: {backend}}}]\n\
+         routes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
+        log = dir.join("access.log").display(),
+        backend = a.addr
+    );
+    let tollgate = Tollgate::launch(dir, &config, addr, metrics, &[]).await;
+    reqwest::Client::new()
+        .get(tollgate.url("/x?y=1"))
+        .header("X-Forwarded-For", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    let written = wait_until(std::time::Duration::from_secs(5), || async {
+        tollgate.access_log().lines().count() == 1
+    })
+    .await;
+    assert!(written);
+    assert_eq!(
+        tollgate.access_log(),
+        format!(
+            "127.0.0.1 - - \"GET /x?y=1 HTTP/1.1\" 200 {} \"203.0.113.9\" {} a\n",
+            tollgate.access_log().split(' ').nth(7).unwrap(),
+            a.addr
+        )
+    );
+    let bad = check_topology(&config.replace("$upstream_addr", "$upstream_adr"));
+    assert!(!bad.ok);
+    assert!(
+        bad.output.contains("unknown variable `$upstream_adr`"),
+        "{}",
+        bad.output
+    );
+}

@@ -165,7 +165,7 @@ async fn gateway(server_extra: &str) -> (Tollgate, Vec<Backend>) {
          \x20 users:\n\
          \x20   jwt: {{algorithms: [HS256], secret_env: PATH_TEST_SECRET, claims_to_headers: {{sub: X-Auth-User}}}}\n\
          rate_limits:\n\
-         \x20 two: {{key: global, rate: 1/m, burst: 2}}\n\
+         \x20 two: {{key: global, rate: 1/m, burst: 1}}\n\
          routes:\n{routes}",
         flask.addr, wsgiref.addr, starlette.addr
     );
@@ -481,7 +481,7 @@ async fn forward_auth_is_asked_about_the_path_the_backend_gets() {
         tollgate.addr,
         "GET",
         "/public/%2e%2e/%70rotected//a%7e?q=%2F",
-        &[("Host", "any")],
+        &[("Host", "any"), ("Authorization", "Bearer t")],
     );
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.field("path"), Some("/protected/a~"));

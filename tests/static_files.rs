@@ -33,6 +33,9 @@ async fn site() -> Site {
         "routes:
   - match: {{path_prefix: /poster/}}
     static: {{root: {root}}}
+  - match: {{path_prefix: /images/}}
+    static: {{root: {root}/poster}}
+    strip_prefix: true
   - match: {{path_prefix: /}}
     static: {{root: {root}, not_found_page: /missing.html}}
 ",
@@ -189,6 +192,36 @@ async fn directories_index_and_missing_files() {
         .await
         .unwrap();
     assert_eq!(post.status(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strip_prefix_serves_a_directory_as_nginx_alias_does() {
+    let site = site().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // /images/a.jpg is ROOT/poster/a.jpg: the prefix is not looked for on disk.
+    let image = client
+        .get(site.tollgate.url("/images/a.jpg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(image.status(), 200);
+    assert_eq!(image.bytes().await.unwrap(), site.poster);
+    for outside in [
+        "/images/../.env",
+        "/images/%2e%2e/.env",
+        "/images/escape.txt",
+    ] {
+        let status = client
+            .get(site.tollgate.url(outside))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status == 404 || status == 400, "{outside}: {status}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

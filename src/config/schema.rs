@@ -144,9 +144,12 @@ pub struct CompressionConfig {
 pub struct ListenerConfig {
     #[serde(deserialize_with = "units::socket_addr")]
     pub address: SocketAddr,
-    /// Answer every request with a 308 to the same URL on the TLS listener.
+    /// Answer every request with a redirect to the same URL on the TLS listener.
     #[serde(default)]
     pub redirect_https: bool,
+    /// The status of those redirects: 301, 302, 307 or 308 (default).
+    #[serde(default = "defaults::redirect_status")]
+    pub redirect_status: u16,
     /// Terminate TLS on this listener.
     pub tls: Option<ListenerTlsConfig>,
 }
@@ -209,12 +212,30 @@ impl<'de> Deserialize<'de> for AccessLogTarget {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// How access log lines read: `json`, `combined` (nginx's), or a format of
+/// nginx variables (`'$remote_addr "$request" $status $http_x_forwarded_for'`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum AccessLogFormat {
     Json,
     #[default]
     Combined,
+    Custom(Box<crate::access_log::template::Template>),
+}
+
+impl<'de> Deserialize<'de> for AccessLogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(de)?;
+        match text.as_str() {
+            "json" => Ok(AccessLogFormat::Json),
+            "combined" => Ok(AccessLogFormat::Combined),
+            format if format.contains('$') => crate::access_log::template::Template::parse(format)
+                .map(|t| AccessLogFormat::Custom(Box::new(t)))
+                .map_err(serde::de::Error::custom),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown access log format `{other}`: expected json, combined, or a format with $variables"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -387,16 +408,47 @@ pub struct ForwardAuthConfig {
     pub url: String,
     #[serde(default = "defaults::auth_timeout", with = "duration_serde")]
     pub timeout: Duration,
+    /// The bearer token of the client's Authorization goes in this query
+    /// parameter of `url` instead of an Authorization header.
+    pub token_query: Option<String>,
+    /// Client request headers passed on to the auth service (Authorization is,
+    /// unless `token_query` is set).
+    #[serde(default)]
+    pub pass_headers: Vec<String>,
     /// Headers copied from the auth service's 2xx answer into the upstream request.
     #[serde(default)]
     pub copy_headers: Vec<String>,
-    /// How long a positive answer is reused for the same Authorization value;
-    /// no caching when absent.
+    /// Headers of the upstream request taken from the JSON body of a 2xx answer:
+    /// header -> claim (`user.name` reaches into objects).
+    #[serde(default, deserialize_with = "units::ordered_map")]
+    pub identity_from_json: Vec<(String, String)>,
+    /// Statuses of the auth service that mean 401 to the client.
+    #[serde(default = "defaults::unauthorized_statuses")]
+    pub unauthorized_statuses: Vec<u16>,
+    /// Statuses of the auth service that mean 403 to the client.
+    #[serde(default = "defaults::forbidden_statuses")]
+    pub forbidden_statuses: Vec<u16>,
+    /// How the policy's 401/403/503 answers read.
+    #[serde(default)]
+    pub error_body: ErrorBody,
+    /// How long a positive answer is reused for the same credentials; no
+    /// caching when absent.
     #[serde(default, deserialize_with = "units::opt_duration")]
     pub cache: Option<Duration>,
     /// Most answers kept in the cache.
     #[serde(default = "defaults::auth_cache_entries")]
     pub cache_entries: usize,
+}
+
+/// The body of an auth policy's rejections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorBody {
+    /// Plain text (a forward policy passes on the auth service's own body).
+    #[default]
+    Text,
+    /// `{"message": "Unauthorized"}` (`Forbidden`, `Service Unavailable`).
+    Json,
 }
 
 /// Check JSON Web Tokens from `Authorization: Bearer`.
@@ -419,6 +471,11 @@ pub struct JwtConfig {
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(default = "defaults::jwt_leeway", with = "duration_serde")]
     pub leeway: Duration,
+    /// Refuse tokens without an `exp` claim (default): they would never expire.
+    #[serde(default = "defaults::yes")]
+    pub require_exp: bool,
+    #[serde(default)]
+    pub error_body: ErrorBody,
 }
 
 /// Accept requests that carry one of a list of keys.
@@ -431,6 +488,8 @@ pub struct ApiKeysConfig {
     /// One key per line; `#` starts a comment; `name: key` names a key (the
     /// name becomes the request's `auth_subject`).
     pub keys_file: PathBuf,
+    #[serde(default)]
+    pub error_body: ErrorBody,
 }
 
 #[derive(Debug, Deserialize)]
@@ -440,8 +499,12 @@ pub struct RateLimitConfig {
     pub key: String,
     #[serde(deserialize_with = "units::rate")]
     pub rate: units::Rate,
-    /// Requests allowed at once above the steady rate: the bucket's size.
+    /// Requests allowed at once above the steady rate, as nginx `burst=`: the
+    /// bucket holds `burst + 1`.
     pub burst: u32,
+    /// The status of a refused request: 429 (default) or 503 (nginx's default).
+    #[serde(default = "defaults::rate_limited_status")]
+    pub status: u16,
 }
 
 #[derive(Debug, Deserialize)]
@@ -548,6 +611,18 @@ pub mod defaults {
     }
     pub fn verify() -> bool {
         true
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn rate_limited_status() -> u16 {
+        429
+    }
+    pub fn unauthorized_statuses() -> Vec<u16> {
+        vec![401]
+    }
+    pub fn forbidden_statuses() -> Vec<u16> {
+        vec![403]
     }
     pub fn max_request_body() -> u64 {
         10 << 20

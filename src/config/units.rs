@@ -158,6 +158,28 @@ pub fn ip_nets<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<ipnet::IpNet>, D:
         .collect()
 }
 
+/// serde adapter: a map of text to text, in the order the file writes it.
+pub fn ordered_map<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<(String, String)>, D::Error> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of names to names, e.g. `{X-Auth-User: username}`")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut entries = Vec::new();
+            while let Some(entry) = map.next_entry::<String, String>()? {
+                entries.push(entry);
+            }
+            Ok(entries)
+        }
+    }
+    de.deserialize_map(Entries)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,10 +23,13 @@ pub fn check(config: &Config) -> Problems {
         if let Err(e) = RateKey::parse(&limit.key) {
             problems.push((format!("rate_limits.{name}.key"), e));
         }
-        if limit.burst == 0 {
+        if ![429, 503].contains(&limit.status) {
             problems.push((
-                format!("rate_limits.{name}.burst"),
-                "must be at least 1: it is the bucket's size".into(),
+                format!("rate_limits.{name}.status"),
+                format!(
+                    "{} is not a rate-limit status: expected 429 or 503",
+                    limit.status
+                ),
             ));
         }
         check_name(
@@ -76,6 +79,101 @@ fn check_identity_header(at: String, name: &str, problems: &mut Problems) {
     }
 }
 
+fn check_forward_auth(fat: &str, forward: &ForwardAuthConfig, problems: &mut Problems) {
+    let uri_ok = forward.url.parse::<http::Uri>().ok().is_some_and(|u| {
+        matches!(u.scheme_str(), Some("http") | Some("https")) && u.authority().is_some()
+    });
+    if !uri_ok {
+        problems.push((
+            format!("{fat}.url"),
+            format!(
+                "invalid url `{}`: expected http://host:port/path",
+                forward.url
+            ),
+        ));
+    }
+    if forward.timeout.is_zero() {
+        problems.push((format!("{fat}.timeout"), "must be more than 0".into()));
+    }
+    if let Some(name) = &forward.token_query {
+        let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+        if name.is_empty() || !name.bytes().all(plain) {
+            problems.push((
+                format!("{fat}.token_query"),
+                format!(
+                    "invalid query parameter name `{name}`: use letters, digits, `_`, `-`, `.`"
+                ),
+            ));
+        }
+    }
+    for (i, header) in forward.pass_headers.iter().enumerate() {
+        match http::HeaderName::from_bytes(header.as_bytes()) {
+            Err(_) => problems.push((
+                format!("{fat}.pass_headers[{i}]"),
+                format!("invalid header name `{header}`"),
+            )),
+            Ok(h) if h == http::header::AUTHORIZATION || h == http::header::HOST => {
+                problems.push((
+                    format!("{fat}.pass_headers[{i}]"),
+                    format!("`{header}` is sent already (Host as X-Forwarded-Host)"),
+                ))
+            }
+            Ok(_) => {}
+        }
+    }
+    for (i, header) in forward.copy_headers.iter().enumerate() {
+        check_identity_header(format!("{fat}.copy_headers[{i}]"), header, problems);
+    }
+    for (header, claim) in &forward.identity_from_json {
+        check_identity_header(format!("{fat}.identity_from_json"), header, problems);
+        if claim.is_empty() {
+            problems.push((
+                format!("{fat}.identity_from_json.{header}"),
+                "name the claim of the JSON answer this header takes".into(),
+            ));
+        }
+    }
+    check_auth_statuses(fat, forward, problems);
+    if forward.cache.is_some_and(|c| c.is_zero()) {
+        problems.push((
+            format!("{fat}.cache"),
+            "must be more than 0, or left out for no cache".into(),
+        ));
+    }
+    if forward.cache_entries == 0 {
+        problems.push((format!("{fat}.cache_entries"), "must be at least 1".into()));
+    }
+}
+
+/// `unauthorized_statuses` and `forbidden_statuses`: refusals, each in one list.
+fn check_auth_statuses(fat: &str, forward: &ForwardAuthConfig, problems: &mut Problems) {
+    for (key, statuses) in [
+        ("unauthorized_statuses", &forward.unauthorized_statuses),
+        ("forbidden_statuses", &forward.forbidden_statuses),
+    ] {
+        for (i, status) in statuses.iter().enumerate() {
+            if !(300..=599).contains(status) {
+                problems.push((
+                    format!("{fat}.{key}[{i}]"),
+                    format!(
+                        "{status} is not a refusal: expected 300 to 599 (2xx lets requests pass)"
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(both) = forward
+        .unauthorized_statuses
+        .iter()
+        .find(|s| forward.forbidden_statuses.contains(s))
+    {
+        problems.push((
+            format!("{fat}.forbidden_statuses"),
+            format!("{both} is listed in unauthorized_statuses too"),
+        ));
+    }
+}
+
 fn check_auth_policy(name: &str, policy: &AuthPolicyConfig, problems: &mut Problems) {
     let at = format!("auth.{name}");
     check_name(&at, name, "auth policy", problems);
@@ -89,34 +187,7 @@ fn check_auth_policy(name: &str, policy: &AuthPolicyConfig, problems: &mut Probl
         ));
     }
     if let Some(forward) = &policy.forward {
-        let fat = format!("{at}.forward");
-        let uri_ok = forward.url.parse::<http::Uri>().ok().is_some_and(|u| {
-            matches!(u.scheme_str(), Some("http") | Some("https")) && u.authority().is_some()
-        });
-        if !uri_ok {
-            problems.push((
-                format!("{fat}.url"),
-                format!(
-                    "invalid url `{}`: expected http://host:port/path",
-                    forward.url
-                ),
-            ));
-        }
-        if forward.timeout.is_zero() {
-            problems.push((format!("{fat}.timeout"), "must be more than 0".into()));
-        }
-        for (i, header) in forward.copy_headers.iter().enumerate() {
-            check_identity_header(format!("{fat}.copy_headers[{i}]"), header, problems);
-        }
-        if forward.cache.is_some_and(|c| c.is_zero()) {
-            problems.push((
-                format!("{fat}.cache"),
-                "must be more than 0, or left out for no cache".into(),
-            ));
-        }
-        if forward.cache_entries == 0 {
-            problems.push((format!("{fat}.cache_entries"), "must be at least 1".into()));
-        }
+        check_forward_auth(&format!("{at}.forward"), forward, problems);
     }
     if let Some(jwt) = &policy.jwt {
         let jat = format!("{at}.jwt");
@@ -201,6 +272,15 @@ fn check_server(server: &ServerConfig, problems: &mut Problems) {
             problems.push((
                 format!("{at}.redirect_https"),
                 "a TLS listener cannot redirect to HTTPS".into(),
+            ));
+        }
+        if ![301, 302, 307, 308].contains(&listener.redirect_status) {
+            problems.push((
+                format!("{at}.redirect_status"),
+                format!(
+                    "{} is not a redirect that keeps the request: expected 301, 302, 307 or 308",
+                    listener.redirect_status
+                ),
             ));
         }
         if listener.redirect_https && !has_tls {
@@ -418,10 +498,12 @@ fn check_routes(config: &Config, problems: &mut Problems) {
                     ),
                 ));
             }
-            if route.strip_prefix && (!is_prefix || route.upstream.is_none()) {
+            let strippable = route.upstream.is_some() || route.static_files.is_some();
+            if route.strip_prefix && (!is_prefix || !strippable) {
                 problems.push((
                     format!("{at}.strip_prefix"),
-                    "strip_prefix needs a `path_prefix` match and an `upstream` action".into(),
+                    "strip_prefix needs a `path_prefix` match and an `upstream` or `static` action"
+                        .into(),
                 ));
             }
         }

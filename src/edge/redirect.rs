@@ -1,20 +1,26 @@
-//! Answers on a `redirect_https: true` listener: every request gets a 308 to the
-//! same host, path and query over HTTPS, on the TLS listener's port (left out when
-//! it is 443).
+//! Answers on a `redirect_https: true` listener: every request gets a redirect
+//! (the listener's `redirect_status`, 308 by default) to the same host, path and
+//! query over HTTPS, on the TLS listener's port (left out when it is 443).
 
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 
 pub struct HttpsRedirect {
     /// The TLS listener's port; `None` for 443.
     pub https_port: Option<u16>,
+    /// The status each redirecting listener answers with, by its address.
+    statuses: HashMap<SocketAddr, http::StatusCode>,
 }
 
 impl HttpsRedirect {
-    pub fn new(https_port: u16) -> Self {
+    /// Redirects to `https_port`; `statuses` gives each listener's status.
+    pub fn new(https_port: u16, statuses: HashMap<SocketAddr, http::StatusCode>) -> Self {
         HttpsRedirect {
             https_port: (https_port != 443).then_some(https_port),
+            statuses,
         }
     }
 
@@ -62,7 +68,11 @@ impl ServeHttp for HttpsRedirect {
             .and_then(|l| http::HeaderValue::from_str(&l).ok())
         {
             Some(location) => {
-                *response.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+                *response.status_mut() = session
+                    .server_addr()
+                    .and_then(|a| a.as_inet())
+                    .and_then(|a| self.statuses.get(a).copied())
+                    .unwrap_or(http::StatusCode::PERMANENT_REDIRECT);
                 response
                     .headers_mut()
                     .insert(http::header::LOCATION, location);
@@ -88,7 +98,7 @@ mod tests {
 
     #[test]
     fn locations() {
-        let r = HttpsRedirect::new(443);
+        let r = HttpsRedirect::new(443, HashMap::new());
         assert_eq!(
             r.location("example.com", "/a?b=c").as_deref(),
             Some("https://example.com/a?b=c")
@@ -97,7 +107,7 @@ mod tests {
             r.location("example.com:80", "/").as_deref(),
             Some("https://example.com/")
         );
-        let r = HttpsRedirect::new(8443);
+        let r = HttpsRedirect::new(8443, HashMap::new());
         assert_eq!(
             r.location("[::1]:8080", "/x").as_deref(),
             Some("https://[::1]:8443/x")

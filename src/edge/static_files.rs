@@ -60,13 +60,16 @@ impl StaticFiles {
         })
     }
 
-    /// Answers the request in `session` for `path` (the path as forwarded, see
-    /// `filters::request_path`). Returns the status sent. `compression`, when set,
-    /// decides whether the file's answer is compressed.
+    /// Answers the request in `session` with the file at `path` under the root
+    /// (the request's path as forwarded, see `filters::request_path`, less a
+    /// stripped prefix); a directory asked without its `/` is redirected to
+    /// `request_path` and a `/`. Returns the status sent. `compression`, when
+    /// set, decides whether the file's answer is compressed.
     pub async fn serve(
         &self,
         session: &mut Session,
         path: &str,
+        request_path: &str,
         compression: Option<&CompressionPolicy>,
     ) -> pingora::Result<u16> {
         let req = session.req_header();
@@ -98,7 +101,7 @@ impl StaticFiles {
                     .query()
                     .map(|q| format!("?{q}"))
                     .unwrap_or_default();
-                header.insert_header(LOCATION, format!("{path}/{query}"))?;
+                header.insert_header(LOCATION, format!("{request_path}/{query}"))?;
                 send_answer(session, header, Bytes::new()).await?;
                 Ok(301)
             }

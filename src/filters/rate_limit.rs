@@ -1,6 +1,7 @@
 //! Rate limiting with the semantics of nginx `limit_req ... burst=B nodelay`: each
-//! key has a bucket of `burst` requests that refills at `rate`; a request that finds
-//! the bucket empty is refused with 429 at once (never delayed).
+//! key has a bucket of `burst + 1` requests (the one the rate allows now, and
+//! `burst` more) that refills at `rate`; a request that finds the bucket empty is
+//! refused at once (never delayed).
 //!
 //! Buckets are kept as GCRA state (one "theoretical arrival time" per key) in a
 //! table of fixed size, whatever the number of distinct keys: keys hash (with a
@@ -44,10 +45,10 @@ pub enum Decision {
 
 pub struct RateLimiter {
     pub key: RateKey,
-    /// Bucket size.
-    pub burst: u32,
+    /// Bucket size: `burst + 1`.
+    pub capacity: u32,
     interval_ns: u64,
-    /// How far the arrival time may run ahead of now: (burst - 1) intervals.
+    /// How far the arrival time may run ahead of now: `burst` intervals.
     tolerance_ns: u64,
     sets: Box<[Mutex<[Slot; WAYS]>]>,
     seed: foldhash::quality::RandomState,
@@ -65,7 +66,7 @@ fn now_ns() -> u64 {
 impl RateLimiter {
     pub fn new(config: &RateLimitConfig, key: RateKey) -> RateLimiter {
         let interval_ns = (config.rate.interval().as_nanos() as u64).max(1);
-        let burst = config.burst.max(1);
+        let capacity = config.burst.saturating_add(1);
         let set_count = if key == RateKey::Global {
             1
         } else {
@@ -73,9 +74,9 @@ impl RateLimiter {
         };
         RateLimiter {
             key,
-            burst,
+            capacity,
             interval_ns,
-            tolerance_ns: interval_ns.saturating_mul(u64::from(burst - 1)),
+            tolerance_ns: interval_ns.saturating_mul(u64::from(capacity - 1)),
             sets: (0..set_count)
                 .map(|_| Mutex::new([Slot::default(); WAYS]))
                 .collect(),
@@ -146,13 +147,32 @@ mod tests {
     use super::*;
     use crate::config::units::parse_rate;
 
-    fn limiter(rate: &str, burst: u32, key: RateKey) -> RateLimiter {
+    /// A limiter whose bucket holds `capacity` requests (`burst: capacity - 1`).
+    fn limiter(rate: &str, capacity: u32, key: RateKey) -> RateLimiter {
         let config = RateLimitConfig {
             key: String::new(),
             rate: parse_rate(rate).unwrap(),
-            burst,
+            burst: capacity.saturating_sub(1),
+            status: 429,
         };
         RateLimiter::new(&config, key)
+    }
+
+    #[test]
+    fn burst_admits_one_more_as_nginx_does() {
+        for burst in [0, 1, 5] {
+            let config = RateLimitConfig {
+                key: String::new(),
+                rate: parse_rate("1/m").unwrap(),
+                burst,
+                status: 429,
+            };
+            let l = RateLimiter::new(&config, RateKey::Global);
+            let passed = (0..10)
+                .filter(|_| matches!(l.check_at(b"", 1), Decision::Allow { .. }))
+                .count();
+            assert_eq!(passed, burst as usize + 1, "burst {burst}");
+        }
     }
 
     #[test]

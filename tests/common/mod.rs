@@ -64,14 +64,17 @@ where
     }
 }
 
-/// A backend process that prints `listening on ADDR` once bound: a
-/// `tollgate-demo-backend`, or a script of `tests/python` in a real framework;
-/// killed when dropped.
+/// A backend process that prints `listening on ADDR` once bound and takes
+/// `--listen ADDR`: a `tollgate-demo-backend`, or a Python script (in a real
+/// framework) run by the test virtualenv; killed when dropped.
 pub struct Backend {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub name: String,
-    args: Vec<String>,
+    /// The program and what goes before `--listen ADDR` (a script), and after it.
+    program: PathBuf,
+    before: Vec<String>,
+    after: Vec<String>,
 }
 
 impl Backend {
@@ -80,21 +83,24 @@ impl Backend {
         Self::start_with(name, "127.0.0.1:0", &[])
     }
 
-    /// Starts a backend with extra flags (e.g. `--delay 500`).
+    /// Starts a demo backend with extra flags (e.g. `--delay 500`).
     pub fn start_with(name: &str, listen: &str, extra: &[&str]) -> Backend {
-        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = try_spawn_backend(demo_command(name, listen, &args))
-            .unwrap_or_else(|e| panic!("backend {name}: {e}"));
-        Backend {
-            child: Some(child),
-            addr,
-            name: name.to_string(),
-            args,
-        }
+        let mut after = vec!["--name".to_string(), name.to_string()];
+        after.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(name, PathBuf::from(DEMO_BACKEND), Vec::new(), listen, after)
     }
 
-    /// Starts `tests/python/SCRIPT ARGS` with the test virtualenv's Python (see
-    /// [`python`]); `name` is for messages. It cannot be restarted.
+    /// Starts `SCRIPT --listen 127.0.0.1:0 ARGS` with the test virtualenv's Python
+    /// (see [`python`]); `SCRIPT` is relative to the repository.
+    pub fn start_script(name: &str, script: &str, args: &[&str]) -> Backend {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+        let before = vec![script.to_string_lossy().into_owned()];
+        let after = args.iter().map(|s| s.to_string()).collect();
+        Self::spawn(name, python(), before, "127.0.0.1:0", after)
+    }
+
+    /// Starts `tests/python/path_backend.py FRAMEWORK`; it picks its own port and
+    /// cannot be restarted.
     pub fn start_python(name: &str, script: &str, args: &[&str]) -> Backend {
         let mut command = Command::new(python());
         command
@@ -110,8 +116,41 @@ impl Backend {
             child: Some(child),
             addr,
             name: name.to_string(),
-            args: Vec::new(),
+            program: PathBuf::new(),
+            before: Vec::new(),
+            after: Vec::new(),
         }
+    }
+
+    fn spawn(
+        name: &str,
+        program: PathBuf,
+        before: Vec<String>,
+        listen: &str,
+        after: Vec<String>,
+    ) -> Backend {
+        let mut backend = Backend {
+            child: None,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            name: name.to_string(),
+            program,
+            before,
+            after,
+        };
+        let (child, addr) = try_spawn_backend(backend.command(listen))
+            .unwrap_or_else(|e| panic!("backend {name}: {e}"));
+        backend.child = Some(child);
+        backend.addr = addr;
+        backend
+    }
+
+    fn command(&self, listen: &str) -> Command {
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.before)
+            .args(["--listen", listen])
+            .args(&self.after);
+        command
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
@@ -122,13 +161,17 @@ impl Backend {
         }
     }
 
-    /// Starts the (demo) backend again on the same address.
+    /// Starts the backend again on the same address.
     pub fn restart(&mut self) {
         self.kill();
+        assert!(
+            !self.program.as_os_str().is_empty(),
+            "{} cannot be restarted",
+            self.name
+        );
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let command = demo_command(&self.name, &self.addr.to_string(), &self.args);
-            match try_spawn_backend(command) {
+            match try_spawn_backend(self.command(&self.addr.to_string())) {
                 Ok((child, _)) => {
                     self.child = Some(child);
                     return;
@@ -159,14 +202,6 @@ pub fn python() -> PathBuf {
         python.display()
     );
     python
-}
-
-fn demo_command(name: &str, listen: &str, args: &[String]) -> Command {
-    let mut command = Command::new(DEMO_BACKEND);
-    command
-        .args(["--listen", listen, "--name", name])
-        .args(args);
-    command
 }
 
 /// Spawns `command` and waits for its `listening on ADDR` line.

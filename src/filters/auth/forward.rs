@@ -1,30 +1,39 @@
 //! Forward authentication, like nginx `auth_request` or Traefik ForwardAuth: each
-//! request is asked about at the auth service with the client's Authorization
-//! header and X-Forwarded-Method/-Uri/-For/-Host.
+//! request is asked about at the auth service with the client's credentials (its
+//! Authorization header, or with `token_query` its bearer token in a query
+//! parameter of the URL), the `pass_headers` it has, and
+//! X-Forwarded-Method/-Uri/-For/-Host.
 //!
-//! - 2xx: pass; `copy_headers` of the answer go into the upstream request.
-//! - 401/403: that status and the auth service's body go to the client.
-//! - anything else, no answer within `timeout`, or no connection: 503. Fails closed.
+//! - A request that carries none of the headers the auth service would be sent
+//!   (Authorization, `pass_headers`) gets 401 at once; the service is not asked.
+//! - 2xx: pass; `copy_headers` of the answer, and `identity_from_json` claims of
+//!   its JSON body, go into the upstream request.
+//! - a status in `unauthorized_statuses` (default 401) or `forbidden_statuses`
+//!   (default 403): 401 or 403 to the client, with the auth service's body.
+//! - anything else, no answer within `timeout`, no connection, or a body that is
+//!   not the JSON `identity_from_json` needs: 503. Fails closed.
 //!
-//! With `cache`, positive answers are reused per Authorization value for that
-//! long, in a cache bounded to `cache_entries`.
+//! With `cache`, positive answers are reused per credentials (the values of the
+//! headers sent) for that long, in a cache bounded to `cache_entries`.
 
-use super::{AuthRequest, Identity, RejectReason, Rejection, Verdict};
+use super::{bearer_token, claim_text, AuthRequest, Identity, RejectReason, Rejection, Verdict};
 use crate::config::ForwardAuthConfig;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use pingora::http::RequestHeader;
 use pingora_memory_cache::MemoryCache;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Largest body of a 401/403 passed on to the client.
-const MAX_REJECTION_BODY: usize = 64 * 1024;
+/// Largest body of an auth answer that is read (a 401/403 passed on, or the JSON
+/// of `identity_from_json`).
+const MAX_ANSWER_BODY: usize = 64 * 1024;
 
-/// A cached positive answer, keyed by a hash of the Authorization value; the value
-/// itself is kept to rule out hash collisions.
+/// A cached positive answer, keyed by a hash of the credentials; the credentials
+/// themselves are kept to rule out hash collisions.
 #[derive(Clone)]
 struct CachedPass {
-    authorization: Arc<[u8]>,
+    credentials: Arc<[u8]>,
     identity: Arc<Identity>,
 }
 
@@ -32,8 +41,25 @@ pub struct ForwardAuth {
     url: reqwest::Url,
     client: reqwest::Client,
     timeout: Duration,
+    token_query: Option<String>,
+    pass_headers: Vec<HeaderName>,
     copy_headers: Vec<HeaderName>,
+    /// (header, claim)
+    identity_from_json: Vec<(HeaderName, String)>,
+    unauthorized_statuses: Vec<u16>,
+    forbidden_statuses: Vec<u16>,
     cache: Option<(Duration, MemoryCache<Vec<u8>, CachedPass>)>,
+}
+
+fn header_names<'a>(
+    names: impl IntoIterator<Item = &'a String>,
+) -> Result<Vec<HeaderName>, String> {
+    names
+        .into_iter()
+        .map(|h| {
+            HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("invalid header name `{h}`"))
+        })
+        .collect()
 }
 
 impl ForwardAuth {
@@ -47,14 +73,16 @@ impl ForwardAuth {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        let copy_headers = config
-            .copy_headers
-            .iter()
-            .map(|h| {
-                HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|_| format!("invalid header name `{h}`"))
-            })
-            .collect::<Result<_, _>>()?;
+        let json_headers = header_names(config.identity_from_json.iter().map(|(h, _)| h))?;
+        let identity_from_json = json_headers
+            .into_iter()
+            .zip(
+                config
+                    .identity_from_json
+                    .iter()
+                    .map(|(_, claim)| claim.clone()),
+            )
+            .collect();
         let cache = config
             .cache
             .map(|ttl| (ttl, MemoryCache::new(config.cache_entries)));
@@ -62,36 +90,80 @@ impl ForwardAuth {
             url,
             client,
             timeout: config.timeout,
-            copy_headers,
+            token_query: config.token_query.clone(),
+            pass_headers: header_names(&config.pass_headers)?,
+            copy_headers: header_names(&config.copy_headers)?,
+            identity_from_json,
+            unauthorized_statuses: config.unauthorized_statuses.clone(),
+            forbidden_statuses: config.forbidden_statuses.clone(),
             cache,
         })
     }
 
     pub fn identity_headers(&self) -> Vec<HeaderName> {
-        self.copy_headers.clone()
+        let from_json = self.identity_from_json.iter().map(|(h, _)| h.clone());
+        self.copy_headers.iter().cloned().chain(from_json).collect()
+    }
+
+    /// The credential headers of `req` that go to the auth service: its
+    /// Authorization (unless the token goes in the query) and `pass_headers`.
+    fn sent_headers<'r>(
+        &'r self,
+        req: &'r RequestHeader,
+    ) -> impl Iterator<Item = (&'r HeaderName, &'r HeaderValue)> {
+        let authorization = match self.token_query {
+            None => req.headers.get(AUTHORIZATION).map(|v| (&AUTHORIZATION, v)),
+            Some(_) => None,
+        };
+        let passed = self
+            .pass_headers
+            .iter()
+            .filter_map(|name| req.headers.get(name).map(|v| (name, v)));
+        authorization.into_iter().chain(passed)
+    }
+
+    /// The auth service's URL for `req`: `url`, with the bearer token in
+    /// `token_query` when that is set. `None` when the token is needed and missing.
+    fn url_for(&self, req: &RequestHeader) -> Option<reqwest::Url> {
+        let Some(parameter) = &self.token_query else {
+            return Some(self.url.clone());
+        };
+        let token = bearer_token(req)?;
+        let mut url = self.url.clone();
+        url.query_pairs_mut().append_pair(parameter, token);
+        Some(url)
     }
 
     /// Asks the auth service about `request`: X-Forwarded-Uri is the path it was
     /// routed on (as forwarded) with its query.
     pub async fn check(&self, request: &AuthRequest<'_>) -> Verdict {
         let req = request.head;
-        let authorization = req.headers.get(AUTHORIZATION);
-        if let (Some((_, cache)), Some(auth)) = (&self.cache, authorization) {
-            if let (Some(hit), _) = cache.get(auth.as_bytes()) {
-                if *hit.authorization == *auth.as_bytes() {
+        let token_url = self.url_for(req);
+        let has_token = self.token_query.is_some() && token_url.is_some();
+        if !has_token && self.sent_headers(req).next().is_none() {
+            return Verdict::Reject(Rejection::unauthorized(
+                RejectReason::MissingCredentials,
+                "401 Unauthorized: credentials are needed\n",
+            ));
+        }
+        let url = token_url.unwrap_or_else(|| self.url.clone());
+        let credentials = self.cache.as_ref().map(|_| self.credentials(req));
+        if let (Some((_, cache)), Some(key)) = (&self.cache, &credentials) {
+            if let (Some(hit), _) = cache.get(key) {
+                if *hit.credentials == **key {
                     return Verdict::Pass((*hit.identity).clone());
                 }
             }
         }
         let mut ask = self
             .client
-            .get(self.url.clone())
+            .get(url)
             .timeout(self.timeout)
             .header("X-Forwarded-Method", req.method.as_str())
             .header("X-Forwarded-Uri", forwarded_uri(request))
             .header("X-Forwarded-For", request.client.to_string());
-        if let Some(auth) = authorization {
-            ask = ask.header(AUTHORIZATION, auth.clone());
+        for (name, value) in self.sent_headers(req) {
+            ask = ask.header(name.clone(), value.clone());
         }
         if let Some(host) = req.headers.get(http::header::HOST) {
             ask = ask.header("X-Forwarded-Host", host.clone());
@@ -104,73 +176,130 @@ impl ForwardAuth {
             }
         };
         let status = answer.status().as_u16();
-        match status {
-            200..=299 => {
-                let identity = self.identity_from(answer.headers());
-                if let (Some((ttl, cache)), Some(auth)) = (&self.cache, authorization) {
-                    let entry = CachedPass {
-                        authorization: Arc::from(auth.as_bytes()),
-                        identity: Arc::new(identity.clone()),
-                    };
-                    cache.put(auth.as_bytes(), entry, Some(*ttl));
-                }
-                Verdict::Pass(identity)
+        if (200..=299).contains(&status) {
+            let Some(identity) = self.identity_from(answer).await else {
+                return Verdict::Reject(Rejection::unavailable());
+            };
+            if let (Some((ttl, cache)), Some(key)) = (&self.cache, credentials) {
+                let entry = CachedPass {
+                    credentials: Arc::from(key.as_slice()),
+                    identity: Arc::new(identity.clone()),
+                };
+                cache.put(&key, entry, Some(*ttl));
             }
-            401 | 403 => Verdict::Reject(self.rejection_from(status, answer).await),
-            _ => {
-                log::warn!(
-                    "auth service {} answered {status}: failing closed",
-                    self.url
-                );
-                Verdict::Reject(Rejection::unavailable())
-            }
+            return Verdict::Pass(identity);
         }
+        if self.unauthorized_statuses.contains(&status) {
+            return Verdict::Reject(rejection_from(401, answer).await);
+        }
+        if self.forbidden_statuses.contains(&status) {
+            return Verdict::Reject(rejection_from(403, answer).await);
+        }
+        log::warn!(
+            "auth service {} answered {status}: failing closed",
+            self.url
+        );
+        Verdict::Reject(Rejection::unavailable())
     }
 
-    /// The identity in a positive answer: its `copy_headers`, and the first of
-    /// them as the subject.
-    fn identity_from(&self, headers: &http::HeaderMap) -> Identity {
-        let headers: Vec<(HeaderName, HeaderValue)> = self
+    /// The values of everything sent that identifies the client: the cache key.
+    fn credentials(&self, req: &RequestHeader) -> Vec<u8> {
+        let mut key = Vec::new();
+        if self.token_query.is_some() {
+            key.extend_from_slice(bearer_token(req).unwrap_or_default().as_bytes());
+            key.push(0);
+        }
+        for (name, value) in self.sent_headers(req) {
+            key.extend_from_slice(name.as_str().as_bytes());
+            key.push(b':');
+            key.extend_from_slice(value.as_bytes());
+            key.push(0);
+        }
+        key
+    }
+
+    /// The identity in a positive answer: its `copy_headers`, and the
+    /// `identity_from_json` claims of its body; the subject is the first of the
+    /// latter, else of the former. `None` when the body is not the JSON needed.
+    async fn identity_from(&self, answer: reqwest::Response) -> Option<Identity> {
+        let mut headers: Vec<(HeaderName, HeaderValue)> = self
             .copy_headers
             .iter()
-            .filter_map(|name| headers.get(name).map(|v| (name.clone(), v.clone())))
+            .filter_map(|name| {
+                answer
+                    .headers()
+                    .get(name)
+                    .map(|v| (name.clone(), v.clone()))
+            })
             .collect();
-        let subject = self
+        let mut subject = self
             .copy_headers
             .first()
             .and_then(|first| headers.iter().find(|(n, _)| n == first))
             .and_then(|(_, v)| v.to_str().ok())
             .map(str::to_string);
-        Identity { headers, subject }
-    }
-
-    /// The client's answer to a 401/403 from the auth service: its status, body
-    /// and content type; 401s carry `WWW-Authenticate` (the service's, or `Bearer`).
-    async fn rejection_from(&self, status: u16, answer: reqwest::Response) -> Rejection {
-        let mut headers = Vec::new();
-        if let Some(ct) = answer.headers().get(CONTENT_TYPE) {
-            headers.push((CONTENT_TYPE, ct.clone()));
+        if self.identity_from_json.is_empty() {
+            return Some(Identity { headers, subject });
         }
-        if status == 401 {
-            let challenge = answer
-                .headers()
-                .get(WWW_AUTHENTICATE)
-                .cloned()
-                .unwrap_or_else(|| HeaderValue::from_static("Bearer"));
-            headers.push((WWW_AUTHENTICATE, challenge));
-        }
-        let body = read_limited(answer, MAX_REJECTION_BODY).await;
-        let reason = if status == 401 {
-            RejectReason::Denied
-        } else {
-            RejectReason::Forbidden
+        let body = read_limited(answer, MAX_ANSWER_BODY).await;
+        let claims: serde_json::Value = match serde_json::from_slice(&body) {
+            Ok(claims) => claims,
+            Err(e) => {
+                log::warn!(
+                    "auth service {} answered 2xx without JSON claims: {e}",
+                    self.url
+                );
+                return None;
+            }
         };
-        Rejection {
-            status,
-            reason,
-            headers,
-            body,
+        let mut first = true;
+        for (header, claim) in &self.identity_from_json {
+            let Some(text) = claim_text(&claims, claim) else {
+                first = false;
+                continue;
+            };
+            match HeaderValue::from_str(&text) {
+                Ok(value) => {
+                    if first {
+                        subject = Some(text);
+                    }
+                    headers.push((header.clone(), value));
+                }
+                Err(_) => log::warn!("claim `{claim}` cannot be a header value; {header} not set"),
+            }
+            first = false;
         }
+        Some(Identity { headers, subject })
+    }
+}
+
+/// The client's answer `status` (401 or 403) to a refusal of the auth service:
+/// the service's body and content type; 401s carry `WWW-Authenticate` (the
+/// service's, or `Bearer`).
+async fn rejection_from(status: u16, answer: reqwest::Response) -> Rejection {
+    let mut headers = Vec::new();
+    if let Some(ct) = answer.headers().get(CONTENT_TYPE) {
+        headers.push((CONTENT_TYPE, ct.clone()));
+    }
+    if status == 401 {
+        let challenge = answer
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("Bearer"));
+        headers.push((WWW_AUTHENTICATE, challenge));
+    }
+    let body = read_limited(answer, MAX_ANSWER_BODY).await;
+    let reason = if status == 401 {
+        RejectReason::Denied
+    } else {
+        RejectReason::Forbidden
+    };
+    Rejection {
+        status,
+        reason,
+        headers,
+        body,
     }
 }
 

@@ -4,14 +4,14 @@
 //! against the configured secret and public-key tokens only against JWKS keys of
 //! their own kind, which rules out algorithm confusion.
 
-use super::{bearer_token, Identity, RejectReason, Rejection, Verdict};
+use super::{bearer_token, claim_text, Identity, RejectReason, Rejection, Verdict};
 use crate::config::JwtConfig;
 use http::header::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use pingora::http::RequestHeader;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::str::FromStr;
 
 struct PublicKey {
@@ -72,7 +72,11 @@ impl JwtAuth {
         validation.leeway = config.leeway.as_secs();
         validation.validate_nbf = true;
         validation.validate_aud = config.audience.is_some();
-        let mut required = vec!["exp"];
+        let mut required = if config.require_exp {
+            vec!["exp"]
+        } else {
+            Vec::new()
+        };
         if let Some(issuer) = &config.issuer {
             validation.set_issuer(&[issuer]);
             required.push("iss");
@@ -183,21 +187,21 @@ impl JwtAuth {
 
     pub fn check(&self, req: &RequestHeader) -> Verdict {
         let Some(token) = bearer_token(req) else {
-            return reject(RejectReason::MissingCredentials);
+            return reject(Failure::Missing);
         };
         match self.verify(token) {
             Ok(claims) => Verdict::Pass(self.identity(&claims)),
-            Err(reason) => reject(reason),
+            Err(failure) => reject(failure),
         }
     }
 
     /// The token's claims when it is valid.
-    fn verify(&self, token: &str) -> Result<Map<String, Value>, RejectReason> {
+    fn verify(&self, token: &str) -> Result<Value, Failure> {
         // An unknown `alg` (including `none`) fails here.
-        let header = decode_header(token).map_err(|_| RejectReason::InvalidToken)?;
+        let header = decode_header(token).map_err(|_| Failure::Invalid)?;
         let Some((_, validation)) = self.validations.iter().find(|(alg, _)| *alg == header.alg)
         else {
-            return Err(RejectReason::InvalidToken);
+            return Err(Failure::Invalid);
         };
         let hmac = matches!(
             header.alg,
@@ -213,33 +217,31 @@ impl JwtAuth {
                 .map(|k| &k.key)
                 .collect()
         };
-        let mut outcome = Err(RejectReason::InvalidToken);
+        let mut outcome = Err(Failure::Invalid);
         for key in candidates {
-            match decode::<Map<String, Value>>(token, key, validation) {
+            match decode::<Value>(token, key, validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(e) => match e.kind() {
                     // Another key may have signed it.
                     ErrorKind::InvalidSignature => {}
-                    ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => {
-                        return Err(RejectReason::ExpiredToken)
+                    ErrorKind::ExpiredSignature => return Err(Failure::Expired),
+                    ErrorKind::ImmatureSignature => return Err(Failure::NotYetValid),
+                    ErrorKind::MissingRequiredClaim(claim) if claim == "exp" => {
+                        return Err(Failure::NoExpiry)
                     }
-                    _ => outcome = Err(RejectReason::InvalidToken),
+                    _ => outcome = Err(Failure::Invalid),
                 },
             }
         }
         outcome
     }
 
-    fn identity(&self, claims: &Map<String, Value>) -> Identity {
+    fn identity(&self, claims: &Value) -> Identity {
         let headers = self
             .claims_to_headers
             .iter()
             .filter_map(|(claim, header)| {
-                let text = match claims.get(claim)? {
-                    Value::String(s) => s.clone(),
-                    Value::Null => return None,
-                    other => other.to_string(),
-                };
+                let text = claim_text(claims, claim)?;
                 HeaderValue::from_str(&text)
                     .ok()
                     .map(|v| (header.clone(), v))
@@ -260,11 +262,39 @@ fn secret_key(secret: &str, node: &'static str) -> Result<DecodingKey, SetupErro
     Ok(DecodingKey::from_secret(secret.as_bytes()))
 }
 
-fn reject(reason: RejectReason) -> Verdict {
-    let message = match reason {
-        RejectReason::MissingCredentials => "401 Unauthorized: a bearer token is needed\n",
-        RejectReason::ExpiredToken => "401 Unauthorized: the token has expired\n",
-        _ => "401 Unauthorized: invalid token\n",
+/// Why a token did not pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Missing,
+    Invalid,
+    Expired,
+    NotYetValid,
+    /// No `exp` claim, and `require_exp` is set.
+    NoExpiry,
+}
+
+fn reject(failure: Failure) -> Verdict {
+    let (reason, message) = match failure {
+        Failure::Missing => (
+            RejectReason::MissingCredentials,
+            "401 Unauthorized: a bearer token is needed\n",
+        ),
+        Failure::Expired => (
+            RejectReason::ExpiredToken,
+            "401 Unauthorized: the token has expired\n",
+        ),
+        Failure::NotYetValid => (
+            RejectReason::ExpiredToken,
+            "401 Unauthorized: the token is not valid yet (nbf)\n",
+        ),
+        Failure::NoExpiry => (
+            RejectReason::InvalidToken,
+            "401 Unauthorized: the token has no `exp` claim, which this gateway requires (require_exp)\n",
+        ),
+        Failure::Invalid => (
+            RejectReason::InvalidToken,
+            "401 Unauthorized: invalid token\n",
+        ),
     };
     Verdict::Reject(Rejection::unauthorized(reason, message))
 }

@@ -82,6 +82,22 @@ impl Rejection {
         }
     }
 
+    /// The same rejection with `{"message": "<reason phrase>"}` as its body.
+    pub fn into_json(mut self) -> Rejection {
+        let phrase = http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        self.body = Bytes::from(format!("{{\"message\": \"{phrase}\"}}\n"));
+        self.headers
+            .retain(|(name, _)| name != http::header::CONTENT_TYPE);
+        self.headers.push((
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ));
+        self
+    }
+
     /// A 503: the policy could not decide, so the request does not pass.
     pub fn unavailable() -> Rejection {
         Rejection {
@@ -134,6 +150,35 @@ impl AuthPolicy {
             AuthPolicy::Jwt(j) => j.identity_headers(),
             AuthPolicy::ApiKeys(_) => Vec::new(),
         }
+    }
+}
+
+/// The text of `claim` in `claims`, for a header: the member of that name, or,
+/// when there is none, the path it spells with dots (`user.name`). Strings as they
+/// are, numbers and booleans as written, lists of those joined with `,`, objects
+/// as JSON; `None` for a missing or null claim.
+pub fn claim_text(claims: &serde_json::Value, claim: &str) -> Option<String> {
+    use serde_json::Value;
+    let value = claims.get(claim).or_else(|| {
+        claim
+            .split('.')
+            .try_fold(claims, |value, key| value.get(key))
+    })?;
+    let scalar = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+        _ => None,
+    };
+    match value {
+        Value::Null => None,
+        Value::Array(items) => items
+            .iter()
+            .map(scalar)
+            .collect::<Option<Vec<_>>>()
+            .map(|texts| texts.join(","))
+            .or_else(|| Some(value.to_string())),
+        Value::Object(_) => Some(value.to_string()),
+        other => scalar(other),
     }
 }
 

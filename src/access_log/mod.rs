@@ -1,9 +1,12 @@
-//! One line per answered request, in JSON or the combined format, to stdout or a file.
+//! One line per answered request, in JSON, the combined format or a format of
+//! nginx variables (see [`template`]), to stdout or a file.
 //!
 //! Lines are formatted on the worker thread and written by a dedicated writer
 //! thread through a bounded queue, so a slow or full disk never blocks a request:
 //! when the queue is full the line is dropped and counted in the error log. A failed
 //! write is reported once per burst and the writer keeps going.
+
+pub mod template;
 
 use crate::config::{AccessLogFormat, AccessLogTarget};
 use std::fmt::Write as _;
@@ -29,6 +32,8 @@ pub struct AccessEntry<'a> {
     pub method: &'a str,
     /// Path and query as the client sent them.
     pub uri: &'a str,
+    /// The path as routed and forwarded, when it is not the one sent.
+    pub routed_path: Option<&'a str>,
     pub version: &'a str,
     pub host: &'a str,
     pub status: u16,
@@ -40,6 +45,9 @@ pub struct AccessEntry<'a> {
     pub backend: &'a str,
     pub referer: &'a str,
     pub user_agent: &'a str,
+    pub request_headers: &'a http::HeaderMap,
+    /// The answer's headers, when one was sent.
+    pub response_headers: Option<&'a http::HeaderMap>,
 }
 
 pub struct AccessLog {
@@ -85,9 +93,10 @@ impl AccessLog {
     /// Queues the line for `entry`; never blocks.
     pub fn log(&self, entry: &AccessEntry<'_>) {
         let Some(sender) = &self.sender else { return };
-        let line = match self.format {
+        let line = match &self.format {
             AccessLogFormat::Json => json_line(entry),
             AccessLogFormat::Combined => combined_line(entry),
+            AccessLogFormat::Custom(template) => template.line(entry),
         };
         if let Err(TrySendError::Full(_)) = sender.try_send(line) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -166,7 +175,7 @@ fn write_lines(
 
 /// The two time formats of the log lines.
 #[derive(Clone, Copy, PartialEq)]
-enum TimeFormat {
+pub(crate) enum TimeFormat {
     /// `2026-11-23T10:40:01`, followed by `.mmmZ` per line.
     Iso,
     /// `23/Nov/2026:10:40:01 +0000`.
@@ -176,7 +185,7 @@ enum TimeFormat {
 /// Appends the current time in `format`. The part down to the second is
 /// formatted once per second per thread and reused; strftime per line cost more
 /// than the rest of the line.
-fn push_time(out: &mut String, format: TimeFormat) {
+pub(crate) fn push_time(out: &mut String, format: TimeFormat) {
     thread_local! {
         static CACHE: std::cell::RefCell<[(i64, String); 2]> =
             const { std::cell::RefCell::new([(i64::MIN, String::new()), (i64::MIN, String::new())]) };
@@ -206,13 +215,13 @@ fn push_time(out: &mut String, format: TimeFormat) {
 }
 
 /// Appends `n` (< 1000) with three digits.
-fn push_padded3(out: &mut String, n: u32) {
+pub(crate) fn push_padded3(out: &mut String, n: u32) {
     out.push(char::from(b'0' + (n / 100) as u8));
     out.push(char::from(b'0' + (n / 10 % 10) as u8));
     out.push(char::from(b'0' + (n % 10) as u8));
 }
 
-fn push_int(out: &mut String, n: impl itoa::Integer) {
+pub(crate) fn push_int(out: &mut String, n: impl itoa::Integer) {
     out.push_str(itoa::Buffer::new().format(n));
 }
 
@@ -306,7 +315,7 @@ fn combined_line(e: &AccessEntry<'_>) -> String {
 }
 
 /// Appends `text` for use inside double quotes, escaping as nginx does (`\xHH`).
-fn quoted_part(out: &mut String, text: &str) {
+pub(crate) fn quoted_part(out: &mut String, text: &str) {
     if text
         .bytes()
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
@@ -332,6 +341,7 @@ mod tests {
             client: "127.0.0.2".parse().unwrap(),
             method: "GET",
             uri: "/a?b=\"c\"",
+            routed_path: None,
             version: "HTTP/1.1",
             host: "x",
             status: 200,
@@ -342,8 +352,13 @@ mod tests {
             backend: "127.0.0.1:9001",
             referer: "",
             user_agent: "curl/8\n",
+            request_headers: &EMPTY,
+            response_headers: None,
         }
     }
+
+    static EMPTY: std::sync::LazyLock<http::HeaderMap> =
+        std::sync::LazyLock::new(http::HeaderMap::new);
 
     #[test]
     fn json_is_valid_json() {
