@@ -45,7 +45,7 @@ $(PYTHON_ENV)/installed: $(PY_REQUIREMENTS)
 	touch $@
 
 build: deps
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --bins --examples
 
 run: build
 	@bash examples/run_demo.sh tollgate

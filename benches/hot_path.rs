@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench --bench hot_path` (or `make bench`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 use std::net::IpAddr;

@@ -16,7 +16,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 backend() { # listen-address name [flags...]
-  "$bin/tollgate-demo-backend" --listen "$1" --name "$2" "${@:3}" >/dev/null &
+  "$bin/examples/tollgate-demo-backend" --listen "$1" --name "$2" "${@:3}" >/dev/null &
   pids+=($!)
 }
 

@@ -35,94 +35,105 @@ const DURATION_BUCKETS: &[f64] = &[
 ];
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    // Registration fails only if a name is registered twice, which this single
-    // definition rules out.
-    const ONCE: &str = "each metric is registered once";
     let m = Metrics {
         requests: register_int_counter_vec!(
             "tollgate_requests_total",
             "Answered requests by route, upstream and status code.",
             &["route", "upstream", "code"]
         )
-        .expect(ONCE),
+        .registered(),
         request_duration: register_histogram_vec!(
             "tollgate_request_duration_seconds",
             "Time from request head read to response end.",
             &["route", "upstream"],
             DURATION_BUCKETS.to_vec()
         )
-        .expect(ONCE),
+        .registered(),
         upstream_requests: register_int_counter_vec!(
             "tollgate_upstream_requests_total",
             "Requests sent to each backend, by the status it answered (`error` when none).",
             &["upstream", "backend", "code"]
         )
-        .expect(ONCE),
+        .registered(),
         upstream_in_flight: register_int_gauge_vec!(
             "tollgate_upstream_in_flight",
             "Requests in flight to each backend.",
             &["upstream", "backend"]
         )
-        .expect(ONCE),
+        .registered(),
         backend_healthy: register_int_gauge_vec!(
             "tollgate_upstream_backend_healthy",
             "1 when the backend takes new requests, 0 when it is out (active or passive checks).",
             &["upstream", "backend"]
         )
-        .expect(ONCE),
+        .registered(),
         health_checks: register_int_counter_vec!(
             "tollgate_health_checks_total",
             "Active health probes by result.",
             &["upstream", "backend", "result"]
         )
-        .expect(ONCE),
+        .registered(),
         upstream_retries: register_int_counter_vec!(
             "tollgate_upstream_retries_total",
             "Requests sent to another backend after a failure.",
             &["upstream"]
         )
-        .expect(ONCE),
+        .registered(),
         upstream_panic_requests: register_int_counter_vec!(
             "tollgate_upstream_panic_requests_total",
             "Requests sent to a backend while no backend of the upstream was up (panic mode: all are tried).",
             &["upstream"]
         )
-        .expect(ONCE),
+        .registered(),
         auth_rejections: register_int_counter_vec!(
             "tollgate_auth_rejections_total",
             "401/403/503 answers of an auth policy, by reason.",
             &["route", "policy", "reason"]
         )
-        .expect(ONCE),
+        .registered(),
         rate_limited: register_int_counter_vec!(
             "tollgate_rate_limited_total",
             "429 answers of a rate limit.",
             &["route", "policy"]
         )
-        .expect(ONCE),
+        .registered(),
         config_reloads: register_int_counter_vec!(
             "tollgate_config_reloads_total",
             "Topology reloads by result (success, error).",
             &["result"]
         )
-        .expect(ONCE),
+        .registered(),
         config_last_reload_success: prometheus::register_gauge!(
             "tollgate_config_last_reload_success_timestamp_seconds",
             "When the running topology was loaded, in seconds since the epoch."
         )
-        .expect(ONCE),
+        .registered(),
         build_info: register_int_gauge_vec!(
             "tollgate_build_info",
             "Always 1; the version label names the running build.",
             &["version"]
         )
-        .expect(ONCE),
+        .registered(),
     };
     m.build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
     m
 });
+
+/// Registration fails only for a name registered twice or not a valid metric
+/// name; the single definition above, of constant names, rules both out, and any
+/// test that touches a metric would show such a bug at once.
+trait Registered<T> {
+    fn registered(self) -> T;
+}
+
+impl<T> Registered<T> for prometheus::Result<T> {
+    #[allow(clippy::expect_used)]
+    fn registered(self) -> T {
+        self.expect("each metric is defined once, with a valid name")
+    }
+}
 
 /// The metric families; created and registered on first use.
 pub fn metrics() -> &'static Metrics {

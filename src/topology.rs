@@ -3,7 +3,7 @@
 //! Built once per load and swapped whole; the request path only reads it.
 
 use crate::balance::health::CheckPlan;
-use crate::balance::probe::{Probe, ProbeTls};
+use crate::balance::probe::{ProbeKind, Probes};
 use crate::balance::{Backend, BackendState, Upstream};
 use crate::config::{AuthPolicyConfig, Config, RateKey, RouteConfig, UpstreamConfig};
 use crate::edge::respond::DirectResponse;
@@ -117,7 +117,7 @@ impl Topology {
                 upstream_config,
                 before.map(|u| u.as_ref()),
             ));
-            if let Some(plan) = check_plan(&upstream, upstream_config) {
+            if let Some(plan) = check_plan(&upstream, upstream_config)? {
                 check_plans.push(Arc::new(plan));
             }
             upstream_index.insert(name.as_str(), upstreams.len());
@@ -307,26 +307,34 @@ fn compile_backend(
     }
 }
 
-fn check_plan(upstream: &Arc<Upstream>, config: &UpstreamConfig) -> Option<CheckPlan> {
-    let hc = config.health_check.as_ref()?;
-    let probe = match &hc.http {
-        Some(http) => Probe::Http {
+fn check_plan(
+    upstream: &Arc<Upstream>,
+    config: &UpstreamConfig,
+) -> Result<Option<CheckPlan>, CompileError> {
+    let Some(hc) = config.health_check.as_ref() else {
+        return Ok(None);
+    };
+    let kind = match &hc.http {
+        Some(http) => ProbeKind::Http {
             path: http.path.clone(),
             host: http.host.clone(),
             expect_status: http.expect_status.clone(),
         },
-        None => Probe::Tcp,
+        None => ProbeKind::Tcp,
     };
-    let probe_tls = config.tls.as_ref().map(ProbeTls::new);
-    Some(CheckPlan {
+    let probes = Probes::new(&kind, &upstream.backends, hc.timeout).map_err(|e| {
+        CompileError::at(
+            format!("upstreams.{}.health_check", upstream.name),
+            e.to_string(),
+        )
+    })?;
+    Ok(Some(CheckPlan {
         upstream: Arc::clone(upstream),
-        probe,
-        tls: probe_tls,
+        probes,
         interval: hc.interval,
-        timeout: hc.timeout,
         healthy_threshold: hc.healthy_threshold,
         unhealthy_threshold: hc.unhealthy_threshold,
-    })
+    }))
 }
 
 fn compile_route(

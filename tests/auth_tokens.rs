@@ -1,6 +1,8 @@
 //! JWT (HS256 from an environment variable, RS256 and ES256 from a JWKS file) and
 //! API-key policies, with keys generated at test time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,8 @@
 //! stickiness and consistency, least connections, and in-flight counts that return
 //! to zero however a request ends.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,8 @@
 //! `tollgate -t -c FILE`: valid files exit 0; each kind of error exits non-zero
 //! with FILE:LINE:COLUMN and a plain message, and nothing is started.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{check_topology, TOLLGATE};

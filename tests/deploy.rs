@@ -3,6 +3,8 @@
 //! file by `tollgate -t`; the release tarball's layout against what cloud-init
 //! installs from it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,8 @@
 //! directory moved to what the test made: :80 redirects to :443, :443 serves
 //! posters from disk and proxies the rest to two replicas over h2 or h1.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

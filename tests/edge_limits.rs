@@ -2,6 +2,8 @@
 //! and response compression (gzip, brotli and zstd that decode to the original;
 //! never for images, ranges or small bodies).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

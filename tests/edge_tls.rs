@@ -2,6 +2,8 @@
 //! certificate, HTTP/2 and HTTP/1.1 both work, plain listeners redirect to HTTPS,
 //! HSTS, and bad certificates are `-t` errors that name the file.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,8 @@
 //! The papercuts of a first run: a busy port, reload with another file, the pid
 //! file, and backends written as host names.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,8 @@
 //! request headers are passed, cookies as credentials, identity from nested JSON
 //! claims, and which of its statuses mean 401, 403 or 503.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -3,6 +3,8 @@
 //! services, run for real (examples/gateway: Flask, an auth service issuing HS256
 //! tokens and two product-service replicas that trust X-Auth-User/X-Auth-Role).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -3,6 +3,8 @@
 //! from clients; passive failures take a backend out, but never the last one up,
 //! and a passing check brings it back; with every backend out, all are tried.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -1,5 +1,7 @@
 //! Process lifecycle: SIGTERM lets requests in flight finish, then exits.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

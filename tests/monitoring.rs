@@ -2,6 +2,8 @@
 //! and the alert rules in deploy/prometheus run on a real Prometheus (Debian's
 //! package) that scrapes a running tollgate on loopback.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

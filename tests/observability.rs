@@ -1,5 +1,7 @@
 //! Metrics at `server.metrics` and the access log, after real traffic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

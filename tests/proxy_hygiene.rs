@@ -2,6 +2,8 @@
 //! directions, ambiguous request framing, forwarding headers, upstream errors and
 //! timeouts, upstream keep-alive.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

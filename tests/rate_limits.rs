@@ -1,6 +1,8 @@
 //! Rate limits: a bucket per key as nginx `limit_req ... nodelay`, refused
 //! requests reaching no backend, and memory bounded whatever the number of keys.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

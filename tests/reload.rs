@@ -2,6 +2,8 @@
 //! set takes over with no failed request, an invalid file changes nothing, and
 //! the health of backends that stay is kept.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

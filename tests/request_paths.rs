@@ -4,6 +4,8 @@
 //! Each backend says how it read a request, so a path spelled to look public to
 //! the gateway but protected to the backend would show.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,8 @@
 //! Routing through the real proxy: host and path precedence, direct answers,
 //! 404 without a route, strip_prefix, and paths normalized before matching.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

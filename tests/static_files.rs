@@ -1,6 +1,8 @@
 //! The `static` action over real sockets: bytes equal to the file, validators and
 //! 304, ranges (206/416), HEAD, index files, 404, and every traversal attempt refused.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

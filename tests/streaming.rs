@@ -2,6 +2,8 @@
 //! WebSocket echo (101 upgrade, frames both ways) and server-sent events that
 //! arrive as they are sent, not when the stream ends.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

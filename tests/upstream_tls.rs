@@ -1,6 +1,8 @@
 //! HTTPS to backends: traffic and health probes go over TLS with SNI;
 //! `verify: true` refuses a certificate no CA vouches for.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

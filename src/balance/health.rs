@@ -1,7 +1,7 @@
 //! Backend health: active state (moved by probes), passive state (moved by failures
 //! seen on real traffic), and the background service that runs the probes.
 
-use super::probe::{Probe, ProbeTls};
+use super::probe::Probes;
 use super::Upstream;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -160,11 +160,8 @@ impl PassiveHealth {
 /// Active checking of one upstream: what to probe and how often.
 pub struct CheckPlan {
     pub upstream: Arc<Upstream>,
-    pub probe: Probe,
-    /// Probe over TLS, as the upstream's traffic goes.
-    pub tls: Option<ProbeTls>,
+    pub probes: Probes,
     pub interval: Duration,
-    pub timeout: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
 }
@@ -172,14 +169,11 @@ pub struct CheckPlan {
 impl CheckPlan {
     /// Probes every backend once, concurrently, and records the results.
     pub async fn run_once(&self) {
-        let probes = self.upstream.backends.iter().map(|backend| {
-            let address = backend.address;
-            async move {
-                self.probe
-                    .check(address, self.tls.as_ref(), self.timeout)
-                    .await
-            }
-        });
+        let backends = &self.upstream.backends;
+        let probes = backends
+            .iter()
+            .enumerate()
+            .map(|(index, backend)| self.probes.check(index, backend));
         let results = futures::future::join_all(probes).await;
         for (index, result) in results.into_iter().enumerate() {
             self.upstream.record_check(

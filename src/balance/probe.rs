@@ -1,231 +1,123 @@
-//! One active health probe of one backend: a TCP connect, or an HTTP/1.1 GET whose
-//! status is checked; over TLS when the upstream's traffic is.
+//! Active health probes, run by pingora's own health checks (`HttpHealthCheck`,
+//! `TcpHealthCheck`) with each backend's own peer: a probe connects exactly as
+//! traffic does, TLS, SNI and certificate verification included.
 
-use crate::config::UpstreamTlsConfig;
-use pingora::tls::{
-    install_default_crypto_provider, load_platform_certs_incl_env_into_store, CertificateDer,
-    ClientConfig, CryptoProvider, DigitallySignedStruct, HandshakeSignatureValid, RootCertStore,
-    RusTlsError, ServerCertVerified, ServerCertVerifier, ServerName, SignatureScheme, TlsConnector,
-    UnixTime,
-};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use crate::balance::Backend;
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::upstreams::peer::{BasicPeer, HttpPeer, PeerOptions};
+use pingora::ErrorType;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-/// How a backend is probed.
+/// What a probe asks for.
 #[derive(Debug, Clone)]
-pub enum Probe {
-    /// Healthy when a TCP connection opens.
+pub enum ProbeKind {
+    /// Healthy when a connection (TCP, and TLS when the upstream has `tls`) opens.
     Tcp,
     /// Healthy when `GET path` answers an expected status.
     Http {
         path: String,
-        /// Host header; the backend address when `None`.
+        /// Host header; the backend's address when `None`.
         host: Option<String>,
         /// Accepted statuses; any 2xx when `None`.
         expect_status: Option<Vec<u16>>,
     },
 }
 
-/// Largest response head read from a probe.
-const MAX_HEAD: usize = 8 * 1024;
+/// The probes of one upstream's backends, one check per backend.
+pub struct Probes {
+    checks: Vec<Box<dyn HealthCheck + Send + Sync>>,
+    timeout: Duration,
+}
 
-impl Probe {
-    /// Probes `address` within `timeout`, over TLS when `tls` is set; `Err` says
-    /// why the backend failed.
-    pub async fn check(
-        &self,
-        address: SocketAddr,
-        tls: Option<&ProbeTls>,
+impl Probes {
+    /// Probes of `kind` for `backends`, each bounded by `timeout`.
+    pub fn new(
+        kind: &ProbeKind,
+        backends: &[Backend],
         timeout: Duration,
-    ) -> Result<(), String> {
-        match tokio::time::timeout(timeout, self.check_unbounded(address, tls)).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
-        }
+    ) -> pingora::Result<Probes> {
+        let checks = backends
+            .iter()
+            .map(|backend| check_of(kind, backend, timeout))
+            .collect::<pingora::Result<_>>()?;
+        Ok(Probes { checks, timeout })
     }
 
-    async fn check_unbounded(
-        &self,
-        address: SocketAddr,
-        tls: Option<&ProbeTls>,
-    ) -> Result<(), String> {
-        let tcp = TcpStream::connect(address)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        match tls {
-            None => self.exchange(tcp, address).await,
-            Some(tls) => {
-                let stream = tls
-                    .connector
-                    .connect(tls.server_name.clone(), tcp)
-                    .await
-                    .map_err(|e| format!("TLS handshake: {e}"))?;
-                self.exchange(stream, address).await
-            }
+    /// Probes backend `index` (of `backend`) once; `Err` says why it failed.
+    pub async fn check(&self, index: usize, backend: &Backend) -> Result<(), String> {
+        let Some(check) = self.checks.get(index) else {
+            return Err("no probe for this backend".into());
+        };
+        let target = pingora::lb::Backend {
+            addr: pingora::protocols::l4::socket::SocketAddr::Inet(backend.address),
+            weight: 1,
+            ext: http::Extensions::new(),
+        };
+        // pingora bounds connecting and each read; this bounds the whole probe.
+        match tokio::time::timeout(self.timeout, check.check(&target)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         }
     }
+}
 
-    /// The HTTP part of a probe on an open connection; nothing for TCP probes.
-    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        mut stream: S,
-        address: SocketAddr,
-    ) -> Result<(), String> {
-        let Probe::Http {
-            path,
-            host,
-            expect_status,
-        } = self
-        else {
-            return Ok(());
-        };
-        let host = host.clone().unwrap_or_else(|| address.to_string());
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tollgate-health-check\r\nConnection: close\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        let mut head = Vec::with_capacity(256);
-        let mut buf = [0u8; 1024];
-        let line_end = loop {
-            if let Some(end) = head.windows(2).position(|w| w == b"\r\n") {
-                break end;
-            }
-            if head.len() > MAX_HEAD {
-                return Err("status line too long".to_string());
-            }
-            let n = stream
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("receive: {e}"))?;
-            if n == 0 {
-                return Err("connection closed before a status line".to_string());
-            }
-            head.extend_from_slice(&buf[..n]);
-        };
-        let status = parse_status_line(&head[..line_end])
-            .ok_or_else(|| "malformed status line".to_string())?;
-        let accepted = match expect_status {
+/// The backend's connection settings with the probe's `timeout` for every step.
+fn probe_options(backend: &Backend, timeout: Duration) -> PeerOptions {
+    let mut options = backend.peer.options.clone();
+    options.connection_timeout = Some(timeout);
+    options.total_connection_timeout = Some(timeout);
+    options.read_timeout = Some(timeout);
+    options.write_timeout = Some(timeout);
+    options
+}
+
+fn check_of(
+    kind: &ProbeKind,
+    backend: &Backend,
+    timeout: Duration,
+) -> pingora::Result<Box<dyn HealthCheck + Send + Sync>> {
+    let options = probe_options(backend, timeout);
+    let ProbeKind::Http {
+        path,
+        host,
+        expect_status,
+    } = kind
+    else {
+        let mut tcp = TcpHealthCheck::new();
+        let mut peer = BasicPeer::new(&backend.address.to_string());
+        if backend.peer.is_tls() {
+            peer.sni = backend.peer.sni.clone();
+        }
+        peer.options = options;
+        tcp.peer_template = peer;
+        return Ok(tcp);
+    };
+    let mut http = HttpHealthCheck::new("", backend.peer.is_tls());
+    let mut peer: HttpPeer = backend.peer.clone();
+    peer.options = options;
+    http.peer_template = peer;
+    let mut req = pingora::http::RequestHeader::build("GET", path.as_bytes(), None)?;
+    req.insert_header(
+        http::header::HOST,
+        host.clone().unwrap_or_else(|| backend.label.clone()),
+    )?;
+    req.insert_header(http::header::USER_AGENT, "tollgate-health-check")?;
+    http.req = req;
+    let accepted = expect_status.clone();
+    http.validator = Some(Box::new(move |resp| {
+        let status = resp.status.as_u16();
+        let ok = match &accepted {
             Some(list) => list.contains(&status),
-            None => (200..300).contains(&status),
+            None => resp.status.is_success(),
         };
-        if accepted {
+        if ok {
             Ok(())
         } else {
-            Err(format!("status {status}"))
+            pingora::Error::e_explain(
+                ErrorType::CustomCode("unexpected status", status),
+                format!("status {status}"),
+            )
         }
-    }
-}
-
-/// TLS for probes, set up as the upstream's traffic is: SNI and verification
-/// against the system's CAs when `verify`, no verification otherwise.
-pub struct ProbeTls {
-    connector: TlsConnector,
-    server_name: ServerName<'static>,
-}
-
-impl ProbeTls {
-    pub fn new(config: &UpstreamTlsConfig) -> Self {
-        install_default_crypto_provider();
-        let builder = ClientConfig::builder();
-        let mut client = if config.verify {
-            let mut roots = RootCertStore::empty();
-            if let Err(e) = load_platform_certs_incl_env_into_store(&mut roots) {
-                log::warn!("health checks: system CA certificates unavailable: {e}");
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        } else {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
-                .with_no_client_auth()
-        };
-        let sni = config.sni.clone().filter(|s| !s.is_empty());
-        client.enable_sni = sni.is_some();
-        let server_name = sni
-            .and_then(|s| ServerName::try_from(s).ok())
-            .unwrap_or_else(|| ServerName::try_from("backend.invalid").expect("a valid DNS name"));
-        ProbeTls {
-            connector: TlsConnector::from(Arc::new(client)),
-            server_name,
-        }
-    }
-}
-
-/// The certificate check of `verify: false`: none.
-#[derive(Debug)]
-struct AcceptAnyCertificate;
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, RusTlsError> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, RusTlsError> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, RusTlsError> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        CryptoProvider::get_default()
-            .map(|p| p.signature_verification_algorithms.supported_schemes())
-            .unwrap_or_default()
-    }
-}
-
-/// The status of `HTTP/1.x SSS reason`.
-fn parse_status_line(line: &[u8]) -> Option<u16> {
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split(' ');
-    let version = parts.next()?;
-    if !version.starts_with("HTTP/1.") {
-        return None;
-    }
-    let status = parts.next()?;
-    if status.len() != 3 {
-        return None;
-    }
-    status.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK"), Some(200));
-        assert_eq!(
-            parse_status_line(b"HTTP/1.0 503 Service Unavailable"),
-            Some(503)
-        );
-        assert_eq!(parse_status_line(b"HTTP/1.1 204"), Some(204));
-        assert_eq!(parse_status_line(b"SSH-2.0-OpenSSH"), None);
-        assert_eq!(parse_status_line(b"HTTP/1.1 20 OK"), None);
-    }
+    }));
+    Ok(Box::new(http))
 }

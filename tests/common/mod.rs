@@ -14,7 +14,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");
-pub const DEMO_BACKEND: &str = env!("CARGO_BIN_EXE_tollgate-demo-backend");
+/// The demo backend, an example that `cargo test` builds beside the test
+/// binaries (`target/PROFILE/examples`).
+pub fn demo_backend() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/PROFILE/deps/TEST -> target/PROFILE/examples/tollgate-demo-backend
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/PROFILE");
+    let demo = profile_dir.join("examples").join("tollgate-demo-backend");
+    assert!(
+        demo.exists(),
+        "{} is missing: `cargo test` builds it (with --examples or --all-targets)",
+        demo.display()
+    );
+    demo
+}
 
 /// A fresh, empty directory for one test's files.
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -87,7 +100,7 @@ impl Backend {
     pub fn start_with(name: &str, listen: &str, extra: &[&str]) -> Backend {
         let mut after = vec!["--name".to_string(), name.to_string()];
         after.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(name, PathBuf::from(DEMO_BACKEND), Vec::new(), listen, after)
+        Self::spawn(name, demo_backend(), Vec::new(), listen, after)
     }
 
     /// Starts `SCRIPT --listen 127.0.0.1:0 ARGS` with the test virtualenv's Python
