@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use tollgate::balance::Tried;
 use tollgate::config;
-use tollgate::topology::Topology;
+use tollgate::topology::{Resources, Topology};
 
 const SERVER: &str = "server:\n  listeners:\n    - address: 127.0.0.1:8080\n  access_log: off\n";
 
@@ -49,7 +49,8 @@ fn topology_source(algorithm: &str, backends: usize, routes: usize) -> String {
 
 fn compile(source: &str) -> Topology {
     let loaded = config::parse(source, Path::new("bench.yaml")).unwrap_or_else(|e| panic!("{e}"));
-    Topology::compile(&loaded.config, None).expect("compiles")
+    let resources = Resources::read(&loaded.config).expect("nothing to read");
+    Topology::compile(&loaded.config, resources, None)
 }
 
 fn picks(c: &mut Criterion) {
@@ -124,7 +125,8 @@ fn config_load(c: &mut Criterion) {
         b.iter(|| {
             let loaded = config::parse(black_box(&source), Path::new("bench.yaml"))
                 .expect("valid bench topology");
-            black_box(Topology::compile(&loaded.config, None).expect("compiles"))
+            let resources = Resources::read(&loaded.config).expect("nothing to read");
+            black_box(Topology::compile(&loaded.config, resources, None))
         })
     });
 }

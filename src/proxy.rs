@@ -243,13 +243,13 @@ impl Proxy {
                     .rate_limited
                     .with_label_values(&[route.label.as_str(), limit.name.as_str()])
                     .inc();
-                ctx.own_status = Some(limit.status);
+                ctx.own_status = Some(limit.status.as_u16());
                 let mut header = ResponseHeader::build(limit.status, Some(7))?;
                 header.insert_header(http::header::RETRY_AFTER, ceil_secs(retry_after).max(1))?;
                 header.insert_header(RATELIMIT_LIMIT, limit.limit_header.clone())?;
                 header.insert_header(RATELIMIT_REMAINING, 0)?;
                 header.insert_header(RATELIMIT_RESET, ceil_secs(reset))?;
-                let body: &'static [u8] = if limit.status == 503 {
+                let body: &'static [u8] = if limit.status == http::StatusCode::SERVICE_UNAVAILABLE {
                     b"503 Service Unavailable: too many requests\n"
                 } else {
                     b"429 Too Many Requests\n"
@@ -510,7 +510,7 @@ impl ProxyHttp for Proxy {
         };
         ctx.route = Some(route_id);
         let route = &topology.routes[route_id];
-        if !route.admits(ctx.client_ip) {
+        if !route.allows_client(ctx.client_ip) {
             ctx.own_status = Some(403);
             send_error(session, 403, "403 Forbidden", false).await?;
             return Ok(true);

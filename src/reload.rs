@@ -7,7 +7,7 @@
 use crate::balance::health::CheckPlan;
 use crate::config;
 use crate::metrics::metrics;
-use crate::topology::Topology;
+use crate::topology::{Resources, Topology};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -22,7 +22,7 @@ pub struct Reloader {
     topology: Arc<ArcSwap<Topology>>,
     plans: watch::Sender<Vec<Arc<CheckPlan>>>,
     /// The `server:` section the process started with, which a reload cannot change.
-    server_at_start: String,
+    server_at_start: config::ServerConfig,
 }
 
 impl Reloader {
@@ -37,7 +37,7 @@ impl Reloader {
             path,
             topology,
             plans,
-            server_at_start: format!("{server_at_start:?}"),
+            server_at_start: server_at_start.clone(),
         }
     }
 
@@ -45,9 +45,9 @@ impl Reloader {
     pub fn reload(&self) -> Result<(), config::ConfigErrors> {
         let loaded = config::load(&self.path)?;
         let current = self.topology.load();
-        let topology = Topology::compile(&loaded.config, Some(&current))
-            .map_err(|e| loaded.error_at(&e.node, &e.message))?;
-        if format!("{:?}", loaded.config.server) != self.server_at_start {
+        let resources = Resources::read(&loaded.config).map_err(|p| loaded.errors(p))?;
+        let topology = Topology::compile(&loaded.config, resources, Some(&current));
+        if loaded.config.server != self.server_at_start {
             log::warn!(
                 "{}: the server section changed; listeners, threads, TLS certificates, limits, compression, \
                  logging and metrics settings take effect only after a restart or an upgrade (tollgate -u)",

@@ -95,7 +95,7 @@ impl Router {
     /// Builds the tables. When two entries have the same host and path pattern the
     /// first is kept (config validation rejects such files).
     pub fn new<'a>(
-        entries: impl IntoIterator<Item = (&'a HostPattern, &'a PathPattern, RouteId)>,
+        entries: impl IntoIterator<Item = (&'a HostPattern, PathPattern, RouteId)>,
     ) -> Self {
         let mut router = Router::default();
         for (host, path, route) in entries {
@@ -106,7 +106,7 @@ impl Router {
                     router.wildcard_hosts.entry(s.as_str().into()).or_default()
                 }
             };
-            table.insert(path, route);
+            table.insert(&path, route);
         }
         router
     }
@@ -166,7 +166,12 @@ mod tests {
     use super::*;
 
     fn router(routes: &[(HostPattern, PathPattern)]) -> Router {
-        Router::new(routes.iter().enumerate().map(|(i, (h, p))| (h, p, i)))
+        Router::new(
+            routes
+                .iter()
+                .enumerate()
+                .map(|(i, (h, p))| (h, p.clone(), i)),
+        )
     }
 
     fn exact(p: &str) -> PathPattern {

@@ -12,7 +12,7 @@ use crate::edge::tls::{listener_settings as tls_listener_settings, SniResolver};
 use crate::notify::Readiness;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::reload::Reloader;
-use crate::topology::Topology;
+use crate::topology::{Resources, Topology};
 use crate::upgrade::{Launch, Upgrader};
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -48,8 +48,8 @@ pub struct Prepared {
 
 pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
     let config = &loaded.config;
-    let topology =
-        Topology::compile(config, None).map_err(|e| loaded.error_at(&e.node, &e.message))?;
+    let resources = Resources::read(config).map_err(|problems| loaded.errors(problems))?;
+    let topology = Topology::compile(config, resources, None);
     let access_log = AccessLog::open(
         &config.server.access_log,
         config.server.access_log_format.clone(),
@@ -290,10 +290,7 @@ impl ListenerRoles {
                 .listeners
                 .iter()
                 .filter(|l| l.redirect_https)
-                .filter_map(|l| {
-                    let status = http::StatusCode::from_u16(l.redirect_status).ok()?;
-                    Some((l.address, status))
-                })
+                .map(|l| (l.address, l.redirect_status))
                 .collect(),
         }
     }

@@ -172,3 +172,75 @@ async fn tollgate_reload_checks_the_file_then_signals_the_running_process() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_buckets_survive_a_reload_that_leaves_them_unchanged() {
+    let backend = Backend::start("app");
+    let limited = |rate: &str| {
+        format!(
+            "upstreams:\n  app:\n    backends:\n{}rate_limits:\n  slow: {{key: client_ip, rate: {rate}, burst: 0}}\n\
+             routes:\n  - match: {{path_prefix: /}}\n    upstream: app\n    rate_limit: slow\n",
+            backend_list(&[&backend])
+        )
+    };
+    let tollgate = Tollgate::start(&limited("1/m")).await;
+    let client = reqwest::Client::new();
+    let status = || async {
+        client
+            .get(tollgate.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status().await, 200);
+    assert_eq!(status().await, 429);
+    let reloads = |n: f64| {
+        tollgate.metric_reaches("tollgate_config_reloads_total", &[("result", "success")], n)
+    };
+    // The same limit (another route beside it): the spent bucket stays spent.
+    let same = with_body(&tollgate.config_text(), &limited("1/m"))
+        + "  - match: {path: /other}\n    respond: {status: 204}\n";
+    tollgate.rewrite_config(&same);
+    tollgate.signal(libc::SIGHUP);
+    assert!(reloads(1.0).await);
+    assert_eq!(
+        status().await,
+        429,
+        "the reload refilled an unchanged bucket"
+    );
+    // A changed limit starts with a full bucket.
+    tollgate.rewrite_config(&with_body(&tollgate.config_text(), &limited("2/m")));
+    tollgate.signal(libc::SIGHUP);
+    assert!(reloads(2.0).await);
+    assert_eq!(status().await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_says_when_the_server_section_changed_and_only_then() {
+    let backend = Backend::start("app");
+    let tollgate = Tollgate::start(&app_upstream(&[&backend], "")).await;
+    let reloads = |n: f64| {
+        tollgate.metric_reaches("tollgate_config_reloads_total", &[("result", "success")], n)
+    };
+    let warned = || {
+        tollgate
+            .stderr()
+            .matches("the server section changed")
+            .count()
+    };
+    // The same file again, written differently: no change to report.
+    let respaced = tollgate
+        .config_text()
+        .replace("grace_period: 1s", "grace_period: 1000ms");
+    tollgate.rewrite_config(&respaced);
+    tollgate.signal(libc::SIGHUP);
+    assert!(reloads(1.0).await);
+    assert_eq!(warned(), 0, "{}", tollgate.stderr());
+    tollgate.rewrite_config(&respaced.replace("grace_period: 1000ms", "grace_period: 2s"));
+    tollgate.signal(libc::SIGHUP);
+    assert!(reloads(2.0).await);
+    let said = wait_until(Duration::from_secs(5), || async { warned() == 1 }).await;
+    assert!(said, "{}", tollgate.stderr());
+}

@@ -15,9 +15,9 @@ pub enum ProbeKind {
     Tcp,
     /// Healthy when `GET path` answers an expected status.
     Http {
-        path: String,
+        path: http::uri::PathAndQuery,
         /// Host header; the backend's address when `None`.
-        host: Option<String>,
+        host: Option<http::HeaderValue>,
         /// Accepted statuses; any 2xx when `None`.
         expect_status: Option<Vec<u16>>,
     },
@@ -31,16 +31,12 @@ pub struct Probes {
 
 impl Probes {
     /// Probes of `kind` for `backends`, each bounded by `timeout`.
-    pub fn new(
-        kind: &ProbeKind,
-        backends: &[Backend],
-        timeout: Duration,
-    ) -> pingora::Result<Probes> {
+    pub fn new(kind: &ProbeKind, backends: &[Backend], timeout: Duration) -> Probes {
         let checks = backends
             .iter()
             .map(|backend| check_of(kind, backend, timeout))
-            .collect::<pingora::Result<_>>()?;
-        Ok(Probes { checks, timeout })
+            .collect();
+        Probes { checks, timeout }
     }
 
     /// Probes backend `index` (of `backend`) once; `Err` says why it failed.
@@ -75,7 +71,7 @@ fn check_of(
     kind: &ProbeKind,
     backend: &Backend,
     timeout: Duration,
-) -> pingora::Result<Box<dyn HealthCheck + Send + Sync>> {
+) -> Box<dyn HealthCheck + Send + Sync> {
     let options = probe_options(backend, timeout);
     let ProbeKind::Http {
         path,
@@ -90,19 +86,26 @@ fn check_of(
         }
         peer.options = options;
         tcp.peer_template = peer;
-        return Ok(tcp);
+        return tcp;
     };
     let mut http = HttpHealthCheck::new("", backend.peer.is_tls());
     let mut peer: HttpPeer = backend.peer.clone();
     peer.options = options;
     http.peer_template = peer;
-    let mut req = pingora::http::RequestHeader::build("GET", path.as_bytes(), None)?;
-    req.insert_header(
-        http::header::HOST,
-        host.clone().unwrap_or_else(|| backend.label.clone()),
-    )?;
-    req.insert_header(http::header::USER_AGENT, "tollgate-health-check")?;
-    http.req = req;
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.uri = http::Uri::from(path.clone());
+    // Labels are `IP:port` or `name:port`: always a valid Host value.
+    let host = host
+        .clone()
+        .or_else(|| http::HeaderValue::from_str(&backend.label).ok());
+    if let Some(host) = host {
+        parts.headers.insert(http::header::HOST, host);
+    }
+    parts.headers.insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("tollgate-health-check"),
+    );
+    http.req = pingora::http::RequestHeader::from(parts);
     let accepted = expect_status.clone();
     http.validator = Some(Box::new(move |resp| {
         let status = resp.status.as_u16();
@@ -119,5 +122,5 @@ fn check_of(
             )
         }
     }));
-    Ok(Box::new(http))
+    Box::new(http)
 }

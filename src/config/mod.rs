@@ -1,69 +1,29 @@
 //! The topology file: schema, loading, and validation with file:line:column errors.
 //!
-//! [`load`] is the only way a [`Config`] is made from a file; a `Config` it returns
-//! has passed every check in `validate`, so compiling it into a topology cannot fail
-//! on user input.
+//! [`load`] is the only way a [`Config`] is made from a file: its values are
+//! parsed into their types as it is read, backend names are resolved, and every
+//! check in `validate` has passed, so nothing after it parses or checks again.
 
+mod error;
 pub mod resolve;
 mod schema;
 mod spans;
+pub mod types;
 pub mod units;
 mod validate;
 
+pub use error::{ConfigError, ConfigErrors, Problem, Problems};
 pub use schema::*;
 pub use spans::{Position, Spans};
+pub use types::*;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// The topology file read when `-c` is not given.
 pub const DEFAULT_FILE: &str = "/etc/tollgate/tollgate.yaml";
 
-/// One problem in a topology file, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    /// `None` when the file could not be read at all.
-    pub position: Option<Position>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.position {
-            Some(p) => write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file.display(),
-                p.line,
-                p.column,
-                self.message
-            ),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
-        }
-    }
-}
-
-/// Every problem found in a topology file, in file order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
 /// A validated config with what is needed to point at its lines later, when
-/// compiling it finds a problem only I/O can reveal (a missing key file).
+/// reading what it names finds a problem (a missing key file).
 #[derive(Debug)]
 pub struct LoadedConfig {
     pub config: Config,
@@ -72,14 +32,30 @@ pub struct LoadedConfig {
 }
 
 impl LoadedConfig {
-    /// An error about the node at `path` (e.g. `auth.tokens.jwt.jwks_file`).
+    /// The problem `message` about the node at `node` (`auth.tokens.jwt.jwks_file`).
     pub fn error_at(&self, node: &str, message: &str) -> ConfigErrors {
-        ConfigErrors(vec![ConfigError {
-            file: self.file.clone(),
-            position: Some(self.spans.position(node)),
-            message: format!("{node}: {message}"),
-        }])
+        self.errors(Problems(vec![Problem::at(node, message)]))
     }
+
+    /// `problems`, each at the line of its node, in file order.
+    pub fn errors(&self, problems: Problems) -> ConfigErrors {
+        located(&self.file, &self.spans, problems)
+    }
+}
+
+/// `problems` as errors at their nodes' positions, in file order.
+fn located(file: &Path, spans: &Spans, problems: Problems) -> ConfigErrors {
+    let mut errors: Vec<ConfigError> = problems
+        .0
+        .into_iter()
+        .map(|problem| ConfigError {
+            file: file.to_path_buf(),
+            position: Some(spans.position(&problem.node)),
+            message: problem.to_string(),
+        })
+        .collect();
+    errors.sort_by_key(|e| e.position.map(|p| (p.line, p.column)));
+    ConfigErrors(errors)
 }
 
 /// Reads, parses and validates the topology file at `path`.
@@ -110,29 +86,15 @@ pub fn parse(source: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     fill_default_paths(&mut config.server, path);
     let spans = Spans::index(source);
     let mut problems = validate::check(&config);
-    problems.extend(resolve::resolve_backends(&mut config));
-    problems.sort_by_key(|(p, _)| {
-        let pos = spans.position(p);
-        (pos.line, pos.column)
-    });
-    if problems.is_empty() {
-        Ok(LoadedConfig {
-            config,
-            file: path.to_path_buf(),
-            spans,
-        })
-    } else {
-        Err(ConfigErrors(
-            problems
-                .into_iter()
-                .map(|(node, message)| ConfigError {
-                    file: path.to_path_buf(),
-                    position: Some(spans.position(&node)),
-                    message: format!("{node}: {message}"),
-                })
-                .collect(),
-        ))
+    problems.extend(resolve::resolve_backends(&mut config).0);
+    if !problems.0.is_empty() {
+        return Err(located(path, &spans, problems));
     }
+    Ok(LoadedConfig {
+        config,
+        file: path.to_path_buf(),
+        spans,
+    })
 }
 
 /// Gives `server.pid_file` and `server.upgrade_sock` their defaults, which depend

@@ -4,6 +4,7 @@
 //! each, as nginx does. Every address that does not parse or resolve is reported,
 //! not only the first.
 
+use super::error::Problems;
 use super::schema::Config;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -92,8 +93,8 @@ pub fn resolve(host_port: &HostPort) -> Result<Vec<SocketAddr>, String> {
 /// `BackendConfig::resolved`. Returns every problem as (node path, message):
 /// addresses that do not parse or resolve, and backends of one upstream that
 /// come to the same address.
-pub fn resolve_backends(config: &mut Config) -> Vec<(String, String)> {
-    let mut problems = Vec::new();
+pub fn resolve_backends(config: &mut Config) -> Problems {
+    let mut problems = Problems::default();
     for (name, upstream) in &mut config.upstreams {
         let mut first_with: HashMap<SocketAddr, usize> = HashMap::new();
         for (i, backend) in upstream.backends.iter_mut().enumerate() {
@@ -103,18 +104,18 @@ pub fn resolve_backends(config: &mut Config) -> Vec<(String, String)> {
                 Ok(addresses) => {
                     for address in &addresses {
                         if let Some(first) = first_with.insert(*address, i) {
-                            problems.push((
+                            problems.push(
                                 at.clone(),
                                 format!(
                                     "`{}` is {address}, as backends[{first}] is: list a backend once",
                                     backend.address
                                 ),
-                            ));
+                            );
                         }
                     }
                     backend.resolved = addresses;
                 }
-                Err(e) => problems.push((at, e)),
+                Err(e) => problems.push(at, e),
             }
         }
     }

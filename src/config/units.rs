@@ -3,6 +3,7 @@
 //! Each `parse_*` function is the single definition of a unit's syntax; the serde
 //! adapters below call them so that a bad value is reported at its line and column.
 
+use super::types::HeaderName;
 use serde::{de::Error as _, Deserialize, Deserializer};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -158,26 +159,103 @@ pub fn ip_nets<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<ipnet::IpNet>, D:
         .collect()
 }
 
-/// serde adapter: a map of text to text, in the order the file writes it.
-pub fn ordered_map<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<(String, String)>, D::Error> {
-    struct Entries;
-    impl<'de> serde::de::Visitor<'de> for Entries {
-        type Value = Vec<(String, String)>;
+/// Visits a map in the order the file writes it, making each entry with `entry`.
+fn ordered_entries<'de, D, T>(
+    de: D,
+    entry: fn(String, String) -> Result<T, String>,
+) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct Entries<T>(fn(String, String) -> Result<T, String>);
+    impl<'de, T> serde::de::Visitor<'de> for Entries<T> {
+        type Value = Vec<T>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a map of names to names, e.g. `{X-Auth-User: username}`")
+            f.write_str("a map of header names to text, e.g. `{X-Auth-User: username}`")
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(
             self,
             mut map: A,
         ) -> Result<Self::Value, A::Error> {
             let mut entries = Vec::new();
-            while let Some(entry) = map.next_entry::<String, String>()? {
-                entries.push(entry);
+            while let Some((key, value)) = map.next_entry::<String, String>()? {
+                entries.push((self.0)(key, value).map_err(serde::de::Error::custom)?);
             }
             Ok(entries)
         }
     }
-    de.deserialize_map(Entries)
+    de.deserialize_map(Entries(entry))
+}
+
+/// serde adapter: `{Header-Name: claim}`, in file order.
+pub fn header_claims<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Vec<(HeaderName, String)>, D::Error> {
+    ordered_entries(de, |name, claim| Ok((HeaderName::parse(&name)?, claim)))
+}
+
+/// serde adapter: `{Header-Name: value}` of headers to send, in file order.
+pub fn header_values<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Vec<(HeaderName, http::HeaderValue)>, D::Error> {
+    ordered_entries(de, |name, value| {
+        let value = http::HeaderValue::from_str(&value)
+            .map_err(|_| format!("invalid value for header `{name}`"))?;
+        Ok((HeaderName::parse(&name)?, value))
+    })
+}
+
+/// serde adapter: a request target that starts with `/` (`/health?full=1`).
+pub fn request_target<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<http::uri::PathAndQuery, D::Error> {
+    let text = String::deserialize(de)?;
+    text.parse::<http::uri::PathAndQuery>()
+        .ok()
+        .filter(|_| text.starts_with('/'))
+        .ok_or_else(|| {
+            D::Error::custom(format!(
+                "invalid path `{text}`: expected it to start with `/`"
+            ))
+        })
+}
+
+/// serde adapter: an HTTP status code (100 to 999; ranges are checked where used).
+pub fn status<'de, D: Deserializer<'de>>(de: D) -> Result<http::StatusCode, D::Error> {
+    let code = u16::deserialize(de)?;
+    http::StatusCode::from_u16(code)
+        .map_err(|_| D::Error::custom(format!("{code} is not an HTTP status")))
+}
+
+/// serde adapter: a header value (`/new`, `https://example.com/`).
+pub fn header_value<'de, D: Deserializer<'de>>(de: D) -> Result<http::HeaderValue, D::Error> {
+    opt_header_value(de)?.ok_or_else(|| D::Error::custom("a header value is needed"))
+}
+
+/// serde adapter: an optional header value (`products.internal`).
+pub fn opt_header_value<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Option<http::HeaderValue>, D::Error> {
+    let text = String::deserialize(de)?;
+    if text.is_empty() {
+        return Err(D::Error::custom("an empty header value"));
+    }
+    http::HeaderValue::from_str(&text)
+        .map(Some)
+        .map_err(|_| D::Error::custom(format!("invalid header value `{text}`")))
+}
+
+/// serde adapter: an `http://` or `https://` URL with a host.
+pub fn http_url<'de, D: Deserializer<'de>>(de: D) -> Result<reqwest::Url, D::Error> {
+    let text = String::deserialize(de)?;
+    reqwest::Url::parse(&text)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or_else(|| {
+            D::Error::custom(format!(
+                "invalid url `{text}`: expected http://host:port/path"
+            ))
+        })
 }
 
 #[cfg(test)]

@@ -12,18 +12,25 @@ pub struct DirectResponse {
 }
 
 impl DirectResponse {
-    /// Builds the response; fails only on a status or header that validation rejects.
-    pub fn new<'a>(
-        status: u16,
-        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    /// The response `status` with `headers` and `body` (Content-Length set here).
+    pub fn new(
+        status: http::StatusCode,
+        headers: impl IntoIterator<Item = (http::HeaderName, http::HeaderValue)>,
         body: Bytes,
-    ) -> pingora::Result<Self> {
-        let mut header = ResponseHeader::build(status, None)?;
+    ) -> Self {
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = status;
         for (name, value) in headers {
-            header.append_header(name.to_string(), value)?;
+            parts.headers.append(name, value);
         }
-        header.set_content_length(body.len())?;
-        Ok(DirectResponse { header, body })
+        parts.headers.insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(body.len()),
+        );
+        DirectResponse {
+            header: ResponseHeader::from(parts),
+            body,
+        }
     }
 
     pub fn status(&self) -> u16 {

@@ -64,7 +64,8 @@ fn now_ns() -> u64 {
 }
 
 impl RateLimiter {
-    pub fn new(config: &RateLimitConfig, key: RateKey) -> RateLimiter {
+    pub fn new(config: &RateLimitConfig) -> RateLimiter {
+        let key = config.key.clone();
         let interval_ns = (config.rate.interval().as_nanos() as u64).max(1);
         let capacity = config.burst.saturating_add(1);
         let set_count = if key == RateKey::Global {
@@ -150,24 +151,24 @@ mod tests {
     /// A limiter whose bucket holds `capacity` requests (`burst: capacity - 1`).
     fn limiter(rate: &str, capacity: u32, key: RateKey) -> RateLimiter {
         let config = RateLimitConfig {
-            key: String::new(),
+            key,
             rate: parse_rate(rate).unwrap(),
             burst: capacity.saturating_sub(1),
-            status: 429,
+            status: http::StatusCode::TOO_MANY_REQUESTS,
         };
-        RateLimiter::new(&config, key)
+        RateLimiter::new(&config)
     }
 
     #[test]
     fn burst_admits_one_more_as_nginx_does() {
         for burst in [0, 1, 5] {
             let config = RateLimitConfig {
-                key: String::new(),
+                key: RateKey::Global,
                 rate: parse_rate("1/m").unwrap(),
                 burst,
-                status: 429,
+                status: http::StatusCode::TOO_MANY_REQUESTS,
             };
-            let l = RateLimiter::new(&config, RateKey::Global);
+            let l = RateLimiter::new(&config);
             let passed = (0..10)
                 .filter(|_| matches!(l.check_at(b"", 1), Decision::Allow { .. }))
                 .count();

@@ -51,53 +51,41 @@ pub struct ForwardAuth {
     cache: Option<(Duration, MemoryCache<Vec<u8>, CachedPass>)>,
 }
 
-fn header_names<'a>(
-    names: impl IntoIterator<Item = &'a String>,
-) -> Result<Vec<HeaderName>, String> {
-    names
-        .into_iter()
-        .map(|h| {
-            HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("invalid header name `{h}`"))
-        })
-        .collect()
+/// The HTTP client of forward policies: no proxy from the environment, no
+/// redirects followed, `timeout` to connect.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
 impl ForwardAuth {
-    pub fn new(config: &ForwardAuthConfig) -> Result<ForwardAuth, String> {
-        let url = reqwest::Url::parse(&config.url)
-            .map_err(|e| format!("invalid url `{}`: {e}", config.url))?;
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(config.timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        let json_headers = header_names(config.identity_from_json.iter().map(|(h, _)| h))?;
-        let identity_from_json = json_headers
-            .into_iter()
-            .zip(
-                config
-                    .identity_from_json
-                    .iter()
-                    .map(|(_, claim)| claim.clone()),
-            )
-            .collect();
-        let cache = config
-            .cache
-            .map(|ttl| (ttl, MemoryCache::new(config.cache_entries)));
-        Ok(ForwardAuth {
-            url,
+    /// The policy of `config`, asking through `client` (see [`http_client`]).
+    pub fn new(config: &ForwardAuthConfig, client: reqwest::Client) -> ForwardAuth {
+        let names =
+            |list: &[crate::config::HeaderName]| list.iter().map(|h| h.name().clone()).collect();
+        ForwardAuth {
+            url: config.url.clone(),
             client,
             timeout: config.timeout,
             token_query: config.token_query.clone(),
-            pass_headers: header_names(&config.pass_headers)?,
-            copy_headers: header_names(&config.copy_headers)?,
-            identity_from_json,
+            pass_headers: names(&config.pass_headers),
+            copy_headers: names(&config.copy_headers),
+            identity_from_json: config
+                .identity_from_json
+                .iter()
+                .map(|(header, claim)| (header.name().clone(), claim.clone()))
+                .collect(),
             unauthorized_statuses: config.unauthorized_statuses.clone(),
             forbidden_statuses: config.forbidden_statuses.clone(),
-            cache,
-        })
+            cache: config
+                .cache
+                .map(|ttl| (ttl, MemoryCache::new(config.cache_entries))),
+        }
     }
 
     pub fn identity_headers(&self) -> Vec<HeaderName> {

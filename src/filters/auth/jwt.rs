@@ -5,14 +5,13 @@
 //! their own kind, which rules out algorithm confusion.
 
 use super::{bearer_token, claim_text, Identity, RejectReason, Rejection, Verdict};
-use crate::config::JwtConfig;
+use crate::config::{JwtConfig, Problem};
 use http::header::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use pingora::http::RequestHeader;
 use serde_json::Value;
-use std::str::FromStr;
 
 struct PublicKey {
     kid: Option<String>,
@@ -53,25 +52,81 @@ pub struct JwtAuth {
     claims_to_headers: Vec<(String, HeaderName)>,
 }
 
-/// Where a JWT policy's setup failed: the config key (relative to the policy's
-/// `jwt:` node) and the message.
-pub type SetupError = (&'static str, String);
+/// The key material of a JWT policy, read from outside the topology file: the
+/// HMAC secret (from the environment or a file) and the JWKS file's keys.
+pub struct JwtKeys {
+    secret: Option<DecodingKey>,
+    public_keys: Vec<PublicKey>,
+}
+
+impl JwtKeys {
+    /// Reads the secret and the JWKS file of `config`, the policy at node `at`
+    /// (`auth.tokens.jwt`); a problem names the key it is about.
+    pub fn read(config: &JwtConfig, at: &str) -> Result<JwtKeys, Problem> {
+        let secret = if let Some(var) = &config.secret_env {
+            let value = std::env::var(var).map_err(|_| {
+                Problem::at(
+                    format!("{at}.secret_env"),
+                    format!("environment variable {var} is not set"),
+                )
+            })?;
+            Some(secret_key(value.trim(), &format!("{at}.secret_env"))?)
+        } else if let Some(path) = &config.secret_file {
+            let node = format!("{at}.secret_file");
+            let value = std::fs::read_to_string(path)
+                .map_err(|e| Problem::at(&node, format!("cannot read {}: {e}", path.display())))?;
+            Some(secret_key(value.trim(), &node)?)
+        } else {
+            None
+        };
+        let public_keys = match &config.jwks_file {
+            Some(path) => read_jwks(path).map_err(|e| Problem::at(format!("{at}.jwks_file"), e))?,
+            None => Vec::new(),
+        };
+        Ok(JwtKeys {
+            secret,
+            public_keys,
+        })
+    }
+}
+
+/// The RSA and EC keys of the JWK Set at `path`.
+fn read_jwks(path: &std::path::Path) -> Result<Vec<PublicKey>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let set: JwkSet = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a JWK Set: {e}", path.display()))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => KeyKind::Rsa,
+            AlgorithmParameters::EllipticCurve(_) => KeyKind::Ec,
+            // Symmetric keys in a JWKS would allow confusion; other kinds are unsupported.
+            _ => continue,
+        };
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|e| format!("a key in {} is unusable: {e}", path.display()))?;
+        keys.push(PublicKey {
+            kid: jwk.common.key_id.clone(),
+            family,
+            key,
+        });
+    }
+    if keys.is_empty() {
+        return Err(format!("{} has no RSA or EC key", path.display()));
+    }
+    Ok(keys)
+}
 
 impl JwtAuth {
-    /// Builds the policy, reading the secret and the JWKS file now.
-    pub fn load(config: &JwtConfig) -> Result<JwtAuth, SetupError> {
-        let algorithms: Vec<Algorithm> = config
-            .algorithms
-            .iter()
-            .map(|a| {
-                Algorithm::from_str(a)
-                    .map_err(|_| ("algorithms", format!("unsupported algorithm `{a}`")))
-            })
-            .collect::<Result<_, _>>()?;
-        let mut validation = Validation::new(algorithms[0]);
-        validation.leeway = config.leeway.as_secs();
-        validation.validate_nbf = true;
-        validation.validate_aud = config.audience.is_some();
+    /// The policy of `config`, with its key material.
+    pub fn new(config: &JwtConfig, keys: JwtKeys) -> JwtAuth {
+        let mut validation = Validation {
+            leeway: config.leeway.as_secs(),
+            validate_nbf: true,
+            validate_aud: config.audience.is_some(),
+            ..Validation::default()
+        };
         let mut required = if config.require_exp {
             vec!["exp"]
         } else {
@@ -86,96 +141,26 @@ impl JwtAuth {
             required.push("aud");
         }
         validation.set_required_spec_claims(&required);
-        let validations = algorithms
+        let validations = config
+            .algorithms
             .iter()
             .map(|alg| {
                 let mut v = validation.clone();
-                v.algorithms = vec![*alg];
-                (*alg, v)
+                v.algorithms = vec![alg.algorithm()];
+                (alg.algorithm(), v)
             })
             .collect();
-
-        let secret = if let Some(var) = &config.secret_env {
-            let value = std::env::var(var).map_err(|_| {
-                (
-                    "secret_env",
-                    format!("environment variable {var} is not set"),
-                )
-            })?;
-            Some(secret_key(value.trim(), "secret_env")?)
-        } else if let Some(path) = &config.secret_file {
-            let value = std::fs::read_to_string(path).map_err(|e| {
-                (
-                    "secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            Some(secret_key(value.trim(), "secret_file")?)
-        } else {
-            None
-        };
-
-        let public_keys = match &config.jwks_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ("jwks_file", format!("cannot read {}: {e}", path.display())))?;
-                let set: JwkSet = serde_json::from_str(&text).map_err(|e| {
-                    (
-                        "jwks_file",
-                        format!("{} is not a JWK Set: {e}", path.display()),
-                    )
-                })?;
-                let mut keys = Vec::new();
-                for jwk in &set.keys {
-                    let family = match &jwk.algorithm {
-                        AlgorithmParameters::RSA(_) => KeyKind::Rsa,
-                        AlgorithmParameters::EllipticCurve(_) => KeyKind::Ec,
-                        // Symmetric keys in a JWKS would allow confusion; other kinds are unsupported.
-                        _ => continue,
-                    };
-                    let key = DecodingKey::from_jwk(jwk).map_err(|e| {
-                        (
-                            "jwks_file",
-                            format!("a key in {} is unusable: {e}", path.display()),
-                        )
-                    })?;
-                    keys.push(PublicKey {
-                        kid: jwk.common.key_id.clone(),
-                        family,
-                        key,
-                    });
-                }
-                if keys.is_empty() {
-                    return Err((
-                        "jwks_file",
-                        format!("{} has no RSA or EC key", path.display()),
-                    ));
-                }
-                keys
-            }
-            None => Vec::new(),
-        };
-
         let claims_to_headers = config
             .claims_to_headers
             .iter()
-            .map(|(claim, header)| {
-                HeaderName::from_bytes(header.as_bytes())
-                    .map(|h| (claim.clone(), h))
-                    .map_err(|_| {
-                        (
-                            "claims_to_headers",
-                            format!("invalid header name `{header}`"),
-                        )
-                    })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(JwtAuth {
+            .map(|(claim, header)| (claim.clone(), header.name().clone()))
+            .collect();
+        JwtAuth {
             validations,
-            secret,
-            public_keys,
+            secret: keys.secret,
+            public_keys: keys.public_keys,
             claims_to_headers,
-        })
+        }
     }
 
     pub fn identity_headers(&self) -> Vec<HeaderName> {
@@ -255,9 +240,9 @@ impl JwtAuth {
     }
 }
 
-fn secret_key(secret: &str, node: &'static str) -> Result<DecodingKey, SetupError> {
+fn secret_key(secret: &str, node: &str) -> Result<DecodingKey, Problem> {
     if secret.is_empty() {
-        return Err((node, "the HMAC secret is empty".to_string()));
+        return Err(Problem::at(node, "the HMAC secret is empty"));
     }
     Ok(DecodingKey::from_secret(secret.as_bytes()))
 }

@@ -1,0 +1,114 @@
+//! `auth:`: the policies routes name, one of forward, jwt or api_keys each.
+
+use super::defaults;
+use crate::config::types::{HeaderName, JwtAlgorithm};
+use crate::config::units;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One authentication policy: exactly one of `forward`, `jwt`, `api_keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthPolicyConfig {
+    pub forward: Option<ForwardAuthConfig>,
+    pub jwt: Option<JwtConfig>,
+    pub api_keys: Option<ApiKeysConfig>,
+}
+
+/// Ask an auth service about each request, like nginx `auth_request`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthConfig {
+    /// `http://host:port/path` of the auth service.
+    #[serde(deserialize_with = "units::http_url")]
+    pub url: reqwest::Url,
+    #[serde(
+        default = "defaults::auth_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub timeout: Duration,
+    /// The bearer token of the client's Authorization goes in this query
+    /// parameter of `url` instead of an Authorization header.
+    pub token_query: Option<String>,
+    /// Client request headers passed on to the auth service (Authorization is,
+    /// unless `token_query` is set).
+    #[serde(default)]
+    pub pass_headers: Vec<HeaderName>,
+    /// Headers copied from the auth service's 2xx answer into the upstream request.
+    #[serde(default)]
+    pub copy_headers: Vec<HeaderName>,
+    /// Headers of the upstream request taken from the JSON body of a 2xx answer:
+    /// header -> claim (`user.name` reaches into objects).
+    #[serde(default, deserialize_with = "units::header_claims")]
+    pub identity_from_json: Vec<(HeaderName, String)>,
+    /// Statuses of the auth service that mean 401 to the client.
+    #[serde(default = "defaults::unauthorized_statuses")]
+    pub unauthorized_statuses: Vec<u16>,
+    /// Statuses of the auth service that mean 403 to the client.
+    #[serde(default = "defaults::forbidden_statuses")]
+    pub forbidden_statuses: Vec<u16>,
+    /// How the policy's 401/403/503 answers read.
+    #[serde(default)]
+    pub error_body: ErrorBody,
+    /// How long a positive answer is reused for the same credentials; no
+    /// caching when absent.
+    #[serde(default, deserialize_with = "units::opt_duration")]
+    pub cache: Option<Duration>,
+    /// Most answers kept in the cache.
+    #[serde(default = "defaults::auth_cache_entries")]
+    pub cache_entries: usize,
+}
+
+/// The body of an auth policy's rejections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorBody {
+    /// Plain text (a forward policy passes on the auth service's own body).
+    #[default]
+    Text,
+    /// `{"message": "Unauthorized"}` (`Forbidden`, `Service Unavailable`).
+    Json,
+}
+
+/// Check JSON Web Tokens from `Authorization: Bearer`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Accepted `alg` values: HS256/384/512, RS256/384/512, PS256/384/512, ES256/384.
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Public keys (RS*, PS*, ES*) as a JWK Set.
+    pub jwks_file: Option<PathBuf>,
+    /// Environment variable holding the HMAC secret (HS*).
+    pub secret_env: Option<String>,
+    /// File holding the HMAC secret (HS*); surrounding white space is ignored.
+    pub secret_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Claims copied into upstream request headers: `{sub: X-User}`.
+    #[serde(default)]
+    pub claims_to_headers: BTreeMap<String, HeaderName>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "defaults::jwt_leeway", deserialize_with = "units::duration")]
+    pub leeway: Duration,
+    /// Refuse tokens without an `exp` claim (default): they would never expire.
+    #[serde(default = "defaults::yes")]
+    pub require_exp: bool,
+    #[serde(default)]
+    pub error_body: ErrorBody,
+}
+
+/// Accept requests that carry one of a list of keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysConfig {
+    /// Header carrying the key; `Authorization: Bearer <key>` is accepted too.
+    #[serde(default = "defaults::api_key_header")]
+    pub header: HeaderName,
+    /// One key per line; `#` starts a comment; `name: key` names a key (the
+    /// name becomes the request's `auth_subject`).
+    pub keys_file: PathBuf,
+    #[serde(default)]
+    pub error_body: ErrorBody,
+}

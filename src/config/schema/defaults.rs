@@ -1,0 +1,111 @@
+//! Defaults of the topology file, chosen to be safe in production (every
+//! timeout set, every limit set).
+
+use std::time::Duration;
+
+pub fn grace_period() -> Duration {
+    Duration::from_secs(10)
+}
+pub fn retries() -> u32 {
+    1
+}
+pub fn weight() -> u32 {
+    1
+}
+pub fn check_interval() -> Duration {
+    Duration::from_secs(5)
+}
+pub fn check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+pub fn healthy_threshold() -> u32 {
+    2
+}
+pub fn unhealthy_threshold() -> u32 {
+    3
+}
+pub fn probe_path() -> http::uri::PathAndQuery {
+    http::uri::PathAndQuery::from_static("/")
+}
+pub fn max_fails() -> u32 {
+    1
+}
+pub fn fail_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+pub fn connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+pub fn read_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+pub fn write_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+pub fn idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+pub fn auth_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+pub fn auth_cache_entries() -> usize {
+    10_000
+}
+pub fn jwt_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+pub fn verify() -> bool {
+    true
+}
+pub fn yes() -> bool {
+    true
+}
+pub fn rate_limited_status() -> http::StatusCode {
+    http::StatusCode::TOO_MANY_REQUESTS
+}
+pub fn unauthorized_statuses() -> Vec<u16> {
+    vec![401]
+}
+pub fn forbidden_statuses() -> Vec<u16> {
+    vec![403]
+}
+pub fn max_request_body() -> u64 {
+    10 << 20
+}
+pub fn client_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+pub fn compression_level() -> u32 {
+    6
+}
+pub fn compression_min_size() -> u64 {
+    1024
+}
+pub fn compression_types() -> Vec<String> {
+    [
+        "text/html",
+        "text/css",
+        "text/plain",
+        "text/xml",
+        "text/javascript",
+        "text/csv",
+        "text/markdown",
+        "application/json",
+        "application/javascript",
+        "application/xml",
+        "application/wasm",
+        "image/svg+xml",
+    ]
+    .iter()
+    .map(|t| t.to_string())
+    .collect()
+}
+pub fn index_file() -> String {
+    "index.html".to_string()
+}
+pub fn redirect_status() -> http::StatusCode {
+    http::StatusCode::PERMANENT_REDIRECT
+}
+pub fn api_key_header() -> crate::config::types::HeaderName {
+    crate::config::types::HeaderName::known(http::HeaderName::from_static("x-api-key"), "X-API-Key")
+}

@@ -1,0 +1,33 @@
+//! The YAML schema of the topology file (the keys are listed in the README).
+//!
+//! Every struct denies unknown keys; values with units or a syntax of their own
+//! are parsed here, once, into their types (see `units` and `types`).
+
+mod auth;
+pub mod defaults;
+mod route;
+mod server;
+mod upstream;
+
+pub use auth::*;
+pub use route::*;
+pub use server::*;
+pub use upstream::*;
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// Authentication policies by name; a route names one with `auth:`.
+    #[serde(default)]
+    pub auth: BTreeMap<String, AuthPolicyConfig>,
+    /// Rate limits by name; a route names one with `rate_limit:`.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
+}

@@ -1,0 +1,124 @@
+//! `routes:` and `rate_limits:`: what a request matches and what answers it.
+
+use super::defaults;
+use super::EncodedSlashes;
+use crate::config::types::{HeaderName, HostPattern, PathPattern, RateKey, RoutePath};
+use crate::config::units;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Label of the route in metrics and logs; `index:path` when absent.
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matcher: MatchConfig,
+    pub upstream: Option<String>,
+    pub respond: Option<RespondConfig>,
+    pub redirect: Option<RedirectConfig>,
+    /// Serve files from a directory.
+    #[serde(rename = "static")]
+    pub static_files: Option<StaticConfig>,
+    /// Remove the matched `path_prefix` before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Only clients in these networks may use the route (403 otherwise).
+    #[serde(default, deserialize_with = "units::ip_nets")]
+    pub allow: Vec<ipnet::IpNet>,
+    /// Clients in these networks get 403 (checked before `allow`).
+    #[serde(default, deserialize_with = "units::ip_nets")]
+    pub deny: Vec<ipnet::IpNet>,
+    /// Name of the policy under `auth:` that guards this route; public when absent.
+    pub auth: Option<String>,
+    /// Name of the limit under `rate_limits:` applied to this route.
+    pub rate_limit: Option<String>,
+    /// `server.encoded_slashes` for this route's paths.
+    pub encoded_slashes: Option<EncodedSlashes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// `client_ip`, `header:NAME`, `auth_subject` or `global`.
+    pub key: RateKey,
+    #[serde(deserialize_with = "units::rate")]
+    pub rate: units::Rate,
+    /// Requests allowed at once above the steady rate, as nginx `burst=`: the
+    /// bucket holds `burst + 1`.
+    pub burst: u32,
+    /// The status of a refused request: 429 (default) or 503 (nginx's default).
+    #[serde(
+        default = "defaults::rate_limited_status",
+        deserialize_with = "units::status"
+    )]
+    pub status: http::StatusCode,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    #[serde(default)]
+    pub host: HostPattern,
+    pub path: Option<RoutePath>,
+    pub path_prefix: Option<RoutePath>,
+}
+
+impl MatchConfig {
+    /// The path pattern: `path` (exact), else `path_prefix`, else the prefix `/`.
+    /// (A match with both is refused at load.)
+    pub fn path_pattern(&self) -> PathPattern {
+        match (&self.path, &self.path_prefix) {
+            (Some(p), _) => PathPattern::Exact(p.as_str().to_string()),
+            (None, Some(p)) => PathPattern::Prefix(p.as_str().to_string()),
+            (None, None) => PathPattern::Prefix("/".to_string()),
+        }
+    }
+
+    /// The path as written (`/` when there is none), for labels.
+    pub fn path_text(&self) -> &str {
+        self.path
+            .as_ref()
+            .or(self.path_prefix.as_ref())
+            .map_or("/", RoutePath::as_str)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondConfig {
+    #[serde(deserialize_with = "units::status")]
+    pub status: http::StatusCode,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default, deserialize_with = "units::header_values")]
+    pub headers: Vec<(HeaderName, http::HeaderValue)>,
+}
+
+/// Files served from a directory, as nginx `root`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    /// The request path is appended to it: `/poster/a.jpg` -> `ROOT/poster/a.jpg`.
+    pub root: PathBuf,
+    /// File served for a path ending in `/`.
+    #[serde(default = "defaults::index_file")]
+    pub index: String,
+    /// A file under `root` sent with status 404 for missing files.
+    pub not_found_page: Option<String>,
+}
+
+/// A redirect answered by tollgate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// The `Location`: an absolute URL or a path.
+    #[serde(deserialize_with = "units::header_value")]
+    pub to: http::HeaderValue,
+    /// 301, 302, 303, 307 or 308 (default).
+    #[serde(
+        default = "defaults::redirect_status",
+        deserialize_with = "units::status"
+    )]
+    pub status: http::StatusCode,
+}

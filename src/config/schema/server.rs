@@ -1,0 +1,238 @@
+//! `server:`: process settings, listeners, TLS, limits, logging. Read once at
+//! start; a reload compares them with the running ones and says what changed.
+
+use super::defaults;
+use crate::config::units;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Worker threads of the proxy; `None` means one per core.
+    pub threads: Option<usize>,
+    pub listeners: Vec<ListenerConfig>,
+    /// Prometheus exposition address; `None` turns metrics serving off.
+    #[serde(default, deserialize_with = "units::opt_socket_addr")]
+    pub metrics: Option<SocketAddr>,
+    #[serde(default)]
+    pub access_log: AccessLogTarget,
+    #[serde(default)]
+    pub access_log_format: AccessLogFormat,
+    /// Peers whose X-Forwarded-For names the client.
+    #[serde(default, deserialize_with = "units::ip_nets")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    #[serde(
+        default = "defaults::grace_period",
+        deserialize_with = "units::duration"
+    )]
+    pub grace_period: Duration,
+    /// Where the process id is written; when not set, a path of this topology
+    /// file's own, filled in at load (see `pid_file`).
+    #[serde(default)]
+    pub pid_file: PathBuf,
+    /// The socket listening sockets are handed over on during an upgrade; a
+    /// default of the file's own when not set, as `pid_file`.
+    #[serde(default)]
+    pub upgrade_sock: PathBuf,
+    /// Larger request bodies are refused with 413.
+    #[serde(
+        default = "defaults::max_request_body",
+        deserialize_with = "units::byte_size"
+    )]
+    pub max_request_body: u64,
+    /// How long tollgate waits on slow or idle clients.
+    #[serde(default)]
+    pub client_timeouts: ClientTimeoutsConfig,
+    /// Compression of responses; off when absent.
+    pub compression: Option<CompressionConfig>,
+    /// What `%2F`, `%5C` and `\` in request paths do, unless a route says otherwise.
+    #[serde(default)]
+    pub encoded_slashes: EncodedSlashes,
+    /// What request headers whose names contain `_` do.
+    #[serde(default)]
+    pub underscores_in_headers: UnderscoreHeaders,
+}
+
+/// How escaped slashes in a request path are read (see `filters::request_path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodedSlashes {
+    /// 400 Bad Request.
+    #[default]
+    Reject,
+    /// As `/`: the path is matched and forwarded decoded.
+    Decode,
+    /// As written: matched and forwarded with the escapes (unsafe with auth on
+    /// backends that decode them; refused still when that would change the route).
+    Keep,
+}
+
+/// What happens to request headers whose names contain `_`, which some backends
+/// read as `-` (`X_Auth_Role` for `X-Auth-Role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoreHeaders {
+    /// Removed before routing (nginx's `underscores_in_headers off`).
+    #[default]
+    Drop,
+    /// Passed on.
+    Keep,
+    /// 400 Bad Request.
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTimeoutsConfig {
+    /// Longest wait for the next piece of a request body.
+    #[serde(
+        default = "defaults::client_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub read_body: Duration,
+    /// Longest wait for a client to take the next piece of a response.
+    #[serde(
+        default = "defaults::client_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub send: Duration,
+    /// How long an idle keep-alive connection waits for its next request (on TLS
+    /// listeners rounded up to whole seconds).
+    #[serde(
+        default = "defaults::client_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub keepalive: Duration,
+}
+
+impl Default for ClientTimeoutsConfig {
+    fn default() -> Self {
+        ClientTimeoutsConfig {
+            read_body: defaults::client_timeout(),
+            send: defaults::client_timeout(),
+            keepalive: defaults::client_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// gzip/brotli/zstd level (1 to 9).
+    #[serde(default = "defaults::compression_level")]
+    pub level: u32,
+    /// Smaller responses are sent as they are.
+    #[serde(
+        default = "defaults::compression_min_size",
+        deserialize_with = "units::byte_size"
+    )]
+    pub min_size: u64,
+    /// Content types compressed (before any `;`); defaults to text types.
+    #[serde(default = "defaults::compression_types")]
+    pub types: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    #[serde(deserialize_with = "units::socket_addr")]
+    pub address: SocketAddr,
+    /// Answer every request with a redirect to the same URL on the TLS listener.
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// The status of those redirects: 301, 302, 307 or 308 (default).
+    #[serde(
+        default = "defaults::redirect_status",
+        deserialize_with = "units::status"
+    )]
+    pub redirect_status: http::StatusCode,
+    /// Terminate TLS on this listener.
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// Certificates chosen by SNI against each one's names; the first is the
+    /// default for clients that send no (or an unknown) name.
+    pub certificates: Vec<CertificateConfig>,
+    /// Offer HTTP/2 by ALPN (HTTP/1.1 is always offered).
+    #[serde(default)]
+    pub http2: bool,
+    /// Strict-Transport-Security on every answer of this listener.
+    pub hsts: Option<HstsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HstsConfig {
+    #[serde(deserialize_with = "units::duration")]
+    pub max_age: Duration,
+    #[serde(default)]
+    pub include_subdomains: bool,
+    #[serde(default)]
+    pub preload: bool,
+}
+
+/// Where access log lines go: `stdout`, `off`, or a file path.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessLogTarget {
+    #[default]
+    Stdout,
+    Off,
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for AccessLogTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(de)?;
+        Ok(match text.as_str() {
+            "stdout" => AccessLogTarget::Stdout,
+            "off" => AccessLogTarget::Off,
+            "" => {
+                return Err(serde::de::Error::custom(
+                    "access_log is empty: expected `stdout`, `off` or a file path",
+                ))
+            }
+            path => AccessLogTarget::File(PathBuf::from(path)),
+        })
+    }
+}
+
+/// How access log lines read: `json`, `combined` (nginx's), or a format of
+/// nginx variables (`'$remote_addr "$request" $status $http_x_forwarded_for'`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessLogFormat {
+    Json,
+    #[default]
+    Combined,
+    Custom(Box<crate::access_log::template::Template>),
+}
+
+impl<'de> Deserialize<'de> for AccessLogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(de)?;
+        match text.as_str() {
+            "json" => Ok(AccessLogFormat::Json),
+            "combined" => Ok(AccessLogFormat::Combined),
+            format if format.contains('$') => crate::access_log::template::Template::parse(format)
+                .map(|t| AccessLogFormat::Custom(Box::new(t)))
+                .map_err(serde::de::Error::custom),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown access log format `{other}`: expected json, combined, or a format with $variables"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! `upstreams:`: backends, how they are balanced, checked and connected to.
+
+use super::defaults;
+use crate::config::units;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    pub backends: Vec<BackendConfig>,
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub passive: PassiveConfig,
+    /// How many other backends are tried when connecting fails.
+    #[serde(default = "defaults::retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// HTTPS to the backends (and their health checks); plain HTTP when absent.
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// The name sent by SNI and checked against the backends' certificates.
+    pub sni: Option<String>,
+    /// Check the certificate against the system's CAs and `sni` (default true).
+    #[serde(default = "defaults::verify")]
+    pub verify: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+    IpHash,
+    LeastConnections,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `IP:port` or `name:port`, as written (see `resolve`).
+    pub address: String,
+    /// What `address` resolved to when the file was loaded.
+    #[serde(skip)]
+    pub resolved: Vec<SocketAddr>,
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub http: Option<HttpProbeConfig>,
+    pub tcp: Option<TcpProbeConfig>,
+    #[serde(
+        default = "defaults::check_interval",
+        deserialize_with = "units::duration"
+    )]
+    pub interval: Duration,
+    #[serde(
+        default = "defaults::check_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub timeout: Duration,
+    #[serde(default = "defaults::healthy_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "defaults::unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbeConfig {
+    #[serde(
+        default = "defaults::probe_path",
+        deserialize_with = "units::request_target"
+    )]
+    pub path: http::uri::PathAndQuery,
+    /// Host header of the probe; the backend address when absent.
+    #[serde(default, deserialize_with = "units::opt_header_value")]
+    pub host: Option<http::HeaderValue>,
+    /// Accepted statuses; any 2xx when absent.
+    pub expect_status: Option<Vec<u16>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProbeConfig {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveConfig {
+    /// Failures within `fail_timeout` that take a backend out; 0 turns passive checks off.
+    #[serde(default = "defaults::max_fails")]
+    pub max_fails: u32,
+    #[serde(
+        default = "defaults::fail_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub fail_timeout: Duration,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            max_fails: defaults::max_fails(),
+            fail_timeout: defaults::fail_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    #[serde(
+        default = "defaults::connect_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub connect: Duration,
+    #[serde(
+        default = "defaults::read_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub read: Duration,
+    #[serde(
+        default = "defaults::write_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub write: Duration,
+    /// How long an idle upstream keep-alive connection is kept for reuse.
+    #[serde(
+        default = "defaults::idle_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub idle: Duration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            connect: defaults::connect_timeout(),
+            read: defaults::read_timeout(),
+            write: defaults::write_timeout(),
+            idle: defaults::idle_timeout(),
+        }
+    }
+}

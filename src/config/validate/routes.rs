@@ -1,0 +1,148 @@
+//! Checks of `routes:`: one action each, known names, no two the same.
+
+use super::{listing, Problems};
+use crate::config::schema::{Config, RouteConfig};
+use crate::config::types::{HostPattern, PathPattern, RateKey};
+use std::collections::HashMap;
+
+pub(super) fn check(config: &Config, problems: &mut Problems) {
+    if config.routes.is_empty() {
+        problems.push("routes", "at least one route is needed");
+    }
+    let mut matches: HashMap<(&HostPattern, PathPattern), usize> = HashMap::new();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if let Some(name) = &route.name {
+            if name.is_empty() || name.bytes().any(|b| b.is_ascii_control()) {
+                problems.push(
+                    format!("{at}.name"),
+                    "a route name must be non-empty printable text",
+                );
+            }
+            if let Some(first) = names.insert(name, i) {
+                problems.push(
+                    format!("{at}.name"),
+                    format!("route name `{name}` is already used by routes[{first}]"),
+                );
+            }
+        }
+        let m = &route.matcher;
+        if m.path.is_some() && m.path_prefix.is_some() {
+            problems.push(
+                format!("{at}.match"),
+                "a match has either `path` or `path_prefix`, not both",
+            );
+        }
+        if let Some(first) = matches.insert((&m.host, m.path_pattern()), i) {
+            problems.push(
+                format!("{at}.match"),
+                format!("routes[{first}] has the same match; one of them could never be chosen"),
+            );
+        }
+        check_action(&at, route, problems);
+        check_references(&at, config, route, problems);
+    }
+}
+
+fn check_action(at: &str, route: &RouteConfig, problems: &mut Problems) {
+    let actions = usize::from(route.upstream.is_some())
+        + usize::from(route.respond.is_some())
+        + usize::from(route.redirect.is_some())
+        + usize::from(route.static_files.is_some());
+    if actions != 1 {
+        problems.push(
+            at,
+            "a route has exactly one action: `upstream`, `respond`, `redirect` or `static`",
+        );
+    }
+    let is_prefix = matches!(route.matcher.path_pattern(), PathPattern::Prefix(_));
+    let strippable = route.upstream.is_some() || route.static_files.is_some();
+    if route.strip_prefix && (!is_prefix || !strippable) {
+        problems.push(
+            format!("{at}.strip_prefix"),
+            "strip_prefix needs a `path_prefix` match and an `upstream` or `static` action",
+        );
+    }
+    if let Some(files) = &route.static_files {
+        if files.index.is_empty() || files.index.contains('/') || files.index.starts_with('.') {
+            problems.push(
+                format!("{at}.static.index"),
+                "expected a file name such as index.html",
+            );
+        }
+    }
+    if let Some(redirect) = &route.redirect {
+        if ![301, 302, 303, 307, 308].contains(&redirect.status.as_u16()) {
+            problems.push(
+                format!("{at}.redirect.status"),
+                format!(
+                    "{} is not a redirect status (301, 302, 303, 307, 308)",
+                    redirect.status
+                ),
+            );
+        }
+    }
+    if let Some(respond) = &route.respond {
+        if !(200..=599).contains(&respond.status.as_u16()) {
+            problems.push(
+                format!("{at}.respond.status"),
+                format!("{} is not a final HTTP status (200 to 599)", respond.status),
+            );
+        }
+        for (name, _) in &respond.headers {
+            let framing = name.name() == http::header::CONTENT_LENGTH
+                || name.name() == http::header::TRANSFER_ENCODING;
+            if framing {
+                problems.push(
+                    format!("{at}.respond.headers.{name}"),
+                    format!("`{name}` is set by tollgate from the body"),
+                );
+            }
+        }
+    }
+}
+
+/// The upstream, policy and limit a route names exist.
+fn check_references(at: &str, config: &Config, route: &RouteConfig, problems: &mut Problems) {
+    if let Some(auth) = &route.auth {
+        if !config.auth.contains_key(auth) {
+            problems.push(
+                format!("{at}.auth"),
+                format!(
+                    "unknown auth policy `{auth}` (defined: {})",
+                    listing(config.auth.keys())
+                ),
+            );
+        }
+    }
+    if let Some(limit) = &route.rate_limit {
+        match config.rate_limits.get(limit) {
+            None => problems.push(
+                format!("{at}.rate_limit"),
+                format!(
+                    "unknown rate limit `{limit}` (defined: {})",
+                    listing(config.rate_limits.keys())
+                ),
+            ),
+            Some(l) if l.key == RateKey::AuthSubject && route.auth.is_none() => problems.push(
+                format!("{at}.rate_limit"),
+                format!(
+                    "rate limit `{limit}` is keyed on auth_subject, but this route has no `auth`"
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+    if let Some(upstream) = &route.upstream {
+        if !config.upstreams.contains_key(upstream) {
+            problems.push(
+                format!("{at}.upstream"),
+                format!(
+                    "unknown upstream `{upstream}` (defined: {})",
+                    listing(config.upstreams.keys())
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Checks of `upstreams:`.
+
+use super::{check_name, check_positive, Problems, MAX_WEIGHT};
+use crate::config::schema::{HealthCheckConfig, UpstreamConfig};
+
+pub(super) fn check(name: &str, upstream: &UpstreamConfig, problems: &mut Problems) {
+    let at = format!("upstreams.{name}");
+    check_name(&at, name, "upstream", problems);
+    if upstream.backends.is_empty() {
+        problems.push(
+            format!("{at}.backends"),
+            "an upstream needs at least one backend",
+        );
+    }
+    for (i, backend) in upstream.backends.iter().enumerate() {
+        if backend.weight == 0 || backend.weight > MAX_WEIGHT {
+            problems.push(
+                format!("{at}.backends[{i}].weight"),
+                format!(
+                    "weight {} is out of range: expected 1 to {MAX_WEIGHT}",
+                    backend.weight
+                ),
+            );
+        }
+    }
+    if let Some(hc) = &upstream.health_check {
+        check_health(&format!("{at}.health_check"), hc, problems);
+    }
+    if let Some(tls) = &upstream.tls {
+        if tls.verify && tls.sni.as_deref().is_none_or(str::is_empty) {
+            problems.push(
+                format!("{at}.tls"),
+                "verify needs `sni`, the name certificates are checked against",
+            );
+        }
+    }
+    if upstream.passive.max_fails > 0 && upstream.passive.fail_timeout.is_zero() {
+        problems.push(
+            format!("{at}.passive.fail_timeout"),
+            "must be more than 0 when max_fails is set",
+        );
+    }
+    let t = &upstream.timeouts;
+    check_positive(
+        &format!("{at}.timeouts"),
+        &[
+            ("connect", t.connect),
+            ("read", t.read),
+            ("write", t.write),
+            ("idle", t.idle),
+        ],
+        problems,
+    );
+}
+
+fn check_health(hat: &str, hc: &HealthCheckConfig, problems: &mut Problems) {
+    if hc.http.is_some() == hc.tcp.is_some() {
+        problems.push(hat, "a health check has exactly one of `http` or `tcp`");
+    }
+    if let Some(statuses) = hc.http.as_ref().and_then(|h| h.expect_status.as_ref()) {
+        if statuses.is_empty() {
+            problems.push(
+                format!("{hat}.http.expect_status"),
+                "list at least one status, or leave it out for any 2xx",
+            );
+        }
+        for (j, s) in statuses.iter().enumerate() {
+            if !(100..=599).contains(s) {
+                problems.push(
+                    format!("{hat}.http.expect_status[{j}]"),
+                    format!("{s} is not an HTTP status (100 to 599)"),
+                );
+            }
+        }
+    }
+    check_positive(
+        hat,
+        &[("interval", hc.interval), ("timeout", hc.timeout)],
+        problems,
+    );
+    for (key, value) in [
+        ("healthy_threshold", hc.healthy_threshold),
+        ("unhealthy_threshold", hc.unhealthy_threshold),
+    ] {
+        if value == 0 {
+            problems.push(format!("{hat}.{key}"), "must be at least 1");
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The compiled, immutable form of a [`Config`] that the proxy reads: route table,
+//! upstreams with their backends and live state, direct responses, metric handles.
+//! Built once per load and swapped whole; the request path only reads it.
+//!
+//! Compiling cannot fail: the file's values were parsed and checked at load, and
+//! what comes from outside the file was read into [`Resources`] before.
+
+mod resources;
+
+pub use resources::Resources;
+
+use crate::balance::health::CheckPlan;
+use crate::balance::probe::{ProbeKind, Probes};
+use crate::balance::{Backend, BackendState, Upstream};
+use crate::config::{
+    Config, EncodedSlashes, ErrorBody, RateLimitConfig, RouteConfig, UpstreamConfig,
+};
+use crate::edge::respond::DirectResponse;
+use crate::edge::static_files::StaticFiles;
+use crate::filters::auth::AuthPolicy;
+use crate::filters::rate_limit::RateLimiter;
+use crate::forwarding::TrustedProxies;
+use crate::metrics::{BackendMetrics, RouteMetrics, NO_UPSTREAM};
+use crate::router::Router;
+use bytes::Bytes;
+use http::header::HeaderName;
+use pingora::upstreams::peer::HttpPeer;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub struct Topology {
+    pub router: Router,
+    pub routes: Vec<Route>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Active checks, one per upstream that has a `health_check`.
+    pub check_plans: Vec<Arc<CheckPlan>>,
+    pub trusted_proxies: TrustedProxies,
+    /// Every header an auth policy may set; removed from every client request.
+    pub identity_headers: Vec<HeaderName>,
+    /// The rate limits by name, kept for the next topology to take over.
+    rate_limits: BTreeMap<String, Arc<NamedRateLimit>>,
+}
+
+/// An auth policy with its name, shared by the routes that name it.
+pub struct NamedAuth {
+    pub name: String,
+    pub policy: AuthPolicy,
+    /// How its rejections read.
+    pub error_body: ErrorBody,
+}
+
+/// A rate limit with its name and the RateLimit-Limit value, shared by its routes.
+pub struct NamedRateLimit {
+    pub name: String,
+    pub limiter: RateLimiter,
+    pub limit_header: http::HeaderValue,
+    /// The status of refused requests (429 or 503).
+    pub status: http::StatusCode,
+    /// What it was made from: a reload that leaves it as it is keeps its buckets.
+    config: RateLimitConfig,
+}
+
+/// What a matched route does.
+pub enum RouteAction {
+    /// Forward to `topology.upstreams[upstream]`.
+    Proxy { upstream: usize },
+    /// Answer directly.
+    Respond(Box<DirectResponse>),
+    /// Serve files.
+    Static(Box<StaticFiles>),
+}
+
+pub struct Route {
+    /// The `route` label of metrics and logs: the route's name, or `index:path`.
+    pub label: String,
+    /// The `upstream` label: the upstream's name, or `-`.
+    pub upstream_label: String,
+    pub action: RouteAction,
+    /// The prefix removed from the path before forwarding, when `strip_prefix` is set.
+    pub strip_prefix: Option<String>,
+    /// The route's own `encoded_slashes`; the server's applies when `None`.
+    pub encoded_slashes: Option<EncodedSlashes>,
+    pub auth: Option<Arc<NamedAuth>>,
+    pub rate_limit: Option<Arc<NamedRateLimit>>,
+    /// Client networks allowed (empty: all) and denied, checked before anything else.
+    pub allow: Vec<ipnet::IpNet>,
+    pub deny: Vec<ipnet::IpNet>,
+    pub metrics: RouteMetrics,
+}
+
+impl Route {
+    /// Whether `client` may use this route by address: not in `deny`, and in
+    /// `allow` when there is one.
+    pub fn allows_client(&self, client: std::net::IpAddr) -> bool {
+        !self.deny.iter().any(|n| n.contains(&client))
+            && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&client)))
+    }
+}
+
+impl Topology {
+    /// Compiles a loaded config with what was read for it.
+    ///
+    /// What `previous` also has keeps its live state: backends (same upstream and
+    /// address) their health, passive failures and in-flight counts; rate limits
+    /// that did not change their buckets.
+    pub fn compile(config: &Config, resources: Resources, previous: Option<&Topology>) -> Topology {
+        let mut upstream_index = HashMap::new();
+        let mut upstreams = Vec::new();
+        let mut check_plans = Vec::new();
+        for (name, upstream_config) in &config.upstreams {
+            let before = previous.and_then(|p| p.upstreams.iter().find(|u| u.name == *name));
+            let upstream = Arc::new(compile_upstream(
+                name,
+                upstream_config,
+                before.map(|u| &**u),
+            ));
+            if let Some(plan) = check_plan(&upstream, upstream_config) {
+                check_plans.push(Arc::new(plan));
+            }
+            upstream_index.insert(name.as_str(), upstreams.len());
+            upstreams.push(upstream);
+        }
+        let mut identity_headers: Vec<HeaderName> = resources
+            .auth
+            .values()
+            .flat_map(|a| a.policy.identity_headers())
+            .collect();
+        identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        identity_headers.dedup();
+        let rate_limits = compile_rate_limits(config, previous);
+
+        let mut static_files = resources.static_files;
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (id, route_config) in config.routes.iter().enumerate() {
+            let files = static_files.remove(&id);
+            let mut route = compile_route(id, route_config, &upstream_index, files);
+            route.auth = route_config
+                .auth
+                .as_ref()
+                .and_then(|n| resources.auth.get(n))
+                .cloned();
+            route.rate_limit = route_config
+                .rate_limit
+                .as_ref()
+                .and_then(|n| rate_limits.get(n))
+                .cloned();
+            routes.push(route);
+        }
+        let router = Router::new(
+            config
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(id, r)| (&r.matcher.host, r.matcher.path_pattern(), id)),
+        );
+        Topology {
+            router,
+            routes,
+            upstreams,
+            check_plans,
+            trusted_proxies: TrustedProxies::new(config.server.trusted_proxies.clone()),
+            identity_headers,
+            rate_limits,
+        }
+    }
+}
+
+/// The rate limits of `config`; those `previous` has unchanged are its own.
+fn compile_rate_limits(
+    config: &Config,
+    previous: Option<&Topology>,
+) -> BTreeMap<String, Arc<NamedRateLimit>> {
+    config
+        .rate_limits
+        .iter()
+        .map(|(name, limit_config)| {
+            let kept = previous
+                .and_then(|p| p.rate_limits.get(name))
+                .filter(|old| old.config == *limit_config);
+            let named = kept.cloned().unwrap_or_else(|| {
+                let limiter = RateLimiter::new(limit_config);
+                Arc::new(NamedRateLimit {
+                    name: name.clone(),
+                    limit_header: http::HeaderValue::from(limiter.capacity),
+                    limiter,
+                    status: limit_config.status,
+                    config: limit_config.clone(),
+                })
+            });
+            (name.clone(), named)
+        })
+        .collect()
+}
+
+fn compile_upstream(name: &str, config: &UpstreamConfig, previous: Option<&Upstream>) -> Upstream {
+    let backends = config
+        .backends
+        .iter()
+        .flat_map(|b| {
+            b.resolved.iter().map(move |address| {
+                // A name that stands for several addresses labels each by its address.
+                let label = match b.resolved.len() {
+                    1 => b.address.trim().to_string(),
+                    _ => address.to_string(),
+                };
+                compile_backend(name, config, *address, label, b.weight, previous)
+            })
+        })
+        .collect();
+    Upstream::new(
+        name.to_string(),
+        backends,
+        config.algorithm,
+        config.retries,
+        config.passive.clone(),
+    )
+}
+
+/// One backend at `address`, with the live state `previous` had for that address.
+fn compile_backend(
+    upstream: &str,
+    config: &UpstreamConfig,
+    address: SocketAddr,
+    label: String,
+    weight: u32,
+    previous: Option<&Upstream>,
+) -> Backend {
+    let tls = config.tls.as_ref();
+    let sni = tls.and_then(|t| t.sni.clone()).unwrap_or_default();
+    let mut peer = HttpPeer::new(address, tls.is_some(), sni);
+    if let Some(tls) = tls {
+        peer.options.verify_cert = tls.verify;
+        peer.options.verify_hostname = tls.verify;
+    }
+    peer.options.connection_timeout = Some(config.timeouts.connect);
+    peer.options.read_timeout = Some(config.timeouts.read);
+    peer.options.write_timeout = Some(config.timeouts.write);
+    peer.options.idle_timeout = Some(config.timeouts.idle);
+    let state = previous
+        .and_then(|p| p.backends.iter().find(|old| old.address == address))
+        .map(|old| Arc::clone(&old.state))
+        .unwrap_or_else(|| Arc::new(BackendState::new(BackendMetrics::new(upstream, &label))));
+    Backend {
+        address,
+        label,
+        weight,
+        state,
+        peer,
+    }
+}
+
+fn check_plan(upstream: &Arc<Upstream>, config: &UpstreamConfig) -> Option<CheckPlan> {
+    let hc = config.health_check.as_ref()?;
+    let kind = match &hc.http {
+        Some(http) => ProbeKind::Http {
+            path: http.path.clone(),
+            host: http.host.clone(),
+            expect_status: http.expect_status.clone(),
+        },
+        None => ProbeKind::Tcp,
+    };
+    Some(CheckPlan {
+        upstream: Arc::clone(upstream),
+        probes: Probes::new(&kind, &upstream.backends, hc.timeout),
+        interval: hc.interval,
+        healthy_threshold: hc.healthy_threshold,
+        unhealthy_threshold: hc.unhealthy_threshold,
+    })
+}
+
+/// Route `id`, without its auth policy and rate limit (the caller sets those).
+/// `files` is its static directory, when it is a static route.
+fn compile_route(
+    id: usize,
+    config: &RouteConfig,
+    upstreams: &HashMap<&str, usize>,
+    files: Option<StaticFiles>,
+) -> Route {
+    let label = match &config.name {
+        Some(name) => name.clone(),
+        None => format!("{id}:{}", config.matcher.path_text()),
+    };
+    let upstream = config
+        .upstream
+        .as_ref()
+        .and_then(|name| Some((name, *upstreams.get(name.as_str())?)));
+    let (action, upstream_label) = if let Some((name, index)) = upstream {
+        (RouteAction::Proxy { upstream: index }, name.clone())
+    } else if let Some(files) = files {
+        (
+            RouteAction::Static(Box::new(files)),
+            NO_UPSTREAM.to_string(),
+        )
+    } else {
+        (
+            RouteAction::Respond(Box::new(direct_response(config))),
+            NO_UPSTREAM.to_string(),
+        )
+    };
+    let strip_prefix = config
+        .strip_prefix
+        .then(|| {
+            config
+                .matcher
+                .path_prefix
+                .as_ref()
+                .map(|p| p.as_str().to_string())
+        })
+        .flatten();
+    Route {
+        metrics: RouteMetrics::new(&label, &upstream_label),
+        label,
+        upstream_label,
+        action,
+        strip_prefix,
+        encoded_slashes: config.encoded_slashes,
+        auth: None,
+        rate_limit: None,
+        allow: config.allow.clone(),
+        deny: config.deny.clone(),
+    }
+}
+
+/// The answer of a `respond` or `redirect` route.
+fn direct_response(config: &RouteConfig) -> DirectResponse {
+    if let Some(redirect) = &config.redirect {
+        let to = String::from_utf8_lossy(redirect.to.as_bytes());
+        return DirectResponse::new(
+            redirect.status,
+            [(http::header::LOCATION, redirect.to.clone())],
+            Bytes::from(format!("Redirecting to {to}\n")),
+        );
+    }
+    match &config.respond {
+        Some(respond) => DirectResponse::new(
+            respond.status,
+            respond
+                .headers
+                .iter()
+                .map(|(n, v)| (n.name().clone(), v.clone())),
+            Bytes::from(respond.body.clone()),
+        ),
+        // Validation gives every route one action.
+        None => DirectResponse::new(http::StatusCode::NOT_FOUND, [], Bytes::new()),
+    }
+}

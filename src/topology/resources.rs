@@ -1,0 +1,96 @@
+//! What a topology takes from outside its file: key material of auth policies
+//! (secrets, JWK Sets, API key files), the HTTP client of forward policies, and
+//! the directories of static routes. [`Resources::read`] is the only fallible
+//! step between a loaded file and its topology, and it reports every problem.
+
+use super::NamedAuth;
+use crate::config::{AuthPolicyConfig, Config, ErrorBody, Problem, Problems};
+use crate::edge::static_files::StaticFiles;
+use crate::filters::auth::api_keys::ApiKeys;
+use crate::filters::auth::forward::{self, ForwardAuth};
+use crate::filters::auth::jwt::{JwtAuth, JwtKeys};
+use crate::filters::auth::AuthPolicy;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The parts of a topology built from outside the file.
+pub struct Resources {
+    /// The auth policies, by name.
+    pub(super) auth: HashMap<String, Arc<NamedAuth>>,
+    /// The directory of each static route, by route index.
+    pub(super) static_files: HashMap<usize, StaticFiles>,
+}
+
+impl Resources {
+    /// Reads what `config` names; every problem is returned, each at its node.
+    pub fn read(config: &Config) -> Result<Resources, Problems> {
+        let mut problems = Problems::default();
+        let mut auth = HashMap::new();
+        for (name, policy) in &config.auth {
+            match read_policy(&format!("auth.{name}"), policy) {
+                Ok(built) => {
+                    let named = NamedAuth {
+                        name: name.clone(),
+                        policy: built,
+                        error_body: error_body(policy),
+                    };
+                    auth.insert(name.clone(), Arc::new(named));
+                }
+                Err(problem) => problems.0.push(problem),
+            }
+        }
+        let mut static_files = HashMap::new();
+        for (id, route) in config.routes.iter().enumerate() {
+            let Some(files) = &route.static_files else {
+                continue;
+            };
+            let not_found = files.not_found_page.as_deref();
+            match StaticFiles::new(&files.root, files.index.clone(), not_found) {
+                Ok(served) => {
+                    static_files.insert(id, served);
+                }
+                Err(e) => problems.push(format!("routes[{id}].static.root"), e),
+            }
+        }
+        if problems.0.is_empty() {
+            Ok(Resources { auth, static_files })
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// The policy at node `at`, with what it reads.
+fn read_policy(at: &str, config: &AuthPolicyConfig) -> Result<AuthPolicy, Problem> {
+    if let Some(forward) = &config.forward {
+        let client = forward::http_client(forward.timeout)
+            .map_err(|e| Problem::at(format!("{at}.forward"), e))?;
+        return Ok(AuthPolicy::Forward(Box::new(ForwardAuth::new(
+            forward, client,
+        ))));
+    }
+    if let Some(jwt) = &config.jwt {
+        let keys = JwtKeys::read(jwt, &format!("{at}.jwt"))?;
+        return Ok(AuthPolicy::Jwt(JwtAuth::new(jwt, keys)));
+    }
+    if let Some(keys) = &config.api_keys {
+        return ApiKeys::load(keys.header.name().clone(), &keys.keys_file)
+            .map(AuthPolicy::ApiKeys)
+            .map_err(|e| Problem::at(format!("{at}.api_keys.keys_file"), e));
+    }
+    // Validation refuses a policy of no kind.
+    Err(Problem::at(
+        at,
+        "an auth policy has exactly one of `forward`, `jwt` or `api_keys`",
+    ))
+}
+
+fn error_body(config: &AuthPolicyConfig) -> ErrorBody {
+    config
+        .forward
+        .as_ref()
+        .map(|f| f.error_body)
+        .or(config.jwt.as_ref().map(|j| j.error_body))
+        .or(config.api_keys.as_ref().map(|k| k.error_body))
+        .unwrap_or_default()
+}
