@@ -1,8 +1,60 @@
 //! Request filters: each looks at a request in `request_filter` and either lets it
-//! pass or says how to answer it.
+//! pass or returns the [`Answer`] the client gets instead; the proxy sends it.
 
 pub mod auth;
 pub mod framing;
 pub mod rate_limit;
 pub mod request_head;
 pub mod request_path;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+
+/// An answer of tollgate's own instead of the backend's.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+    /// Close the connection after it (what follows in it cannot be trusted).
+    pub close: bool,
+}
+
+impl Answer {
+    /// `status` with a plain-text `message` and `Cache-Control: no-store`.
+    pub fn text(status: http::StatusCode, message: impl Into<String>) -> Answer {
+        let mut body = message.into();
+        body.push('\n');
+        Answer {
+            status,
+            headers: vec![
+                (
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                ),
+                (
+                    http::header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-store"),
+                ),
+            ],
+            body: Bytes::from(body),
+            close: false,
+        }
+    }
+
+    /// The same answer, closing the connection after it.
+    pub fn closing(mut self) -> Answer {
+        self.close = true;
+        self
+    }
+
+    /// The same answer with `{"message": "<reason phrase>"}` as its body.
+    pub fn into_json(mut self) -> Answer {
+        let phrase = self.status.canonical_reason().unwrap_or("Error");
+        self.body = Bytes::from(format!("{{\"message\": \"{phrase}\"}}\n"));
+        self.headers.retain(|(name, _)| name != CONTENT_TYPE);
+        self.headers
+            .push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+        self
+    }
+}

@@ -11,8 +11,11 @@
 //! letting requests through. Each set has its own lock: no lock is shared by all
 //! requests.
 
+use super::Answer;
 use crate::config::{RateKey, RateLimitConfig};
+use http::header::{HeaderName, HeaderValue};
 use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -134,6 +137,111 @@ impl RateLimiter {
         Decision::Allow {
             remaining: remaining as u32,
             reset: Duration::from_nanos(used),
+        }
+    }
+}
+
+pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// A named limit as routes use it: its bucket table and what its answers carry.
+pub struct RouteLimit {
+    pub name: String,
+    pub limiter: RateLimiter,
+    /// `RateLimit-Limit`: the bucket's size.
+    limit_header: HeaderValue,
+    /// What it was made from: a reload that leaves it as it is keeps its buckets.
+    pub config: RateLimitConfig,
+}
+
+/// A request the limit let pass: what its RateLimit headers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    pub remaining: u32,
+    pub reset: Duration,
+}
+
+impl RouteLimit {
+    pub fn new(name: &str, config: &RateLimitConfig) -> RouteLimit {
+        let limiter = RateLimiter::new(config);
+        RouteLimit {
+            name: name.to_string(),
+            limit_header: HeaderValue::from(limiter.capacity),
+            limiter,
+            config: config.clone(),
+        }
+    }
+
+    /// Counts the request of `client` (with `headers`, and `subject` when its auth
+    /// policy named one): what passed requests are told, or the answer refused
+    /// ones get (429 or the limit's `status`, with Retry-After and RateLimit-*).
+    pub fn admit(
+        &self,
+        client: IpAddr,
+        headers: &http::HeaderMap,
+        subject: Option<&str>,
+    ) -> Result<Allowance, Answer> {
+        let mut ip_bytes = [0u8; 16];
+        let key: &[u8] = match &self.limiter.key {
+            RateKey::Global => b"",
+            RateKey::ClientIp => ip_key(client, &mut ip_bytes),
+            RateKey::Header(name) => headers.get(name).map_or(&b""[..], |v| v.as_bytes()),
+            // A policy that names no subject: the client's own bucket.
+            RateKey::AuthSubject => match subject {
+                Some(subject) => subject.as_bytes(),
+                None => ip_key(client, &mut ip_bytes),
+            },
+        };
+        match self.limiter.check(key) {
+            Decision::Allow { remaining, reset } => Ok(Allowance { remaining, reset }),
+            Decision::Deny { retry_after, reset } => Err(self.refusal(retry_after, reset)),
+        }
+    }
+
+    /// The RateLimit-* headers of an answer that passed.
+    pub fn headers(&self, allowance: Allowance) -> [(HeaderName, HeaderValue); 3] {
+        [
+            (RATELIMIT_LIMIT, self.limit_header.clone()),
+            (RATELIMIT_REMAINING, HeaderValue::from(allowance.remaining)),
+            (
+                RATELIMIT_RESET,
+                HeaderValue::from(ceil_secs(allowance.reset)),
+            ),
+        ]
+    }
+
+    fn refusal(&self, retry_after: Duration, reset: Duration) -> Answer {
+        let status = self.config.status;
+        let message = if status == http::StatusCode::SERVICE_UNAVAILABLE {
+            "503 Service Unavailable: too many requests"
+        } else {
+            "429 Too Many Requests"
+        };
+        let mut answer = Answer::text(status, message);
+        answer.headers.extend([
+            (
+                http::header::RETRY_AFTER,
+                HeaderValue::from(ceil_secs(retry_after).max(1)),
+            ),
+            (RATELIMIT_LIMIT, self.limit_header.clone()),
+            (RATELIMIT_REMAINING, HeaderValue::from(0u32)),
+            (RATELIMIT_RESET, HeaderValue::from(ceil_secs(reset))),
+        ]);
+        answer
+    }
+}
+
+/// The key of a client address: its bytes, without formatting or allocating.
+fn ip_key(ip: IpAddr, buf: &mut [u8; 16]) -> &[u8] {
+    match ip {
+        IpAddr::V4(v4) => {
+            buf[..4].copy_from_slice(&v4.octets());
+            &buf[..4]
+        }
+        IpAddr::V6(v6) => {
+            *buf = v6.octets();
+            &buf[..]
         }
     }
 }

@@ -12,13 +12,11 @@ pub use resources::Resources;
 use crate::balance::health::CheckPlan;
 use crate::balance::probe::{ProbeKind, Probes};
 use crate::balance::{Backend, BackendState, Upstream};
-use crate::config::{
-    Config, EncodedSlashes, ErrorBody, RateLimitConfig, RouteConfig, UpstreamConfig,
-};
+use crate::config::{Config, EncodedSlashes, ErrorBody, RouteConfig, UpstreamConfig};
 use crate::edge::respond::DirectResponse;
 use crate::edge::static_files::StaticFiles;
 use crate::filters::auth::AuthPolicy;
-use crate::filters::rate_limit::RateLimiter;
+use crate::filters::rate_limit::RouteLimit;
 use crate::forwarding::TrustedProxies;
 use crate::metrics::{BackendMetrics, RouteMetrics, NO_UPSTREAM};
 use crate::router::Router;
@@ -39,7 +37,7 @@ pub struct Topology {
     /// Every header an auth policy may set; removed from every client request.
     pub identity_headers: Vec<HeaderName>,
     /// The rate limits by name, kept for the next topology to take over.
-    rate_limits: BTreeMap<String, Arc<NamedRateLimit>>,
+    rate_limits: BTreeMap<String, Arc<RouteLimit>>,
 }
 
 /// An auth policy with its name, shared by the routes that name it.
@@ -48,17 +46,6 @@ pub struct NamedAuth {
     pub policy: AuthPolicy,
     /// How its rejections read.
     pub error_body: ErrorBody,
-}
-
-/// A rate limit with its name and the RateLimit-Limit value, shared by its routes.
-pub struct NamedRateLimit {
-    pub name: String,
-    pub limiter: RateLimiter,
-    pub limit_header: http::HeaderValue,
-    /// The status of refused requests (429 or 503).
-    pub status: http::StatusCode,
-    /// What it was made from: a reload that leaves it as it is keeps its buckets.
-    config: RateLimitConfig,
 }
 
 /// What a matched route does.
@@ -82,7 +69,7 @@ pub struct Route {
     /// The route's own `encoded_slashes`; the server's applies when `None`.
     pub encoded_slashes: Option<EncodedSlashes>,
     pub auth: Option<Arc<NamedAuth>>,
-    pub rate_limit: Option<Arc<NamedRateLimit>>,
+    pub rate_limit: Option<Arc<RouteLimit>>,
     /// Client networks allowed (empty: all) and denied, checked before anything else.
     pub allow: Vec<ipnet::IpNet>,
     pub deny: Vec<ipnet::IpNet>,
@@ -170,7 +157,7 @@ impl Topology {
 fn compile_rate_limits(
     config: &Config,
     previous: Option<&Topology>,
-) -> BTreeMap<String, Arc<NamedRateLimit>> {
+) -> BTreeMap<String, Arc<RouteLimit>> {
     config
         .rate_limits
         .iter()
@@ -178,17 +165,10 @@ fn compile_rate_limits(
             let kept = previous
                 .and_then(|p| p.rate_limits.get(name))
                 .filter(|old| old.config == *limit_config);
-            let named = kept.cloned().unwrap_or_else(|| {
-                let limiter = RateLimiter::new(limit_config);
-                Arc::new(NamedRateLimit {
-                    name: name.clone(),
-                    limit_header: http::HeaderValue::from(limiter.capacity),
-                    limiter,
-                    status: limit_config.status,
-                    config: limit_config.clone(),
-                })
-            });
-            (name.clone(), named)
+            let limit = kept
+                .cloned()
+                .unwrap_or_else(|| Arc::new(RouteLimit::new(name, limit_config)));
+            (name.clone(), limit)
         })
         .collect()
 }

@@ -178,10 +178,10 @@ impl ForwardAuth {
             return Verdict::Pass(identity);
         }
         if self.unauthorized_statuses.contains(&status) {
-            return Verdict::Reject(rejection_from(401, answer).await);
+            return Verdict::Reject(rejection_from(http::StatusCode::UNAUTHORIZED, answer).await);
         }
         if self.forbidden_statuses.contains(&status) {
-            return Verdict::Reject(rejection_from(403, answer).await);
+            return Verdict::Reject(rejection_from(http::StatusCode::FORBIDDEN, answer).await);
         }
         log::warn!(
             "auth service {} answered {status}: failing closed",
@@ -264,12 +264,12 @@ impl ForwardAuth {
 /// The client's answer `status` (401 or 403) to a refusal of the auth service:
 /// the service's body and content type; 401s carry `WWW-Authenticate` (the
 /// service's, or `Bearer`).
-async fn rejection_from(status: u16, answer: reqwest::Response) -> Rejection {
+async fn rejection_from(status: http::StatusCode, answer: reqwest::Response) -> Rejection {
     let mut headers = Vec::new();
     if let Some(ct) = answer.headers().get(CONTENT_TYPE) {
         headers.push((CONTENT_TYPE, ct.clone()));
     }
-    if status == 401 {
+    if status == http::StatusCode::UNAUTHORIZED {
         let challenge = answer
             .headers()
             .get(WWW_AUTHENTICATE)
@@ -278,7 +278,7 @@ async fn rejection_from(status: u16, answer: reqwest::Response) -> Rejection {
         headers.push((WWW_AUTHENTICATE, challenge));
     }
     let body = read_limited(answer, MAX_ANSWER_BODY).await;
-    let reason = if status == 401 {
+    let reason = if status == http::StatusCode::UNAUTHORIZED {
         RejectReason::Denied
     } else {
         RejectReason::Forbidden

@@ -11,6 +11,7 @@ pub mod api_keys;
 pub mod forward;
 pub mod jwt;
 
+use super::Answer;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use pingora::http::RequestHeader;
@@ -61,7 +62,7 @@ impl RejectReason {
 /// The answer to a rejected request.
 #[derive(Debug, Clone)]
 pub struct Rejection {
-    pub status: u16,
+    pub status: http::StatusCode,
     pub reason: RejectReason,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
@@ -75,33 +76,38 @@ impl Rejection {
             _ => "Bearer error=\"invalid_token\"",
         };
         Rejection {
-            status: 401,
+            status: http::StatusCode::UNAUTHORIZED,
             reason,
             headers: vec![(WWW_AUTHENTICATE, HeaderValue::from_static(error))],
             body: Bytes::from_static(message.as_bytes()),
         }
     }
 
-    /// The same rejection with `{"message": "<reason phrase>"}` as its body.
-    pub fn into_json(mut self) -> Rejection {
-        let phrase = http::StatusCode::from_u16(self.status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("Error");
-        self.body = Bytes::from(format!("{{\"message\": \"{phrase}\"}}\n"));
-        self.headers
-            .retain(|(name, _)| name != http::header::CONTENT_TYPE);
-        self.headers.push((
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        ));
-        self
+    /// The answer the client gets; text without a content type of its own is
+    /// `text/plain`.
+    pub fn into_answer(self) -> Answer {
+        let mut headers = self.headers;
+        if !headers
+            .iter()
+            .any(|(name, _)| name == http::header::CONTENT_TYPE)
+        {
+            headers.push((
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ));
+        }
+        Answer {
+            status: self.status,
+            headers,
+            body: self.body,
+            close: false,
+        }
     }
 
     /// A 503: the policy could not decide, so the request does not pass.
     pub fn unavailable() -> Rejection {
         Rejection {
-            status: 503,
+            status: http::StatusCode::SERVICE_UNAVAILABLE,
             reason: RejectReason::Unavailable,
             headers: Vec::new(),
             body: Bytes::from_static(b"503 Service Unavailable: authentication is unavailable\n"),

@@ -1,0 +1,102 @@
+//! tollgate's own answers: sending one (the one place that records the status of
+//! an answer tollgate writes itself), and which answer a failed request gets.
+
+use super::RequestCtx;
+use crate::edge::respond::send_answer;
+use crate::filters::Answer;
+use http::StatusCode;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+/// Sends `answer` to the client of `session` and records its status in `ctx`.
+/// Returns `Ok(true)`, what `request_filter` returns for an answered request.
+pub(super) async fn send(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    answer: Answer,
+) -> Result<bool> {
+    ctx.answered(answer.status.as_u16());
+    if answer.close {
+        session.set_keepalive(None);
+    }
+    let mut header = ResponseHeader::build(answer.status, Some(answer.headers.len() + 2))?;
+    for (name, value) in answer.headers {
+        header.insert_header(name, value)?;
+    }
+    send_answer(session, header, answer.body).await?;
+    Ok(true)
+}
+
+/// A request refused before routing: 400 with `reason`, connection closed.
+pub(super) fn bad_request(reason: &str) -> Answer {
+    Answer::text(
+        StatusCode::BAD_REQUEST,
+        format!("400 Bad Request: {reason}"),
+    )
+    .closing()
+}
+
+/// A redirect from a `path_prefix` without its final `/` to the path with it
+/// (`path`, the path as forwarded, and `query`): 301 for GET and HEAD, 308
+/// (method and body kept) for the others.
+pub(super) fn add_slash(method: &http::Method, path: &str, query: Option<&str>) -> Answer {
+    let mut location = format!("{path}/");
+    if let Some(query) = query {
+        location.push('?');
+        location.push_str(query);
+    }
+    let status = if matches!(*method, http::Method::GET | http::Method::HEAD) {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    let mut answer = Answer {
+        status,
+        headers: Vec::new(),
+        body: bytes::Bytes::new(),
+        close: false,
+    };
+    if let Ok(location) = http::HeaderValue::from_str(&location) {
+        answer.headers.push((http::header::LOCATION, location));
+    }
+    answer
+}
+
+/// The answer to a request that failed: 504 when the backend timed out, 502 when
+/// it refused, reset or answered garbage, the status an `HTTPStatus` error carries
+/// (413, 503), 408 for a body that stopped arriving, 400 for a client that sent
+/// garbage; `None` when the client is gone. The connection is closed after it.
+pub(super) fn for_error(e: &Error) -> Option<Answer> {
+    let code = match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if *e.esource() == ErrorSource::Upstream =>
+        {
+            504
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                    return None
+                }
+                // The client stopped sending its body (client_timeouts.read_body).
+                ErrorType::ReadTimedout => 408,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    };
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let message = match code {
+        400 => "400 Bad Request",
+        408 => "408 Request Timeout: the request body stopped arriving",
+        413 => "413 Content Too Large",
+        502 => "502 Bad Gateway: the backend failed to answer",
+        503 => "503 Service Unavailable: no healthy backend",
+        504 => "504 Gateway Timeout: the backend did not answer in time",
+        _ => "tollgate could not complete the request",
+    };
+    Some(Answer::text(status, message).closing())
+}

@@ -1,0 +1,86 @@
+//! What tollgate knows about one request, from its head to its log line.
+
+use crate::balance::{InFlightGuard, Tried, Upstream};
+use crate::filters::auth::Identity;
+use crate::filters::rate_limit::{Allowance, RouteLimit};
+use crate::router::RouteId;
+use crate::topology::{Route, Topology};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Per-request state, created when the request head has been read.
+pub struct RequestCtx {
+    pub(super) started: Instant,
+    /// The topology this request was routed on; kept for its whole life, so a
+    /// topology swap never changes a request in flight.
+    pub(super) topology: Option<Arc<Topology>>,
+    pub(super) route: Option<RouteId>,
+    /// The path to forward when it is not the one received (see `request_path`).
+    pub(super) forward_path: Option<String>,
+    pub(super) peer_ip: IpAddr,
+    pub(super) client_ip: IpAddr,
+    pub(super) upstream: Option<usize>,
+    pub(super) backend: Option<usize>,
+    pub(super) tried: Tried,
+    pub(super) retries_left: u32,
+    pub(super) in_flight: Option<InFlightGuard>,
+    /// The backend's answer reached the client (as opposed to an answer of ours).
+    pub(super) backend_answered: bool,
+    /// The status of an answer tollgate wrote itself; set by [`RequestCtx::answered`].
+    own_status: Option<u16>,
+    /// What the route's auth policy established.
+    pub(super) identity: Option<Identity>,
+    /// The request came over TLS.
+    pub(super) https: bool,
+    /// Request body bytes read so far.
+    pub(super) body_bytes: u64,
+    /// The route's rate limit and what it allowed, for the RateLimit-* headers.
+    pub(super) rate_limit: Option<(Arc<RouteLimit>, Allowance)>,
+}
+
+impl RequestCtx {
+    pub(super) fn new() -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            topology: None,
+            route: None,
+            forward_path: None,
+            peer_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            upstream: None,
+            backend: None,
+            tried: Tried::default(),
+            retries_left: 0,
+            in_flight: None,
+            backend_answered: false,
+            own_status: None,
+            identity: None,
+            https: false,
+            body_bytes: 0,
+            rate_limit: None,
+        }
+    }
+
+    pub(super) fn route(&self) -> Option<&Route> {
+        Some(&self.topology.as_ref()?.routes[self.route?])
+    }
+
+    pub(super) fn upstream(&self) -> Option<&Upstream> {
+        Some(&self.topology.as_ref()?.upstreams[self.upstream?])
+    }
+
+    /// Records that tollgate answered the request itself with `status`.
+    pub(super) fn answered(&mut self, status: u16) {
+        self.own_status = Some(status);
+    }
+
+    pub(super) fn own_status(&self) -> Option<u16> {
+        self.own_status
+    }
+
+    /// The path to forward: the normalized one, or `received` when that is it.
+    pub(super) fn forward_path<'a>(&'a self, received: &'a str) -> &'a str {
+        self.forward_path.as_deref().unwrap_or(received)
+    }
+}

@@ -1,0 +1,75 @@
+//! The end of every request, however it ended: its metrics and its access log line.
+
+use super::{Proxy, RequestCtx};
+use crate::access_log::AccessEntry;
+use crate::metrics::{RouteMetrics, NO_UPSTREAM};
+use pingora::proxy::Session;
+use std::sync::LazyLock;
+
+/// Status logged when the client went away before an answer (nginx's convention).
+const CLIENT_CLOSED: u16 = 499;
+
+/// Metrics of requests that matched no route.
+static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new("-", NO_UPSTREAM));
+
+impl Proxy {
+    /// Counts the request in its route's and backend's metrics and writes its
+    /// access log line.
+    pub(super) fn log_request(&self, session: &Session, ctx: &RequestCtx) {
+        let status = match (ctx.backend_answered, session.response_written()) {
+            (_, Some(resp)) => resp.status.as_u16(),
+            (false, None) => ctx.own_status().unwrap_or(CLIENT_CLOSED),
+            (true, None) => CLIENT_CLOSED,
+        };
+        let elapsed = ctx.started.elapsed();
+        let route = ctx.route();
+        let route_metrics = route.map_or(&*UNROUTED, |r| &r.metrics);
+        route_metrics.requests.inc(status);
+        route_metrics.duration.observe(elapsed.as_secs_f64());
+
+        let backend = ctx.upstream().zip(ctx.backend).map(|(u, i)| &u.backends[i]);
+        if ctx.backend_answered {
+            if let Some(b) = backend {
+                b.state.metrics.requests.inc(status);
+            }
+        }
+
+        let req = session.req_header();
+        let header = |name: http::header::HeaderName| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        let uri = String::from_utf8_lossy(req.raw_path());
+        self.access_log.log(&AccessEntry {
+            client: ctx.client_ip,
+            method: req.method.as_str(),
+            uri: &uri,
+            routed_path: ctx.forward_path.as_deref(),
+            version: version_text(req.version),
+            host: header(http::header::HOST),
+            status,
+            bytes_sent: session.as_ref().body_bytes_sent(),
+            duration: elapsed,
+            route: route.map_or("-", |r| r.label.as_str()),
+            upstream: route.map_or(NO_UPSTREAM, |r| r.upstream_label.as_str()),
+            backend: backend.map_or("-", |b| b.label.as_str()),
+            referer: header(http::header::REFERER),
+            user_agent: header(http::header::USER_AGENT),
+            request_headers: &req.headers,
+            response_headers: session.response_written().map(|r| &r.headers),
+        });
+    }
+}
+
+fn version_text(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}

@@ -1,0 +1,327 @@
+//! The pingora [`ProxyHttp`] implementation. Each hook calls into the parts of the
+//! crate that own the logic and fixes only the order in which they run:
+//!
+//! `request_filter` (head checks, route, admission, direct answers; see
+//! `admission`) -> `upstream_peer` (balance over usable backends) ->
+//! `upstream_request_filter` (forwarding headers, path) ->
+//! `upstream_response_filter` (hop-by-hop removal, passive success) ->
+//! `response_filter` (RateLimit-*, compression, handover) -> `logging` (metrics,
+//! access log, in-flight release). Failures go through `fail_to_connect` /
+//! `error_while_proxy` (passive failure, retry on another backend) and end in
+//! `fail_to_proxy` (the error answer; see `answer`).
+
+mod admission;
+mod answer;
+mod ctx;
+mod logging;
+mod upstream;
+
+pub use ctx::RequestCtx;
+
+use crate::access_log::AccessLog;
+use crate::config::{ClientTimeoutsConfig, EncodedSlashes, UnderscoreHeaders};
+use crate::edge::compression::{BrotliCompressionBuilder, CompressionPolicy};
+use crate::edge::hsts::HstsBuilder;
+use crate::filters::request_path;
+use crate::forwarding::strip_response_hop_by_hop;
+use crate::topology::{Route, RouteAction, Topology};
+use admission::Routed;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The proxy service: reads the current topology once per request.
+pub struct Proxy {
+    topology: Arc<ArcSwap<Topology>>,
+    access_log: AccessLog,
+    settings: ProxySettings,
+}
+
+/// Process-wide settings of the proxy, from `server:`.
+pub struct ProxySettings {
+    /// TLS listeners by local address, with the Strict-Transport-Security value
+    /// each adds to its answers.
+    pub tls_listeners: HashMap<SocketAddr, Option<http::HeaderValue>>,
+    pub max_request_body: u64,
+    pub client_timeouts: ClientTimeoutsConfig,
+    pub compression: Option<CompressionPolicy>,
+    /// `server.encoded_slashes`: for routes that do not set their own.
+    pub encoded_slashes: EncodedSlashes,
+    pub underscores_in_headers: UnderscoreHeaders,
+}
+
+impl Proxy {
+    pub fn new(
+        topology: Arc<ArcSwap<Topology>>,
+        access_log: AccessLog,
+        settings: ProxySettings,
+    ) -> Self {
+        Proxy {
+            topology,
+            access_log,
+            settings,
+        }
+    }
+
+    /// Carries out the action of `route`, the request's route: answers it here
+    /// (respond, static) and returns `Ok(true)`, or readies the upstream to
+    /// proxy to and returns `Ok(false)`.
+    async fn act(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+    ) -> Result<bool> {
+        match &route.action {
+            RouteAction::Respond(response) => {
+                ctx.answered(response.status());
+                response.send(session).await?;
+                Ok(true)
+            }
+            RouteAction::Static(files) => {
+                let received = session.req_header().uri.path().to_string();
+                let path = ctx.forward_path(&received).to_string();
+                let file_path = match &route.strip_prefix {
+                    Some(prefix) => request_path::strip_prefix(&path, prefix),
+                    None => std::borrow::Cow::Borrowed(path.as_str()),
+                };
+                let compression = self.settings.compression.as_ref();
+                let status = files.serve(session, &file_path, &path, compression).await?;
+                ctx.answered(status);
+                Ok(true)
+            }
+            RouteAction::Proxy { upstream } => {
+                ctx.upstream = Some(*upstream);
+                ctx.retries_left = ctx
+                    .topology
+                    .as_ref()
+                    .map_or(0, |t| t.upstreams[*upstream].retries);
+                Ok(false)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    /// Registers the downstream modules every answer passes through: pingora's
+    /// response compression, on at the configured level when `server.compression`
+    /// is set (each answer is then checked by [`CompressionPolicy::check_response`]),
+    /// and `Hsts`, which `request_filter` arms on TLS listeners that set `hsts`.
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        let level = self
+            .settings
+            .compression
+            .as_ref()
+            .map_or(0, CompressionPolicy::level);
+        modules.add_module(
+            pingora::modules::http::compression::ResponseCompressionBuilder::enable(level),
+        );
+        modules.add_module(Box::new(HstsBuilder));
+        if self.settings.compression.is_some() {
+            modules.add_module(Box::new(BrotliCompressionBuilder));
+        }
+    }
+
+    /// Runs before pingora's modules see the request: hands brotli to our own
+    /// module rather than pingora's (see `edge::compression`).
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(compression) = &self.settings.compression {
+            compression.route_brotli(session);
+        }
+        Ok(())
+    }
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    /// Checks the request head, routes the request on its normalized path, and
+    /// lets the route admit it; answers it here when any of those stops it, or
+    /// when the route answers itself (respond, static).
+    /// Returns `Ok(true)` when an answer was sent, `Ok(false)` to go on to a backend.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(refused) = self.check_head(session)? {
+            return answer::send(session, ctx, refused).await;
+        }
+        let topology = self.topology.load_full();
+        self.note_connection(session, ctx, &topology);
+        ctx.topology = Some(Arc::clone(&topology));
+        let route = match self.route(&topology, session.req_header(), ctx) {
+            Routed::Route(id) => &topology.routes[id],
+            Routed::Answer(answered) => return answer::send(session, ctx, answered).await,
+        };
+        if let Some(stopped) = self.admission(session, ctx, route).await {
+            return answer::send(session, ctx, stopped).await;
+        }
+        self.act(session, ctx, route).await
+    }
+
+    /// Chooses a usable backend not yet tried by this request (see
+    /// `upstream::choose_peer`).
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        upstream::choose_peer(ctx)
+    }
+
+    /// Counts the failure against the backend and, while `retries` allow, asks
+    /// pingora to call `upstream_peer` again for another backend.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        upstream::connect_failed(ctx, e)
+    }
+
+    /// Counts the failure and decides whether to retry (see `upstream::proxy_failed`).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        upstream::proxy_failed(peer, session, e, ctx, client_reused)
+    }
+
+    /// Sets the head the backend gets (see `upstream::prepare_request`).
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream::prepare_request(ctx, upstream_request)
+    }
+
+    /// Removes hop-by-hop headers from the backend's answer and counts the answer
+    /// as a passive success.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        strip_response_hop_by_hop(upstream_response);
+        if !upstream_response.status.is_informational() || upstream_response.status == 101 {
+            ctx.backend_answered = true;
+            if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {
+                upstream.record_success(index);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts the request body as it streams; a body without Content-Length that
+    /// grows past `max_request_body` ends the request with 413.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > self.settings.max_request_body {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body larger than max_request_body",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases the backend's in-flight count as soon as its answer is complete,
+    /// before the client has it, so the next pick sees the backend's true load.
+    /// (`logging` releases it for requests that end any other way.)
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            ctx.in_flight = None;
+        }
+        Ok(None)
+    }
+
+    /// Adds RateLimit-Limit/-Remaining/-Reset to answers of rate-limited routes,
+    /// checks whether the answer is to be compressed, and closes the connection
+    /// after answers that end during a handover to a new process.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if crate::upgrade::handing_over() {
+            session.set_keepalive(None);
+        }
+        if let Some(compression) = &self.settings.compression {
+            compression.check_response(session, upstream_response);
+        }
+        if let Some((limit, allowance)) = &ctx.rate_limit {
+            for (name, value) in limit.headers(*allowance) {
+                upstream_response.insert_header(name, value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a failed request (see `answer::for_error`), nothing when the client
+    /// is gone. The connection is closed after an error answer.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let Some(answer) = answer::for_error(e) else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let code = answer.status.as_u16();
+        if let Err(write_error) = answer::send(session, ctx, answer).await {
+            log::debug!("could not send the {code} answer: {write_error}");
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Runs once per request however it ended: counts it, logs it, and releases the
+    /// backend's in-flight count.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.in_flight = None;
+        self.log_request(session, ctx);
+    }
+}

@@ -1,0 +1,173 @@
+//! The request's way to and from a backend: choosing one, what a failure means
+//! (passive health, retries), and the request head the backend is sent.
+
+use super::RequestCtx;
+use crate::balance::InFlightGuard;
+use crate::filters::request_path;
+use crate::forwarding::set_forwarded_headers;
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+/// A usable backend of the request's upstream that it has not tried yet. Errors
+/// with 503 when the upstream has no backend to offer, 502 when every one was
+/// tried.
+pub(super) fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    let topology = ctx
+        .topology
+        .clone()
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "no topology"))?;
+    let upstream = ctx
+        .upstream
+        .and_then(|i| topology.upstreams.get(i))
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "route has no upstream"))?;
+    // Release the previous attempt's count before choosing again.
+    ctx.in_flight = None;
+    let Some(index) = upstream.select(ctx.client_ip, &ctx.tried) else {
+        let (status, why) = if ctx.tried.is_empty() {
+            (503, "no healthy backend")
+        } else {
+            (502, "no backend left to try")
+        };
+        return Err(Error::explain(ErrorType::HTTPStatus(status), why));
+    };
+    if !ctx.tried.is_empty() {
+        crate::metrics::metrics()
+            .upstream_retries
+            .with_label_values(&[upstream.name.as_str()])
+            .inc();
+    }
+    ctx.tried.add(index);
+    ctx.backend = Some(index);
+    let backend = &upstream.backends[index];
+    ctx.in_flight = Some(InFlightGuard::new(&backend.state));
+    Ok(Box::new(backend.peer.clone()))
+}
+
+/// A connection to the chosen backend failed: counts it against the backend and,
+/// while `retries` allow, asks for another backend.
+pub(super) fn connect_failed(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    ctx.in_flight = None;
+    if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {
+        upstream.record_failure(index);
+        upstream.backends[index].state.metrics.requests.inc_error();
+    }
+    let retry = ctx.retries_left > 0;
+    if retry {
+        ctx.retries_left -= 1;
+    }
+    e.set_retry(retry);
+    e
+}
+
+/// The request failed after connecting: counts upstream errors on fresh
+/// connections against the backend, and decides whether to try again. Only
+/// idempotent requests whose body is still buffered and of which nothing has
+/// reached the client yet are retried:
+/// - after a failure on a reused connection (the backend may have closed it while
+///   idle), on any backend including the same one, without using up `retries`;
+/// - after a transport error (reset, closed, garbage) on a fresh connection, on
+///   another backend while `retries` allow. Timeouts are not retried, so a slow
+///   backend's load is not multiplied.
+pub(super) fn proxy_failed(
+    peer: &HttpPeer,
+    session: &Session,
+    e: Box<Error>,
+    ctx: &mut RequestCtx,
+    client_reused: bool,
+) -> Box<Error> {
+    let mut e = e.more_context(format!("Peer: {peer}"));
+    let from_backend = *e.esource() == ErrorSource::Upstream;
+    if from_backend {
+        if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {
+            upstream.backends[index].state.metrics.requests.inc_error();
+            if !client_reused {
+                upstream.record_failure(index);
+            }
+        }
+    }
+    let replayable = session.req_header().method.is_idempotent()
+        && !session.as_ref().retry_buffer_truncated()
+        && session.response_written().is_none();
+    let transport_error = matches!(
+        e.etype(),
+        ErrorType::ConnectionClosed
+            | ErrorType::ReadError
+            | ErrorType::WriteError
+            | ErrorType::InvalidHTTPHeader
+    );
+    let retry = if !replayable {
+        false
+    } else if client_reused {
+        if let Some(index) = ctx.backend {
+            ctx.tried.remove(index);
+        }
+        true
+    } else if from_backend && transport_error && ctx.retries_left > 0 {
+        ctx.retries_left -= 1;
+        true
+    } else {
+        false
+    };
+    e.set_retry(retry);
+    if retry {
+        ctx.in_flight = None;
+    }
+    e
+}
+
+/// The head the backend is sent: X-Forwarded-For/-Proto/-Host and X-Real-IP; no
+/// identity header but those the request's auth policy set; the path in
+/// origin-form as `request_path` forwards it, without the prefix when the route
+/// strips one.
+pub(super) fn prepare_request(
+    ctx: &RequestCtx,
+    upstream_request: &mut RequestHeader,
+) -> Result<()> {
+    let trusted = ctx
+        .topology
+        .as_ref()
+        .is_some_and(|t| t.trusted_proxies.contains(ctx.peer_ip));
+    set_forwarded_headers(
+        upstream_request,
+        ctx.peer_ip,
+        ctx.client_ip,
+        trusted,
+        if ctx.https { "https" } else { "http" },
+    )?;
+    // No client may forge an identity: every header a policy may set goes first.
+    if let Some(topology) = &ctx.topology {
+        for name in &topology.identity_headers {
+            upstream_request.remove_header(name);
+        }
+    }
+    if let Some(identity) = &ctx.identity {
+        for (name, value) in &identity.headers {
+            upstream_request.insert_header(name.clone(), value.clone())?;
+        }
+    }
+    rewrite_target(ctx, upstream_request)
+}
+
+/// Sends the path to forward (less a stripped prefix) in origin-form, when it
+/// is not what the request-target holds already.
+fn rewrite_target(ctx: &RequestCtx, upstream_request: &mut RequestHeader) -> Result<()> {
+    let strip = ctx.route().and_then(|r| r.strip_prefix.as_deref());
+    let received = upstream_request.uri.path();
+    let forward = ctx.forward_path(received);
+    let forward = match strip {
+        Some(prefix) => request_path::strip_prefix(forward, prefix),
+        None => std::borrow::Cow::Borrowed(forward),
+    };
+    let raw = upstream_request.raw_path();
+    let origin_form = raw.starts_with(b"/") || raw == b"*";
+    if forward != received || !origin_form {
+        let query = raw.iter().position(|&b| b == b'?').map(|at| &raw[at..]);
+        let target = [forward.as_bytes(), query.unwrap_or_default()].concat();
+        upstream_request
+            .set_raw_path(&target)
+            .map_err(|e| Error::because(ErrorType::HTTPStatus(400), "invalid forwarded path", e))?;
+    }
+    Ok(())
+}
