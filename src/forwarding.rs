@@ -11,10 +11,9 @@ use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
 
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// The names as written to the backend. Given as text, pingora keeps them
 /// without allocating a copy for its case-preserving map.
 const X_FORWARDED_FOR_WIRE: &str = "X-Forwarded-For";
@@ -78,7 +77,7 @@ fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
 }
 
 /// IPv4-mapped IPv6 addresses (from dual-stack listeners) as plain IPv4.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -91,7 +90,7 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// - X-Real-IP: the resolved client address.
 /// - X-Forwarded-Proto / X-Forwarded-Host: kept when the peer is a trusted proxy
 ///   that set them, else set to this listener's scheme and the request's Host.
-pub fn set_forwarded_headers(
+pub(crate) fn set_forwarded_headers(
     req: &mut RequestHeader,
     peer: IpAddr,
     client: IpAddr,
@@ -191,7 +190,7 @@ fn header_value(bytes: &[u8]) -> pingora::Result<http::HeaderValue> {
 /// header names, then Connection, Keep-Alive, Proxy-Connection, TE, Trailer and
 /// Upgrade. A `101 Switching Protocols` keeps Connection and Upgrade, which the
 /// protocol switch needs. Framing headers are left to pingora, which re-frames.
-pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+pub(crate) fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
     // Most answers carry none of these, or only `Connection: keep-alive`: one
     // pass over the (few) names finds which are there before touching the maps.

@@ -1,6 +1,6 @@
 //! tollgate: an HTTP load balancer and API gateway on Pingora, configured by one
 //! YAML topology file. The modules follow the way a request travels; see
-//! shared/design/architecture.md.
+//! the README's "Development" section.
 
 pub mod access_log;
 pub mod balance;
@@ -8,6 +8,7 @@ pub mod config;
 pub mod edge;
 pub mod filters;
 pub mod forwarding;
+pub mod listen;
 pub mod metrics;
 pub mod notify;
 pub mod pid_file;

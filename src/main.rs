@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tollgate::config::LoadedConfig;
+use tollgate::listen::Reservation;
 use tollgate::pid_file;
 use tollgate::server::{self, StartOptions};
 
@@ -126,12 +127,17 @@ fn signal_running(cli: &Cli, command: &Command, loaded: &LoadedConfig) -> ExitCo
 /// Runs the server until it stops; the pid file goes with it.
 fn serve(cli: &Cli, loaded: &LoadedConfig, prepared: server::Prepared) -> ExitCode {
     let server_config = &loaded.config.server;
-    if !cli.upgrade {
-        if let Err(e) = server::check_listen_addresses(&loaded.config) {
-            eprintln!("tollgate: {e}");
-            return ExitCode::FAILURE;
+    let reservation = if cli.upgrade {
+        Reservation::inherited(&loaded.config)
+    } else {
+        match Reservation::reserve(&loaded.config) {
+            Ok(reservation) => reservation,
+            Err(e) => {
+                eprintln!("tollgate: {e}");
+                return ExitCode::FAILURE;
+            }
         }
-    }
+    };
     if let Err(e) = pid_file::prepare_dir(&server_config.upgrade_sock) {
         eprintln!("tollgate: cannot start: {e:#}");
         return ExitCode::FAILURE;
@@ -140,7 +146,7 @@ fn serve(cli: &Cli, loaded: &LoadedConfig, prepared: server::Prepared) -> ExitCo
         upgrade: cli.upgrade,
         daemon: cli.daemon,
     };
-    let server = match server::build(loaded, prepared, options) {
+    let server = match server::build(loaded, prepared, options, reservation) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("tollgate: cannot start: {e:#}");

@@ -1,4 +1,4 @@
-//! Every metric of tollgate, defined once (see shared/design/metrics.md).
+//! Every metric of tollgate, defined once (the README's "Metrics" lists them).
 //!
 //! Metrics live in the prometheus crate's default registry, which also holds its
 //! process collector (CPU, memory, open fds). Per-route and per-backend handles are
@@ -28,7 +28,7 @@ pub struct Metrics {
 }
 
 /// Label value of `upstream` for routes that do not proxy.
-pub const NO_UPSTREAM: &str = "-";
+pub(crate) const NO_UPSTREAM: &str = "-";
 
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -141,7 +141,7 @@ pub fn metrics() -> &'static Metrics {
 }
 
 /// The default registry in the Prometheus text format.
-pub fn render() -> Vec<u8> {
+pub(crate) fn render() -> Vec<u8> {
     let _ = metrics();
     let mut out = Vec::with_capacity(16 * 1024);
     let families = prometheus::gather();
@@ -157,7 +157,7 @@ const COMMON_CODES: [u16; 20] = [
 ];
 
 /// The decimal text of a status code, without allocating per call.
-pub fn code_label(code: u16) -> &'static str {
+pub(crate) fn code_label(code: u16) -> &'static str {
     static CODES: LazyLock<Vec<String>> =
         LazyLock::new(|| (0..1000).map(|c| c.to_string()).collect());
     CODES.get(usize::from(code)).map_or("other", String::as_str)
@@ -186,7 +186,7 @@ impl CodeCounters {
     }
 
     /// Counts one answer with status `code`.
-    pub fn inc(&self, code: u16) {
+    pub(crate) fn inc(&self, code: u16) {
         match COMMON_CODES.binary_search(&code) {
             Ok(slot) => self.common[slot]
                 .get_or_init(|| self.counter(code_label(code)))
@@ -196,7 +196,7 @@ impl CodeCounters {
     }
 
     /// Counts one attempt that got no status (connect or transport error).
-    pub fn inc_error(&self) {
+    pub(crate) fn inc_error(&self) {
         self.counter("error").inc();
     }
 }

@@ -7,6 +7,7 @@
 //! follows the upgrade (the unit needs `NotifyAccess=all`). Without the variable
 //! every call here does nothing.
 
+use crate::listen::Reservation;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
@@ -38,27 +39,43 @@ fn send_to(target: &std::ffi::OsStr, state: &str) -> std::io::Result<usize> {
     }
 }
 
-/// Tells the service manager when this process serves and when it stops: a
-/// background service, started with the listeners.
-pub struct Readiness {
-    /// Every address the config listens on, metrics included.
-    pub addresses: Vec<SocketAddr>,
+/// How long the listeners may take to listen before tollgate says it never will.
+const LISTEN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Says when this process serves and when it stops: a background service,
+/// started with the listeners. Once every address listens it lets their
+/// reservation go, logs `listening on ADDR (NODE)` for each, and tells the
+/// service manager `READY=1`; at shutdown, `STOPPING=1`.
+pub(crate) struct Readiness {
+    /// Every address the config listens on, metrics included, still held.
+    pub reservation: std::sync::Mutex<Reservation>,
 }
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for Readiness {
-    /// Sends `READY=1` once all `addresses` listen (never, with an error logged,
-    /// if one does not within 30 s: the service manager's start timeout then
-    /// applies), then `STOPPING=1` when shutdown begins.
+    /// Waits for the listeners (never says ready, with an error logged, if one
+    /// does not listen within [`LISTEN_DEADLINE`]: the service manager's start
+    /// timeout then applies), then waits for shutdown.
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        if std::env::var_os("NOTIFY_SOCKET").is_none() {
-            return;
+        let named = self
+            .reservation
+            .lock()
+            .map(|r| r.named())
+            .unwrap_or_default();
+        let addresses: Vec<SocketAddr> = named.iter().map(|(_, a)| *a).collect();
+        let missing = wait_listening(&addresses, LISTEN_DEADLINE).await;
+        if let Ok(mut reservation) = self.reservation.lock() {
+            reservation.release();
         }
-        let missing = wait_listening(&self.addresses, Duration::from_secs(30)).await;
         if missing.is_empty() {
-            ready(&format!("serving on {} listeners", self.addresses.len()));
+            for (node, address) in &named {
+                log::info!("listening on {address} ({node})");
+            }
+            ready(&format!("serving on {} listeners", addresses.len()));
         } else {
-            log::error!("not listening on {missing:?} after 30 s; not telling the service manager we are ready");
+            log::error!(
+                "not listening on {missing:?} after {LISTEN_DEADLINE:?}; not telling the service manager we are ready"
+            );
         }
         let _ = shutdown.changed().await;
         send("STOPPING=1");

@@ -131,7 +131,7 @@ fn read_pid(path: &Path) -> anyhow::Result<i32> {
 
 /// The pid in `pid_file`, once checked to be a running tollgate whose topology
 /// file is `config`. The errors say what is running instead.
-pub fn running_tollgate(pid_file: &Path, config: &Path) -> anyhow::Result<i32> {
+pub(crate) fn running_tollgate(pid_file: &Path, config: &Path) -> anyhow::Result<i32> {
     let pid = read_pid(pid_file)?;
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     let Ok(exe) = std::fs::read_link(proc_dir.join("exe")) else {

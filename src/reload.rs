@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::watch;
 
-pub struct Reloader {
+pub(crate) struct Reloader {
     path: PathBuf,
     topology: Arc<ArcSwap<Topology>>,
     plans: watch::Sender<Vec<Arc<CheckPlan>>>,

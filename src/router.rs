@@ -1,4 +1,4 @@
-//! Host + path -> route, with the precedence of topology.md: an exact host beats a
+//! Host + path -> route, with the precedence the README's "Routing" states: an exact host beats a
 //! wildcard host beats no host; within a host, an exact `path` beats the longest
 //! `path_prefix`. When a host's routes match no path, less specific hosts are asked.
 //!
@@ -14,7 +14,7 @@ use crate::config::{HostPattern, PathPattern};
 use std::collections::HashMap;
 
 /// Index of a route in the topology's route list.
-pub type RouteId = usize;
+pub(crate) type RouteId = usize;
 
 /// What a path matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@ use crate::edge::compression::CompressionPolicy;
 use crate::edge::keepalive::LeanKeepalive;
 use crate::edge::redirect::HttpsRedirect;
 use crate::edge::tls::{listener_settings as tls_listener_settings, SniResolver};
+use crate::listen::Reservation;
 use crate::notify::Readiness;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::reload::Reloader;
@@ -97,6 +98,10 @@ fn server_conf(config: &Config) -> ServerConf {
     }
 }
 
+/// The port HTTPS redirects point to when the config has no TLS listener to
+/// name one (validation requires one, so this is only a fallback).
+const DEFAULT_HTTPS_PORT: u16 = 443;
+
 /// How long a new process started by SIGUSR2 may take to load its config and
 /// open the upgrade socket.
 const UPGRADE_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -121,6 +126,7 @@ pub fn build(
     loaded: &LoadedConfig,
     prepared: Prepared,
     options: StartOptions,
+    reservation: Reservation,
 ) -> anyhow::Result<Server> {
     let config = &loaded.config;
     let opt = Opt {
@@ -133,25 +139,70 @@ pub fn build(
 
     let check_plans = prepared.topology.check_plans.clone();
     let topology = Arc::new(ArcSwap::from_pointee(prepared.topology));
-    let listeners = ListenerRoles::of(config);
+    add_listeners(
+        &mut server,
+        config,
+        &reservation,
+        Arc::clone(&topology),
+        prepared.access_log,
+        prepared.tls,
+    )?;
+    if let Some(address) = reservation.metrics {
+        let mut metrics = Service::new("metrics".to_string(), HttpServer::new_app(MetricsEndpoint));
+        metrics.threads = Some(1);
+        metrics.add_tcp(&address.to_string());
+        server.add_service(metrics);
+    }
+
+    let (plans_sender, plans) = tokio::sync::watch::channel(check_plans);
+    server.add_service(background_service("health checks", HealthChecker { plans }));
+    let reloader = Reloader::new(loaded.file.clone(), topology, plans_sender, &config.server);
+    server.add_service(background_service("reload", reloader));
+
+    let launch = Launch::of_this_process().context("reading this process's own launch")?;
+    server.add_service(background_service(
+        "upgrade",
+        Upgrader {
+            launch,
+            bound_addresses: reservation.passed_on(),
+            upgrade_sock: config.server.upgrade_sock.clone(),
+            start_timeout: UPGRADE_START_TIMEOUT,
+        },
+    ));
+    let readiness = Readiness {
+        reservation: std::sync::Mutex::new(reservation),
+    };
+    server.add_service(background_service("readiness", readiness));
+    Ok(server)
+}
+
+/// The proxy service on every listener (TLS ones with their certificate
+/// resolvers), at the addresses `reservation` holds, and the HTTPS redirect
+/// service on `redirect_https` ones.
+fn add_listeners(
+    server: &mut Server,
+    config: &Config,
+    reservation: &Reservation,
+    topology: Arc<ArcSwap<Topology>>,
+    access_log: AccessLog,
+    tls: Vec<Option<Arc<SniResolver>>>,
+) -> anyhow::Result<()> {
+    let listeners = ListenerRoles::of(config, &reservation.listeners);
+    let settings = ProxySettings {
+        tls_listeners: listeners.tls_headers,
+        max_request_body: config.server.max_request_body,
+        client_timeouts: config.server.client_timeouts.clone(),
+        compression: config
+            .server
+            .compression
+            .as_ref()
+            .map(CompressionPolicy::new),
+        encoded_slashes: config.server.encoded_slashes,
+        underscores_in_headers: config.server.underscores_in_headers,
+    };
     let http_proxy = pingora::proxy::http_proxy(
         &server.configuration,
-        Proxy::new(
-            Arc::clone(&topology),
-            prepared.access_log,
-            ProxySettings {
-                tls_listeners: listeners.tls_headers,
-                max_request_body: config.server.max_request_body,
-                client_timeouts: config.server.client_timeouts.clone(),
-                compression: config
-                    .server
-                    .compression
-                    .as_ref()
-                    .map(CompressionPolicy::new),
-                encoded_slashes: config.server.encoded_slashes,
-                underscores_in_headers: config.server.underscores_in_headers,
-            },
-        ),
+        Proxy::new(topology, access_log, settings),
     );
     let mut proxy = Service::new(
         "proxy".to_string(),
@@ -160,13 +211,14 @@ pub fn build(
     let mut redirects = Service::new(
         "https redirect".to_string(),
         HttpServer::new_app(HttpsRedirect::new(
-            listeners.https_port.unwrap_or(443),
+            listeners.https_port.unwrap_or(DEFAULT_HTTPS_PORT),
             listeners.redirect_statuses,
         )),
     );
     redirects.threads = Some(1);
-    for (listener, resolver) in config.server.listeners.iter().zip(prepared.tls) {
-        let address = listener.address.to_string();
+    let addresses = reservation.listeners.iter();
+    for ((listener, resolver), address) in config.server.listeners.iter().zip(tls).zip(addresses) {
+        let address = address.to_string();
         match (resolver, &listener.tls) {
             (Some(resolver), Some(tls)) => {
                 let settings = tls_listener_settings(resolver, tls.http2)
@@ -186,50 +238,6 @@ pub fn build(
     server.add_service(proxy);
     if listeners.any_redirect {
         server.add_service(redirects);
-    }
-
-    if let Some(address) = config.server.metrics {
-        let mut metrics = Service::new("metrics".to_string(), HttpServer::new_app(MetricsEndpoint));
-        metrics.threads = Some(1);
-        metrics.add_tcp(&address.to_string());
-        server.add_service(metrics);
-    }
-
-    let (plans_sender, plans) = tokio::sync::watch::channel(check_plans);
-    server.add_service(background_service("health checks", HealthChecker { plans }));
-    let reloader = Reloader::new(
-        loaded.file.clone(),
-        Arc::clone(&topology),
-        plans_sender,
-        &config.server,
-    );
-    server.add_service(background_service("reload", reloader));
-
-    let launch = Launch::of_this_process().context("reading this process's own launch")?;
-    server.add_service(background_service(
-        "upgrade",
-        Upgrader {
-            launch,
-            upgrade_sock: config.server.upgrade_sock.clone(),
-            start_timeout: UPGRADE_START_TIMEOUT,
-        },
-    ));
-    let mut addresses: Vec<SocketAddr> =
-        config.server.listeners.iter().map(|l| l.address).collect();
-    addresses.extend(config.server.metrics);
-    server.add_service(background_service("readiness", Readiness { addresses }));
-    Ok(server)
-}
-
-/// Checks that every address this config listens on (listeners and metrics) can
-/// be bound now, so that a busy port is one clear error at start instead of
-/// pingora's retries. Not for `-u`, where the old process holds them.
-pub fn check_listen_addresses(config: &Config) -> Result<(), String> {
-    let listeners = config.server.listeners.iter().map(|l| l.address);
-    for address in listeners.chain(config.server.metrics) {
-        if let Err(e) = std::net::TcpListener::bind(address) {
-            return Err(format!("cannot listen on {address}: {e}"));
-        }
     }
     Ok(())
 }
@@ -259,9 +267,15 @@ struct ListenerRoles {
 }
 
 impl ListenerRoles {
-    fn of(config: &Config) -> Self {
+    /// The roles of `config`'s listeners, at `addresses` (one per listener).
+    fn of(config: &Config, addresses: &[SocketAddr]) -> Self {
+        let listeners = config
+            .server
+            .listeners
+            .iter()
+            .zip(addresses.iter().copied());
         let mut tls_headers = HashMap::new();
-        for listener in &config.server.listeners {
+        for (listener, address) in listeners.clone() {
             if let Some(tls) = &listener.tls {
                 let hsts = tls.hsts.as_ref().and_then(|h| {
                     let mut value = format!("max-age={}", h.max_age.as_secs());
@@ -273,24 +287,19 @@ impl ListenerRoles {
                     }
                     http::HeaderValue::from_str(&value).ok()
                 });
-                tls_headers.insert(listener.address, hsts);
+                tls_headers.insert(address, hsts);
             }
         }
         ListenerRoles {
             tls_headers,
-            https_port: config
-                .server
-                .listeners
-                .iter()
-                .find(|l| l.tls.is_some())
-                .map(|l| l.address.port()),
+            https_port: listeners
+                .clone()
+                .find(|(l, _)| l.tls.is_some())
+                .map(|(_, a)| a.port()),
             any_redirect: config.server.listeners.iter().any(|l| l.redirect_https),
-            redirect_statuses: config
-                .server
-                .listeners
-                .iter()
-                .filter(|l| l.redirect_https)
-                .map(|l| (l.address, l.redirect_status))
+            redirect_statuses: listeners
+                .filter(|(l, _)| l.redirect_https)
+                .map(|(l, a)| (a, l.redirect_status))
                 .collect(),
         }
     }

@@ -30,7 +30,7 @@ static HANDING_OVER: AtomicBool = AtomicBool::new(false);
 
 /// True once this process has started handing its sockets to a new one: answers
 /// must then close their connection.
-pub fn handing_over() -> bool {
+pub(crate) fn handing_over() -> bool {
     HANDING_OVER.load(Ordering::Relaxed)
 }
 
@@ -42,7 +42,7 @@ fn start_handover() {
 /// file it resolved to, so a binary replaced at that path is the one started),
 /// its arguments and working directory.
 #[derive(Debug, Clone)]
-pub struct Launch {
+pub(crate) struct Launch {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub dir: PathBuf,
@@ -51,7 +51,7 @@ pub struct Launch {
 impl Launch {
     /// This process's own launch, read from its arguments now (call it before
     /// anything changes the working directory).
-    pub fn of_this_process() -> std::io::Result<Launch> {
+    pub(crate) fn of_this_process() -> std::io::Result<Launch> {
         let dir = std::env::current_dir()?;
         let mut args = std::env::args_os();
         let argv0 = args.next().unwrap_or_default();
@@ -83,8 +83,11 @@ impl Launch {
 }
 
 /// Listens for SIGUSR2 (start an upgrade) and SIGQUIT (a handover has begun).
-pub struct Upgrader {
+pub(crate) struct Upgrader {
     pub launch: Launch,
+    /// The addresses this process listens on, passed to the new one (see
+    /// `listen::BOUND_ADDRESSES`), so listeners on port 0 keep their ports.
+    pub bound_addresses: String,
     pub upgrade_sock: PathBuf,
     /// How long the new process may take to open the upgrade socket.
     pub start_timeout: Duration,
@@ -97,7 +100,9 @@ impl Upgrader {
     async fn start_successor(&self) -> Result<u32, String> {
         // A socket left by an earlier upgrade would look like the new process's.
         let _ = std::fs::remove_file(&self.upgrade_sock);
-        let mut child = self.launch.as_upgrade().spawn().map_err(|e| {
+        let mut command = self.launch.as_upgrade();
+        command.env(crate::listen::BOUND_ADDRESSES, &self.bound_addresses);
+        let mut child = command.spawn().map_err(|e| {
             format!(
                 "cannot start {}: {e}",
                 self.launch.program.to_string_lossy()

@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use std::net::SocketAddr;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_example_works_as_documented() {
@@ -25,14 +24,11 @@ async fn the_edge_example_works_as_documented() {
     std::fs::write(posters.join("poster/film.jpg"), &poster).unwrap();
 
     let replicas = [Backend::start("app-1"), Backend::start("app-2")];
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/edge.yaml"))
         .unwrap()
-        .replace("0.0.0.0:80\n", &format!("{http}\n"))
-        .replace("0.0.0.0:443\n", &format!("{https}\n"))
-        .replace("127.0.0.1:9091", &metrics.to_string())
+        .replace("0.0.0.0:80\n", "127.0.0.1:0\n")
+        .replace("0.0.0.0:443\n", "127.0.0.1:0\n")
+        .replace("127.0.0.1:9091", "127.0.0.1:0")
         .replace(
             "/etc/tollgate/tls/site.crt",
             &cert_path.display().to_string(),
@@ -48,7 +44,8 @@ async fn the_edge_example_works_as_documented() {
         )
         .replace("127.0.0.1:9001", &replicas[0].addr.to_string())
         .replace("127.0.0.1:9002", &replicas[1].addr.to_string());
-    let tollgate = Tollgate::launch(dir, &text, http, metrics, &[]).await;
+    let tollgate = Tollgate::launch_reported(dir, &text, &[]).await;
+    let (http, https) = (tollgate.addr, tollgate.reported("server.listeners[1]"));
     // The TLS listener belongs to another service than the one the harness waits on.
     tollgate.wait_listening(https).await;
 

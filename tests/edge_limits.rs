@@ -15,11 +15,8 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_the_limit_get_413_and_never_reach_the_backend() {
     let backend = RawBackend::start(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
-    let tollgate = Tollgate::start_with(
-        &format!("upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n", backend.addr),
-        "  max_request_body: 1KiB\n",
-    )
-    .await;
+    let tollgate =
+        Tollgate::start_with(&proxy_to(&[backend.addr]), "  max_request_body: 1KiB\n").await;
     let big = format!(
         "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{}",
         "x".repeat(5000)
@@ -210,7 +207,7 @@ async fn text_is_compressed_by_accept_encoding_and_decodes_to_the_original() {
 async fn slow_and_idle_clients_are_timed_out() {
     let backend = Backend::start("app");
     let tollgate = Tollgate::start_with(
-        &format!("upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n", backend.addr),
+        &proxy_to(&[backend.addr]),
         "  client_timeouts: {read_body: 500ms, send: 5s, keepalive: 1s}\n",
     )
     .await;
@@ -260,7 +257,7 @@ async fn requests_arriving_late_or_in_pieces_are_served() {
     use std::io::Write;
     let backend = Backend::start("app");
     let tollgate = Tollgate::start_with(
-        &format!("upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n", backend.addr),
+        &proxy_to(&[backend.addr]),
         "  client_timeouts: {keepalive: 5s}\n",
     )
     .await;

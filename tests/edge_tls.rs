@@ -48,19 +48,15 @@ async fn edge(http2: bool) -> Edge {
     let b = certificate(&dir, "b", &["b.test", "www.b.test"], -1, 30);
     let c = certificate(&dir, "c", &["*.c.test"], -1, 30);
     let backend = Backend::start("app");
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let http_301: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = format!(
         "server:
   listeners:
-    - address: {http}
+    - address: 127.0.0.1:0
       redirect_https: true
-    - address: {http_301}
+    - address: 127.0.0.1:0
       redirect_https: true
       redirect_status: 301
-    - address: {https}
+    - address: 127.0.0.1:0
       tls:
         certificates:
           - {{cert: {ac}, key: {ak}}}
@@ -68,7 +64,7 @@ async fn edge(http2: bool) -> Edge {
           - {{cert: {cc}, key: {ck}}}
         http2: {http2}
         hsts: {{max_age: 365d, include_subdomains: true}}
-  metrics: {metrics}
+  metrics: 127.0.0.1:0
   access_log: off
 upstreams:
   app:
@@ -89,7 +85,9 @@ routes:
     );
     // The harness waits on the redirect listener; the TLS one belongs to another
     // service and may start listening a moment later.
-    let tollgate = Tollgate::launch(dir, &config, http, metrics, &[]).await;
+    let tollgate = Tollgate::launch_reported(dir, &config, &[]).await;
+    let http_301 = tollgate.reported("server.listeners[1]");
+    let https = tollgate.reported("server.listeners[2]");
     tollgate.wait_listening(https).await;
     tollgate.wait_listening(http_301).await;
     Edge {

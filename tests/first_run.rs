@@ -73,11 +73,7 @@ fn a_busy_listen_address_is_one_line_and_exit_status_1() {
 #[tokio::test]
 async fn reload_refuses_a_file_other_than_the_one_running() {
     let backend = Backend::start("app");
-    let tollgate = Tollgate::start(&format!(
-        "upstreams:\n  app: {{backends: [{{address: {}}}]}}\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
-        backend.addr
-    ))
-    .await;
+    let tollgate = Tollgate::start(&proxy_to(&[backend.addr])).await;
     // Another file naming the same pid file: the process would not read it.
     let other = write_file(&tollgate.dir, "other.yaml", &tollgate.config_text());
     let output = Command::new(TOLLGATE)
@@ -101,15 +97,13 @@ async fn reload_refuses_a_file_other_than_the_one_running() {
 async fn the_default_pid_file_is_the_topology_files_own_and_goes_at_exit() {
     let backend = Backend::start("app");
     let dir = temp_dir("default-pid");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = format!(
-        "server:\n  listeners:\n    - address: {addr}\n  metrics: {metrics}\n  access_log: off\n  grace_period: 1s\n\
+        "server:\n  listeners:\n    - address: 127.0.0.1:0\n  metrics: 127.0.0.1:0\n  access_log: off\n  grace_period: 1s\n\
          upstreams:\n  app: {{backends: [{{address: {}}}]}}\n\
          routes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
         backend.addr
     );
-    let mut tollgate = Tollgate::launch(dir.clone(), &config, addr, metrics, &[]).await;
+    let mut tollgate = Tollgate::launch_reported(dir.clone(), &config, &[]).await;
     let config_path = dir.join("tollgate.yaml");
     let (pid_file, _) = tollgate::pid_file::default_paths(&config_path);
     assert!(!pid_file.starts_with("/tmp/tollgate.pid"));
@@ -130,7 +124,7 @@ async fn the_default_pid_file_is_the_topology_files_own_and_goes_at_exit() {
 #[test]
 fn a_pid_file_naming_another_process_never_signals_it() {
     let dir = temp_dir("stranger");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let config = write_file(
         &dir,
         "tollgate.yaml",

@@ -9,7 +9,6 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 struct Gateway {
@@ -31,17 +30,15 @@ async fn gateway_with(auth_args: &[&str], edit: impl Fn(String) -> String) -> Ga
         )
     };
     let products = [product("product-1"), product("product-2")];
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.yaml"))
         .expect("config/gateway.yaml")
         .replace("127.0.0.1:7000", &auth.addr.to_string())
         .replace("127.0.0.1:9001", &products[0].addr.to_string())
         .replace("127.0.0.1:9002", &products[1].addr.to_string())
-        .replace("127.0.0.1:8080", &addr.to_string())
-        .replace("127.0.0.1:9091", &metrics.to_string())
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9091", "127.0.0.1:0")
         .replace("access_log: stdout", "access_log: off");
-    let tollgate = Tollgate::launch(temp_dir("gateway"), &edit(text), addr, metrics, &[]).await;
+    let tollgate = Tollgate::launch_reported(temp_dir("gateway"), &edit(text), &[]).await;
     Gateway {
         tollgate,
         auth,

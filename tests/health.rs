@@ -128,13 +128,13 @@ async fn a_stream_of_gets_sees_no_error_while_a_backend_is_killed() {
     ))
     .await;
     let load = SteadyLoad::start(tollgate.url("/"), 4);
-    tokio::time::sleep(Duration::from_millis(300)).await; // traffic flowing before the kill
+    assert!(load.wait_answered(50).await, "traffic before the kill");
     backends[0].kill();
     let killed = wait_until(Duration::from_secs(5), || async {
         healthy(&tollgate, &backends[0]).await == Some(0.0)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // and after it
+    assert!(load.wait_answered(50).await, "traffic after the kill");
     let report = load.stop().await;
     assert!(killed, "killed backend never marked down");
     report.assert_no_failure(101);
@@ -152,7 +152,8 @@ async fn a_stream_of_gets_sees_no_error_while_a_backend_is_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_hide_a_refused_connection_and_passive_checks_take_the_backend_out() {
     let live = Backend::start("live");
-    let dead_port = free_port();
+    let dead_address = DeadAddress::new();
+    let dead_port = dead_address.addr.port();
     let body = format!(
         "upstreams:
   app:

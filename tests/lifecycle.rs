@@ -11,11 +11,7 @@ use std::time::{Duration, Instant};
 async fn sigterm_drains_in_flight_requests() {
     let backend = Backend::start("slow");
     // The harness sets grace_period: 1s.
-    let mut tollgate = Tollgate::start(&format!(
-        "upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
-        backend.addr
-    ))
-    .await;
+    let mut tollgate = Tollgate::start(&proxy_to(&[backend.addr])).await;
     let url = tollgate.url("/slow?ms=700");
     let slow = tokio::spawn(async move {
         let response = reqwest::get(url).await?;
@@ -48,16 +44,30 @@ async fn sigterm_drains_in_flight_requests() {
 /// pingora drops connections that wait for a request when it stops accepting;
 /// the old process closes every connection after its answer from the SIGQUIT on,
 /// so clients have left it by then.
+/// With the old process gone, requests go on being answered, and the metrics
+/// endpoint at the same address (now the new process's, whose counters started
+/// at zero) has counted them: the new process serves.
+async fn assert_new_process_serves(old: &Tollgate, load: &SteadyLoad) {
+    assert!(
+        load.wait_answered(50).await,
+        "no answer after the old process left"
+    );
+    let served = old
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("tollgate_requests_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>();
+    assert!(served >= 50.0, "the new process counted {served} requests");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_upgrade_hands_over_the_sockets_without_a_failed_request() {
     let backend = Backend::start("app");
-    let mut old = Tollgate::start(&format!(
-        "upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
-        backend.addr
-    ))
-    .await;
+    let mut old = Tollgate::start(&proxy_to(&[backend.addr])).await;
     let load = SteadyLoad::start(old.url("/"), 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(load.wait_answered(50).await, "traffic before the upgrade");
     let mut new = old.spawn_upgrade();
     // The new process waits on the upgrade socket; the old one hands over on SIGQUIT.
     let socket = old.dir.join("upgrade.sock");
@@ -71,7 +81,7 @@ async fn binary_upgrade_hands_over_the_sockets_without_a_failed_request() {
     let exited = old.wait_exit(Duration::from_secs(20)).await;
     assert!(exited.is_some(), "the old process did not exit");
     assert!(matches!(new.try_wait(), Ok(None)), "the new process died");
-    tokio::time::sleep(Duration::from_millis(500)).await; // traffic on the new process alone
+    assert_new_process_serves(&old, &load).await;
     let report = load.stop().await;
     let _ = new.kill();
     let _ = new.wait();
@@ -134,10 +144,7 @@ async fn upgrade_command_restarts_the_binary_in_place_without_a_failed_request()
     let notify = NotifySocket::bind("notify");
     let notify_path = notify.path.to_string_lossy().into_owned();
     let mut old = Tollgate::start_with_env(
-        &format!(
-            "upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
-            backend.addr
-        ),
+        &proxy_to(&[backend.addr]),
         &[("NOTIFY_SOCKET", &notify_path)],
     )
     .await;
@@ -154,7 +161,7 @@ async fn upgrade_command_restarts_the_binary_in_place_without_a_failed_request()
     notify.expect(&["READY=1"], Duration::from_secs(5));
 
     let load = SteadyLoad::start(old.url("/"), 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(load.wait_answered(50).await, "traffic before the upgrade");
     let (ok, output) = old.command(&["upgrade"]);
     assert!(ok, "{output}");
     assert!(
@@ -175,7 +182,7 @@ async fn upgrade_command_restarts_the_binary_in_place_without_a_failed_request()
     assert!(exited.is_some(), "the old process did not exit");
     assert!(alive(new_pid), "the new process died:\n{}", old.stderr());
     assert_eq!(old.pid_in_file(), Some(new_pid));
-    tokio::time::sleep(Duration::from_millis(500)).await; // traffic on the new process alone
+    assert_new_process_serves(&old, &load).await;
     let report = load.stop().await;
     report.assert_no_failure(101);
 
@@ -191,11 +198,7 @@ async fn upgrade_command_restarts_the_binary_in_place_without_a_failed_request()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_upgrade_leaves_the_old_process_serving() {
     let backend = Backend::start("app");
-    let tollgate = Tollgate::start(&format!(
-        "upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
-        backend.addr
-    ))
-    .await;
+    let tollgate = Tollgate::start(&proxy_to(&[backend.addr])).await;
     // `tollgate upgrade` checks the file with the new binary first.
     let good = tollgate.config_text();
     tollgate.rewrite_config(&format!("{good}\nroutes_typo: []\n"));
@@ -241,15 +244,14 @@ async fn sigterm_closes_idle_connections_at_once() {
     use std::io::Write;
     let backend = Backend::start("slow");
     let dir = temp_dir("idle-shutdown");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = format!(
-        "server:\n  threads: 2\n  listeners:\n    - address: {addr}\n  metrics: {metrics_addr}\n  pid_file: {pid}\n  upgrade_sock: {sock}\n  grace_period: 5s\nupstreams:\n  app:\n    backends: [{{address: {backend}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
+        "server:\n  threads: 2\n  listeners:\n    - address: 127.0.0.1:0\n  metrics: 127.0.0.1:0\n  pid_file: {pid}\n  upgrade_sock: {sock}\n  grace_period: 5s\nupstreams:\n  app:\n    backends: [{{address: {backend}}}]\nroutes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
         pid = dir.join("tollgate.pid").display(),
         sock = dir.join("upgrade.sock").display(),
         backend = backend.addr,
     );
-    let mut tollgate = Tollgate::launch(dir, &config, addr, metrics_addr, &[]).await;
+    let mut tollgate = Tollgate::launch_reported(dir, &config, &[]).await;
+    let addr = tollgate.addr;
 
     // One connection answered once and left idle.
     let mut idle = std::net::TcpStream::connect(addr).expect("connect");

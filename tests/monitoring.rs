@@ -84,8 +84,9 @@ fn exported_names(exposition: &str) -> BTreeSet<String> {
 /// through a backend that answers and one that refuses (retries, a backend
 /// marked down), active checks that pass and fail, an auth rejection, a 429
 /// and a failed reload.
-async fn tollgate_with_every_metric(backend: &Backend) -> Tollgate {
-    let dead = format!("127.0.0.1:{}", free_port());
+async fn tollgate_with_every_metric(backend: &Backend) -> (Tollgate, DeadAddress) {
+    let dead_address = DeadAddress::new();
+    let dead = dead_address.addr.to_string();
     let dir = temp_dir("keys");
     let keys = write_file(&dir, "keys.txt", "key-one\n");
     let body = format!(
@@ -168,7 +169,7 @@ routes:
         "no failed check or retry:\n{}",
         tollgate.metrics().await
     );
-    tollgate
+    (tollgate, dead_address)
 }
 
 /// `n` answered requests on the default route.
@@ -183,7 +184,7 @@ async fn traffic(tollgate: &Tollgate, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_metrics_name_the_same_things() {
     let backend = Backend::start("app");
-    let tollgate = tollgate_with_every_metric(&backend).await;
+    let (tollgate, _dead) = tollgate_with_every_metric(&backend).await;
     let exported = exported_names(&tollgate.metrics().await);
     let queries = dashboard_queries();
     assert!(queries.len() >= 15, "too few queries: {queries:?}");
@@ -214,12 +215,25 @@ struct Prometheus {
     dir: PathBuf,
 }
 
+/// The address of Prometheus's `msg="Listening on" address=HOST:PORT` log line.
+fn listening_address(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter(|l| l.contains("msg=\"Listening on\""))
+        .find_map(|l| {
+            l.split("address=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
 impl Prometheus {
     /// Starts Debian's prometheus scraping `target` every second, with the alert
     /// rules of deploy/prometheus loaded.
     async fn start(target: SocketAddr) -> Prometheus {
         let dir = temp_dir("prometheus");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {ALERT_RULES}\nscrape_configs:\n  - job_name: tollgate\n    static_configs:\n      - targets: [\"{target}\"]\n"
         );
@@ -231,12 +245,25 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
-            .arg(format!("--web.listen-address={addr}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start prometheus (Debian package `prometheus`; `make test` installs it)");
-        let prometheus = Prometheus { child, addr, dir };
+        let mut prometheus = Prometheus {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            dir,
+        };
+        // It picks its port and logs it: `msg="Listening on" address=127.0.0.1:PORT`.
+        let listening = wait_until(Duration::from_secs(30), || {
+            let log = prometheus.log();
+            async move { listening_address(&log).is_some() }
+        })
+        .await;
+        assert!(listening, "prometheus did not start:\n{}", prometheus.log());
+        prometheus.addr = listening_address(&prometheus.log()).unwrap();
+        let addr = prometheus.addr;
         let ready = wait_until(Duration::from_secs(30), || async {
             reqwest::get(format!("http://{addr}/-/ready"))
                 .await
@@ -309,7 +336,7 @@ fn as_grafana_sends(query: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_tollgate_and_answers_every_dashboard_query() {
     let backend = Backend::start("app");
-    let tollgate = tollgate_with_every_metric(&backend).await;
+    let (tollgate, _dead) = tollgate_with_every_metric(&backend).await;
     let prometheus = Prometheus::start(tollgate.metrics_addr).await;
 
     let up = wait_until(Duration::from_secs(20), || async {

@@ -192,10 +192,10 @@ routes:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_writes_one_json_line_per_request() {
     let a = Backend::start("a");
-    let body = format!(
-        "upstreams:\n  app:\n    backends: [{{address: {}}}]\nroutes:\n  - name: app\n    match: {{path_prefix: /}}\n    upstream: app\n",
-        a.addr
-    );
+    let body = TopologyBody::new()
+        .upstream("app", &[a.addr], "")
+        .raw_route("  - name: app\n    match: {path_prefix: /}\n    upstream: app\n")
+        .yaml();
     let tollgate = Tollgate::start(&body).await;
     let client = reqwest::Client::new();
     for i in 0..5 {
@@ -238,17 +238,15 @@ async fn access_log_writes_one_json_line_per_request() {
 async fn access_log_takes_a_format_of_nginx_variables() {
     let a = Backend::start("a");
     let dir = temp_dir("log-format");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = format!(
-        "server:\n  listeners:\n    - address: {addr}\n  metrics: {metrics}\n  access_log: {log}\n\
+        "server:\n  listeners:\n    - address: 127.0.0.1:0\n  metrics: 127.0.0.1:0\n  access_log: {log}\n\
          \x20 access_log_format: '$remote_addr - $remote_user \"$request\" $status $body_bytes_sent \"$http_x_forwarded_for\" $upstream_addr $sent_http_x_backend'\n\
          upstreams:\n  app:\n    backends: [{{address: {backend}}}]\n\
          routes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
         log = dir.join("access.log").display(),
         backend = a.addr
     );
-    let tollgate = Tollgate::launch(dir, &config, addr, metrics, &[]).await;
+    let tollgate = Tollgate::launch_reported(dir, &config, &[]).await;
     reqwest::Client::new()
         .get(tollgate.url("/x?y=1"))
         .header("X-Forwarded-For", "203.0.113.9")

@@ -188,7 +188,8 @@ async fn x_forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
 async fn upstream_failures_map_to_502_and_504() {
     let slow = Backend::start("slow");
     let closer = RawBackend::start(None);
-    let refused = format!("127.0.0.1:{}", free_port());
+    let refused_address = DeadAddress::new();
+    let refused = refused_address.addr.to_string();
     let body = format!(
         "upstreams:
   slow:

@@ -10,10 +10,11 @@ use common::*;
 use std::time::Duration;
 
 fn app_upstream(backends: &[&Backend], extra: &str) -> String {
-    format!(
-        "upstreams:\n  app:\n    backends:\n{}{extra}routes:\n  - match: {{path_prefix: /}}\n    upstream: app\n",
-        backend_list(backends)
-    )
+    let addresses: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    TopologyBody::new()
+        .upstream("app", &addresses, extra)
+        .route("/", "app", "")
+        .yaml()
 }
 
 /// The config text with the upstreams/routes part replaced by `body`.
@@ -28,7 +29,7 @@ async fn sighup_moves_traffic_to_the_new_backends_without_a_failed_request() {
     let new = [Backend::start("new-1"), Backend::start("new-2")];
     let tollgate = Tollgate::start(&app_upstream(&[&old[0], &old[1]], "")).await;
     let load = SteadyLoad::start(tollgate.url("/"), 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(load.wait_answered(50).await, "traffic before the reload");
     tollgate.rewrite_config(&with_body(
         &tollgate.config_text(),
         &app_upstream(&[&new[0], &new[1]], ""),
@@ -49,7 +50,10 @@ async fn sighup_moves_traffic_to_the_new_backends_without_a_failed_request() {
         .metric_reaches("tollgate_config_reloads_total", &[("result", "error")], 1.0)
         .await;
     assert!(counted, "failed reload not counted");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        load.wait_answered(20).await,
+        "traffic after the failed reload"
+    );
     let report = load.stop().await;
     report.assert_no_failure(101);
     let last = &report.backends[report.backends.len() - 20..];

@@ -27,7 +27,7 @@ const QUEUE_LINES: usize = 64 * 1024;
 const WRITE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// What is logged about one request.
-pub struct AccessEntry<'a> {
+pub(crate) struct AccessEntry<'a> {
     pub client: IpAddr,
     pub method: &'a str,
     /// Path and query as the client sent them.
@@ -91,7 +91,7 @@ impl AccessLog {
     }
 
     /// Queues the line for `entry`; never blocks.
-    pub fn log(&self, entry: &AccessEntry<'_>) {
+    pub(crate) fn log(&self, entry: &AccessEntry<'_>) {
         let Some(sender) = &self.sender else { return };
         let line = match &self.format {
             AccessLogFormat::Json => json_line(entry),

@@ -128,7 +128,7 @@ impl Template {
     }
 
     /// The line for `entry`, with its newline.
-    pub fn line(&self, e: &AccessEntry<'_>) -> String {
+    pub(crate) fn line(&self, e: &AccessEntry<'_>) -> String {
         let mut s = String::with_capacity(256);
         for part in &self.parts {
             match part {

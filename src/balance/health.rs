@@ -11,7 +11,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 /// Milliseconds since the process started, from a monotonic clock.
-pub fn now_millis() -> u64 {
+pub(crate) fn now_millis() -> u64 {
     static START: LazyLock<Instant> = LazyLock::new(Instant::now);
     START.elapsed().as_millis() as u64
 }
@@ -36,14 +36,14 @@ impl Default for ActiveHealth {
 }
 
 impl ActiveHealth {
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
     /// Records one probe result. Returns `Some(new state)` when this result flips
     /// the backend: `healthy_threshold` consecutive successes bring it back,
     /// `unhealthy_threshold` consecutive failures take it out.
-    pub fn record(
+    pub(crate) fn record(
         &self,
         ok: bool,
         healthy_threshold: u32,
@@ -88,12 +88,17 @@ pub struct PassiveHealth {
 impl PassiveHealth {
     /// Whether the backend may take requests. When a failure period has just run
     /// out, clears it and calls `on_recover` (once, from whichever request saw it).
-    pub fn is_usable(&self, on_recover: impl FnOnce()) -> bool {
+    pub(crate) fn is_usable(&self, on_recover: impl FnOnce()) -> bool {
+        self.is_usable_at(now_millis(), on_recover)
+    }
+
+    /// [`PassiveHealth::is_usable`] at `now` ([`now_millis`]).
+    fn is_usable_at(&self, now: u64, on_recover: impl FnOnce()) -> bool {
         let until = self.down_until.load(Ordering::Relaxed);
         if until == 0 {
             return true;
         }
-        if now_millis() < until {
+        if now < until {
             return false;
         }
         if self
@@ -107,7 +112,7 @@ impl PassiveHealth {
     }
 
     /// Whether a failure period is running now.
-    pub fn is_failed(&self) -> bool {
+    pub(crate) fn is_failed(&self) -> bool {
         let until = self.down_until.load(Ordering::Relaxed);
         until != 0 && now_millis() < until
     }
@@ -115,8 +120,11 @@ impl PassiveHealth {
     /// Counts a failure; returns true when it is the `max_fails`-th within
     /// `fail_timeout` (the count then starts again). Whether the backend is taken
     /// out for it is the caller's decision ([`PassiveHealth::take_out`]).
-    pub fn record_failure(&self, max_fails: u32, fail_timeout: Duration) -> bool {
-        let now = now_millis();
+    pub(crate) fn record_failure(&self, max_fails: u32, fail_timeout: Duration) -> bool {
+        self.record_failure_at(now_millis(), max_fails, fail_timeout)
+    }
+
+    fn record_failure_at(&self, now: u64, max_fails: u32, fail_timeout: Duration) -> bool {
         let window = fail_timeout.as_millis() as u64;
         let start = self.window_start.load(Ordering::Relaxed);
         let failures =
@@ -137,20 +145,24 @@ impl PassiveHealth {
     }
 
     /// Takes the backend out for `fail_timeout` from now.
-    pub fn take_out(&self, fail_timeout: Duration) {
-        let until = now_millis() + fail_timeout.as_millis() as u64;
+    pub(crate) fn take_out(&self, fail_timeout: Duration) {
+        self.take_out_at(now_millis(), fail_timeout);
+    }
+
+    fn take_out_at(&self, now: u64, fail_timeout: Duration) {
+        let until = now + fail_timeout.as_millis() as u64;
         // `max(1)` keeps 0 meaning "not out" even in the first millisecond.
         self.down_until.store(until.max(1), Ordering::Relaxed);
     }
 
     /// Ends a failure period early; returns true when one was running.
-    pub fn bring_back(&self) -> bool {
+    pub(crate) fn bring_back(&self) -> bool {
         self.failures.store(0, Ordering::Relaxed);
         self.down_until.swap(0, Ordering::Relaxed) != 0
     }
 
     /// Records a success: earlier failures no longer count toward `max_fails`.
-    pub fn record_success(&self) {
+    pub(crate) fn record_success(&self) {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
@@ -168,7 +180,7 @@ pub struct CheckPlan {
 
 impl CheckPlan {
     /// Probes every backend once, concurrently, and records the results.
-    pub async fn run_once(&self) {
+    pub(crate) async fn run_once(&self) {
         let backends = &self.upstream.backends;
         let probes = backends
             .iter()
@@ -189,7 +201,7 @@ impl CheckPlan {
 /// Runs the probes of every upstream that has a `health_check`, each at its own
 /// interval, the first round at once, until the server shuts down. When a reload
 /// publishes new plans, the old probes stop and the new ones start.
-pub struct HealthChecker {
+pub(crate) struct HealthChecker {
     pub plans: tokio::sync::watch::Receiver<Vec<Arc<CheckPlan>>>,
 }
 
@@ -223,5 +235,63 @@ impl BackgroundService for HealthChecker {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1000;
+
+    #[test]
+    fn active_health_flips_after_its_thresholds_only() {
+        let health = ActiveHealth::default();
+        assert!(health.is_healthy());
+        assert_eq!(health.record(false, 2, 3), None);
+        assert_eq!(health.record(false, 2, 3), None);
+        // A success in between starts the failure count again.
+        assert_eq!(health.record(true, 2, 3), None);
+        assert_eq!(health.record(false, 2, 3), None);
+        assert_eq!(health.record(false, 2, 3), None);
+        assert_eq!(health.record(false, 2, 3), Some(false));
+        assert!(!health.is_healthy());
+        assert_eq!(health.record(true, 2, 3), None);
+        assert_eq!(health.record(true, 2, 3), Some(true));
+        assert!(health.is_healthy());
+    }
+
+    #[test]
+    fn failures_count_within_fail_timeout_only() {
+        let passive = PassiveHealth::default();
+        let timeout = Duration::from_secs(10);
+        let t0 = 100 * SECOND;
+        assert!(!passive.record_failure_at(t0, 3, timeout));
+        assert!(!passive.record_failure_at(t0 + 5 * SECOND, 3, timeout));
+        // The window ran out: this failure starts a new one.
+        assert!(!passive.record_failure_at(t0 + 11 * SECOND, 3, timeout));
+        assert!(!passive.record_failure_at(t0 + 12 * SECOND, 3, timeout));
+        assert!(passive.record_failure_at(t0 + 13 * SECOND, 3, timeout));
+        // A success wipes the count.
+        assert!(!passive.record_failure_at(t0 + 14 * SECOND, 2, timeout));
+        passive.record_success();
+        assert!(!passive.record_failure_at(t0 + 15 * SECOND, 2, timeout));
+    }
+
+    #[test]
+    fn a_backend_taken_out_comes_back_after_fail_timeout_once() {
+        let passive = PassiveHealth::default();
+        let t0 = 100 * SECOND;
+        passive.take_out_at(t0, Duration::from_secs(10));
+        let mut recovered = 0;
+        assert!(!passive.is_usable_at(t0 + 9 * SECOND, || recovered += 1));
+        assert!(passive.is_usable_at(t0 + 10 * SECOND, || recovered += 1));
+        assert!(passive.is_usable_at(t0 + 11 * SECOND, || recovered += 1));
+        assert_eq!(recovered, 1, "the recovery is seen once");
+        // An active check that passes ends the period early.
+        passive.take_out_at(t0, Duration::from_secs(10));
+        assert!(passive.bring_back());
+        assert!(passive.is_usable_at(t0 + SECOND, || recovered += 1));
+        assert!(!passive.bring_back());
     }
 }

@@ -13,7 +13,7 @@ const POINTS_PER_WEIGHT: u64 = 40;
 /// Upper bound on ring size; larger weight sums are scaled down to fit.
 const MAX_POINTS: u64 = 1 << 20;
 
-pub struct IpHash {
+pub(crate) struct IpHash {
     /// (point, backend index), sorted by point.
     ring: Vec<(u64, u32)>,
 }
@@ -44,7 +44,7 @@ impl IpHash {
 }
 
 /// The ring position of a client address.
-pub fn client_hash(client: IpAddr) -> u64 {
+pub(crate) fn client_hash(client: IpAddr) -> u64 {
     match client {
         IpAddr::V4(v4) => hash64(&v4.octets()),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -20,12 +20,12 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Pools up to this size are scanned in full on every pick.
-pub const EXACT_SCAN_MAX: usize = 16;
+pub(crate) const EXACT_SCAN_MAX: usize = 16;
 
 /// Draws at random before falling back to a full scan.
 const DRAWS: usize = 8;
 
-pub struct LeastConnections {
+pub(crate) struct LeastConnections {
     next: AtomicUsize,
     /// Weighted sampling for pools above [`EXACT_SCAN_MAX`].
     sampler: Option<AliasTable>,

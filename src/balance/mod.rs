@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 /// A balancing algorithm over the backends of one upstream.
-pub trait Balancer: Send + Sync {
+pub(crate) trait Balancer: Send + Sync {
     /// Returns the index of a backend for which `usable` is true, or `None` when
     /// there is none. `client` is the client address (after trusted proxies).
     fn pick(
@@ -59,7 +59,7 @@ impl BackendState {
     }
 
     /// Whether the backend takes new requests now (active and passive state).
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.active.is_healthy()
             && self.passive.is_usable(|| {
                 self.refresh_healthy_gauge();
@@ -72,7 +72,7 @@ impl BackendState {
     }
 
     /// Sets `tollgate_upstream_backend_healthy` from the current state.
-    pub fn refresh_healthy_gauge(&self) {
+    pub(crate) fn refresh_healthy_gauge(&self) {
         let up = self.active.is_healthy() && !self.passive.is_failed();
         self.metrics.healthy.set(i64::from(up));
     }
@@ -91,7 +91,7 @@ pub struct Backend {
 
 /// Counts a request in flight to a backend from creation until drop, whatever way
 /// the request ends (answer, error, timeout, client gone).
-pub struct InFlightGuard {
+pub(crate) struct InFlightGuard {
     state: Arc<BackendState>,
 }
 
@@ -121,9 +121,9 @@ pub struct Tried {
 
 impl Tried {
     /// pingora makes at most 16 attempts per request.
-    pub const CAPACITY: usize = 16;
+    pub(crate) const CAPACITY: usize = 16;
 
-    pub fn add(&mut self, index: usize) {
+    pub(crate) fn add(&mut self, index: usize) {
         if self.len < Self::CAPACITY {
             self.indices[self.len] = index as u32;
             self.len += 1;
@@ -139,7 +139,7 @@ impl Tried {
     }
 
     /// Forgets `index`, so the backend may be chosen again.
-    pub fn remove(&mut self, index: usize) {
+    pub(crate) fn remove(&mut self, index: usize) {
         if let Some(pos) = self.indices[..self.len]
             .iter()
             .position(|&i| i as usize == index)
@@ -234,7 +234,7 @@ impl Upstream {
     /// Records a failed attempt on backend `index` for passive health. The
     /// backend is taken out after `max_fails` failures within `fail_timeout`,
     /// unless it is the last backend of the upstream that is up.
-    pub fn record_failure(&self, index: usize) {
+    pub(crate) fn record_failure(&self, index: usize) {
         let Some(backend) = self.backends.get(index) else {
             return;
         };
@@ -275,7 +275,7 @@ impl Upstream {
     }
 
     /// Records a successful answer from backend `index` for passive health.
-    pub fn record_success(&self, index: usize) {
+    pub(crate) fn record_success(&self, index: usize) {
         if let Some(backend) = self.backends.get(index) {
             backend.state.passive.record_success();
         }
@@ -283,7 +283,7 @@ impl Upstream {
 
     /// Applies an active check result to backend `index`; logs and rebalances
     /// when the backend's health flips.
-    pub fn record_check(
+    pub(crate) fn record_check(
         &self,
         index: usize,
         result: Result<(), String>,
@@ -340,7 +340,7 @@ impl Upstream {
 
 /// A 64-bit hash with good spread for short keys (FNV-1a, then the murmur3 finalizer).
 /// Stable across runs and builds, so consistent-hash rings are reproducible.
-pub fn hash64(bytes: &[u8]) -> u64 {
+pub(crate) fn hash64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-pub struct RoundRobin {
+pub(crate) struct RoundRobin {
     schedule: ArcSwap<Vec<u32>>,
     next: AtomicUsize,
 }
@@ -68,7 +68,7 @@ fn schedule(backends: &[Backend]) -> Vec<u32> {
 /// nginx's smooth weighted round robin over `weights`, one full cycle: each step
 /// adds every weight to its current value, picks the largest (first on ties) and
 /// takes the total off it.
-pub fn smooth_order(weights: &[i64]) -> Vec<usize> {
+pub(crate) fn smooth_order(weights: &[i64]) -> Vec<usize> {
     let total: i64 = weights.iter().sum();
     let mut current = vec![0i64; weights.len()];
     let mut order = Vec::with_capacity(total.max(0) as usize);

@@ -33,7 +33,7 @@ pub struct LoadedConfig {
 
 impl LoadedConfig {
     /// The problem `message` about the node at `node` (`auth.tokens.jwt.jwks_file`).
-    pub fn error_at(&self, node: &str, message: &str) -> ConfigErrors {
+    pub(crate) fn error_at(&self, node: &str, message: &str) -> ConfigErrors {
         self.errors(Problems(vec![Problem::at(node, message)]))
     }
 

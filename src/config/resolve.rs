@@ -23,7 +23,7 @@ pub enum Host {
 }
 
 /// Parses `10.0.1.10:8080`, `[::1]:8080` or `products.internal:8080`.
-pub fn parse_host_port(text: &str) -> Result<HostPort, String> {
+pub(crate) fn parse_host_port(text: &str) -> Result<HostPort, String> {
     let text = text.trim();
     let expected =
         "expected IP:port or name:port, e.g. `10.0.1.10:8080`, `[::1]:8080` or `localhost:8080`";
@@ -93,7 +93,7 @@ pub fn resolve(host_port: &HostPort) -> Result<Vec<SocketAddr>, String> {
 /// `BackendConfig::resolved`. Returns every problem as (node path, message):
 /// addresses that do not parse or resolve, and backends of one upstream that
 /// come to the same address.
-pub fn resolve_backends(config: &mut Config) -> Problems {
+pub(crate) fn resolve_backends(config: &mut Config) -> Problems {
     let mut problems = Problems::default();
     for (name, upstream) in &mut config.upstreams {
         let mut first_with: HashMap<SocketAddr, usize> = HashMap::new();

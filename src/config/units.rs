@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Parses `250ms`, `5s`, `2m`, `1h`, `365d` (a whole number and a unit, no space).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let digits_end = text
         .find(|c: char| !c.is_ascii_digit())
@@ -34,14 +34,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Parses `host:port` where host is an IP literal; IPv6 in brackets (`[::1]:8080`).
-pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.trim().parse().map_err(|_| {
         format!("invalid address `{text}`: expected IP:port, e.g. `10.0.1.10:8080` or `[::1]:8080`")
     })
 }
 
 /// Parses an IP network (`10.0.0.0/8`, `::1/128`) or a single IP (`192.0.2.7`).
-pub fn parse_ip_net(text: &str) -> Result<ipnet::IpNet, String> {
+pub(crate) fn parse_ip_net(text: &str) -> Result<ipnet::IpNet, String> {
     let text = text.trim();
     if let Ok(net) = text.parse::<ipnet::IpNet>() {
         return Ok(net.trunc());
@@ -62,13 +62,6 @@ impl Rate {
     /// The time one request's share of the rate takes (the bucket's refill step).
     pub fn interval(&self) -> Duration {
         self.per / self.requests.max(1) as u32
-    }
-}
-
-impl std::fmt::Display for Rate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let unit = if self.per.as_secs() == 60 { "m" } else { "s" };
-        write!(f, "{}/{unit}", self.requests)
     }
 }
 
@@ -99,12 +92,12 @@ pub fn rate<'de, D: Deserializer<'de>>(de: D) -> Result<Rate, D::Error> {
 }
 
 /// serde adapter: an optional [`Duration`].
-pub fn opt_duration<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn opt_duration<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
     duration(de).map(Some)
 }
 
 /// Parses a size: `512B`, `64KiB`, `10MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
-pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_byte_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let invalid = || {
         format!("invalid size `{text}`: expected a whole number with a unit (B, KiB, MiB, GiB), e.g. `10MiB`")
@@ -128,7 +121,7 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
 }
 
 /// serde adapter: a byte size written as `10MiB`.
-pub fn byte_size<'de, D: Deserializer<'de>>(de: D) -> Result<u64, D::Error> {
+pub(crate) fn byte_size<'de, D: Deserializer<'de>>(de: D) -> Result<u64, D::Error> {
     let text = String::deserialize(de)?;
     parse_byte_size(&text).map_err(D::Error::custom)
 }
@@ -140,18 +133,20 @@ pub fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> 
 }
 
 /// serde adapter: a [`SocketAddr`] written as `host:port`.
-pub fn socket_addr<'de, D: Deserializer<'de>>(de: D) -> Result<SocketAddr, D::Error> {
+pub(crate) fn socket_addr<'de, D: Deserializer<'de>>(de: D) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(de)?;
     parse_socket_addr(&text).map_err(D::Error::custom)
 }
 
 /// serde adapter: an optional [`SocketAddr`].
-pub fn opt_socket_addr<'de, D: Deserializer<'de>>(de: D) -> Result<Option<SocketAddr>, D::Error> {
+pub(crate) fn opt_socket_addr<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Option<SocketAddr>, D::Error> {
     socket_addr(de).map(Some)
 }
 
 /// serde adapter: a list of IP networks.
-pub fn ip_nets<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+pub(crate) fn ip_nets<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
     let texts = Vec::<String>::deserialize(de)?;
     texts
         .iter()
@@ -188,14 +183,14 @@ where
 }
 
 /// serde adapter: `{Header-Name: claim}`, in file order.
-pub fn header_claims<'de, D: Deserializer<'de>>(
+pub(crate) fn header_claims<'de, D: Deserializer<'de>>(
     de: D,
 ) -> Result<Vec<(HeaderName, String)>, D::Error> {
     ordered_entries(de, |name, claim| Ok((HeaderName::parse(&name)?, claim)))
 }
 
 /// serde adapter: `{Header-Name: value}` of headers to send, in file order.
-pub fn header_values<'de, D: Deserializer<'de>>(
+pub(crate) fn header_values<'de, D: Deserializer<'de>>(
     de: D,
 ) -> Result<Vec<(HeaderName, http::HeaderValue)>, D::Error> {
     ordered_entries(de, |name, value| {
@@ -206,7 +201,7 @@ pub fn header_values<'de, D: Deserializer<'de>>(
 }
 
 /// serde adapter: a request target that starts with `/` (`/health?full=1`).
-pub fn request_target<'de, D: Deserializer<'de>>(
+pub(crate) fn request_target<'de, D: Deserializer<'de>>(
     de: D,
 ) -> Result<http::uri::PathAndQuery, D::Error> {
     let text = String::deserialize(de)?;
@@ -228,12 +223,14 @@ pub fn status<'de, D: Deserializer<'de>>(de: D) -> Result<http::StatusCode, D::E
 }
 
 /// serde adapter: a header value (`/new`, `https://example.com/`).
-pub fn header_value<'de, D: Deserializer<'de>>(de: D) -> Result<http::HeaderValue, D::Error> {
+pub(crate) fn header_value<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<http::HeaderValue, D::Error> {
     opt_header_value(de)?.ok_or_else(|| D::Error::custom("a header value is needed"))
 }
 
 /// serde adapter: an optional header value (`products.internal`).
-pub fn opt_header_value<'de, D: Deserializer<'de>>(
+pub(crate) fn opt_header_value<'de, D: Deserializer<'de>>(
     de: D,
 ) -> Result<Option<http::HeaderValue>, D::Error> {
     let text = String::deserialize(de)?;
@@ -246,7 +243,7 @@ pub fn opt_header_value<'de, D: Deserializer<'de>>(
 }
 
 /// serde adapter: an `http://` or `https://` URL with a host.
-pub fn http_url<'de, D: Deserializer<'de>>(de: D) -> Result<reqwest::Url, D::Error> {
+pub(crate) fn http_url<'de, D: Deserializer<'de>>(de: D) -> Result<reqwest::Url, D::Error> {
     let text = String::deserialize(de)?;
     reqwest::Url::parse(&text)
         .ok()

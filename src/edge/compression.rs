@@ -17,6 +17,11 @@ use pingora::modules::http::{HttpModule, HttpModuleBuilder, Module};
 use pingora::proxy::Session;
 use std::io::Write;
 
+/// The brotli encoder's internal buffer: one page, as the crate's examples use.
+const BROTLI_BUFFER: usize = 4096;
+/// log2 of brotli's sliding window: 22 (4 MiB), the format's default (RFC 7932).
+const BROTLI_WINDOW_BITS: u32 = 22;
+
 pub struct CompressionPolicy {
     level: u32,
     min_size: u64,
@@ -40,7 +45,7 @@ impl CompressionPolicy {
     /// Hands brotli to our module when the client accepts it, and removes `br`
     /// from the request's Accept-Encoding (see the module doc). Call from
     /// `early_request_filter`, before pingora's compression module reads it.
-    pub fn route_brotli(&self, session: &mut Session) {
+    pub(crate) fn route_brotli(&self, session: &mut Session) {
         let req = session.req_header_mut();
         let Some(value) = req
             .headers
@@ -84,7 +89,7 @@ impl CompressionPolicy {
 
     /// Turns compression off again when `resp` should not be compressed; call
     /// right before the header is written.
-    pub fn check_response(&self, session: &mut Session, resp: &ResponseHeader) {
+    pub(crate) fn check_response(&self, session: &mut Session, resp: &ResponseHeader) {
         if !self.eligible(resp) {
             if let Some(module) = session
                 .downstream_modules_ctx
@@ -131,18 +136,18 @@ impl CompressionPolicy {
 /// compressed. Runs before pingora's compression module, which then sees
 /// `Content-Encoding: br` and leaves the body alone.
 #[derive(Default)]
-pub struct BrotliCompression {
+pub(crate) struct BrotliCompression {
     /// The quality to compress with, when armed.
     armed: Option<u32>,
     encoder: Option<brotli::CompressorWriter<Vec<u8>>>,
 }
 
 impl BrotliCompression {
-    pub fn arm(&mut self, level: u32) {
+    pub(crate) fn arm(&mut self, level: u32) {
         self.armed = Some(level);
     }
 
-    pub fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.armed = None;
     }
 }
@@ -194,7 +199,12 @@ impl HttpModule for BrotliCompression {
                 resp.remove_header(&http::header::ETAG);
             }
         }
-        self.encoder = Some(brotli::CompressorWriter::new(Vec::new(), 4096, level, 22));
+        self.encoder = Some(brotli::CompressorWriter::new(
+            Vec::new(),
+            BROTLI_BUFFER,
+            level,
+            BROTLI_WINDOW_BITS,
+        ));
         Ok(())
     }
 
@@ -236,7 +246,7 @@ impl HttpModule for BrotliCompression {
 }
 
 /// Builds [`BrotliCompression`] for each request.
-pub struct BrotliCompressionBuilder;
+pub(crate) struct BrotliCompressionBuilder;
 
 impl HttpModuleBuilder for BrotliCompressionBuilder {
     fn init(&self) -> Module {

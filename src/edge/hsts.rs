@@ -10,7 +10,7 @@ use std::any::Any;
 
 /// The per-request module: adds `value`, when set, to the response header.
 #[derive(Default)]
-pub struct Hsts {
+pub(crate) struct Hsts {
     value: Option<HeaderValue>,
 }
 
@@ -43,7 +43,7 @@ impl HttpModule for Hsts {
     }
 }
 
-pub struct HstsBuilder;
+pub(crate) struct HstsBuilder;
 
 impl HttpModuleBuilder for HstsBuilder {
     fn init(&self) -> Module {

@@ -34,7 +34,7 @@ const FIRST_READ: usize = 4096;
 
 /// An HTTP application whose plain-TCP HTTP/1 connections hold no request
 /// state while they wait for a request.
-pub struct LeanKeepalive<A> {
+pub(crate) struct LeanKeepalive<A> {
     app: Arc<A>,
     /// How long an idle connection waits for its next request.
     keepalive: Duration,

@@ -8,7 +8,10 @@ use pingora::protocols::http::ServerSession;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-pub struct HttpsRedirect {
+/// The port `https://` URLs mean when they name none.
+const HTTPS_DEFAULT_PORT: u16 = 443;
+
+pub(crate) struct HttpsRedirect {
     /// The TLS listener's port; `None` for 443.
     pub https_port: Option<u16>,
     /// The status each redirecting listener answers with, by its address.
@@ -19,7 +22,7 @@ impl HttpsRedirect {
     /// Redirects to `https_port`; `statuses` gives each listener's status.
     pub fn new(https_port: u16, statuses: HashMap<SocketAddr, http::StatusCode>) -> Self {
         HttpsRedirect {
-            https_port: (https_port != 443).then_some(https_port),
+            https_port: (https_port != HTTPS_DEFAULT_PORT).then_some(https_port),
             statuses,
         }
     }

@@ -57,7 +57,7 @@ impl DirectResponse {
 
 /// Writes `header` with `body` (Content-Length set here); HEAD gets the header only.
 /// The connection stays open.
-pub async fn send_answer(
+pub(crate) async fn send_answer(
     session: &mut Session,
     mut header: ResponseHeader,
     body: Bytes,

@@ -167,11 +167,7 @@ impl StaticFiles {
         compression: Option<&CompressionPolicy>,
     ) -> pingora::Result<u16> {
         let len = meta.len();
-        let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        let mtime = modified
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let etag = format!("\"{:x}-{:x}\"", mtime.as_secs(), len);
+        let (etag, modified) = validators(meta);
         let last_modified = httpdate::fmt_http_date(modified);
         let content_type = mime_guess::from_path(path).first_or_octet_stream();
 
@@ -236,31 +232,53 @@ impl StaticFiles {
         if empty {
             return Ok(status);
         }
-        let mut left = count;
-        let mut buf = vec![0u8; CHUNK.min(count as usize)];
-        while left > 0 {
-            let want = buf.len().min(left as usize);
-            let n = file.read(&mut buf[..want]).await.map_err(|e| {
-                pingora::Error::because(
-                    pingora::ErrorType::FileReadError,
-                    "reading a static file",
-                    e,
-                )
-            })?;
-            if n == 0 {
-                // The file shrank while being sent: the response cannot be completed.
-                return pingora::Error::e_explain(
-                    pingora::ErrorType::FileReadError,
-                    "static file shrank while sent",
-                );
-            }
-            left -= n as u64;
-            session
-                .write_response_body(Some(Bytes::copy_from_slice(&buf[..n])), left == 0)
-                .await?;
-        }
+        stream(session, &mut file, count).await?;
         Ok(status)
     }
+}
+
+/// The ETag (mtime and length) and Last-Modified time of a file.
+fn validators(meta: &std::fs::Metadata) -> (String, SystemTime) {
+    let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let mtime = modified
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    (
+        format!("\"{:x}-{:x}\"", mtime.as_secs(), meta.len()),
+        modified,
+    )
+}
+
+/// Sends `count` bytes of `file` as the response body, in chunks of [`CHUNK`].
+async fn stream(
+    session: &mut Session,
+    file: &mut tokio::fs::File,
+    count: u64,
+) -> pingora::Result<()> {
+    let mut left = count;
+    let mut buf = vec![0u8; CHUNK.min(count as usize)];
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let n = file.read(&mut buf[..want]).await.map_err(|e| {
+            pingora::Error::because(
+                pingora::ErrorType::FileReadError,
+                "reading a static file",
+                e,
+            )
+        })?;
+        if n == 0 {
+            // The file shrank while being sent: the response cannot be completed.
+            return pingora::Error::e_explain(
+                pingora::ErrorType::FileReadError,
+                "static file shrank while sent",
+            );
+        }
+        left -= n as u64;
+        session
+            .write_response_body(Some(Bytes::copy_from_slice(&buf[..n])), left == 0)
+            .await?;
+    }
+    Ok(())
 }
 
 async fn plain_not_found(session: &mut Session) -> pingora::Result<u16> {

@@ -27,7 +27,7 @@ pub struct SniResolver {
 }
 
 /// Which file a certificate problem is about: (`cert` or `key`, message).
-pub type CertError = (&'static str, String);
+pub(crate) type CertError = (&'static str, String);
 
 impl SniResolver {
     /// Loads every (cert, key) pair; the first is the default.
@@ -173,7 +173,10 @@ fn dns_names(cert: &X509Certificate<'_>) -> Vec<String> {
 }
 
 /// pingora TLS settings that use `resolver`, offering h2 when `http2`.
-pub fn listener_settings(resolver: Arc<SniResolver>, http2: bool) -> pingora::Result<TlsSettings> {
+pub(crate) fn listener_settings(
+    resolver: Arc<SniResolver>,
+    http2: bool,
+) -> pingora::Result<TlsSettings> {
     let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))?;
     settings.set_cert_resolver(resolver);
     if http2 {

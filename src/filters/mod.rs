@@ -49,7 +49,7 @@ impl Answer {
     }
 
     /// The same answer with `{"message": "<reason phrase>"}` as its body.
-    pub fn into_json(mut self) -> Answer {
+    pub(crate) fn into_json(mut self) -> Answer {
         let phrase = self.status.canonical_reason().unwrap_or("Error");
         self.body = Bytes::from(format!("{{\"message\": \"{phrase}\"}}\n"));
         self.headers.retain(|(name, _)| name != CONTENT_TYPE);

@@ -325,3 +325,6 @@ impl ProxyHttp for Proxy {
         self.log_request(session, ctx);
     }
 }
+
+#[cfg(test)]
+mod tests;

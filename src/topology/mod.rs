@@ -79,7 +79,7 @@ pub struct Route {
 impl Route {
     /// Whether `client` may use this route by address: not in `deny`, and in
     /// `allow` when there is one.
-    pub fn allows_client(&self, client: std::net::IpAddr) -> bool {
+    pub(crate) fn allows_client(&self, client: std::net::IpAddr) -> bool {
         !self.deny.iter().any(|n| n.contains(&client))
             && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&client)))
     }

@@ -29,32 +29,80 @@ pub fn demo_backend() -> PathBuf {
     demo
 }
 
-/// A fresh, empty directory for one test's files.
+/// A fresh, empty directory for one test's files, under this test process's
+/// own directory (see [`temp_root`]).
 pub fn temp_dir(tag: &str) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "tollgate-test-{}-{}-{tag}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dir = temp_root().join(format!("{}-{tag}", COUNTER.fetch_add(1, Ordering::Relaxed)));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
 }
 
-/// A loopback port nobody listens on right now, and one this test process has
-/// not handed out before (the OS readily gives a just-released port again).
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
+/// Set when a test of this process panicked: its files are kept to look at.
+static A_TEST_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `TMP/tollgate-tests/PID`, this test process's directory. It is removed when
+/// the process exits with every test passed; one left by a process that is gone
+/// (failed tests, a kill) is removed by the next test process.
+pub fn temp_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let base = std::env::temp_dir().join("tollgate-tests");
+        remove_roots_of_gone_processes(&base);
+        let root = base.join(std::process::id().to_string());
+        std::fs::create_dir_all(&root).expect("create the test directory");
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            A_TEST_FAILED.store(true, Ordering::Relaxed);
+            default_hook(info);
+        }));
+        extern "C" fn remove_root() {
+            if !A_TEST_FAILED.load(Ordering::Relaxed) {
+                let root = std::env::temp_dir()
+                    .join("tollgate-tests")
+                    .join(std::process::id().to_string());
+                let _ = std::fs::remove_dir_all(root);
+            }
+        }
+        // SAFETY: atexit(3) with a function that only removes a directory.
+        unsafe { libc::atexit(remove_root) };
+        root
+    })
+}
+
+fn remove_roots_of_gone_processes(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let pid = entry.file_name().to_string_lossy().parse::<i32>().ok();
+        // SAFETY: kill(2) with signal 0 only asks whether the process exists.
+        let gone = pid.is_some_and(|pid| unsafe { libc::kill(pid, 0) } != 0);
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A loopback address where nothing listens, and nothing can while this holds
+/// it: its port is bound by a socket that does not listen, so connecting to it
+/// is refused (a dead backend), and no other program is handed the port.
+pub struct DeadAddress {
+    pub addr: SocketAddr,
+    _held: tokio::net::TcpSocket,
+}
+
+impl DeadAddress {
+    pub fn new() -> DeadAddress {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind("127.0.0.1:0".parse().unwrap())
             .expect("bind an ephemeral port");
-        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+        let addr = socket.local_addr().expect("its address");
+        DeadAddress {
+            addr,
+            _held: socket,
         }
     }
 }
@@ -269,22 +317,54 @@ impl Tollgate {
         Self::start_with_options(body, "", envs).await
     }
 
-    /// As [`Tollgate::start_with`], with extra environment variables.
+    /// As [`Tollgate::start_with`], with extra environment variables. The
+    /// listener and metrics endpoint are on port 0: tollgate picks and reports them.
     pub async fn start_with_options(
         body: &str,
         server_extra: &str,
         envs: &[(&str, &str)],
     ) -> Tollgate {
         let dir = temp_dir("tollgate");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = format!(
-            "server:\n  threads: 2\n  listeners:\n    - address: {addr}\n  metrics: {metrics_addr}\n  access_log: {log}\n  access_log_format: json\n  pid_file: {pid}\n  upgrade_sock: {sock}\n  grace_period: 1s\n{server_extra}\n{body}",
+            "server:\n  threads: 2\n  listeners:\n    - address: 127.0.0.1:0\n  metrics: 127.0.0.1:0\n  access_log: {log}\n  access_log_format: json\n  pid_file: {pid}\n  upgrade_sock: {sock}\n  grace_period: 1s\n{server_extra}\n{body}",
             log = dir.join("access.log").display(),
             pid = dir.join("tollgate.pid").display(),
             sock = dir.join("upgrade.sock").display(),
         );
-        Self::launch(dir, &config, addr, metrics_addr, envs).await
+        Self::launch_reported(dir, &config, envs).await
+    }
+
+    /// Starts tollgate on a complete topology `config`, whose addresses may have
+    /// port 0: waits for the addresses tollgate reports (`addr` is the first
+    /// listener's, `metrics_addr` the metrics endpoint's when there is one; see
+    /// [`Tollgate::reported`] for the others).
+    pub async fn launch_reported(dir: PathBuf, config: &str, envs: &[(&str, &str)]) -> Tollgate {
+        let has_metrics = config.contains("\n  metrics:");
+        let mut tollgate = Self::spawn(dir, config, envs);
+        let reported = wait_until(Duration::from_secs(15), || {
+            let log = tollgate.stderr();
+            async move {
+                reported_address(&log, "server.listeners[0]").is_some()
+                    && (!has_metrics || reported_address(&log, "server.metrics").is_some())
+            }
+        })
+        .await;
+        let log = tollgate.stderr();
+        match reported_address(&log, "server.listeners[0]") {
+            Some(addr) if reported => tollgate.addr = addr,
+            _ => panic!("tollgate did not report its addresses:\n{log}"),
+        }
+        if let Some(metrics) = reported_address(&log, "server.metrics") {
+            tollgate.metrics_addr = metrics;
+        }
+        tollgate.wait_ready().await;
+        tollgate
+    }
+
+    /// The address tollgate reported for `node` (`server.listeners[1]`).
+    pub fn reported(&self, node: &str) -> SocketAddr {
+        reported_address(&self.stderr(), node)
+            .unwrap_or_else(|| panic!("no address reported for {node}:\n{}", self.stderr()))
     }
 
     /// Starts tollgate on a complete topology `config` whose listener is `addr` and
@@ -296,6 +376,15 @@ impl Tollgate {
         metrics_addr: SocketAddr,
         envs: &[(&str, &str)],
     ) -> Tollgate {
+        let mut tollgate = Self::spawn(dir, config, envs);
+        tollgate.addr = addr;
+        tollgate.metrics_addr = metrics_addr;
+        tollgate.wait_ready().await;
+        tollgate
+    }
+
+    /// Writes `config` and starts tollgate on it, without waiting.
+    fn spawn(dir: PathBuf, config: &str, envs: &[(&str, &str)]) -> Tollgate {
         let config_path = dir.join("tollgate.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr log");
@@ -308,20 +397,20 @@ impl Tollgate {
             .stderr(stderr)
             .spawn()
             .expect("spawn tollgate");
-        let mut tollgate = Tollgate {
+        let unknown: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        Tollgate {
             child: Some(child),
-            addr,
-            metrics_addr,
+            addr: unknown,
+            metrics_addr: unknown,
             dir,
-        };
-        tollgate.wait_ready().await;
-        tollgate
+        }
     }
 
     async fn wait_ready(&mut self) {
         let (addr, metrics) = (self.addr, self.metrics_addr);
+        let no_metrics = metrics.port() == 0;
         let ready = wait_until(Duration::from_secs(15), || async move {
-            TcpStream::connect(addr).is_ok() && TcpStream::connect(metrics).is_ok()
+            TcpStream::connect(addr).is_ok() && (no_metrics || TcpStream::connect(metrics).is_ok())
         })
         .await;
         if !ready || self.has_exited() {
@@ -397,11 +486,16 @@ impl Tollgate {
     pub fn spawn_upgrade(&self) -> Child {
         let stderr =
             std::fs::File::create(self.dir.join("upgrade-stderr.log")).expect("stderr log");
+        let bound = format!(
+            "server.listeners[0]={},server.metrics={}",
+            self.addr, self.metrics_addr
+        );
         Command::new(TOLLGATE)
             .arg("-u")
             .arg("-c")
             .arg(self.dir.join("tollgate.yaml"))
             .env("RUST_LOG", "info")
+            .env("TOLLGATE_BOUND_ADDRESSES", bound)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -476,6 +570,15 @@ impl Drop for Tollgate {
     }
 }
 
+/// The address of `node` in tollgate's `listening on ADDR (NODE)` log lines.
+pub fn reported_address(log: &str, node: &str) -> Option<SocketAddr> {
+    let suffix = format!(" ({node})");
+    log.lines().find_map(|line| {
+        let rest = line.split_once("listening on ")?.1;
+        rest.strip_suffix(&suffix)?.parse().ok()
+    })
+}
+
 /// Finds `name{...labels...} value` in a Prometheus text exposition.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
@@ -508,6 +611,76 @@ pub fn backend_list(backends: &[&Backend]) -> String {
         .iter()
         .map(|b| format!("      - address: {}\n", b.addr))
         .collect()
+}
+
+/// The part of a topology below `server:`, built from typed parts instead of
+/// YAML pasted into each test.
+#[derive(Default, Clone)]
+pub struct TopologyBody {
+    upstreams: Vec<String>,
+    routes: Vec<String>,
+    sections: Vec<String>,
+}
+
+impl TopologyBody {
+    pub fn new() -> TopologyBody {
+        TopologyBody::default()
+    }
+
+    /// An upstream `name` over `backends`, with `extra` YAML lines (indented
+    /// four spaces, each ending in a newline) under it.
+    pub fn upstream(mut self, name: &str, backends: &[SocketAddr], extra: &str) -> TopologyBody {
+        let list: String = backends
+            .iter()
+            .map(|a| format!("      - address: {a}\n"))
+            .collect();
+        self.upstreams
+            .push(format!("  {name}:\n    backends:\n{list}{extra}"));
+        self
+    }
+
+    /// A route on `path_prefix` to `upstream`, with `extra` YAML lines (indented
+    /// four spaces) under it.
+    pub fn route(mut self, path_prefix: &str, upstream: &str, extra: &str) -> TopologyBody {
+        self.routes.push(format!(
+            "  - match: {{path_prefix: {path_prefix}}}\n    upstream: {upstream}\n{extra}"
+        ));
+        self
+    }
+
+    /// A route written out whole (`  - match: ...` lines).
+    pub fn raw_route(mut self, yaml: &str) -> TopologyBody {
+        self.routes.push(yaml.to_string());
+        self
+    }
+
+    /// A top-level section written out whole (`auth:`, `rate_limits:`).
+    pub fn section(mut self, yaml: &str) -> TopologyBody {
+        self.sections.push(yaml.to_string());
+        self
+    }
+
+    pub fn yaml(&self) -> String {
+        let mut out = String::new();
+        if !self.upstreams.is_empty() {
+            out.push_str("upstreams:\n");
+            out.extend(self.upstreams.iter().map(String::as_str));
+        }
+        for section in &self.sections {
+            out.push_str(section);
+        }
+        out.push_str("routes:\n");
+        out.extend(self.routes.iter().map(String::as_str));
+        out
+    }
+}
+
+/// The most common body: upstream `app` over `backends`, every path to it.
+pub fn proxy_to(backends: &[SocketAddr]) -> String {
+    TopologyBody::new()
+        .upstream("app", backends, "")
+        .route("/", "app", "")
+        .yaml()
 }
 
 /// Sends `request` on a new connection to `addr` and reads until the peer closes
@@ -715,6 +888,24 @@ impl SteadyLoad {
             backends,
             workers,
         }
+    }
+
+    /// How many requests have been answered so far.
+    pub fn answered(&self) -> usize {
+        self.backends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Waits up to 10 s for `more` requests beyond those answered now; whether
+    /// they were.
+    pub async fn wait_answered(&self, more: usize) -> bool {
+        let target = self.answered() + more;
+        wait_until(Duration::from_secs(10), || async {
+            self.answered() >= target
+        })
+        .await
     }
 
     /// The last `n` backends that answered (fewer when fewer did).

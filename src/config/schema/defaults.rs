@@ -12,10 +12,10 @@ pub fn retries() -> u32 {
 pub fn weight() -> u32 {
     1
 }
-pub fn check_interval() -> Duration {
+pub(crate) fn check_interval() -> Duration {
     Duration::from_secs(5)
 }
-pub fn check_timeout() -> Duration {
+pub(crate) fn check_timeout() -> Duration {
     Duration::from_secs(1)
 }
 pub fn healthy_threshold() -> u32 {
@@ -24,7 +24,7 @@ pub fn healthy_threshold() -> u32 {
 pub fn unhealthy_threshold() -> u32 {
     3
 }
-pub fn probe_path() -> http::uri::PathAndQuery {
+pub(crate) fn probe_path() -> http::uri::PathAndQuery {
     http::uri::PathAndQuery::from_static("/")
 }
 pub fn max_fails() -> u32 {
@@ -33,25 +33,25 @@ pub fn max_fails() -> u32 {
 pub fn fail_timeout() -> Duration {
     Duration::from_secs(10)
 }
-pub fn connect_timeout() -> Duration {
+pub(crate) fn connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
-pub fn read_timeout() -> Duration {
+pub(crate) fn read_timeout() -> Duration {
     Duration::from_secs(60)
 }
-pub fn write_timeout() -> Duration {
+pub(crate) fn write_timeout() -> Duration {
     Duration::from_secs(60)
 }
-pub fn idle_timeout() -> Duration {
+pub(crate) fn idle_timeout() -> Duration {
     Duration::from_secs(60)
 }
-pub fn auth_timeout() -> Duration {
+pub(crate) fn auth_timeout() -> Duration {
     Duration::from_secs(1)
 }
-pub fn auth_cache_entries() -> usize {
+pub(crate) fn auth_cache_entries() -> usize {
     10_000
 }
-pub fn jwt_leeway() -> Duration {
+pub(crate) fn jwt_leeway() -> Duration {
     Duration::from_secs(30)
 }
 pub fn verify() -> bool {
@@ -60,10 +60,10 @@ pub fn verify() -> bool {
 pub fn yes() -> bool {
     true
 }
-pub fn rate_limited_status() -> http::StatusCode {
+pub(crate) fn rate_limited_status() -> http::StatusCode {
     http::StatusCode::TOO_MANY_REQUESTS
 }
-pub fn unauthorized_statuses() -> Vec<u16> {
+pub(crate) fn unauthorized_statuses() -> Vec<u16> {
     vec![401]
 }
 pub fn forbidden_statuses() -> Vec<u16> {
@@ -72,16 +72,16 @@ pub fn forbidden_statuses() -> Vec<u16> {
 pub fn max_request_body() -> u64 {
     10 << 20
 }
-pub fn client_timeout() -> Duration {
+pub(crate) fn client_timeout() -> Duration {
     Duration::from_secs(60)
 }
-pub fn compression_level() -> u32 {
+pub(crate) fn compression_level() -> u32 {
     6
 }
-pub fn compression_min_size() -> u64 {
+pub(crate) fn compression_min_size() -> u64 {
     1024
 }
-pub fn compression_types() -> Vec<String> {
+pub(crate) fn compression_types() -> Vec<String> {
     [
         "text/html",
         "text/css",
@@ -100,12 +100,12 @@ pub fn compression_types() -> Vec<String> {
     .map(|t| t.to_string())
     .collect()
 }
-pub fn index_file() -> String {
+pub(crate) fn index_file() -> String {
     "index.html".to_string()
 }
 pub fn redirect_status() -> http::StatusCode {
     http::StatusCode::PERMANENT_REDIRECT
 }
-pub fn api_key_header() -> crate::config::types::HeaderName {
+pub(crate) fn api_key_header() -> crate::config::types::HeaderName {
     crate::config::types::HeaderName::known(http::HeaderName::from_static("x-api-key"), "X-API-Key")
 }

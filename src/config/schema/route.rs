@@ -67,7 +67,7 @@ pub struct MatchConfig {
 impl MatchConfig {
     /// The path pattern: `path` (exact), else `path_prefix`, else the prefix `/`.
     /// (A match with both is refused at load.)
-    pub fn path_pattern(&self) -> PathPattern {
+    pub(crate) fn path_pattern(&self) -> PathPattern {
         match (&self.path, &self.path_prefix) {
             (Some(p), _) => PathPattern::Exact(p.as_str().to_string()),
             (None, Some(p)) => PathPattern::Prefix(p.as_str().to_string()),
@@ -76,7 +76,7 @@ impl MatchConfig {
     }
 
     /// The path as written (`/` when there is none), for labels.
-    pub fn path_text(&self) -> &str {
+    pub(crate) fn path_text(&self) -> &str {
         self.path
             .as_ref()
             .or(self.path_prefix.as_ref())

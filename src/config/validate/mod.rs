@@ -10,7 +10,7 @@ use super::error::Problems;
 use super::schema::Config;
 
 /// Largest backend weight; keeps the precomputed balancing schedules small.
-pub const MAX_WEIGHT: u32 = 1000;
+pub(crate) const MAX_WEIGHT: u32 = 1000;
 
 /// Every problem in `config`.
 pub fn check(config: &Config) -> Problems {
@@ -72,3 +72,6 @@ fn listing<'a>(names: impl Iterator<Item = &'a String>) -> String {
         names.join(", ")
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,7 +15,8 @@ pub(super) fn check(server: &ServerConfig, problems: &mut Problems) {
     let has_tls = server.listeners.iter().any(|l| l.tls.is_some());
     for (i, listener) in server.listeners.iter().enumerate() {
         let at = format!("server.listeners[{i}]");
-        if !seen.insert(listener.address) {
+        // Port 0 is a port of the kernel's choosing: never the same one twice.
+        if listener.address.port() != 0 && !seen.insert(listener.address) {
             problems.push(
                 format!("{at}.address"),
                 format!("{} is listed twice", listener.address),

@@ -53,7 +53,7 @@ pub struct ForwardAuth {
 
 /// The HTTP client of forward policies: no proxy from the environment, no
 /// redirects followed, `timeout` to connect.
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(timeout)
@@ -88,7 +88,7 @@ impl ForwardAuth {
         }
     }
 
-    pub fn identity_headers(&self) -> Vec<HeaderName> {
+    pub(crate) fn identity_headers(&self) -> Vec<HeaderName> {
         let from_json = self.identity_from_json.iter().map(|(h, _)| h.clone());
         self.copy_headers.iter().cloned().chain(from_json).collect()
     }
@@ -124,7 +124,7 @@ impl ForwardAuth {
 
     /// Asks the auth service about `request`: X-Forwarded-Uri is the path it was
     /// routed on (as forwarded) with its query.
-    pub async fn check(&self, request: &AuthRequest<'_>) -> Verdict {
+    pub(crate) async fn check(&self, request: &AuthRequest<'_>) -> Verdict {
         let req = request.head;
         let token_url = self.url_for(req);
         let has_token = self.token_query.is_some() && token_url.is_some();

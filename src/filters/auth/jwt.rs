@@ -163,7 +163,7 @@ impl JwtAuth {
         }
     }
 
-    pub fn identity_headers(&self) -> Vec<HeaderName> {
+    pub(crate) fn identity_headers(&self) -> Vec<HeaderName> {
         self.claims_to_headers
             .iter()
             .map(|(_, h)| h.clone())

@@ -70,7 +70,7 @@ pub struct Rejection {
 
 impl Rejection {
     /// A 401 of tollgate's own, with `WWW-Authenticate: Bearer`.
-    pub fn unauthorized(reason: RejectReason, message: &'static str) -> Rejection {
+    pub(crate) fn unauthorized(reason: RejectReason, message: &'static str) -> Rejection {
         let error = match reason {
             RejectReason::MissingCredentials => "Bearer",
             _ => "Bearer error=\"invalid_token\"",
@@ -85,7 +85,7 @@ impl Rejection {
 
     /// The answer the client gets; text without a content type of its own is
     /// `text/plain`.
-    pub fn into_answer(self) -> Answer {
+    pub(crate) fn into_answer(self) -> Answer {
         let mut headers = self.headers;
         if !headers
             .iter()
@@ -123,7 +123,7 @@ pub enum Verdict {
 }
 
 /// What a policy is asked about.
-pub struct AuthRequest<'a> {
+pub(crate) struct AuthRequest<'a> {
     pub head: &'a RequestHeader,
     /// The client address (after `trusted_proxies`).
     pub client: IpAddr,
@@ -141,7 +141,7 @@ pub enum AuthPolicy {
 
 impl AuthPolicy {
     /// Decides about `req`. Never lets a request pass on an error.
-    pub async fn check(&self, req: &AuthRequest<'_>) -> Verdict {
+    pub(crate) async fn check(&self, req: &AuthRequest<'_>) -> Verdict {
         match self {
             AuthPolicy::Forward(f) => f.check(req).await,
             AuthPolicy::Jwt(j) => j.check(req.head),
@@ -150,7 +150,7 @@ impl AuthPolicy {
     }
 
     /// Every header this policy may add to upstream requests.
-    pub fn identity_headers(&self) -> Vec<HeaderName> {
+    pub(crate) fn identity_headers(&self) -> Vec<HeaderName> {
         match self {
             AuthPolicy::Forward(f) => f.identity_headers(),
             AuthPolicy::Jwt(j) => j.identity_headers(),
@@ -163,7 +163,7 @@ impl AuthPolicy {
 /// when there is none, the path it spells with dots (`user.name`). Strings as they
 /// are, numbers and booleans as written, lists of those joined with `,`, objects
 /// as JSON; `None` for a missing or null claim.
-pub fn claim_text(claims: &serde_json::Value, claim: &str) -> Option<String> {
+pub(crate) fn claim_text(claims: &serde_json::Value, claim: &str) -> Option<String> {
     use serde_json::Value;
     let value = claims.get(claim).or_else(|| {
         claim
@@ -189,7 +189,7 @@ pub fn claim_text(claims: &serde_json::Value, claim: &str) -> Option<String> {
 }
 
 /// The token of `Authorization: Bearer <token>` (scheme in any case).
-pub fn bearer_token(req: &RequestHeader) -> Option<&str> {
+pub(crate) fn bearer_token(req: &RequestHeader) -> Option<&str> {
     let value = req.headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();

@@ -89,7 +89,7 @@ impl fmt::Display for Refusal {
 
 /// A routed request path.
 #[derive(Debug, PartialEq, Eq)]
-pub struct RoutedPath<'a, M> {
+pub(crate) struct RoutedPath<'a, M> {
     /// What the route table returned for the matched path.
     pub found: Option<M>,
     /// The path to forward; the path as received when that is already normal.
@@ -101,7 +101,7 @@ pub struct RoutedPath<'a, M> {
 /// refused. `mode_of` gives the `encoded_slashes` setting of what `lookup` found
 /// (the server's when it found nothing). A path already in normal form costs one
 /// scan and one lookup, and allocates nothing.
-pub fn route<'a, M: Copy + PartialEq>(
+pub(crate) fn route<'a, M: Copy + PartialEq>(
     raw: &'a str,
     lookup: impl Fn(&str) -> Option<M>,
     mode_of: impl Fn(Option<M>) -> EncodedSlashes,
@@ -205,7 +205,7 @@ pub fn strip_prefix<'a>(forward: &'a str, prefix: &str) -> Cow<'a, str> {
 /// paths it is compared with are (decoded, no dot segments, single slashes), and
 /// hold nothing a matched path cannot. Returns the problem, with the spelling to
 /// use when there is one.
-pub fn check_pattern(pattern: &str) -> Result<(), String> {
+pub(crate) fn check_pattern(pattern: &str) -> Result<(), String> {
     if !pattern.starts_with('/') {
         return Err("expected a path starting with `/`".into());
     }

@@ -1,0 +1,274 @@
+//! Validation, one row per rule: an edit of a valid file, the node the problem
+//! must name, and words of its message.
+
+use crate::config::parse;
+use std::path::Path;
+
+const VALID: &str = "\
+server:
+  threads: 2
+  listeners:
+    - address: 127.0.0.1:18080
+    - address: 127.0.0.1:18443
+      tls:
+        certificates: [{cert: /c.pem, key: /k.pem}]
+  metrics: 127.0.0.1:19091
+upstreams:
+  app:
+    backends:
+      - address: 127.0.0.1:19001
+    health_check: {http: {path: /health}, interval: 5s}
+    passive: {max_fails: 1, fail_timeout: 10s}
+auth:
+  users:
+    forward: {url: \"http://127.0.0.1:7000/check\", copy_headers: [X-User]}
+  tokens:
+    jwt: {algorithms: [HS256], secret_env: S}
+rate_limits:
+  per_client: {key: client_ip, rate: 10/s, burst: 5}
+routes:
+  - name: api
+    match: {path_prefix: /api/}
+    upstream: app
+    auth: users
+    rate_limit: per_client
+  - match: {path: /old}
+    redirect: {to: /new, status: 301}
+  - match: {path_prefix: /}
+    respond: {status: 200, body: ok}
+";
+
+/// Applies the `edits` (from -> to) to the valid file and returns what
+/// validation said.
+fn problems_of_all(edits: &[(&str, &str)]) -> String {
+    let mut text = VALID.to_string();
+    for (from, to) in edits {
+        assert!(text.contains(from), "the row's edit does not apply: {from}");
+        text = text.replace(from, to);
+    }
+    match parse(&text, Path::new("t.yaml")) {
+        Ok(_) => String::new(),
+        Err(errors) => errors.to_string(),
+    }
+}
+
+fn problems_of(from: &str, to: &str) -> String {
+    problems_of_all(&[(from, to)])
+}
+
+#[test]
+fn the_valid_file_is_valid() {
+    assert_eq!(problems_of("threads: 2", "threads: 2"), "");
+}
+
+/// (edit from, edit to, node the problem names, words of its message)
+const RULES: &[(&str, &str, &str, &str)] = &[
+    ("threads: 2", "threads: 0", "server.threads", "at least 1"),
+    (
+        "    - address: 127.0.0.1:18443",
+        "    - address: 127.0.0.1:18080",
+        "server.listeners[1].address",
+        "listed twice",
+    ),
+    (
+        "metrics: 127.0.0.1:19091",
+        "metrics: 127.0.0.1:18080",
+        "server.metrics",
+        "also a proxy listener",
+    ),
+    (
+        "certificates: [{cert: /c.pem, key: /k.pem}]",
+        "certificates: []",
+        "server.listeners[1].tls.certificates",
+        "at least one",
+    ),
+    (
+        "      - address: 127.0.0.1:19001\n",
+        "      - address: 127.0.0.1:19001\n        weight: 0\n",
+        "upstreams.app.backends[0].weight",
+        "out of range",
+    ),
+    (
+        "{http: {path: /health}, interval: 5s}",
+        "{http: {path: /health}, tcp: {}}",
+        "upstreams.app.health_check",
+        "exactly one of",
+    ),
+    (
+        "interval: 5s}",
+        "interval: 0s}",
+        "upstreams.app.health_check.interval",
+        "more than 0",
+    ),
+    (
+        "fail_timeout: 10s",
+        "fail_timeout: 0s",
+        "upstreams.app.passive.fail_timeout",
+        "more than 0",
+    ),
+    (
+        "    upstream: app\n    auth: users",
+        "    upstream: nope\n    auth: users",
+        "routes[0].upstream",
+        "unknown upstream `nope`",
+    ),
+    (
+        "    auth: users\n",
+        "    auth: nobody\n",
+        "routes[0].auth",
+        "unknown auth policy",
+    ),
+    (
+        "    rate_limit: per_client",
+        "    rate_limit: none",
+        "routes[0].rate_limit",
+        "unknown rate limit",
+    ),
+    (
+        "burst: 5}",
+        "burst: 5, status: 418}",
+        "rate_limits.per_client.status",
+        "429 or 503",
+    ),
+    (
+        "redirect: {to: /new, status: 301}",
+        "redirect: {to: /new, status: 200}",
+        "routes[1].redirect.status",
+        "not a redirect status",
+    ),
+    (
+        "respond: {status: 200, body: ok}",
+        "respond: {status: 100}",
+        "routes[2].respond.status",
+        "final HTTP status",
+    ),
+    (
+        "  - match: {path: /old}",
+        "  - match: {path: /old, path_prefix: /old/}",
+        "routes[1].match",
+        "not both",
+    ),
+    (
+        "  - match: {path_prefix: /}\n",
+        "  - match: {path_prefix: /api/}\n",
+        "routes[2].match",
+        "same match",
+    ),
+    (
+        "    redirect: {to: /new, status: 301}",
+        "    redirect: {to: /new, status: 301}\n    upstream: app",
+        "routes[1]",
+        "exactly one action",
+    ),
+    (
+        "  - name: api",
+        "  - name: \"\"",
+        "routes[0].name",
+        "non-empty",
+    ),
+    (
+        "jwt: {algorithms: [HS256], secret_env: S}",
+        "jwt: {algorithms: [HS256]}",
+        "auth.tokens.jwt",
+        "secret_env",
+    ),
+    (
+        "jwt: {algorithms: [HS256], secret_env: S}",
+        "jwt: {algorithms: [RS256]}",
+        "auth.tokens.jwt",
+        "jwks_file",
+    ),
+    (
+        "copy_headers: [X-User]",
+        "copy_headers: [Host]",
+        "auth.users.forward.copy_headers[0]",
+        "cannot carry an identity",
+    ),
+    (
+        "copy_headers: [X-User]",
+        "copy_headers: [X-User], forbidden_statuses: [401]",
+        "auth.users.forward.forbidden_statuses",
+        "unauthorized_statuses too",
+    ),
+    (
+        "copy_headers: [X-User]",
+        "copy_headers: [X-User], unauthorized_statuses: [200]",
+        "auth.users.forward.unauthorized_statuses[0]",
+        "not a refusal",
+    ),
+    (
+        "copy_headers: [X-User]",
+        "copy_headers: [X-User], token_query: \"a b\"",
+        "auth.users.forward.token_query",
+        "query parameter",
+    ),
+    (
+        "  users:\n",
+        "  us ers:\n",
+        "auth.us ers",
+        "invalid auth policy name",
+    ),
+];
+
+#[test]
+fn each_rule_names_its_node() {
+    for (from, to, node, words) in RULES {
+        let said = problems_of(from, to);
+        assert!(
+            said.contains(&format!("{node}: ")) && said.contains(words),
+            "{from} -> {to}: expected `{node}: ...{words}...` in:\n{said}"
+        );
+    }
+}
+
+#[test]
+fn a_limit_on_the_auth_subject_needs_an_auth_policy() {
+    let said = problems_of_all(&[
+        ("key: client_ip,", "key: auth_subject,"),
+        ("    auth: users\n", ""),
+    ]);
+    assert!(
+        said.contains("routes[0].rate_limit: ") && said.contains("this route has no `auth`"),
+        "{said}"
+    );
+}
+
+#[test]
+fn values_with_a_syntax_are_refused_as_they_are_read() {
+    let rows: &[(&str, &str, &str)] = &[
+        (
+            "match: {path_prefix: /api/}",
+            "match: {path_prefix: /api/../x/}",
+            "write `/x/`",
+        ),
+        (
+            "match: {path_prefix: /api/}",
+            "match: {host: \"bad host\", path_prefix: /api/}",
+            "invalid host",
+        ),
+        ("key: client_ip,", "key: cookie,", "invalid rate limit key"),
+        (
+            "algorithms: [HS256]",
+            "algorithms: [none]",
+            "unsupported algorithm `none`",
+        ),
+        (
+            "copy_headers: [X-User]",
+            "copy_headers: [\"bad header\"]",
+            "invalid header name",
+        ),
+        (
+            "url: \"http://127.0.0.1:7000/check\"",
+            "url: \"ftp://x/\"",
+            "invalid url",
+        ),
+        ("rate: 10/s", "rate: 10", "rate"),
+    ];
+    for (from, to, words) in rows {
+        let said = problems_of(from, to);
+        assert!(
+            said.contains(words),
+            "{from} -> {to}: expected `{words}` in:\n{said}"
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The addresses tollgate listens on, reserved before pingora binds them.
+//!
+//! Each listener and the metrics address is bound here first, on a socket that
+//! does not listen (`SO_REUSEADDR`, as pingora's own), and held until pingora
+//! listens on it. So a port another process listens on is one clear error at
+//! start, instead of pingora's 30 s of retries; and port 0 gets one port from the
+//! kernel, held from the moment it is chosen (no other program can be handed it
+//! meanwhile), which tollgate then reports: `listening on ADDR (server.listeners[0])`,
+//! and keeps across a binary upgrade.
+
+use crate::config::Config;
+use std::net::SocketAddr;
+use tokio::net::TcpSocket;
+
+/// The environment variable that passes the addresses a process listens on to
+/// the process an upgrade starts: `server.listeners[0]=127.0.0.1:43211,...`.
+pub(crate) const BOUND_ADDRESSES: &str = "TOLLGATE_BOUND_ADDRESSES";
+
+/// What tollgate is to listen on, with the sockets that hold the addresses.
+pub struct Reservation {
+    /// The address of each `server.listeners[i]`, port 0 resolved.
+    pub listeners: Vec<SocketAddr>,
+    /// `server.metrics`, port 0 resolved.
+    pub metrics: Option<SocketAddr>,
+    /// Held until pingora listens; dropping them frees nothing pingora needs.
+    held: Vec<TcpSocket>,
+}
+
+impl Reservation {
+    /// Reserves every address of `config`; the error names the first that cannot
+    /// be bound and why.
+    pub fn reserve(config: &Config) -> Result<Reservation, String> {
+        let mut held = Vec::new();
+        let mut hold = |address: SocketAddr| -> Result<SocketAddr, String> {
+            let (socket, bound) =
+                bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
+            held.push(socket);
+            Ok(bound)
+        };
+        let listeners = config
+            .server
+            .listeners
+            .iter()
+            .map(|l| hold(l.address))
+            .collect::<Result<Vec<_>, _>>()?;
+        let metrics = config.server.metrics.map(&mut hold).transpose()?;
+        Ok(Reservation {
+            listeners,
+            metrics,
+            held,
+        })
+    }
+
+    /// The addresses of a process that takes its sockets over from another
+    /// (`-u`), holding nothing: as `config` writes them, but where it writes port
+    /// 0, the address the old process listens on, as it passed them on in
+    /// [`BOUND_ADDRESSES`] (`tollgate upgrade` does).
+    pub fn inherited(config: &Config) -> Reservation {
+        let passed = std::env::var(BOUND_ADDRESSES).unwrap_or_default();
+        let bound = |node: &str, written: SocketAddr| {
+            if written.port() != 0 {
+                return written;
+            }
+            passed
+                .split(',')
+                .filter_map(|entry| entry.split_once('='))
+                .find(|(n, _)| *n == node)
+                .and_then(|(_, a)| a.parse().ok())
+                .unwrap_or(written)
+        };
+        Reservation {
+            listeners: config
+                .server
+                .listeners
+                .iter()
+                .enumerate()
+                .map(|(i, l)| bound(&format!("server.listeners[{i}]"), l.address))
+                .collect(),
+            metrics: config.server.metrics.map(|m| bound("server.metrics", m)),
+            held: Vec::new(),
+        }
+    }
+
+    /// The value of [`BOUND_ADDRESSES`] for a process that takes over these.
+    pub(crate) fn passed_on(&self) -> String {
+        self.named()
+            .iter()
+            .map(|(node, address)| format!("{node}={address}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Every address, listeners first, each with the config node it is for.
+    pub fn named(&self) -> Vec<(String, SocketAddr)> {
+        let listeners = self
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("server.listeners[{i}]"), *a));
+        listeners
+            .chain(self.metrics.map(|a| ("server.metrics".to_string(), a)))
+            .collect()
+    }
+
+    /// Lets the addresses go, once pingora listens on them.
+    pub fn release(&mut self) {
+        self.held.clear();
+    }
+}
+
+fn bind(address: SocketAddr) -> std::io::Result<(TcpSocket, SocketAddr)> {
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    let bound = socket.local_addr()?;
+    Ok((socket, bound))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_another_program_listens_on_is_refused() {
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = busy.local_addr().unwrap();
+        assert!(bind(address).is_err());
+        drop(busy);
+        assert!(bind(address).is_ok());
+    }
+
+    #[test]
+    fn a_reserved_port_can_still_be_listened_on() {
+        let (held, bound) = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(bound.port(), 0);
+        // As pingora does once the reservation is made: bind (SO_REUSEADDR) and listen.
+        let listener = std::net::TcpListener::bind(bound).expect("pingora can take it");
+        assert!(std::net::TcpStream::connect(bound).is_ok());
+        drop((held, listener));
+    }
+}
