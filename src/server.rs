@@ -4,7 +4,7 @@
 
 use crate::access_log::AccessLog;
 use crate::balance::health::HealthChecker;
-use crate::config::{Config, ConfigErrors, LoadedConfig};
+use crate::config::{Config, ConfigErrors, LoadedConfig, Problems};
 use crate::edge::compression::CompressionPolicy;
 use crate::edge::keepalive::LeanKeepalive;
 use crate::edge::redirect::HttpsRedirect;
@@ -67,12 +67,9 @@ pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
             .iter()
             .map(|c| (c.cert.as_path(), c.key.as_path()))
             .collect();
-        let resolver = SniResolver::load(&pairs).map_err(|(j, (file, message))| {
-            loaded.error_at(
-                &format!("server.listeners[{i}].tls.certificates[{j}].{file}"),
-                &message,
-            )
-        })?;
+        let at = format!("server.listeners[{i}].tls.certificates");
+        let resolver = SniResolver::load(&pairs, &at)
+            .map_err(|problem| loaded.errors(Problems(vec![problem])))?;
         tls.push(Some(Arc::new(resolver)));
     }
     Ok(Prepared {

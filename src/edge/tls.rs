@@ -2,6 +2,7 @@
 //! `-t` error naming its file, not a failed handshake later), chosen per
 //! connection by SNI. TLS 1.2 and 1.3 only (pingora's rustls settings).
 
+use crate::config::Problem;
 use pingora::listeners::tls::TlsSettings;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
@@ -26,18 +27,17 @@ pub struct SniResolver {
     default: Arc<CertifiedKey>,
 }
 
-/// Which file a certificate problem is about: (`cert` or `key`, message).
-pub(crate) type CertError = (&'static str, String);
-
 impl SniResolver {
-    /// Loads every (cert, key) pair; the first is the default.
-    pub fn load(pairs: &[(&Path, &Path)]) -> Result<SniResolver, (usize, CertError)> {
+    /// Loads every (cert, key) pair of the `certificates` at node `at`
+    /// (`server.listeners[1].tls.certificates`); the first is the default. A
+    /// problem names the file's node (`...certificates[0].key`).
+    pub fn load(pairs: &[(&Path, &Path)], at: &str) -> Result<SniResolver, Problem> {
         pingora::tls::install_default_crypto_provider();
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         let mut default = None;
         for (i, (cert, key)) in pairs.iter().enumerate() {
-            let loaded = load_pair(cert, key).map_err(|e| (i, e))?;
+            let loaded = load_pair(cert, key, &format!("{at}[{i}]"))?;
             for name in &loaded.names {
                 let target = match name.strip_prefix('*') {
                     Some(suffix) => wildcard.entry(suffix.to_string()),
@@ -47,7 +47,7 @@ impl SniResolver {
             }
             default.get_or_insert(loaded.key);
         }
-        let default = default.ok_or((0, ("cert", "no certificate listed".to_string())))?;
+        let default = default.ok_or_else(|| Problem::at(at, "no certificate listed"))?;
         Ok(SniResolver {
             exact,
             wildcard,
@@ -80,63 +80,56 @@ impl ResolvesServerCert for SniResolver {
 
 /// Reads and checks one pair: both files readable PEM, the key matching the
 /// certificate, the certificate valid now. Returns it with its DNS names.
-fn load_pair(cert: &Path, key: &Path) -> Result<LoadedCert, CertError> {
+fn load_pair(cert: &Path, key: &Path, at: &str) -> Result<LoadedCert, Problem> {
     let cert_text = cert.to_string_lossy();
     let key_text = key.to_string_lossy();
-    std::fs::metadata(cert).map_err(|e| ("cert", format!("cannot read {cert_text}: {e}")))?;
-    std::fs::metadata(key).map_err(|e| ("key", format!("cannot read {key_text}: {e}")))?;
+    let cert_problem = |message: String| Problem::at(format!("{at}.cert"), message);
+    let key_problem = |message: String| Problem::at(format!("{at}.key"), message);
+    std::fs::metadata(cert).map_err(|e| cert_problem(format!("cannot read {cert_text}: {e}")))?;
+    std::fs::metadata(key).map_err(|e| key_problem(format!("cannot read {key_text}: {e}")))?;
     let (chain, private_key) = match pingora::tls::load_certs_and_key_files(&cert_text, &key_text) {
         Ok(Some(pair)) => pair,
         Ok(None) => {
-            return Err((
-                "cert",
-                format!("{cert_text} or {key_text} holds no PEM certificate or key"),
-            ))
+            return Err(cert_problem(format!(
+                "{cert_text} or {key_text} holds no PEM certificate or key"
+            )))
         }
-        Err(e) => return Err(("cert", format!("cannot load {cert_text} / {key_text}: {e}"))),
+        Err(e) => {
+            return Err(cert_problem(format!(
+                "cannot load {cert_text} / {key_text}: {e}"
+            )))
+        }
     };
     let Some(leaf) = chain.first() else {
-        return Err(("cert", format!("{cert_text} holds no certificate")));
+        return Err(cert_problem(format!("{cert_text} holds no certificate")));
     };
-    let provider =
-        CryptoProvider::get_default().ok_or(("key", "no TLS crypto provider".to_string()))?;
+    let provider = CryptoProvider::get_default()
+        .ok_or_else(|| key_problem("no TLS crypto provider".to_string()))?;
     let signing_key = provider
         .key_provider
         .load_private_key(private_key)
-        .map_err(|e| {
-            (
-                "key",
-                format!("{key_text} is not a usable private key: {e}"),
-            )
-        })?;
-    let (_, parsed) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| {
-        (
-            "cert",
-            format!("{cert_text} is not a valid X.509 certificate: {e}"),
-        )
-    })?;
+        .map_err(|e| key_problem(format!("{key_text} is not a usable private key: {e}")))?;
+    let (_, parsed) = X509Certificate::from_der(leaf.as_ref())
+        .map_err(|e| cert_problem(format!("{cert_text} is not a valid X.509 certificate: {e}")))?;
     let validity = parsed.validity();
     if !validity.is_valid() {
         let not_after = validity.not_after;
         let not_before = validity.not_before;
-        return Err((
-            "cert",
-            format!("{cert_text} is not valid now (valid from {not_before} to {not_after})"),
-        ));
+        return Err(cert_problem(format!(
+            "{cert_text} is not valid now (valid from {not_before} to {not_after})"
+        )));
     }
     let names = dns_names(&parsed);
     if names.is_empty() {
-        return Err((
-            "cert",
-            format!("{cert_text} names no DNS host (subjectAltName or CN)"),
-        ));
+        return Err(cert_problem(format!(
+            "{cert_text} names no DNS host (subjectAltName or CN)"
+        )));
     }
     let certified = CertifiedKey::new(chain.clone(), signing_key);
     certified.keys_match().map_err(|_| {
-        (
-            "key",
-            format!("{key_text} does not match the certificate in {cert_text}"),
-        )
+        key_problem(format!(
+            "{key_text} does not match the certificate in {cert_text}"
+        ))
     })?;
     Ok(LoadedCert {
         key: Arc::new(certified),
