@@ -6,69 +6,24 @@
 
 use super::error::Problems;
 use super::schema::Config;
+use super::units::{parse_host_port, Host, HostPort};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 
-/// A `host:port` as written: the host an IP or a DNS name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPort {
-    pub host: Host,
-    pub port: u16,
-}
+const BACKEND_EXPECTED: &str =
+    "expected IP:port or name:port, e.g. `10.0.1.10:8080`, `[::1]:8080` or `localhost:8080`";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Host {
-    Ip(IpAddr),
-    Name(String),
-}
-
-/// Parses `10.0.1.10:8080`, `[::1]:8080` or `products.internal:8080`.
-pub(crate) fn parse_host_port(text: &str) -> Result<HostPort, String> {
-    let text = text.trim();
-    let expected =
-        "expected IP:port or name:port, e.g. `10.0.1.10:8080`, `[::1]:8080` or `localhost:8080`";
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(HostPort {
-            host: Host::Ip(addr.ip()),
-            port: addr.port(),
-        });
-    }
-    let Some((host, port)) = text.rsplit_once(':') else {
-        return Err(format!("invalid address `{text}`: no port; {expected}"));
-    };
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("invalid address `{text}`: `{port}` is not a port; {expected}"))?;
-    if port == 0 {
-        return Err(format!("invalid address `{text}`: port 0; {expected}"));
-    }
-    if host.contains(':') || host.starts_with('[') {
-        return Err(format!("invalid address `{text}`: {expected}"));
-    }
-    if !is_dns_name(host) {
+/// Parses a backend address: `10.0.1.10:8080`, `[::1]:8080` or
+/// `products.internal:8080`, with a port other than 0.
+pub(crate) fn parse_backend_address(text: &str) -> Result<HostPort, String> {
+    let host_port = parse_host_port(text, BACKEND_EXPECTED)?;
+    if host_port.port == 0 {
+        let text = text.trim();
         return Err(format!(
-            "invalid address `{text}`: `{host}` is not a host name; {expected}"
+            "invalid address `{text}`: port 0; {BACKEND_EXPECTED}"
         ));
     }
-    Ok(HostPort {
-        host: Host::Name(host.to_ascii_lowercase()),
-        port,
-    })
-}
-
-/// Letters, digits, `-` and `_` in dot-separated labels of 1 to 63 characters.
-fn is_dns_name(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+    Ok(host_port)
 }
 
 /// The addresses `host_port` stands for now (a name through the system resolver).
@@ -99,7 +54,7 @@ pub(crate) fn resolve_backends(config: &mut Config) -> Problems {
         let mut first_with: HashMap<SocketAddr, usize> = HashMap::new();
         for (i, backend) in upstream.backends.iter_mut().enumerate() {
             let at = format!("upstreams.{name}.backends[{i}].address");
-            let resolved = parse_host_port(&backend.address).and_then(|hp| resolve(&hp));
+            let resolved = parse_backend_address(&backend.address).and_then(|hp| resolve(&hp));
             match resolved {
                 Ok(addresses) => {
                     for address in &addresses {
@@ -128,12 +83,12 @@ mod tests {
 
     #[test]
     fn addresses_are_ips_or_names_with_a_port() {
-        let ip = parse_host_port("10.0.1.10:8080").unwrap();
+        let ip = parse_backend_address("10.0.1.10:8080").unwrap();
         assert_eq!(ip.host, Host::Ip("10.0.1.10".parse().unwrap()));
         assert_eq!(ip.port, 8080);
-        let v6 = parse_host_port("[::1]:8080").unwrap();
+        let v6 = parse_backend_address("[::1]:8080").unwrap();
         assert_eq!(v6.host, Host::Ip("::1".parse().unwrap()));
-        let name = parse_host_port("Products.Internal:80").unwrap();
+        let name = parse_backend_address("Products.Internal:80").unwrap();
         assert_eq!(name.host, Host::Name("products.internal".into()));
         for (bad, says) in [
             ("localhost", "no port"),
@@ -145,18 +100,18 @@ mod tests {
             ("a..b:80", "not a host name"),
             (":80", "not a host name"),
         ] {
-            let err = parse_host_port(bad).unwrap_err();
+            let err = parse_backend_address(bad).unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");
         }
     }
 
     #[test]
     fn names_resolve_through_the_system_resolver() {
-        let local = resolve(&parse_host_port("localhost:8080").unwrap()).unwrap();
+        let local = resolve(&parse_backend_address("localhost:8080").unwrap()).unwrap();
         assert!(local
             .iter()
             .all(|a| a.ip().is_loopback() && a.port() == 8080));
-        let unknown = resolve(&parse_host_port("no-such-host.invalid:80").unwrap());
+        let unknown = resolve(&parse_backend_address("no-such-host.invalid:80").unwrap());
         assert!(unknown
             .unwrap_err()
             .contains("cannot resolve `no-such-host.invalid`"));

@@ -5,7 +5,7 @@
 
 use super::types::HeaderName;
 use serde::{de::Error as _, Deserialize, Deserializer};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// Parses `250ms`, `5s`, `2m`, `1h`, `365d` (a whole number and a unit, no space).
@@ -33,11 +33,79 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(invalid)
 }
 
-/// Parses `host:port` where host is an IP literal; IPv6 in brackets (`[::1]:8080`).
-pub(crate) fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
-    text.trim().parse().map_err(|_| {
-        format!("invalid address `{text}`: expected IP:port, e.g. `10.0.1.10:8080` or `[::1]:8080`")
+/// A `host:port` as written: the host an IP or a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: Host,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+/// Parses `host:port`, the host an IP (IPv6 in brackets) or a DNS name; any
+/// port, 0 included (callers that cannot use 0 refuse it). Errors name `text`
+/// and end with `expected`, what the caller accepts.
+pub(crate) fn parse_host_port(text: &str, expected: &str) -> Result<HostPort, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(HostPort {
+            host: Host::Ip(addr.ip()),
+            port: addr.port(),
+        });
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("invalid address `{text}`: no port; {expected}"));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("invalid address `{text}`: `{port}` is not a port; {expected}"))?;
+    if host.contains(':') || host.starts_with('[') {
+        return Err(format!("invalid address `{text}`: {expected}"));
+    }
+    if !is_dns_name(host) {
+        return Err(format!(
+            "invalid address `{text}`: `{host}` is not a host name; {expected}"
+        ));
+    }
+    Ok(HostPort {
+        host: Host::Name(host.to_ascii_lowercase()),
+        port,
     })
+}
+
+/// Letters, digits, `-` and `_` in dot-separated labels of 1 to 63 characters.
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+const LISTEN_EXPECTED: &str = "expected IP:port, e.g. `10.0.1.10:8080` or `[::1]:8080`";
+
+/// Parses an address to listen on: `host:port` where host is an IP literal.
+pub(crate) fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    match parse_host_port(text, LISTEN_EXPECTED)? {
+        HostPort {
+            host: Host::Ip(ip),
+            port,
+        } => Ok(SocketAddr::new(ip, port)),
+        HostPort { .. } => Err(format!(
+            "invalid address `{}`: listen on an IP, not a host name; {LISTEN_EXPECTED}",
+            text.trim()
+        )),
+    }
 }
 
 /// Parses an IP network (`10.0.0.0/8`, `::1/128`) or a single IP (`192.0.2.7`).
@@ -308,6 +376,9 @@ mod tests {
     fn addresses_are_ip_and_port() {
         assert!(parse_socket_addr("127.0.0.1:80").is_ok());
         assert!(parse_socket_addr("[::1]:8080").is_ok());
+        assert_eq!(parse_socket_addr("127.0.0.1:0").unwrap().port(), 0);
+        let name = parse_socket_addr("localhost:80").unwrap_err();
+        assert!(name.contains("not a host name"), "{name}");
         for bad in ["127.0.0.1", "localhost:80", "1.2.3.4:99999", "::1:80"] {
             assert!(parse_socket_addr(bad).is_err(), "{bad} accepted");
         }
