@@ -78,6 +78,9 @@ async fn traffic_and_health_checks_go_over_tls() {
     backends: [{{address: {backend}}}]
     tls: {{sni: backend.test, verify: true}}
     retries: 0
+    health_check:
+      http: {{path: /health}}
+      interval: 100ms
 routes:
   - match: {{path_prefix: /strict}}
     upstream: strict
@@ -111,7 +114,31 @@ routes:
         "the backend saw no TLS handshakes"
     );
 
-    // A self-signed certificate is not accepted when verification is on.
+    // A self-signed certificate is not accepted when verification is on: not by
+    // traffic, and not by the probes, which use the same peer and TLS set-up.
     let refused = reqwest::get(tollgate.url("/strict")).await.unwrap();
     assert_eq!(refused.status(), 502);
+    let probes_refused = wait_until(std::time::Duration::from_secs(5), || async {
+        tollgate
+            .metric(
+                "tollgate_health_checks_total",
+                &[("upstream", "strict"), ("result", "failure")],
+            )
+            .await
+            .unwrap_or(0.0)
+            >= 2.0
+    })
+    .await;
+    assert!(probes_refused, "{}", tollgate.metrics().await);
+    let strict_successes = tollgate
+        .metric(
+            "tollgate_health_checks_total",
+            &[("upstream", "strict"), ("result", "success")],
+        )
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(
+        strict_successes, 0.0,
+        "a probe accepted an untrusted certificate"
+    );
 }
