@@ -170,12 +170,18 @@ async fn answer(
     });
     let mut body = description.to_string();
     body.push('\n');
-    Ok(response(
-        &options,
-        status,
-        "application/json",
-        Bytes::from(body),
-    ))
+    let mut answer = response(&options, status, "application/json", Bytes::from(body));
+    // `?max_age=N`: an answer caches may keep for N seconds.
+    let max_age = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("max_age="))
+        .and_then(|v| v.parse::<u32>().ok());
+    if let Some(seconds) = max_age {
+        if let Ok(value) = format!("public, max-age={seconds}").parse() {
+            answer.headers_mut().insert("Cache-Control", value);
+        }
+    }
+    Ok(answer)
 }
 
 fn response(

@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod balance;
+pub mod cache;
 pub mod config;
 pub mod edge;
 pub mod filters;

@@ -22,6 +22,13 @@ pub struct Metrics {
     pub upstream_panic_requests: IntCounterVec,
     pub auth_rejections: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    pub cache_lookups: IntCounterVec,
+    pub cache_bytes: IntGaugeVec,
+    pub cache_entries: IntGaugeVec,
+    pub cache_evictions: IntCounterVec,
+    pub cache_lock_waits: IntCounterVec,
+    pub cache_write_failures: IntCounterVec,
+    pub cache_unreadable_entries: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: prometheus::Gauge,
     pub build_info: IntGaugeVec,
@@ -95,6 +102,48 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_rate_limited_total",
             "429 answers of a rate limit.",
             &["route", "policy"]
+        )
+        .registered(),
+        cache_lookups: register_int_counter_vec!(
+            "tollgate_cache_lookups_total",
+            "Requests of cached routes by X-Cache-Status (hit, miss, expired, stale, revalidated, bypass).",
+            &["route", "result"]
+        )
+        .registered(),
+        cache_bytes: register_int_gauge_vec!(
+            "tollgate_cache_bytes",
+            "Bytes of the answers stored in each tier (memory, disk) of each cache.",
+            &["cache", "tier"]
+        )
+        .registered(),
+        cache_entries: register_int_gauge_vec!(
+            "tollgate_cache_entries",
+            "Answers stored in each tier (memory, disk) of each cache.",
+            &["cache", "tier"]
+        )
+        .registered(),
+        cache_evictions: register_int_counter_vec!(
+            "tollgate_cache_evictions_total",
+            "Answers evicted from a tier to keep it within its size.",
+            &["cache", "tier"]
+        )
+        .registered(),
+        cache_lock_waits: register_int_counter_vec!(
+            "tollgate_cache_lock_waits_total",
+            "Requests that waited for another request fetching the same answer.",
+            &["cache"]
+        )
+        .registered(),
+        cache_write_failures: register_int_counter_vec!(
+            "tollgate_cache_write_failures_total",
+            "Answers a tier could not store, by reason (full, error); the requests were served.",
+            &["cache", "tier", "reason"]
+        )
+        .registered(),
+        cache_unreadable_entries: register_int_counter_vec!(
+            "tollgate_cache_unreadable_entries_total",
+            "Stored files found torn or unreadable; each was removed and counted as a miss.",
+            &["cache"]
         )
         .registered(),
         config_reloads: register_int_counter_vec!(

@@ -1,6 +1,7 @@
-//! config/edge.yaml as shipped, with its addresses, certificate and poster
-//! directory moved to what the test made: :80 redirects to :443, :443 serves
-//! posters from disk and proxies the rest to two replicas over h2 or h1.
+//! config/edge.yaml as shipped, with its addresses, certificate, poster and
+//! cache directories moved to what the test made: :80 redirects to :443, :443
+//! serves posters from disk and proxies the rest to two replicas over h2 or h1,
+//! answering what the app marks cacheable from its cache.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -38,6 +39,10 @@ async fn the_edge_example_works_as_documented() {
             &key_path.display().to_string(),
         )
         .replace("/usr/share/tollgate", &posters.display().to_string())
+        .replace(
+            "/var/cache/tollgate",
+            &dir.join("cache").display().to_string(),
+        )
         .replace(
             "/var/log/tollgate/access.log",
             &dir.join("access.log").display().to_string(),
@@ -88,4 +93,21 @@ async fn the_edge_example_works_as_documented() {
         seen.insert(answer.headers()["x-backend"].to_str().unwrap().to_string());
     }
     assert_eq!(seen.len(), 2, "both replicas answer: {seen:?}");
+
+    // What the app marks cacheable is answered from the cache.
+    let catalog = format!("{base}/catalog?max_age=60");
+    let first = client.get(&catalog).send().await.unwrap();
+    assert_eq!(first.headers()["x-cache-status"], "MISS");
+    let stored = first.text().await.unwrap();
+    for _ in 0..3 {
+        let again = client.get(&catalog).send().await.unwrap();
+        assert_eq!(again.headers()["x-cache-status"], "HIT");
+        assert_eq!(again.text().await.unwrap(), stored);
+    }
+    let cart = client.get(format!("{base}/cart")).send().await.unwrap();
+    assert_eq!(
+        cart.headers()["x-cache-status"],
+        "MISS",
+        "nothing said: not stored"
+    );
 }

@@ -113,6 +113,10 @@ rate_limits:
     key: client_ip
     rate: 1/m
     burst: 0
+caches:
+  pages:
+    memory: 1MiB
+    disk: {{path: {cache}, size: 1MiB}}
 routes:
   - name: api
     match: {{path_prefix: /}}
@@ -128,9 +132,14 @@ routes:
     match: {{path_prefix: /limited/}}
     upstream: app
     rate_limit: tight
+  - name: cached
+    match: {{path_prefix: /cached/}}
+    upstream: app
+    cache: pages
 ",
         live = backend.addr,
-        keys = keys.display()
+        keys = keys.display(),
+        cache = dir.join("cache").display()
     );
     let tollgate = Tollgate::start(&body).await;
     traffic(&tollgate, 10).await;
@@ -141,6 +150,8 @@ routes:
         "/limited/b",
         "/checked/x",
         "/status/503",
+        "/cached/x",
+        "/cached/x",
     ] {
         get(&client, &tollgate.url(path)).await.expect("request");
     }

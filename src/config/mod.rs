@@ -16,6 +16,7 @@ pub use error::{ConfigError, ConfigErrors, Problem, Problems};
 pub use schema::*;
 pub use spans::{Position, Spans};
 pub use types::*;
+pub(crate) use validate::HEURISTICALLY_CACHEABLE;
 
 use std::path::{Path, PathBuf};
 

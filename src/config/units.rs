@@ -194,6 +194,11 @@ pub(crate) fn byte_size<'de, D: Deserializer<'de>>(de: D) -> Result<u64, D::Erro
     parse_byte_size(&text).map_err(D::Error::custom)
 }
 
+/// serde adapter: an optional byte size.
+pub(crate) fn opt_byte_size<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
+    byte_size(de).map(Some)
+}
+
 /// serde adapter: a [`Duration`] written as `5s`.
 pub fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
@@ -248,6 +253,21 @@ where
         }
     }
     de.deserialize_map(Entries(entry))
+}
+
+/// serde adapter: `{200: 10m, 404: 1m}`, statuses to durations, in status order.
+pub(crate) fn status_durations<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Vec<(http::StatusCode, Duration)>, D::Error> {
+    let entries = std::collections::BTreeMap::<u16, String>::deserialize(de)?;
+    entries
+        .into_iter()
+        .map(|(code, text)| {
+            let status = http::StatusCode::from_u16(code)
+                .map_err(|_| D::Error::custom(format!("{code} is not an HTTP status")))?;
+            Ok((status, parse_duration(&text).map_err(D::Error::custom)?))
+        })
+        .collect()
 }
 
 /// serde adapter: `{Header-Name: claim}`, in file order.

@@ -4,7 +4,7 @@
 //! size, rate limit, auth). Each step returns the [`Answer`] that stops the
 //! request, or lets it go on.
 
-use super::{answer, Proxy, RequestCtx};
+use super::{answer, caching, Proxy, RequestCtx};
 use crate::config::{ErrorBody, RateKey};
 use crate::edge::hsts::Hsts;
 use crate::filters::auth::{AuthRequest, Verdict};
@@ -159,6 +159,7 @@ impl Proxy {
     }
 
     /// Whether `route` lets the request in, in this order: the client's address
+    /// (403), a PURGE from a client the route's cache does not allow it from
     /// (403), the announced body size (413, connection closed), the rate limit
     /// and the auth policy (429 or 503, 401, 403, 503). Also applies the client
     /// timeouts. Returns the answer of a request that is stopped.
@@ -170,6 +171,17 @@ impl Proxy {
     ) -> Option<Answer> {
         if !route.allows_client(ctx.client_ip) {
             return Some(Answer::text(StatusCode::FORBIDDEN, "403 Forbidden"));
+        }
+        if let Some((cache, _)) = &route.cache {
+            if caching::is_purge_method(session.req_header()) {
+                if !cache.may_purge(ctx.client_ip) {
+                    return Some(Answer::text(
+                        StatusCode::FORBIDDEN,
+                        "403 Forbidden: PURGE is not allowed from this address",
+                    ));
+                }
+                ctx.purge = true;
+            }
         }
         if let Some(too_large) = self.apply_client_limits(session) {
             return Some(too_large);
@@ -205,13 +217,16 @@ impl Proxy {
 
     /// Applies the route's rate limit and auth policy, in that order, except that
     /// a limit keyed on `auth_subject` runs after the policy found the subject.
+    /// The cache's background refresh of a stale answer (a subrequest of a
+    /// request admitted already) is not counted against the limit again.
     async fn authorize(
         &self,
         session: &Session,
         ctx: &mut RequestCtx,
         route: &Route,
     ) -> std::result::Result<(), Answer> {
-        let limit = route.rate_limit.as_ref();
+        let background = session.subrequest_ctx.is_some();
+        let limit = route.rate_limit.as_ref().filter(|_| !background);
         let limit_after_auth = limit.is_some_and(|l| l.limiter.key == RateKey::AuthSubject);
         let headers = &session.req_header().headers;
         if let Some(limit) = limit.filter(|_| !limit_after_auth) {

@@ -37,6 +37,8 @@ pub struct RequestCtx {
     pub(super) body_bytes: u64,
     /// The route's rate limit and what it allowed, for the RateLimit-* headers.
     pub(super) rate_limit: Option<(Arc<RouteLimit>, Allowance)>,
+    /// A PURGE the route's cache allows from this client.
+    pub(super) purge: bool,
 }
 
 impl RequestCtx {
@@ -59,6 +61,7 @@ impl RequestCtx {
             https: false,
             body_bytes: 0,
             rate_limit: None,
+            purge: false,
         }
     }
 

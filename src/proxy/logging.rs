@@ -14,25 +14,29 @@ static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new("-"
 
 impl Proxy {
     /// Counts the request in its route's and backend's metrics and writes its
-    /// access log line.
+    /// access log line. The cache's background refresh of a stale answer counts
+    /// as a backend request only: the client's request was counted already.
     pub(super) fn log_request(&self, session: &Session, ctx: &RequestCtx) {
         let status = match (ctx.backend_answered, session.response_written()) {
             (_, Some(resp)) => resp.status.as_u16(),
             (false, None) => ctx.own_status().unwrap_or(CLIENT_CLOSED),
             (true, None) => CLIENT_CLOSED,
         };
-        let elapsed = ctx.started.elapsed();
-        let route = ctx.route();
-        let route_metrics = route.map_or(&*UNROUTED, |r| &r.metrics);
-        route_metrics.requests.inc(status);
-        route_metrics.duration.observe(elapsed.as_secs_f64());
-
         let backend = ctx.upstream().zip(ctx.backend).map(|(u, i)| &u.backends[i]);
         if ctx.backend_answered {
             if let Some(b) = backend {
                 b.state.metrics.requests.inc(status);
             }
         }
+        if session.subrequest_ctx.is_some() {
+            return;
+        }
+        super::caching::count(session, ctx);
+        let elapsed = ctx.started.elapsed();
+        let route = ctx.route();
+        let route_metrics = route.map_or(&*UNROUTED, |r| &r.metrics);
+        route_metrics.requests.inc(status);
+        route_metrics.duration.observe(elapsed.as_secs_f64());
 
         let req = session.req_header();
         let header = |name: http::header::HeaderName| {

@@ -2,16 +2,20 @@
 //! crate that own the logic and fixes only the order in which they run:
 //!
 //! `request_filter` (head checks, route, admission, direct answers; see
-//! `admission`) -> `upstream_peer` (balance over usable backends) ->
+//! `admission`) -> the cache hooks on cached routes (lookup, lock, purge; see
+//! `caching`), which answer hits here -> `upstream_peer` (balance over usable
+//! backends) ->
 //! `upstream_request_filter` (forwarding headers, path) ->
 //! `upstream_response_filter` (hop-by-hop removal, passive success) ->
-//! `response_filter` (RateLimit-*, compression, handover) -> `logging` (metrics,
+//! `response_cache_filter` (whether to store the answer) -> `response_filter`
+//! (X-Cache-Status, RateLimit-*, compression, handover) -> `logging` (metrics,
 //! access log, in-flight release). Failures go through `fail_to_connect` /
 //! `error_while_proxy` (passive failure, retry on another backend) and end in
 //! `fail_to_proxy` (the error answer; see `answer`).
 
 mod admission;
 mod answer;
+mod caching;
 mod ctx;
 mod logging;
 mod upstream;
@@ -29,8 +33,11 @@ use admission::Routed;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::proxy::PurgeStatus;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
@@ -172,6 +179,69 @@ impl ProxyHttp for Proxy {
         self.act(session, ctx, route).await
     }
 
+    /// Runs after `request_filter` let a request on to a backend: turns the
+    /// cache on for requests of cached routes that may use it (see
+    /// `caching::enable`).
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        caching::enable(session, ctx);
+        Ok(())
+    }
+
+    /// The key of the request's stored answer (see `caching::key`).
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        caching::key(session, ctx)
+    }
+
+    /// The variance of the request for a stored answer with `Vary`.
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        caching::variance_of(meta, ctx, req)
+    }
+
+    /// Whether the backend's answer is stored, and its freshness (see
+    /// `cache::policy`). Runs on every answer of a cached request, and on the
+    /// merged head of a 304 to a revalidation.
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(caching::decide(session, resp, ctx))
+    }
+
+    /// Whether a stale stored answer may be served (see `caching::may_serve_stale`).
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        caching::may_serve_stale(error)
+    }
+
+    /// A PURGE that admission allowed: pingora removes the stored answer of its
+    /// key and answers 200, or 404 when there was none.
+    fn is_purge(&self, _session: &Session, ctx: &RequestCtx) -> bool {
+        ctx.purge
+    }
+
+    /// Records the status of the purge's answer for the log.
+    fn purge_response_filter(
+        &self,
+        _session: &Session,
+        ctx: &mut RequestCtx,
+        _purge_status: PurgeStatus,
+        purge_response: &mut std::borrow::Cow<'static, ResponseHeader>,
+    ) -> Result<()> {
+        ctx.answered(purge_response.status.as_u16());
+        Ok(())
+    }
+
     /// Chooses a usable backend not yet tried by this request (see
     /// `upstream::choose_peer`).
     async fn upstream_peer(
@@ -271,9 +341,11 @@ impl ProxyHttp for Proxy {
         Ok(None)
     }
 
-    /// Adds RateLimit-Limit/-Remaining/-Reset to answers of rate-limited routes,
+    /// Adds X-Cache-Status (and Age) to answers of cached routes, and
+    /// RateLimit-Limit/-Remaining/-Reset to answers of rate-limited routes;
     /// checks whether the answer is to be compressed, and closes the connection
-    /// after answers that end during a handover to a new process.
+    /// after answers that end during a handover to a new process. Runs on
+    /// answers from the cache too.
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -286,6 +358,7 @@ impl ProxyHttp for Proxy {
         if let Some(compression) = &self.settings.compression {
             compression.check_response(session, upstream_response);
         }
+        caching::mark_answer(session, ctx, upstream_response)?;
         if let Some((limit, allowance)) = &ctx.rate_limit {
             for (name, value) in limit.headers(*allowance) {
                 upstream_response.insert_header(name, value)?;

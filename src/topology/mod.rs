@@ -12,6 +12,7 @@ pub use resources::Resources;
 use crate::balance::health::CheckPlan;
 use crate::balance::probe::{ProbeKind, Probes};
 use crate::balance::{Backend, BackendState, Upstream};
+use crate::cache::{Cache, LookupCounters};
 use crate::config::{Config, EncodedSlashes, ErrorBody, RouteConfig, UpstreamConfig};
 use crate::edge::respond::DirectResponse;
 use crate::edge::static_files::StaticFiles;
@@ -38,6 +39,8 @@ pub struct Topology {
     pub identity_headers: Vec<HeaderName>,
     /// The rate limits by name, kept for the next topology to take over.
     rate_limits: BTreeMap<String, Arc<RouteLimit>>,
+    /// The caches by name, kept for the next topology to take over.
+    caches: BTreeMap<String, Arc<Cache>>,
 }
 
 /// An auth policy with its name, shared by the routes that name it.
@@ -70,6 +73,8 @@ pub struct Route {
     pub encoded_slashes: Option<EncodedSlashes>,
     pub auth: Option<Arc<NamedAuth>>,
     pub rate_limit: Option<Arc<RouteLimit>>,
+    /// The cache that stores the route's answers, with its lookup counters.
+    pub(crate) cache: Option<(Arc<Cache>, LookupCounters)>,
     /// Client networks allowed (empty: all) and denied, checked before anything else.
     pub allow: Vec<ipnet::IpNet>,
     pub deny: Vec<ipnet::IpNet>,
@@ -90,7 +95,8 @@ impl Topology {
     ///
     /// What `previous` also has keeps its live state: backends (same upstream and
     /// address) their health, passive failures and in-flight counts; rate limits
-    /// that did not change their buckets.
+    /// that did not change their buckets; caches (same name and directory) their
+    /// stored answers.
     pub fn compile(config: &Config, resources: Resources, previous: Option<&Topology>) -> Topology {
         let mut upstream_index = HashMap::new();
         let mut upstreams = Vec::new();
@@ -116,6 +122,15 @@ impl Topology {
         identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         identity_headers.dedup();
         let rate_limits = compile_rate_limits(config, previous);
+        let caches: BTreeMap<String, Arc<Cache>> = config
+            .caches
+            .iter()
+            .map(|(name, cache_config)| {
+                let before = previous.and_then(|p| p.caches.get(name)).map(|c| &**c);
+                let cache = Cache::compile(name, cache_config, before);
+                (name.clone(), Arc::new(cache))
+            })
+            .collect();
 
         let mut static_files = resources.static_files;
         let mut routes = Vec::with_capacity(config.routes.len());
@@ -132,6 +147,11 @@ impl Topology {
                 .as_ref()
                 .and_then(|n| rate_limits.get(n))
                 .cloned();
+            route.cache = route_config
+                .cache
+                .as_ref()
+                .and_then(|n| caches.get(n))
+                .map(|cache| (Arc::clone(cache), LookupCounters::new(&route.label)));
             routes.push(route);
         }
         let router = Router::new(
@@ -149,6 +169,7 @@ impl Topology {
             trusted_proxies: TrustedProxies::new(config.server.trusted_proxies.clone()),
             identity_headers,
             rate_limits,
+            caches,
         }
     }
 }
@@ -297,6 +318,7 @@ fn compile_route(
         encoded_slashes: config.encoded_slashes,
         auth: None,
         rate_limit: None,
+        cache: None,
         allow: config.allow.clone(),
         deny: config.deny.clone(),
     }

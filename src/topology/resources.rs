@@ -1,6 +1,7 @@
 //! What a topology takes from outside its file: key material of auth policies
-//! (secrets, JWK Sets, API key files), the HTTP client of forward policies, and
-//! the directories of static routes. [`Resources::read`] is the only fallible
+//! (secrets, JWK Sets, API key files), the HTTP client of forward policies, the
+//! directories of static routes, and those of disk caches (made when missing,
+//! checked writable). [`Resources::read`] is the only fallible
 //! step between a loaded file and its topology, and it reports every problem.
 
 use super::NamedAuth;
@@ -50,6 +51,13 @@ impl Resources {
                     static_files.insert(id, served);
                 }
                 Err(e) => problems.push(format!("routes[{id}].static.root"), e),
+            }
+        }
+        for (name, cache) in &config.caches {
+            if let Some(disk) = &cache.disk {
+                if let Err(e) = crate::cache::prepare_directory(&disk.path) {
+                    problems.push(format!("caches.{name}.disk.path"), e);
+                }
             }
         }
         if problems.0.is_empty() {

@@ -5,6 +5,8 @@
 //! Waits are on conditions with deadlines, never fixed sleeps.
 #![allow(dead_code)]
 
+pub mod origin;
+
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -340,15 +342,26 @@ impl Tollgate {
     /// [`Tollgate::reported`] for the others).
     pub async fn launch_reported(dir: PathBuf, config: &str, envs: &[(&str, &str)]) -> Tollgate {
         let has_metrics = config.contains("\n  metrics:");
-        let mut tollgate = Self::spawn(dir, config, envs);
-        let reported = wait_until(Duration::from_secs(15), || {
+        Self::spawn(dir, config, envs)
+            .wait_reported(has_metrics)
+            .await
+    }
+
+    /// Waits for the addresses a tollgate just spawned reports, then for it to
+    /// accept on them.
+    async fn wait_reported(self, has_metrics: bool) -> Tollgate {
+        let mut tollgate = self;
+        let mut reported = false;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && !tollgate.has_exited() {
             let log = tollgate.stderr();
-            async move {
-                reported_address(&log, "server.listeners[0]").is_some()
-                    && (!has_metrics || reported_address(&log, "server.metrics").is_some())
+            reported = reported_address(&log, "server.listeners[0]").is_some()
+                && (!has_metrics || reported_address(&log, "server.metrics").is_some());
+            if reported {
+                break;
             }
-        })
-        .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let log = tollgate.stderr();
         match reported_address(&log, "server.listeners[0]") {
             Some(addr) if reported => tollgate.addr = addr,
@@ -385,14 +398,36 @@ impl Tollgate {
 
     /// Writes `config` and starts tollgate on it, without waiting.
     fn spawn(dir: PathBuf, config: &str, envs: &[(&str, &str)]) -> Tollgate {
+        Self::spawn_command(dir, config, |config_path| {
+            let mut command = Command::new(TOLLGATE);
+            command
+                .arg("-c")
+                .arg(config_path)
+                .envs(envs.iter().copied());
+            command
+        })
+    }
+
+    /// As [`Tollgate::launch_reported`], with the process started by the
+    /// command `make` returns for the config file's path (tollgate under a
+    /// wrapper that execs it, such as `unshare`).
+    pub async fn launch_reported_by(
+        dir: PathBuf,
+        config: &str,
+        make: impl FnOnce(&Path) -> Command,
+    ) -> Tollgate {
+        let tollgate = Self::spawn_command(dir, config, make);
+        tollgate
+            .wait_reported(config.contains("\n  metrics:"))
+            .await
+    }
+
+    fn spawn_command(dir: PathBuf, config: &str, make: impl FnOnce(&Path) -> Command) -> Tollgate {
         let config_path = dir.join("tollgate.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr log");
-        let child = Command::new(TOLLGATE)
-            .arg("-c")
-            .arg(&config_path)
+        let child = make(&config_path)
             .env("RUST_LOG", "info,tollgate=debug")
-            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -109,3 +109,20 @@ pub fn redirect_status() -> http::StatusCode {
 pub(crate) fn api_key_header() -> crate::config::types::HeaderName {
     crate::config::types::HeaderName::known(http::HeaderName::from_static("x-api-key"), "X-API-Key")
 }
+
+pub(crate) fn cache_memory() -> u64 {
+    64 << 20
+}
+pub(crate) fn cache_max_object() -> u64 {
+    8 << 20
+}
+pub(crate) fn cache_lock() -> Duration {
+    Duration::from_secs(5)
+}
+/// PURGE from the machine itself only.
+pub(crate) fn purge_allow() -> Vec<ipnet::IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|net| net.parse().ok())
+        .collect()
+}

@@ -4,12 +4,14 @@
 //! are parsed here, once, into their types (see `units` and `types`).
 
 mod auth;
+mod cache;
 pub mod defaults;
 mod route;
 mod server;
 mod upstream;
 
 pub use auth::*;
+pub use cache::*;
 pub use route::*;
 pub use server::*;
 pub use upstream::*;
@@ -30,4 +32,7 @@ pub struct Config {
     /// Rate limits by name; a route names one with `rate_limit:`.
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    /// Shared HTTP caches by name; a route names one with `cache:`.
+    #[serde(default)]
+    pub caches: BTreeMap<String, CacheConfig>,
 }

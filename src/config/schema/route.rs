@@ -35,6 +35,8 @@ pub struct RouteConfig {
     pub rate_limit: Option<String>,
     /// `server.encoded_slashes` for this route's paths.
     pub encoded_slashes: Option<EncodedSlashes>,
+    /// Name of the cache under `caches:` that stores this route's answers.
+    pub cache: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

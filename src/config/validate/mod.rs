@@ -2,9 +2,12 @@
 //! sections, ranges, combinations, duplicates. Each problem names its node.
 
 mod auth;
+mod cache;
 mod routes;
 mod server;
 mod upstream;
+
+pub(crate) use cache::HEURISTICALLY_CACHEABLE;
 
 use super::error::Problems;
 use super::schema::Config;
@@ -39,6 +42,7 @@ pub fn check(config: &Config) -> Problems {
             &mut problems,
         );
     }
+    cache::check(&config.caches, &mut problems);
     routes::check(config, &mut problems);
     problems
 }

@@ -103,8 +103,24 @@ fn check_action(at: &str, route: &RouteConfig, problems: &mut Problems) {
     }
 }
 
-/// The upstream, policy and limit a route names exist.
+/// The upstream, policy, limit and cache a route names exist.
 fn check_references(at: &str, config: &Config, route: &RouteConfig, problems: &mut Problems) {
+    if let Some(cache) = &route.cache {
+        if !config.caches.contains_key(cache) {
+            problems.push(
+                format!("{at}.cache"),
+                format!(
+                    "unknown cache `{cache}` (defined: {})",
+                    listing(config.caches.keys())
+                ),
+            );
+        } else if route.upstream.is_none() {
+            problems.push(
+                format!("{at}.cache"),
+                "only a route with an `upstream` stores answers in a cache",
+            );
+        }
+    }
     if let Some(auth) = &route.auth {
         if !config.auth.contains_key(auth) {
             problems.push(

@@ -26,12 +26,16 @@ auth:
     jwt: {algorithms: [HS256], secret_env: S}
 rate_limits:
   per_client: {key: client_ip, rate: 10/s, burst: 5}
+caches:
+  pages: {memory: 1MiB, default_ttl: {200: 1m}}
+  files: {memory: 1MiB, disk: {path: /var/cache/t, size: 1GiB}}
 routes:
   - name: api
     match: {path_prefix: /api/}
     upstream: app
     auth: users
     rate_limit: per_client
+    cache: pages
   - match: {path: /old}
     redirect: {to: /new, status: 301}
   - match: {path_prefix: /}
@@ -208,6 +212,60 @@ const RULES: &[(&str, &str, &str, &str)] = &[
         "auth.us ers",
         "invalid auth policy name",
     ),
+    (
+        "default_ttl: {200: 1m}",
+        "default_ttl: {200: 1m, 302: 1m}",
+        "caches.pages.default_ttl.302",
+        "freshness the origin gives",
+    ),
+    (
+        "default_ttl: {200: 1m}",
+        "default_ttl: {200: 0s}",
+        "caches.pages.default_ttl.200",
+        "more than 0",
+    ),
+    (
+        "pages: {memory: 1MiB,",
+        "pages: {memory: 0B,",
+        "caches.pages.memory",
+        "needs memory",
+    ),
+    (
+        "pages: {memory: 1MiB,",
+        "pages: {memory: 1MiB, max_object: 2MiB,",
+        "caches.pages.max_object",
+        "larger than the cache",
+    ),
+    (
+        "size: 1GiB}",
+        "size: 0B}",
+        "caches.files.disk.size",
+        "more than 0",
+    ),
+    (
+        "pages: {memory: 1MiB, default_ttl: {200: 1m}}",
+        "pages: {memory: 1MiB, disk: {path: /var/cache/t, size: 1GiB}}",
+        "caches.pages.disk.path",
+        "directory of cache `files` too",
+    ),
+    (
+        "  pages: {memory",
+        "  pa.ges: {memory",
+        "caches.pa.ges",
+        "invalid cache name",
+    ),
+    (
+        "    cache: pages\n",
+        "    cache: nowhere\n",
+        "routes[0].cache",
+        "unknown cache `nowhere` (defined: files, pages)",
+    ),
+    (
+        "    respond: {status: 200, body: ok}",
+        "    respond: {status: 200, body: ok}\n    cache: pages",
+        "routes[2].cache",
+        "only a route with an `upstream`",
+    ),
 ];
 
 #[test]
@@ -263,6 +321,21 @@ fn values_with_a_syntax_are_refused_as_they_are_read() {
             "invalid url",
         ),
         ("rate: 10/s", "rate: 10", "rate"),
+        (
+            "default_ttl: {200: 1m}",
+            "default_ttl: {200: soon}",
+            "invalid duration",
+        ),
+        (
+            "default_ttl: {200: 1m}",
+            "default_ttl: {2000: 1m}",
+            "not an HTTP status",
+        ),
+        (
+            "pages: {memory: 1MiB,",
+            "pages: {memory: lots,",
+            "invalid size",
+        ),
     ];
     for (from, to, words) in rows {
         let said = problems_of(from, to);

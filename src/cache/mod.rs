@@ -1,0 +1,133 @@
+//! Shared HTTP caches (RFC 9111) on pingora's cache: the key (`key`), the
+//! decisions (`policy`), the storages (`storage`, over the `memory` and `disk`
+//! tiers), and [`CacheStatus`], what `X-Cache-Status` says.
+//!
+//! pingora runs the cache between `request_filter` and `upstream_peer`: a
+//! request the cache answers never reaches a backend. Its lock makes
+//! concurrent misses of one key wait for one fetch; the proxy hooks of
+//! `proxy::caching` tell it what to store and how.
+
+mod disk;
+mod entry;
+pub(crate) mod key;
+mod memory;
+pub(crate) mod policy;
+mod status;
+mod storage;
+mod tier;
+
+pub(crate) use disk::prepare_directory;
+pub(crate) use status::{CacheStatus, LookupCounters};
+
+use crate::config::CacheConfig;
+use crate::metrics::metrics;
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::{CacheOptionOverrides, HttpCache};
+use policy::Policy;
+use prometheus::IntCounter;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use storage::TieredStorage;
+
+/// How long a fill may hold the lock of its key before waiting requests may
+/// compete for it again (each waits at most `lock` anyway).
+const LOCK_AGE_LIMIT: Duration = Duration::from_secs(60);
+
+/// A cache's storage and lock. Every topology that keeps the cache (same name,
+/// same directory) shares them; when the last one drops it, the memory is freed.
+struct Store {
+    storage: &'static TieredStorage,
+    lock: &'static CacheLock,
+}
+
+impl Store {
+    /// pingora's cache takes its storage and lock for the whole process, so
+    /// each store is allocated once and never freed; retiring frees its entries.
+    fn new(name: &str, config: &CacheConfig) -> Store {
+        let disk = config
+            .disk
+            .as_ref()
+            .map(|d| (d.path.as_path(), to_usize(d.size)));
+        let storage = TieredStorage::new(name, to_usize(config.memory), disk);
+        Store {
+            storage: Box::leak(Box::new(storage)),
+            lock: Box::leak(Box::new(CacheLock::new(LOCK_AGE_LIMIT))),
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.storage.retire();
+    }
+}
+
+fn to_usize(bytes: u64) -> usize {
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
+/// One cache of a topology: where it stores, and its rules.
+pub struct Cache {
+    pub name: String,
+    store: Arc<Store>,
+    pub(crate) policy: Policy,
+    max_object: usize,
+    /// How long a miss waits for another request's fetch; `None`: no lock.
+    lock_wait: Option<Duration>,
+    purge_allow: Vec<ipnet::IpNet>,
+    lock_waits: IntCounter,
+}
+
+impl Cache {
+    /// Cache `name` as `config` has it. The storage of `previous` (the same
+    /// cache in the running topology) is kept when the directory is the same,
+    /// with the new sizes; so are its entries.
+    pub(crate) fn compile(name: &str, config: &CacheConfig, previous: Option<&Cache>) -> Cache {
+        let directory = config.disk.as_ref().map(|d| d.path.as_path());
+        let kept = previous.filter(|p| p.store.storage.disk_root() == directory);
+        let store = match kept {
+            Some(previous) => {
+                let disk_size = config.disk.as_ref().map(|d| to_usize(d.size));
+                previous
+                    .store
+                    .storage
+                    .set_limits(to_usize(config.memory), disk_size);
+                Arc::clone(&previous.store)
+            }
+            None => Arc::new(Store::new(name, config)),
+        };
+        Cache {
+            name: name.to_string(),
+            store,
+            policy: Policy::new(config),
+            max_object: to_usize(config.max_object()),
+            lock_wait: (!config.lock.is_zero()).then_some(config.lock),
+            purge_allow: config.purge_allow.clone(),
+            lock_waits: metrics().cache_lock_waits.with_label_values(&[name]),
+        }
+    }
+
+    /// Turns `cache` (a request's, not enabled yet) on with this cache's
+    /// storage, lock and `max_object`.
+    pub(crate) fn enable(&self, cache: &mut HttpCache) {
+        let lock: Option<&'static CacheKeyLockImpl> = match self.lock_wait {
+            Some(_) => Some(self.store.lock),
+            None => None,
+        };
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = self.lock_wait;
+        cache.enable(self.store.storage, None, None, lock, Some(overrides));
+        cache.set_max_file_size_bytes(self.max_object);
+    }
+
+    /// Whether `client` may `PURGE` (`purge_allow`).
+    pub(crate) fn may_purge(&self, client: IpAddr) -> bool {
+        self.purge_allow.iter().any(|net| net.contains(&client))
+    }
+
+    /// Counts a request that waited on the lock for another's fetch.
+    pub(crate) fn count_lock_wait(&self) {
+        self.lock_waits.inc();
+    }
+}

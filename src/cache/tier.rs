@@ -1,0 +1,157 @@
+//! What the two tiers share: the accounting of what they hold, on pingora's
+//! LRU eviction manager, and their metrics.
+
+use super::entry::EntryId;
+use crate::metrics::metrics;
+use pingora::cache::eviction::{lru, CacheEntryKey, CacheEntryKeyRef, EvictionManager};
+use pingora::cache::key::CompactCacheKey;
+use prometheus::{IntCounter, IntGauge};
+use std::time::SystemTime;
+
+const LRU_SHARDS: usize = 16;
+/// Entries per LRU shard allocated up front.
+const LRU_SHARD_CAPACITY: usize = 1024;
+
+/// The metric handles of one tier of one cache.
+pub(super) struct TierMetrics {
+    bytes: IntGauge,
+    entries: IntGauge,
+    evictions: IntCounter,
+    pub(super) full: IntCounter,
+    pub(super) write_error: IntCounter,
+}
+
+impl TierMetrics {
+    pub(super) fn new(cache: &str, tier: &str) -> TierMetrics {
+        let m = metrics();
+        TierMetrics {
+            bytes: m.cache_bytes.with_label_values(&[cache, tier]),
+            entries: m.cache_entries.with_label_values(&[cache, tier]),
+            evictions: m.cache_evictions.with_label_values(&[cache, tier]),
+            full: m
+                .cache_write_failures
+                .with_label_values(&[cache, tier, "full"]),
+            write_error: m
+                .cache_write_failures
+                .with_label_values(&[cache, tier, "error"]),
+        }
+    }
+
+    /// Handles registered nowhere, for unit tests.
+    #[cfg(test)]
+    pub(super) fn detached() -> TierMetrics {
+        let gauge = || IntGauge::new("detached", "unit tests").unwrap();
+        let counter = || IntCounter::new("detached", "unit tests").unwrap();
+        TierMetrics {
+            bytes: gauge(),
+            entries: gauge(),
+            evictions: counter(),
+            full: counter(),
+            write_error: counter(),
+        }
+    }
+}
+
+/// Which entries a tier holds, their weights, and which to evict first (least
+/// recently used), within a bound on the total weight.
+pub(super) struct Tracker {
+    lru: lru::Manager<LRU_SHARDS>,
+    pub(super) metrics: TierMetrics,
+}
+
+fn lru_key(id: EntryId) -> CacheEntryKey {
+    CacheEntryKey::key_only(CompactCacheKey {
+        primary: id.0.to_be_bytes(),
+        variance: None,
+        user_tag: Box::default(),
+    })
+}
+
+fn entry_id(key: &CacheEntryKey) -> EntryId {
+    EntryId(u128::from_be_bytes(key.key().primary))
+}
+
+impl Tracker {
+    pub(super) fn new(limit: usize, metrics: TierMetrics) -> Tracker {
+        Tracker {
+            lru: lru::Manager::with_capacity(limit, LRU_SHARD_CAPACITY),
+            metrics,
+        }
+    }
+
+    pub(super) fn limit(&self) -> usize {
+        self.lru.weight_limit()
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        self.lru.total_size()
+    }
+
+    pub(super) fn entries(&self) -> usize {
+        self.lru.total_items()
+    }
+
+    fn publish(&self) {
+        self.metrics.bytes.set(self.bytes() as i64);
+        self.metrics.entries.set(self.entries() as i64);
+    }
+
+    /// Marks `id` as just used (and tracks it, if it was not).
+    pub(super) fn accessed(&self, id: EntryId, weight: usize) {
+        if !self
+            .lru
+            .access(&lru_key(id), weight, SystemTime::UNIX_EPOCH)
+        {
+            // It was not tracked (found on disk before the index was built).
+            self.publish();
+        }
+    }
+
+    /// Tracks `id` with `weight` (again, after a replacement) and returns what
+    /// to evict to get back within the bound, already untracked.
+    pub(super) fn admitted(&self, id: EntryId, weight: usize) -> Vec<EntryId> {
+        let evicted: Vec<EntryId> = self
+            .lru
+            .admit(lru_key(id), weight, SystemTime::UNIX_EPOCH)
+            .iter()
+            .map(entry_id)
+            .collect();
+        self.metrics.evictions.inc_by(evicted.len() as u64);
+        self.publish();
+        evicted
+    }
+
+    pub(super) fn removed(&self, id: EntryId) {
+        let key = lru_key(id);
+        self.lru.remove(CacheEntryKeyRef::from(&key));
+        self.publish();
+    }
+
+    pub(super) fn is_tracked(&self, id: EntryId) -> bool {
+        self.lru.peek(&lru_key(id))
+    }
+
+    /// A new bound; returns what to evict to get within it, already untracked.
+    pub(super) fn set_limit(&self, limit: usize) -> Vec<EntryId> {
+        self.lru.set_weight_limit(limit);
+        let mut evicted = Vec::new();
+        while self.bytes() > limit {
+            let before = evicted.len();
+            for shard in 0..self.lru.shards() {
+                if self.bytes() <= limit {
+                    break;
+                }
+                if let Some(key) = self.lru.peek_lru(shard) {
+                    self.lru.remove(CacheEntryKeyRef::from(&key));
+                    evicted.push(entry_id(&key));
+                }
+            }
+            if evicted.len() == before {
+                break;
+            }
+        }
+        self.metrics.evictions.inc_by(evicted.len() as u64);
+        self.publish();
+        evicted
+    }
+}
