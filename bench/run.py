@@ -7,9 +7,10 @@ Usage (what `make bench` runs):
                          [--quick] [--pin]
 
 One nginx process with one worker serves two backend ports (a 20-byte body at
-/small, a 64 KiB file at /large). Three proxies, each with one worker thread and
-keep-alive to both backends, balance over them round robin: tollgate, nginx and
-HAProxy. wrk loads each proxy in interleaved rounds per scenario; the medians of
+/small, a 64 KiB file at /large, a 1 MiB file at /mib). Three proxies, each with
+one worker thread and keep-alive to both backends, balance over them round
+robin: tollgate, nginx and HAProxy. For the cache scenarios, tollgate with a
+memory cache and nginx with `proxy_cache` (sendfile on) serve stored answers. wrk loads each proxy in interleaved rounds per scenario; the medians of
 requests/s, latency percentiles and the proxy's CPU time per request are
 printed, with the proxies' memory holding 10,000 idle client connections.
 Results go to bench/results/latest.json and bench/results/latest.svg.
@@ -45,6 +46,7 @@ RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 
 SMALL_BODY = b"tollgate-bench-small"  # 20 bytes
 LARGE_SIZE = 64 * 1024
+MIB_SIZE = 1024 * 1024
 IDLE_CONNECTIONS = 10_000
 WARMUP_SECONDS = 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -64,12 +66,16 @@ LABELS = {
     "nginx": "nginx",
     "haproxy": "HAProxy",
     "tollgate-full": "tollgate full",
+    "tollgate-cache": "tollgate cache",
+    "nginx-cache": "nginx cache",
 }
 COLORS = {
     "tollgate": "#e8590c",
     "nginx": "#2f9e44",
     "haproxy": "#1c7ed6",
     "tollgate-full": "#f5b041",
+    "tollgate-cache": "#c2255c",
+    "nginx-cache": "#66a80f",
 }
 
 # wrk's done() hook: one machine-readable line with the figures we keep.
@@ -114,6 +120,18 @@ SCENARIOS = (
         "tollgate with metrics, JSON access log, health checks, rate limit vs bare (load a)",
         proxies=("tollgate-full", "tollgate"),
     ),
+    Scenario(
+        "g",
+        "cache hits, /small, keep-alive, 50 connections: tollgate cache vs nginx proxy_cache",
+        proxies=("tollgate-cache", "nginx-cache"),
+    ),
+    Scenario(
+        "h",
+        "cache hits, /mib (1 MiB), keep-alive, 10 connections: tollgate cache vs nginx proxy_cache",
+        path="/mib",
+        connections=10,
+        proxies=("tollgate-cache", "nginx-cache"),
+    ),
 )
 
 FIGURES = (
@@ -122,6 +140,7 @@ FIGURES = (
     ("p99_us", "p99 latency µs"),
     ("p999_us", "p99.9 latency µs"),
     ("cpu_us_per_request", "proxy CPU µs/request"),
+    ("mib_per_s", "MiB/s received"),
 )
 
 
@@ -408,12 +427,14 @@ http {{
 
 
 def backend_conf(tmp, ports, nofile):
-    """nginx backend: one worker, a server block per port with /small (20 B) and /large (64 KiB)."""
+    """nginx backend: one worker, a server block per port with /small (20 B), /large
+    (64 KiB) and /mib (1 MiB)."""
     servers = "".join(f"""
     server {{
         listen 127.0.0.1:{port} backlog=65535;
         location = /small {{ default_type text/plain; return 200 "{SMALL_BODY.decode()}"; }}
         location = /large {{ default_type application/octet-stream; root {tmp}/www; }}
+        location = /mib {{ default_type application/octet-stream; root {tmp}/www; }}
     }}""" for port in ports)
     return nginx_conf(tmp, "backend", nofile, f"""    sendfile on;
     keepalive_requests 10000000;
@@ -442,6 +463,30 @@ def nginx_proxy_conf(tmp, port, tls_port, backends, crt, key, nofile):
             proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+        }}
+    }}""")
+
+
+def nginx_cache_conf(tmp, port, backends, nofile):
+    """nginx with proxy_cache: one worker, every 200 kept an hour on disk (the page
+    cache holds it), hits sent with sendfile."""
+    servers = "".join(f"\n        server 127.0.0.1:{b};" for b in backends)
+    return nginx_conf(tmp, "nginx-cache", nofile, f"""    keepalive_requests 10000000;
+    sendfile on;
+    proxy_cache_path {tmp}/nginx-cache levels=1:2 keys_zone=pages:10m max_size=1g
+                     inactive=60m use_temp_path=off;
+    upstream app {{{servers}
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=65535;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache pages;
+            proxy_cache_valid 200 1h;
         }}
     }}""")
 
@@ -480,12 +525,13 @@ backend app
 """
 
 
-def tollgate_conf(tmp, name, port, backends, tls=None, metrics_port=None):
+def tollgate_conf(tmp, name, port, backends, tls=None, metrics_port=None, cache=False):
     """tollgate topology: one thread, round robin over `backends`.
 
     `tls` = (tls_port, cert, key) adds a TLS listener with HTTP/2; `metrics_port`
     turns the production features on: metrics, a JSON access log to a file,
-    active health checks and a rate limit too high to trigger.
+    active health checks and a rate limit too high to trigger; `cache` keeps
+    every 200 an hour in a memory cache, as nginx_cache_conf does.
     """
     listeners = f"    - address: 127.0.0.1:{port}\n"
     if tls:
@@ -502,6 +548,9 @@ def tollgate_conf(tmp, name, port, backends, tls=None, metrics_port=None):
     else:
         logging = "  access_log: off\n"
         health = limits = route_limit = ""
+    if cache:
+        limits += "caches:\n  pages: {memory: 256MiB, default_ttl: {200: 1h}}\n"
+        route_limit += "    cache: pages\n"
     backend_lines = "".join(f"      - address: 127.0.0.1:{b}\n" for b in backends)
     return (f"server:\n  threads: 1\n  listeners:\n{listeners}{logging}"
             f"  pid_file: {tmp}/{name}.pid\n  upgrade_sock: {tmp}/{name}-upgrade.sock\n"
@@ -565,11 +614,11 @@ def speaks_h2(port, cafile):
             return len(frame_head) == 9 and frame_head[3] == 0x04
 
 
-def verify_answers(name, port, large_body, tls_port=0, cafile=None):
-    """Raise BenchError unless /small and /large answer 200 with the right bodies (also over TLS)."""
+def verify_answers(name, port, bodies, tls_port=0, cafile=None):
+    """Raise BenchError unless each path of `bodies` answers 200 with its body (also over TLS)."""
     targets = [(port, False)] + ([(tls_port, True)] if tls_port else [])
     for target_port, tls in targets:
-        for path, body in (("/small", SMALL_BODY), ("/large", large_body)):
+        for path, body in bodies.items():
             scheme = "https" if tls else "http"
             try:
                 status, got = http_get(target_port, path, cafile if tls else None)
@@ -620,6 +669,7 @@ def measure(proxy, scenario, duration, lua, pin):
                          f"{proxy.server.log_tail()}")
     return {
         "rps": requests / (wrk["duration_us"] / 1e6),
+        "mib_per_s": wrk["bytes"] / (1 << 20) / (wrk["duration_us"] / 1e6),
         "p50_us": wrk["p50"],
         "p99_us": wrk["p99"],
         "p999_us": wrk["p999"],
@@ -781,7 +831,10 @@ def print_table(results, rss):
         if names == PROXIES:
             header = [LABELS[n] for n in names] + ["tg/nginx", "tg/HAProxy"]
         else:
-            header = ["tg full", "tg bare", "full/bare"]
+            first, second = (LABELS[n].replace("tollgate", "tg") for n in names)
+            header = [first, second, f"{first.split()[-1]}/{second.split()[-1]}"]
+            if names == ("tollgate-cache", "nginx-cache"):
+                header[2] = "tg/nginx"
         print(f"\n({scenario.key}) {scenario.title}")
         print_row("", header)
         for key, label in FIGURES:
@@ -854,8 +907,9 @@ def write_svg(path, results, info):
     """A hand-written SVG: CPU µs/request and p99 latency per scenario, grouped by proxy."""
     width, panel_h = 900, 320
     legend = []
-    for i, name in enumerate(("tollgate", "nginx", "haproxy", "tollgate-full")):
-        x = 60 + i * 150
+    for i, name in enumerate(("tollgate", "nginx", "haproxy", "tollgate-full", "tollgate-cache",
+                              "nginx-cache")):
+        x = 20 + i * 145
         legend.append(f'<rect x="{x}" y="{2 * panel_h + 10}" width="12" height="12" fill="{COLORS[name]}"/>')
         legend.append(f'<text x="{x + 18}" y="{2 * panel_h + 21}" '
                       f'font-size="12">{html.escape(LABELS[name])}</text>')
@@ -911,10 +965,14 @@ def start_everything(tmp, tollgate, pin, nofile, servers):
     """
     os.makedirs(os.path.join(tmp, "www"))
     large_body = os.urandom(LARGE_SIZE)
-    with open(os.path.join(tmp, "www", "large"), "wb") as f:
-        f.write(large_body)
+    mib_body = os.urandom(MIB_SIZE)
+    for file_name, body in (("large", large_body), ("mib", mib_body)):
+        with open(os.path.join(tmp, "www", file_name), "wb") as f:
+            f.write(body)
+    bodies = {"/small": SMALL_BODY, "/large": large_body}
+    cached_bodies = dict(bodies, **{"/mib": mib_body})
     crt, key, pem = make_certificate(tmp)
-    (b1, b2, tg, tg_tls, ngx, ngx_tls, hap, hap_tls, full, full_metrics) = free_ports(10)
+    (b1, b2, tg, tg_tls, ngx, ngx_tls, hap, hap_tls, full, full_metrics, tgc, ngxc) = free_ports(12)
     backends = (b1, b2)
     configs = {
         "backend.conf": backend_conf(tmp, backends, nofile),
@@ -922,9 +980,11 @@ def start_everything(tmp, tollgate, pin, nofile, servers):
         "haproxy.cfg": haproxy_conf(hap, hap_tls, backends, pem),
         "tollgate.yaml": tollgate_conf(tmp, "tollgate", tg, backends, tls=(tg_tls, crt, key)),
         "tollgate-full.yaml": tollgate_conf(tmp, "tollgate-full", full, backends, metrics_port=full_metrics),
+        "tollgate-cache.yaml": tollgate_conf(tmp, "tollgate-cache", tgc, backends, cache=True),
+        "nginx-cache.conf": nginx_cache_conf(tmp, ngxc, backends, nofile),
     }
     paths = {name: write_file(os.path.join(tmp, name), text) for name, text in configs.items()}
-    for name in ("tollgate.yaml", "tollgate-full.yaml"):
+    for name in ("tollgate.yaml", "tollgate-full.yaml", "tollgate-cache.yaml"):
         check_tollgate_conf(tollgate, paths[name])
 
     pin_proxy = ["taskset", "-c", "1"] if pin else []
@@ -943,7 +1003,7 @@ def start_everything(tmp, tollgate, pin, nofile, servers):
     backend = server("backend", nginx_argv(paths["backend.conf"]))
     backend.start(backends)
     for port in backends:
-        verify_answers(f"backend :{port}", port, large_body)
+        verify_answers(f"backend :{port}", port, cached_bodies)
 
     specs = (
         Proxy("tollgate", server("tollgate", pin_proxy + [tollgate, "-c", paths["tollgate.yaml"]],
@@ -954,11 +1014,19 @@ def start_everything(tmp, tollgate, pin, nofile, servers):
         Proxy("tollgate-full", server("tollgate-full",
                                       pin_proxy + [tollgate, "-c", paths["tollgate-full.yaml"]],
                                       signal.SIGINT, tollgate_env), full),
+        Proxy("tollgate-cache", server("tollgate-cache",
+                                       pin_proxy + [tollgate, "-c", paths["tollgate-cache.yaml"]],
+                                       signal.SIGINT, tollgate_env), tgc),
+        Proxy("nginx-cache", server("nginx-cache", pin_proxy + nginx_argv(paths["nginx-cache.conf"])), ngxc),
     )
     proxies = {}
     for proxy in specs:
         proxy.server.start([proxy.port])
-        verify_answers(proxy.name, proxy.port, large_body, proxy.tls_port, crt)
+        cached = proxy.name.endswith("-cache")
+        verify_answers(proxy.name, proxy.port, cached_bodies if cached else bodies, proxy.tls_port, crt)
+        if cached:
+            # Twice: the second answer must come from the cache, the same bytes.
+            verify_answers(proxy.name, proxy.port, cached_bodies)
         proxies[proxy.name] = proxy
     status, _ = http_get(full_metrics, "/metrics")
     if status != 200:

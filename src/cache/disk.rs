@@ -173,23 +173,30 @@ impl DiskTier {
     /// A failure (a full disk, an I/O error) is counted and logged at most once
     /// a minute; the entry is then just not on disk.
     pub(super) fn write(&self, id: EntryId, stored: &Stored) {
-        if stored.file_len() > self.tracker.limit() {
+        let bytes = match stored.file_bytes() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.write_failed(&io::Error::other(e.to_string()));
+                return;
+            }
+        };
+        if bytes.len() > self.tracker.limit() {
             return;
         }
-        match self.write_file(id, stored) {
-            Ok(()) => self.evict(self.tracker.admitted(id, stored.file_len())),
+        match self.write_file(id, &bytes) {
+            Ok(()) => self.evict(self.tracker.admitted(id, bytes.len())),
             Err(e) => self.write_failed(&e),
         }
     }
 
-    fn write_file(&self, id: EntryId, stored: &Stored) -> io::Result<()> {
+    fn write_file(&self, id: EntryId, bytes: &[u8]) -> io::Result<()> {
         let seq = self.next_temp.fetch_add(1, Ordering::Relaxed);
         let temp = self
             .root
             .join(TEMP_DIR)
             .join(format!("{}-{seq}", std::process::id()));
         let written = std::fs::File::create(&temp).and_then(|mut file| {
-            file.write_all(&stored.file_bytes())?;
+            file.write_all(bytes)?;
             file.flush()
         });
         let placed = written.and_then(|()| {
@@ -276,7 +283,6 @@ fn remove_stale_temps(temp: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("tollgate-disk-{tag}-{}", std::process::id()));
@@ -285,14 +291,12 @@ mod tests {
         dir
     }
 
-    fn entry(body: &'static [u8]) -> Stored {
-        Stored::new(b"m".to_vec(), b"h".to_vec(), Bytes::from_static(body))
-    }
+    use crate::cache::entry::tests::entry;
 
     #[test]
     fn entries_are_written_whole_read_back_and_evicted_past_the_bound() {
         let root = dir("bound");
-        let size = entry(b"0123456789").file_len();
+        let size = entry(b"0123456789").file_bytes().unwrap().len();
         let tier = DiskTier::new("unit", &root, 2 * size);
         tier.write(EntryId(1), &entry(b"0123456789"));
         tier.write(EntryId(2), &entry(b"abcdefghij"));

@@ -7,8 +7,11 @@ use pingora::cache::key::CacheHashKey;
 use pingora::cache::storage::{HandleHit, Storage};
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta};
+use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
+use std::sync::LazyLock;
+use std::time::SystemTime;
 
 /// What an entry is stored under: the key's combined (primary and variance) hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,58 +37,88 @@ impl EntryId {
 
 /// Bytes an entry costs beyond its parts: map slot, LRU node, `Arc` header.
 const ENTRY_OVERHEAD: usize = 160;
+/// What one parsed header field costs beyond its name and value.
+const FIELD_OVERHEAD: usize = 48;
 
 /// The file format: magic, then the three lengths, then the three parts.
 const MAGIC: &[u8; 4] = b"TGC1";
 const HEAD_LEN: usize = 4 + 4 + 4 + 8;
 
+/// pingora's serialized form of a response head with no fields: what a stored
+/// entry's metadata is read with before its parsed head is put in, so a hit
+/// does not decompress and parse the head again.
+static BARE_HEADER: LazyLock<Option<Vec<u8>>> = LazyLock::new(|| {
+    let bare = ResponseHeader::build(200, Some(0)).ok()?;
+    let now = SystemTime::now();
+    let (_, header) = CacheMeta::new(now, now, 0, 0, bare).serialize().ok()?;
+    Some(header)
+});
+
 /// A stored answer.
 pub(super) struct Stored {
-    /// `CacheMeta::serialize`'s two parts.
+    /// The first part of `CacheMeta::serialize`: freshness, times, variance.
     internal: Vec<u8>,
-    header: Vec<u8>,
+    /// The response head, parsed.
+    head: ResponseHeader,
     pub(super) body: Bytes,
 }
 
 impl Stored {
-    pub(super) fn new(internal: Vec<u8>, header: Vec<u8>, body: Bytes) -> Stored {
+    /// `meta` with `body`.
+    pub(super) fn from_meta(meta: &CacheMeta, body: Bytes) -> Result<Stored> {
+        let (internal, head) = Stored::parts_of(meta)?;
+        Ok(Stored::new(internal, head, body))
+    }
+
+    /// What is kept of `meta`: its serialized internal part, and its head.
+    pub(super) fn parts_of(meta: &CacheMeta) -> Result<(Vec<u8>, ResponseHeader)> {
+        let (internal, _) = meta.serialize()?;
+        Ok((internal, meta.response_header_copy()))
+    }
+
+    pub(super) fn new(internal: Vec<u8>, head: ResponseHeader, body: Bytes) -> Stored {
         Stored {
             internal,
-            header,
+            head,
             body,
         }
     }
 
-    /// `meta` with `body`.
-    pub(super) fn from_meta(meta: &CacheMeta, body: Bytes) -> Result<Stored> {
-        let (internal, header) = meta.serialize()?;
-        Ok(Stored::new(internal, header, body))
-    }
-
+    /// The entry's metadata, for a hit.
     pub(super) fn meta(&self) -> Result<CacheMeta> {
-        CacheMeta::deserialize(&self.internal, &self.header)
+        let bare = BARE_HEADER.as_deref().ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "cannot serialize a bare head")
+        })?;
+        let mut meta = CacheMeta::deserialize(&self.internal, bare)?;
+        *meta.response_header_mut() = self.head.clone();
+        Ok(meta)
     }
 
     /// What the entry costs the memory tier.
     pub(super) fn weight(&self) -> usize {
-        self.internal.len() + self.header.len() + self.body.len() + ENTRY_OVERHEAD
+        let fields: usize = self
+            .head
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD)
+            .sum();
+        self.internal.len() + fields + self.body.len() + ENTRY_OVERHEAD
     }
 
-    /// The entry as one file: magic, lengths, metadata, body.
-    pub(super) fn file_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.file_len());
+    /// The entry as one file: magic, lengths, metadata (the head serialized as
+    /// pingora does), body.
+    pub(super) fn file_bytes(&self) -> Result<Vec<u8>> {
+        let (internal, header) = self.meta()?.serialize()?;
+        let mut out =
+            Vec::with_capacity(HEAD_LEN + internal.len() + header.len() + self.body.len());
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(self.internal.len() as u32).to_be_bytes());
-        out.extend_from_slice(&(self.header.len() as u32).to_be_bytes());
+        out.extend_from_slice(&(internal.len() as u32).to_be_bytes());
+        out.extend_from_slice(&(header.len() as u32).to_be_bytes());
         out.extend_from_slice(&(self.body.len() as u64).to_be_bytes());
-        out.extend_from_slice(&self.internal);
-        out.extend_from_slice(&self.header);
+        out.extend_from_slice(&internal);
+        out.extend_from_slice(&header);
         out.extend_from_slice(&self.body);
-        out
-    }
-
-    pub(super) fn file_len(&self) -> usize {
-        HEAD_LEN + self.internal.len() + self.header.len() + self.body.len()
+        Ok(out)
     }
 
     /// Reads a file written by [`Stored::file_bytes`]; `None` when it is not
@@ -105,10 +138,17 @@ impl Stored {
         if bytes.len() != total {
             return None;
         }
-        let internal = bytes[HEAD_LEN..HEAD_LEN + internal_len].to_vec();
-        let header = bytes[HEAD_LEN + internal_len..HEAD_LEN + internal_len + header_len].to_vec();
+        let internal = &bytes[HEAD_LEN..HEAD_LEN + internal_len];
+        let header = &bytes[HEAD_LEN + internal_len..HEAD_LEN + internal_len + header_len];
+        let meta = CacheMeta::deserialize(internal, header).ok()?;
+        let internal = internal.to_vec();
+        let head = meta.response_header_copy();
         let body = Bytes::from(bytes).slice(total - body_len..);
-        Some(Stored::new(internal, header, body))
+        Some(Stored {
+            internal,
+            head,
+            body,
+        })
     }
 }
 
@@ -180,21 +220,41 @@ impl HandleHit for BodyReader {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// An entry of a 200 with `x-test: yes` and `body`, fresh for a minute.
+    pub(crate) fn entry(body: &'static [u8]) -> Stored {
+        entry_with(Bytes::from_static(body))
+    }
+
+    pub(crate) fn entry_with(body: Bytes) -> Stored {
+        let mut head = ResponseHeader::build(200, None).unwrap();
+        head.insert_header("x-test", "yes").unwrap();
+        let now = SystemTime::now();
+        let meta = CacheMeta::new(now + std::time::Duration::from_secs(60), now, 5, 9, head);
+        Stored::from_meta(&meta, body).unwrap()
+    }
+
+    #[test]
+    fn a_hit_gets_the_metadata_and_head_that_were_stored() {
+        let meta = entry(b"body").meta().unwrap();
+        assert!(meta.is_fresh(SystemTime::now()));
+        assert_eq!(
+            (meta.stale_while_revalidate_sec(), meta.stale_if_error_sec()),
+            (5, 9)
+        );
+        assert_eq!(meta.response_header().status, 200);
+        assert_eq!(meta.headers()["x-test"], "yes");
+    }
 
     #[test]
     fn a_file_reads_back_whole_and_a_torn_one_not_at_all() {
-        let stored = Stored::new(
-            b"meta".to_vec(),
-            b"head".to_vec(),
-            Bytes::from_static(b"body!"),
-        );
-        let bytes = stored.file_bytes();
-        assert_eq!(bytes.len(), stored.file_len());
+        let stored = entry(b"body!");
+        let bytes = stored.file_bytes().unwrap();
         let back = Stored::from_file_bytes(bytes.clone()).unwrap();
-        assert_eq!(back.internal, b"meta");
-        assert_eq!(back.header, b"head");
+        assert_eq!(back.internal, stored.internal);
+        assert_eq!(back.meta().unwrap().headers()["x-test"], "yes");
         assert_eq!(&back.body[..], b"body!");
         for cut in [0, 3, HEAD_LEN, bytes.len() - 1] {
             assert!(

@@ -115,14 +115,11 @@ impl MemoryTier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::entry::tests::entry_with;
     use bytes::Bytes;
 
     fn entry(body: usize) -> Arc<Stored> {
-        Arc::new(Stored::new(
-            vec![1; 10],
-            vec![2; 10],
-            Bytes::from(vec![0; body]),
-        ))
+        Arc::new(entry_with(Bytes::from(vec![0; body])))
     }
 
     fn held(tier: &MemoryTier, ids: std::ops::Range<u128>) -> usize {

@@ -18,6 +18,7 @@ use pingora::cache::storage::{
 };
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta};
+use pingora::http::ResponseHeader;
 use pingora::Result;
 use std::any::Any;
 use std::path::Path;
@@ -126,12 +127,12 @@ impl Storage for TieredStorage {
         if let Some(disk) = &self.disk {
             disk.index_once();
         }
-        let (internal, header) = meta.serialize()?;
+        let (internal, head) = Stored::parts_of(meta)?;
         Ok(Box::new(Fill {
             storage: self,
             id: EntryId::of(key),
             internal,
-            header,
+            head,
             body: BytesMut::new(),
         }))
     }
@@ -196,12 +197,13 @@ impl Storage for TieredStorage {
     }
 }
 
-/// One answer being stored: its head, and its body as it arrives.
+/// One answer being stored: what is kept of its metadata, and its body as it
+/// arrives.
 struct Fill {
     storage: &'static TieredStorage,
     id: EntryId,
     internal: Vec<u8>,
-    header: Vec<u8>,
+    head: ResponseHeader,
     body: BytesMut,
 }
 
@@ -214,7 +216,7 @@ impl HandleMiss for Fill {
 
     /// Stores the complete answer. (Dropped without this, the fill is lost.)
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let stored = Stored::new(self.internal, self.header, self.body.freeze());
+        let stored = Stored::new(self.internal, self.head, self.body.freeze());
         let weight = stored.weight();
         self.storage.store(self.id, stored).await;
         Ok(MissFinishType::Created(weight))
