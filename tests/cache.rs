@@ -247,7 +247,7 @@ async fn stale_answers_are_revalidated_with_the_origin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conditional_requests_get_304_from_the_cache() {
+async fn conditional_and_range_requests_are_answered_by_the_cache() {
     let origin = Origin::start().await;
     let tollgate = cached(&origin, "").await;
     let target = "/doc?cc=max-age%3D60&etag=v7&lm=1";
@@ -274,6 +274,17 @@ async fn conditional_requests_get_304_from_the_cache() {
     let changed = get_with(&tollgate, target, &[("if-none-match", "\"v6\"")]).await;
     assert_eq!(changed.status, 200);
     assert_eq!(origin.hits(target), 1);
+
+    // Ranges are cut from the stored body, on a miss as on a hit.
+    let ranged = "/film?cc=max-age%3D60&size=1000";
+    for expected in ["MISS", "HIT"] {
+        let part = get_with(&tollgate, ranged, &[("range", "bytes=10-19")]).await;
+        assert_eq!((part.status, part.cache.as_str()), (206, expected));
+        assert_eq!(part.body.len(), 10);
+        assert_eq!(part.header("content-range"), Some("bytes 10-19/1000"));
+    }
+    assert!(!origin.last(ranged).headers.contains_key("range"));
+    assert_eq!(origin.hits(ranged), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,8 +448,10 @@ async fn stale_answers_are_served_while_the_origin_fails() {
     let tollgate = cached(&origin, "    stale_if_error: 10m\n").await;
     let target = "/catalog?cc=max-age%3D1";
     let strict = "/prices?cc=max-age%3D1,must-revalidate";
+    let proxy_strict = "/stock?cc=max-age%3D1,proxy-revalidate";
     let first = get(&tollgate, target).await;
     get(&tollgate, strict).await;
+    get(&tollgate, proxy_strict).await;
     // The origin answers 500: the stored page, stale.
     origin.fail(true);
     let stale = wait_for_status(&tollgate, target, "STALE", Duration::from_secs(5)).await;
@@ -446,9 +459,11 @@ async fn stale_answers_are_served_while_the_origin_fails() {
         (stale.status, stale.body.clone()),
         (200, first.body.clone())
     );
-    // must-revalidate forbids it: the error passes.
-    let refused = get(&tollgate, strict).await;
-    assert_eq!(refused.status, 500);
+    // must-revalidate and proxy-revalidate forbid it: the error passes.
+    for forbidden in [strict, proxy_strict] {
+        let refused = get(&tollgate, forbidden).await;
+        assert_eq!(refused.status, 500, "{forbidden}");
+    }
     // The origin is down altogether: still the stored page.
     origin.stop();
     let down = get(&tollgate, target).await;
@@ -456,6 +471,22 @@ async fn stale_answers_are_served_while_the_origin_fails() {
     assert_eq!(down.body, first.body);
     let gone = get(&tollgate, strict).await;
     assert!(gone.status >= 500, "{}", gone.status);
+
+    // The origin's stale-if-error does the same without the setting.
+    let origin2 = Origin::start().await;
+    let plain = cached(&origin2, "").await;
+    let directive = "/feed?cc=max-age%3D1,stale-if-error%3D600";
+    let stored = get(&plain, directive).await;
+    let without = "/bare?cc=max-age%3D1";
+    get(&plain, without).await;
+    origin2.fail(true);
+    let stale = wait_for_status(&plain, directive, "STALE", Duration::from_secs(5)).await;
+    assert_eq!(stale.body, stored.body);
+    assert_eq!(
+        get(&plain, without).await.status,
+        500,
+        "stale without a window"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

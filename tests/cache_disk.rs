@@ -212,6 +212,43 @@ async fn a_binary_upgrade_keeps_the_disk_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_tier_stays_within_its_size() {
+    let origin = Origin::start().await;
+    let dir = temp_dir("tollgate");
+    let cache_dir = temp_dir("cache");
+    let config = topology(&dir, &origin, &cache_dir, "1MiB", "100KiB");
+    let tollgate = Tollgate::launch_reported(dir, &config, &[]).await;
+    for i in 0..12 {
+        let page = format!("/part{i}?cc=max-age%3D600&size=30000");
+        assert_eq!(get(&tollgate, &page).await.status, 200);
+    }
+    let labels = [("cache", "pages"), ("tier", "disk")];
+    let evicted = wait_until(Duration::from_secs(5), || async {
+        tollgate
+            .metric("tollgate_cache_evictions_total", &labels)
+            .await
+            .unwrap_or(0.0)
+            >= 8.0
+    })
+    .await;
+    assert!(evicted, "{}", tollgate.metrics().await);
+    let on_disk: u64 = entry_files(&cache_dir)
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    assert!(
+        on_disk <= 100 * 1024,
+        "{on_disk} bytes in files for a 100 KiB disk"
+    );
+    let counted = tollgate
+        .metric("tollgate_cache_bytes", &labels)
+        .await
+        .unwrap();
+    assert!(counted <= 100.0 * 1024.0, "{counted}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_storing_and_fails_no_request() {
     let origin = Origin::start().await;
     let dir = temp_dir("tollgate");
