@@ -84,6 +84,28 @@ pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The X-Forwarded-Proto and X-Forwarded-Host [`set_forwarded_headers`] sends
+/// the backend: a trusted peer's own, else `scheme` and the request's Host (or
+/// authority); the host is empty when there is none.
+pub(crate) fn forwarded_proto_and_host<'a>(
+    req: &'a RequestHeader,
+    peer_trusted: bool,
+    scheme: &'static str,
+) -> (&'a [u8], &'a [u8]) {
+    let passed = |name: &HeaderName| {
+        peer_trusted
+            .then(|| req.headers.get(name))
+            .flatten()
+            .map(|v| v.as_bytes())
+    };
+    let proto = passed(&X_FORWARDED_PROTO).unwrap_or(scheme.as_bytes());
+    let host = passed(&X_FORWARDED_HOST)
+        .or_else(|| req.headers.get(http::header::HOST).map(|v| v.as_bytes()))
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+        .unwrap_or_default();
+    (proto, host)
+}
+
 /// Sets the forwarding headers of an upstream request.
 ///
 /// - X-Forwarded-For: the peer address appended to what the client sent.

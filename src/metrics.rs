@@ -136,7 +136,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         .registered(),
         cache_write_failures: register_int_counter_vec!(
             "tollgate_cache_write_failures_total",
-            "Answers a tier could not store, by reason (full, error); the requests were served.",
+            "Answers a tier could not store, by reason (full, error, backlog); the requests were served.",
             &["cache", "tier", "reason"]
         )
         .registered(),

@@ -40,9 +40,10 @@ const ENTRY_OVERHEAD: usize = 160;
 /// What one parsed header field costs beyond its name and value.
 const FIELD_OVERHEAD: usize = 48;
 
-/// The file format: magic, then the three lengths, then the three parts.
-const MAGIC: &[u8; 4] = b"TGC1";
-const HEAD_LEN: usize = 4 + 4 + 4 + 8;
+/// The file format: magic, a CRC-32 of what follows the head, the three
+/// lengths, then the three parts.
+const MAGIC: &[u8; 4] = b"TGC2";
+const HEAD_LEN: usize = 4 + 4 + 4 + 4 + 8;
 
 /// pingora's serialized form of a response head with no fields: what a stored
 /// entry's metadata is read with before its parsed head is put in, so a hit
@@ -61,6 +62,8 @@ pub(super) struct Stored {
     /// The response head, parsed.
     head: ResponseHeader,
     pub(super) body: Bytes,
+    /// What the entry costs the memory tier.
+    weight: usize,
 }
 
 impl Stored {
@@ -77,10 +80,17 @@ impl Stored {
     }
 
     pub(super) fn new(internal: Vec<u8>, head: ResponseHeader, body: Bytes) -> Stored {
+        let fields: usize = head
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD)
+            .sum();
+        let weight = internal.len() + fields + body.len() + ENTRY_OVERHEAD;
         Stored {
             internal,
             head,
             body,
+            weight,
         }
     }
 
@@ -96,46 +106,48 @@ impl Stored {
 
     /// What the entry costs the memory tier.
     pub(super) fn weight(&self) -> usize {
-        let fields: usize = self
-            .head
-            .headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD)
-            .sum();
-        self.internal.len() + fields + self.body.len() + ENTRY_OVERHEAD
+        self.weight
     }
 
-    /// The entry as one file: magic, lengths, metadata (the head serialized as
-    /// pingora does), body.
+    /// The entry as one file: magic, checksum, lengths, metadata (the head
+    /// serialized as pingora does), body.
     pub(super) fn file_bytes(&self) -> Result<Vec<u8>> {
         let (internal, header) = self.meta()?.serialize()?;
         let mut out =
             Vec::with_capacity(HEAD_LEN + internal.len() + header.len() + self.body.len());
         out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&(internal.len() as u32).to_be_bytes());
         out.extend_from_slice(&(header.len() as u32).to_be_bytes());
         out.extend_from_slice(&(self.body.len() as u64).to_be_bytes());
         out.extend_from_slice(&internal);
         out.extend_from_slice(&header);
         out.extend_from_slice(&self.body);
+        let crc = crc32fast::hash(&out[HEAD_LEN..]);
+        out[4..8].copy_from_slice(&crc.to_be_bytes());
         Ok(out)
     }
 
     /// Reads a file written by [`Stored::file_bytes`]; `None` when it is not
-    /// one whole such file (torn, truncated, foreign).
+    /// one whole such file (torn, truncated, foreign, or not what its checksum
+    /// says).
     pub(super) fn from_file_bytes(bytes: Vec<u8>) -> Option<Stored> {
         let head = bytes.get(..HEAD_LEN)?;
         if &head[..4] != MAGIC {
             return None;
         }
-        let internal_len = u32::from_be_bytes(head[4..8].try_into().ok()?) as usize;
-        let header_len = u32::from_be_bytes(head[8..12].try_into().ok()?) as usize;
-        let body_len = usize::try_from(u64::from_be_bytes(head[12..20].try_into().ok()?)).ok()?;
+        let field = |at: usize| -> Option<u32> {
+            Some(u32::from_be_bytes(head.get(at..at + 4)?.try_into().ok()?))
+        };
+        let crc = field(4)?;
+        let internal_len = field(8)? as usize;
+        let header_len = field(12)? as usize;
+        let body_len = usize::try_from(u64::from_be_bytes(head[16..24].try_into().ok()?)).ok()?;
         let total = HEAD_LEN
             .checked_add(internal_len)?
             .checked_add(header_len)?
             .checked_add(body_len)?;
-        if bytes.len() != total {
+        if bytes.len() != total || crc32fast::hash(&bytes[HEAD_LEN..]) != crc {
             return None;
         }
         let internal = &bytes[HEAD_LEN..HEAD_LEN + internal_len];
@@ -144,11 +156,7 @@ impl Stored {
         let internal = internal.to_vec();
         let head = meta.response_header_copy();
         let body = Bytes::from(bytes).slice(total - body_len..);
-        Some(Stored {
-            internal,
-            head,
-            body,
-        })
+        Some(Stored::new(internal, head, body))
     }
 }
 
@@ -265,9 +273,14 @@ pub(super) mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(Stored::from_file_bytes(longer).is_none());
-        let mut foreign = bytes;
+        let mut foreign = bytes.clone();
         foreign[0] = b'X';
         assert!(Stored::from_file_bytes(foreign).is_none());
+        // The right length, a byte of the body wrong: refused by its checksum.
+        let mut flipped = bytes;
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(Stored::from_file_bytes(flipped).is_none());
     }
 
     #[test]

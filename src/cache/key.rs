@@ -1,23 +1,17 @@
-//! What names a stored answer: the primary key (upstream, scheme, host, the
-//! path and query as forwarded) and, for answers with `Vary`, the variance (the
-//! values of the named request headers, as the origin would see them).
+//! What names a stored answer: the primary key (what the origin is told of the
+//! request: upstream, scheme, host, the path and query as forwarded) and, for
+//! answers with `Vary`, the variance (the values of the named request headers,
+//! as the origin sees them).
 
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, VarianceBuilder};
 use pingora::http::RequestHeader;
 
-/// The key of the answer to a request for `path_and_query` (as forwarded, so
-/// every spelling of one path shares an entry) on `host` over `https` or not,
-/// forwarded to `upstream`. Each part is length-prefixed, so no two keys run
-/// together.
-pub(crate) fn cache_key(
-    upstream: &str,
-    https: bool,
-    host: &[u8],
-    path_and_query: &[u8],
-) -> CacheKey {
-    let scheme: &[u8] = if https { b"https" } else { b"http" };
-    let parts: [&[u8]; 4] = [upstream.as_bytes(), scheme, host, path_and_query];
+/// The key of an answer: the request's `parts` as the origin sees them, in a
+/// fixed order (upstream, scheme, host, forwarded host, the path and query as
+/// forwarded, so every spelling of one path shares an entry). Each part is
+/// length-prefixed, so no two keys run together.
+pub(crate) fn cache_key(parts: &[&[u8]]) -> CacheKey {
     let mut primary = Vec::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
     for part in parts {
         let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
@@ -39,16 +33,22 @@ pub(crate) fn request_host(request: &RequestHeader) -> Vec<u8> {
     host.to_ascii_lowercase()
 }
 
+/// Whether the stored answer `meta` has a `Vary`.
+pub(crate) fn varies(meta: &CacheMeta) -> bool {
+    meta.headers().contains_key(http::header::VARY)
+}
+
 /// The variance of `request` for the stored answer `meta`: `None` when the
 /// answer has no `Vary`. Each named header's value is the one the origin gets:
-/// `identity` (the headers tollgate's auth set) before the client's own, none
-/// for a header in `stripped` (those tollgate removes from every client
-/// request), all values of a repeated header joined. `Accept-Encoding` is reduced to the
-/// codings it accepts, sorted, so `gzip, br` and `br,gzip` share a variant.
+/// what tollgate sets (`sent`: its auth's identity, its X-Forwarded-Proto and
+/// -Host) before the client's own, none for a header in `stripped` (those
+/// tollgate removes from every client request), all values of a repeated
+/// header joined. `Accept-Encoding` is reduced to the codings it accepts,
+/// sorted, so `gzip, br` and `br,gzip` share a variant.
 pub(crate) fn variance(
     meta: &CacheMeta,
     request: &RequestHeader,
-    identity: &[(http::HeaderName, http::HeaderValue)],
+    sent: &[(http::HeaderName, http::HeaderValue)],
     stripped: &[http::HeaderName],
 ) -> Option<HashBinary> {
     let mut names: Vec<String> = meta
@@ -67,7 +67,7 @@ pub(crate) fn variance(
     names.dedup();
     let mut builder = VarianceBuilder::new();
     for name in names {
-        let value = header_value(&name, request, identity, stripped);
+        let value = header_value(&name, request, sent, stripped);
         builder.add_owned_name_value(name, value);
     }
     builder.finalize()
@@ -76,10 +76,10 @@ pub(crate) fn variance(
 fn header_value(
     name: &str,
     request: &RequestHeader,
-    identity: &[(http::HeaderName, http::HeaderValue)],
+    sent: &[(http::HeaderName, http::HeaderValue)],
     stripped: &[http::HeaderName],
 ) -> Vec<u8> {
-    if let Some((_, value)) = identity.iter().find(|(n, _)| n.as_str() == name) {
+    if let Some((_, value)) = sent.iter().find(|(n, _)| n.as_str() == name) {
         return value.as_bytes().to_vec();
     }
     if stripped.iter().any(|n| n.as_str() == name) {
@@ -109,6 +109,7 @@ fn accepted_codings(value: &[u8]) -> Vec<u8> {
             let coding = parts.next()?.trim().to_ascii_lowercase();
             let refused = parts.any(|p| {
                 p.trim()
+                    .to_ascii_lowercase()
                     .strip_prefix("q=")
                     .and_then(|q| q.trim().parse::<f32>().ok())
                     .is_some_and(|q| q <= 0.0)
@@ -146,20 +147,18 @@ mod tests {
 
     #[test]
     fn keys_differ_in_every_part_and_cannot_run_together() {
-        let base = cache_key("app", false, b"a.test", b"/x?y=1").primary_bin();
+        let key = |parts: &[&[u8]]| cache_key(parts).primary_bin();
+        let base = key(&[b"app", b"http", b"a.test", b"/x?y=1"]);
         for other in [
-            cache_key("api", false, b"a.test", b"/x?y=1"),
-            cache_key("app", true, b"a.test", b"/x?y=1"),
-            cache_key("app", false, b"b.test", b"/x?y=1"),
-            cache_key("app", false, b"a.test", b"/x?y=2"),
-            cache_key("ap", false, b"pa.test", b"/x?y=1"),
+            key(&[b"api", b"http", b"a.test", b"/x?y=1"]),
+            key(&[b"app", b"https", b"a.test", b"/x?y=1"]),
+            key(&[b"app", b"http", b"b.test", b"/x?y=1"]),
+            key(&[b"app", b"http", b"a.test", b"/x?y=2"]),
+            key(&[b"ap", b"phttp", b"a.test", b"/x?y=1"]),
         ] {
-            assert_ne!(other.primary_bin(), base);
+            assert_ne!(other, base);
         }
-        assert_eq!(
-            cache_key("app", false, b"a.test", b"/x?y=1").primary_bin(),
-            base
-        );
+        assert_eq!(key(&[b"app", b"http", b"a.test", b"/x?y=1"]), base);
     }
 
     #[test]
@@ -191,6 +190,8 @@ mod tests {
         let v = |ae: &str| variance(&m, &request(&[("accept-encoding", ae)]), &[], &[]);
         assert_eq!(v("gzip, br"), v("br,GZIP"));
         assert_eq!(v("gzip, zstd;q=0"), v("gzip"));
+        assert_eq!(v("gzip, zstd;Q=0.0"), v("gzip"));
+        assert_eq!(v("gzip, zstd;Q=0.0"), v("gzip"));
         assert_ne!(v("gzip"), v("identity"));
         assert_ne!(v("gzip"), variance(&m, &request(&[]), &[], &[]));
     }

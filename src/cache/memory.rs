@@ -43,10 +43,12 @@ impl MemoryTier {
 
     /// Stores `entry` under `id` (replacing what was there), then evicts the
     /// least recently used entries until the tier is within its bound again. An
-    /// entry larger than the whole bound is not stored. Whether it was stored.
+    /// entry larger than the whole bound is not stored, and what was stored
+    /// under `id` goes (it is older). Whether it was stored.
     pub(super) fn put(&self, id: EntryId, entry: Arc<Stored>) -> bool {
         let weight = entry.weight();
         if weight > self.tracker.limit() {
+            self.remove(id);
             return false;
         }
         self.shard(id)
@@ -63,14 +65,23 @@ impl MemoryTier {
     }
 
     /// Replaces the entry under `id`, if there is one, with `entry` (same body,
-    /// new head after a revalidation).
+    /// new head after a revalidation), and accounts for its new weight.
     pub(super) fn replace(&self, id: EntryId, entry: Arc<Stored>) {
-        let mut shard = self
-            .shard(id)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = shard.get_mut(&id) {
-            *slot = entry;
+        let weight = entry.weight();
+        let replaced = {
+            let mut shard = self
+                .shard(id)
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            shard.get_mut(&id).map(|slot| *slot = entry).is_some()
+        };
+        if replaced {
+            for evicted in self.tracker.admitted(id, weight) {
+                self.shard(evicted)
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&evicted);
+            }
         }
     }
 
@@ -98,16 +109,20 @@ impl MemoryTier {
         }
     }
 
-    /// Drops every entry (the cache left the topology).
-    pub(super) fn clear(&self) {
+    /// Drops every entry (the cache left the topology); updates the gauges
+    /// when `publish` (the tier's labels are not another live cache's).
+    pub(super) fn clear(&self, publish: bool) {
         for shard in &self.shards {
             let ids: Vec<EntryId> = {
                 let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
                 map.drain().map(|(id, _)| id).collect()
             };
             for id in ids {
-                self.tracker.removed(id);
+                self.tracker.forget(id);
             }
+        }
+        if publish {
+            self.tracker.publish();
         }
     }
 }
@@ -140,8 +155,16 @@ mod tests {
         // Too large for the whole tier: not stored, nothing evicted for it.
         assert!(!tier.put(EntryId(1000), entry(10 * one)));
         assert_eq!(tier.tracker.entries(), 3);
+        // ...and an older answer under its id goes.
+        let kept = (0..100)
+            .find(|&id| tier.get(EntryId(id)).is_some())
+            .unwrap();
+        assert!(!tier.put(EntryId(kept), entry(10 * one)));
+        assert!(tier.get(EntryId(kept)).is_none());
+        assert_eq!(tier.tracker.entries(), 2);
         tier.set_limit(one);
         assert_eq!(tier.tracker.entries(), 1);
+        assert!(tier.tracker.bytes() <= one);
         assert_eq!(held(&tier, 0..100), 1);
         let last = (0..100)
             .find(|&id| tier.get(EntryId(id)).is_some())
@@ -149,7 +172,7 @@ mod tests {
         assert!(tier.remove(EntryId(last)));
         assert_eq!(tier.tracker.bytes(), 0);
         tier.put(EntryId(5), entry(10));
-        tier.clear();
+        tier.clear(true);
         assert_eq!((tier.tracker.entries(), held(&tier, 0..100)), (0, 0));
     }
 }

@@ -26,7 +26,8 @@ use pingora::cache::{CacheOptionOverrides, HttpCache};
 use policy::Policy;
 use prometheus::IntCounter;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use storage::TieredStorage;
 
@@ -37,29 +38,86 @@ const LOCK_AGE_LIMIT: Duration = Duration::from_secs(60);
 /// A cache's storage and lock. Every topology that keeps the cache (same name,
 /// same directory) shares them; when the last one drops it, the memory is freed.
 struct Store {
+    name: String,
     storage: &'static TieredStorage,
     lock: &'static CacheLock,
 }
 
+/// A storage this process made: pingora's cache takes a storage and a lock for
+/// the whole process, so each (name, directory) gets one, reused whenever the
+/// cache is in a topology again.
+struct Registered {
+    name: String,
+    disk: Option<PathBuf>,
+    storage: &'static TieredStorage,
+    lock: &'static CacheLock,
+    /// The [`Store`]s of it alive now.
+    users: usize,
+}
+
+static REGISTRY: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
+
+fn registry() -> MutexGuard<'static, Vec<Registered>> {
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Store {
-    /// pingora's cache takes its storage and lock for the whole process, so
-    /// each store is allocated once and never freed; retiring frees its entries.
-    fn new(name: &str, config: &CacheConfig) -> Store {
-        let disk = config
-            .disk
-            .as_ref()
-            .map(|d| (d.path.as_path(), to_usize(d.size)));
-        let storage = TieredStorage::new(name, to_usize(config.memory), disk);
+    /// The storage of cache `name` as `config` has it: the one made before for
+    /// this name and directory (with the new sizes), or a new one.
+    fn open(name: &str, config: &CacheConfig) -> Store {
+        let memory = to_usize(config.memory);
+        let disk = config.disk.as_ref();
+        let mut registry = registry();
+        let found = registry
+            .iter_mut()
+            .find(|r| r.name == name && r.disk.as_deref() == disk.map(|d| d.path.as_path()));
+        let registered = match found {
+            Some(registered) => {
+                registered
+                    .storage
+                    .revive(memory, disk.map(|d| to_usize(d.size)));
+                registered
+            }
+            None => {
+                let tier = disk.map(|d| (d.path.as_path(), to_usize(d.size)));
+                registry.push(Registered {
+                    name: name.to_string(),
+                    disk: disk.map(|d| d.path.clone()),
+                    storage: Box::leak(Box::new(TieredStorage::new(name, memory, tier))),
+                    lock: Box::leak(Box::new(CacheLock::new(LOCK_AGE_LIMIT))),
+                    users: 0,
+                });
+                let last = registry.len() - 1;
+                &mut registry[last]
+            }
+        };
+        registered.users += 1;
         Store {
-            storage: Box::leak(Box::new(storage)),
-            lock: Box::leak(Box::new(CacheLock::new(LOCK_AGE_LIMIT))),
+            name: name.to_string(),
+            storage: registered.storage,
+            lock: registered.lock,
         }
     }
 }
 
 impl Drop for Store {
+    /// The last topology with this storage is gone: its memory is freed, and
+    /// the gauges cleared unless another storage of the same name is in use.
     fn drop(&mut self) {
-        self.storage.retire();
+        let mut registry = registry();
+        let mut users = 0;
+        let mut namesakes_in_use = false;
+        for registered in registry.iter_mut() {
+            if std::ptr::eq(registered.storage, self.storage) {
+                registered.users = registered.users.saturating_sub(1);
+                users = registered.users;
+            } else if registered.name == self.name && registered.users > 0 {
+                namesakes_in_use = true;
+            }
+        }
+        if users == 0 {
+            self.storage.retire(!namesakes_in_use);
+        }
     }
 }
 
@@ -95,7 +153,7 @@ impl Cache {
                     .set_limits(to_usize(config.memory), disk_size);
                 Arc::clone(&previous.store)
             }
-            None => Arc::new(Store::new(name, config)),
+            None => Arc::new(Store::open(name, config)),
         };
         Cache {
             name: name.to_string(),

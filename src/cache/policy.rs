@@ -14,8 +14,13 @@ use std::time::{Duration, SystemTime};
 const STATUS_NOT_STORED: NoCacheReason = NoCacheReason::Custom("status not stored");
 const PERSONAL: NoCacheReason = NoCacheReason::Custom("personal request");
 const VARY_ANY: NoCacheReason = NoCacheReason::Custom("Vary: *");
+const VARY_CLIENT: NoCacheReason = NoCacheReason::Custom("Vary on the client address");
 const SETS_COOKIE: NoCacheReason = NoCacheReason::Custom("Set-Cookie");
 const STALE_ON_ARRIVAL: NoCacheReason = NoCacheReason::Custom("stale without validator");
+
+/// Headers tollgate writes with the client's address: an answer that varies on
+/// one is the client's own.
+const CLIENT_ADDRESS_HEADERS: [&str; 3] = ["x-forwarded-for", "x-real-ip", "forwarded"];
 
 /// The freshness rules of one cache.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,9 +53,10 @@ impl Policy {
     /// only stored when the origin marks it shareable (`public`, `s-maxage`,
     /// `must-revalidate`; RFC 9111 section 3.5).
     ///
-    /// Never stored: `no-store`, `private`, `Vary: *`, an answer that sets a
-    /// cookie, 206/304/1xx, an answer without freshness (explicit or
-    /// `default_ttl`), and one already stale that cannot be revalidated. The
+    /// Never stored: `no-store`, `private`, `Vary: *` or on a header carrying
+    /// the client's address, an answer that sets a cookie, 206/304/1xx, an
+    /// answer without freshness (explicit or `default_ttl`), and one already
+    /// stale that cannot be revalidated. The
     /// fields listed by `private="..."` and `no-cache="..."` are removed from
     /// what is stored, as is `Age` (the stored age is kept in the metadata).
     pub(crate) fn decide(
@@ -75,8 +81,15 @@ impl Policy {
         if personal && !control.is_some_and(shareable_when_personal) {
             return Uncacheable(PERSONAL);
         }
-        if varies_on_everything(response) {
+        if vary_names(response).any(|name| name == "*") {
             return Uncacheable(VARY_ANY);
+        }
+        if vary_names(response).any(|name| {
+            CLIENT_ADDRESS_HEADERS
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h))
+        }) {
+            return Uncacheable(VARY_CLIENT);
         }
         let mut stored = response.clone();
         if let Some(cc) = control {
@@ -99,8 +112,13 @@ impl Policy {
         let epoch = now.checked_sub(age).unwrap_or(now);
         let fresh_until = match lifetime.checked_sub(age) {
             Some(left) if !left.is_zero() => now + left,
-            // Already stale: before `now`, so the first use revalidates.
-            _ => now.checked_sub(Duration::from_secs(1)).unwrap_or(now),
+            // Already stale: when it went stale (its stale windows run from
+            // there), and before `now`, so the first use revalidates.
+            _ => {
+                let expired = epoch + lifetime;
+                let before_now = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+                expired.min(before_now)
+            }
         };
         let mut meta = CacheMeta::new(
             fresh_until,
@@ -154,9 +172,9 @@ impl Policy {
     }
 
     /// Seconds past freshness the answer may be served while it is refreshed,
-    /// and when the origin fails: none after `must-revalidate`,
-    /// `proxy-revalidate` or `s-maxage` (RFC 9111 section 5.2.2); else the
-    /// origin's directives (RFC 5861), else this cache's settings.
+    /// and when the origin fails: none after `no-cache`, `must-revalidate`,
+    /// `proxy-revalidate` or `s-maxage` (RFC 9111 sections 4.2.4, 5.2.2); else
+    /// the origin's directives (RFC 5861), else this cache's settings.
     fn stale_windows(&self, control: Option<&CacheControl>) -> (u32, u32) {
         let seconds = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
         let Some(cc) = control else {
@@ -165,8 +183,10 @@ impl Policy {
                 seconds(self.stale_if_error),
             );
         };
-        let forbidden =
-            cc.must_revalidate() || cc.proxy_revalidate() || cc.s_maxage().ok().flatten().is_some();
+        let forbidden = cc.no_cache()
+            || cc.must_revalidate()
+            || cc.proxy_revalidate()
+            || cc.has_key("s-maxage");
         if forbidden {
             return (0, 0);
         }
@@ -183,17 +203,18 @@ impl Policy {
 /// `public`, `s-maxage` or `must-revalidate`: what lets a shared cache store the
 /// answer to a request with credentials.
 fn shareable_when_personal(control: &CacheControl) -> bool {
-    control.public() || control.must_revalidate() || control.s_maxage().ok().flatten().is_some()
+    control.public() || control.must_revalidate() || control.has_key("s-maxage")
 }
 
-fn varies_on_everything(response: &ResponseHeader) -> bool {
+/// The header names `Vary` lists, trimmed.
+fn vary_names(response: &ResponseHeader) -> impl Iterator<Item = &str> {
     response
         .headers
         .get_all(VARY)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|name| name.trim() == "*")
+        .map(str::trim)
 }
 
 /// `Expires` minus `Date` (or minus `now` without a readable `Date`); zero when
@@ -311,6 +332,13 @@ mod tests {
             &[("cache-control", "max-age=60"), ("vary", "Accept, *")],
         );
         assert_eq!(decide(&p, &vary_any, false).unwrap_err(), "Vary: *");
+        for header in ["X-Forwarded-For", "x-real-ip", "Forwarded"] {
+            let r = response(200, &[("cache-control", "max-age=60"), ("vary", header)]);
+            assert_eq!(
+                decide(&p, &r, false).unwrap_err(),
+                "Vary on the client address"
+            );
+        }
         for status in [206, 304] {
             let r = response(status, &[("cache-control", "max-age=60")]);
             assert!(decide(&p, &r, false).is_err(), "{status} stored");
@@ -378,6 +406,20 @@ mod tests {
         // Older than its lifetime and no validator: not worth storing.
         let old = response(200, &[("cache-control", "max-age=10"), ("age", "20")]);
         assert!(decide(&p, &old, false).is_err());
+        // With one: stored stale, stale since it expired at the origin's side.
+        let old = response(
+            200,
+            &[
+                ("cache-control", "max-age=10"),
+                ("age", "20"),
+                ("etag", "\"e\""),
+            ],
+        );
+        let meta = decide(&p, &old, false).unwrap();
+        let stale_for = SystemTime::now()
+            .duration_since(meta.fresh_until())
+            .unwrap();
+        assert!((9..=11).contains(&stale_for.as_secs()), "{stale_for:?}");
     }
 
     #[test]
@@ -399,9 +441,12 @@ mod tests {
         for cc in [
             "max-age=1, must-revalidate",
             "max-age=1, proxy-revalidate",
+            "s-maxage=soon, max-age=1",
+            "no-cache",
             "s-maxage=1",
         ] {
-            let meta = decide(&p, &response(200, &[("cache-control", cc)]), false).unwrap();
+            let r = response(200, &[("cache-control", cc), ("etag", "\"e\"")]);
+            let meta = decide(&p, &r, false).unwrap();
             assert_eq!(meta.stale_while_revalidate_sec(), 0, "{cc}");
             assert_eq!(meta.stale_if_error_sec(), 0, "{cc}");
         }

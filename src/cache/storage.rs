@@ -25,6 +25,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// The most a fill reserves up front for the body its Content-Length announces.
+const MAX_RESERVED_BODY: usize = 64 << 20;
+
 pub(crate) struct TieredStorage {
     memory: MemoryTier,
     disk: Option<DiskTier>,
@@ -56,14 +59,50 @@ impl TieredStorage {
     }
 
     /// The cache left the topology: frees the memory tier and stops storing.
-    /// The disk files stay for a later process or a later topology.
-    pub(crate) fn retire(&self) {
-        self.retired.store(true, Ordering::Relaxed);
-        self.memory.clear();
+    /// The disk files stay for a later process or a later topology. The memory
+    /// gauges go to 0 when `publish` (no live cache has the same name).
+    pub(crate) fn retire(&self, publish: bool) {
+        self.retired.store(true, Ordering::Release);
+        self.memory.clear(publish);
+    }
+
+    /// The cache is back in the topology (same name and directory), with
+    /// these bounds.
+    pub(crate) fn revive(&self, memory: usize, disk: Option<usize>) {
+        self.retired.store(false, Ordering::Release);
+        self.set_limits(memory, disk);
     }
 
     fn retired(&self) -> bool {
-        self.retired.load(Ordering::Relaxed)
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Keeps `stored` in memory under `id`, unless the storage is retired
+    /// (checked again after, so a retirement meanwhile leaves nothing behind).
+    fn keep_in_memory(&self, id: EntryId, stored: &Arc<Stored>) -> bool {
+        if self.retired() {
+            return false;
+        }
+        let kept = self.memory.put(id, Arc::clone(stored));
+        if kept && self.retired() {
+            self.memory.remove(id);
+            return false;
+        }
+        kept
+    }
+
+    /// Writes `stored` to disk in the background, when there is a disk tier
+    /// and room in its queue; the handle to await the write.
+    fn write_to_disk(
+        &'static self,
+        id: EntryId,
+        stored: Arc<Stored>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let disk = self.disk.as_ref()?;
+        let ticket = disk.schedule()?;
+        Some(tokio::task::spawn_blocking(move || {
+            disk.write(id, &stored, ticket)
+        }))
     }
 
     fn hit(stored: &Stored) -> Result<(CacheMeta, HitHandler)> {
@@ -81,9 +120,8 @@ impl TieredStorage {
             return;
         }
         let stored = Arc::new(stored);
-        let in_memory = self.memory.put(id, Arc::clone(&stored));
-        if let Some(disk) = &self.disk {
-            let written = tokio::task::spawn_blocking(move || disk.write(id, &stored));
+        let in_memory = self.keep_in_memory(id, &stored);
+        if let Some(written) = self.write_to_disk(id, stored) {
             if !in_memory {
                 let _ = written.await;
             }
@@ -114,7 +152,7 @@ impl Storage for TieredStorage {
             return Ok(None);
         };
         let stored = Arc::new(stored);
-        let _ = self.memory.put(id, Arc::clone(&stored));
+        let _ = self.keep_in_memory(id, &stored);
         Self::hit(&stored).map(Some)
     }
 
@@ -128,12 +166,19 @@ impl Storage for TieredStorage {
             disk.index_once();
         }
         let (internal, head) = Stored::parts_of(meta)?;
+        // pingora refuses a Content-Length over max_object before this.
+        let announced = head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
         Ok(Box::new(Fill {
             storage: self,
             id: EntryId::of(key),
             internal,
             head,
-            body: BytesMut::new(),
+            body: BytesMut::with_capacity(announced.min(MAX_RESERVED_BODY)),
         }))
     }
 
@@ -186,9 +231,7 @@ impl Storage for TieredStorage {
         };
         let stored = Arc::new(Stored::from_meta(meta, body)?);
         self.memory.replace(id, Arc::clone(&stored));
-        if let Some(disk) = &self.disk {
-            tokio::task::spawn_blocking(move || disk.write(id, &stored));
-        }
+        let _ = self.write_to_disk(id, stored);
         Ok(true)
     }
 
@@ -215,8 +258,15 @@ impl HandleMiss for Fill {
     }
 
     /// Stores the complete answer. (Dropped without this, the fill is lost.)
+    /// A body that grew past what was reserved for it is copied into a
+    /// buffer of its size, so the memory tier holds what it counts.
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let stored = Stored::new(self.internal, self.head, self.body.freeze());
+        let body = if self.body.capacity() > self.body.len() + self.body.len() / 8 {
+            Bytes::copy_from_slice(&self.body)
+        } else {
+            self.body.freeze()
+        };
+        let stored = Stored::new(self.internal, self.head, body);
         let weight = stored.weight();
         self.storage.store(self.id, stored).await;
         Ok(MissFinishType::Created(weight))

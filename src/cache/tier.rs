@@ -9,8 +9,8 @@ use prometheus::{IntCounter, IntGauge};
 use std::time::SystemTime;
 
 const LRU_SHARDS: usize = 16;
-/// Entries per LRU shard allocated up front.
-const LRU_SHARD_CAPACITY: usize = 1024;
+/// Entries per LRU shard allocated up front (it grows as needed).
+const LRU_SHARD_CAPACITY: usize = 64;
 
 /// The metric handles of one tier of one cache.
 pub(super) struct TierMetrics {
@@ -19,6 +19,7 @@ pub(super) struct TierMetrics {
     evictions: IntCounter,
     pub(super) full: IntCounter,
     pub(super) write_error: IntCounter,
+    pub(super) backlog: IntCounter,
 }
 
 impl TierMetrics {
@@ -34,6 +35,9 @@ impl TierMetrics {
             write_error: m
                 .cache_write_failures
                 .with_label_values(&[cache, tier, "error"]),
+            backlog: m
+                .cache_write_failures
+                .with_label_values(&[cache, tier, "backlog"]),
         }
     }
 
@@ -48,6 +52,7 @@ impl TierMetrics {
             evictions: counter(),
             full: counter(),
             write_error: counter(),
+            backlog: counter(),
         }
     }
 }
@@ -91,20 +96,17 @@ impl Tracker {
         self.lru.total_items()
     }
 
-    fn publish(&self) {
+    /// Sets the tier's gauges to what it holds.
+    pub(super) fn publish(&self) {
         self.metrics.bytes.set(self.bytes() as i64);
         self.metrics.entries.set(self.entries() as i64);
     }
 
-    /// Marks `id` as just used (and tracks it, if it was not).
-    pub(super) fn accessed(&self, id: EntryId, weight: usize) {
-        if !self
-            .lru
-            .access(&lru_key(id), weight, SystemTime::UNIX_EPOCH)
-        {
-            // It was not tracked (found on disk before the index was built).
-            self.publish();
-        }
+    /// Marks `id`, of `weight`, as just used; whether it is tracked (an
+    /// untracked one is left untracked: see [`Tracker::admitted`]).
+    pub(super) fn accessed(&self, id: EntryId, weight: usize) -> bool {
+        let key = lru_key(id);
+        self.lru.peek(&key) && self.lru.access(&key, weight, SystemTime::UNIX_EPOCH)
     }
 
     /// Tracks `id` with `weight` (again, after a replacement) and returns what
@@ -122,9 +124,14 @@ impl Tracker {
     }
 
     pub(super) fn removed(&self, id: EntryId) {
+        self.forget(id);
+        self.publish();
+    }
+
+    /// Untracks `id` without updating the gauges (for a batch; publish after).
+    pub(super) fn forget(&self, id: EntryId) {
         let key = lru_key(id);
         self.lru.remove(CacheEntryKeyRef::from(&key));
-        self.publish();
     }
 
     pub(super) fn is_tracked(&self, id: EntryId) -> bool {

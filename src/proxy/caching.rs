@@ -3,13 +3,16 @@
 //! be served, and what every answer of a cached route says about it
 //! (`X-Cache-Status`, `Age`).
 
+use super::ctx::ValidationHead;
+use super::upstream::{forwarded_path, raw_query};
 use super::RequestCtx;
-use crate::cache::key::{cache_key, request_host, variance};
+use crate::cache::key::{cache_key, request_host, variance, varies};
 use crate::cache::policy::request_cacheable;
 use crate::cache::{Cache, CacheStatus};
-use http::header::{AGE, AUTHORIZATION};
+use crate::forwarding::{forwarded_proto_and_host, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use http::header::{AGE, AUTHORIZATION, DATE};
 use pingora::cache::key::HashBinary;
-use pingora::cache::{CacheKey, CacheMeta, CachePhase, RespCacheable};
+use pingora::cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -42,57 +45,119 @@ pub(super) fn enable(session: &mut Session, ctx: &RequestCtx) {
     }
 }
 
-/// The key of the request's answer: its upstream, scheme, host and the path and
-/// query it is forwarded with.
+/// What the origin is told about the request's scheme and host: the
+/// X-Forwarded-Proto and X-Forwarded-Host it is sent.
+fn forwarded_view<'a>(request: &'a RequestHeader, ctx: &RequestCtx) -> (&'a [u8], &'a [u8]) {
+    let trusted = ctx
+        .topology
+        .as_ref()
+        .is_some_and(|t| t.trusted_proxies.contains(ctx.peer_ip));
+    let scheme = if ctx.https { "https" } else { "http" };
+    forwarded_proto_and_host(request, trusted, scheme)
+}
+
+/// The key of the request's answer: its upstream, and what the origin is told
+/// of it: scheme (X-Forwarded-Proto), host, forwarded host, and the path (less
+/// a stripped prefix) and query it is sent.
 pub(super) fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
     let upstream = ctx.upstream().ok_or_else(|| {
         Error::explain(ErrorType::InternalError, "cached request without upstream")
     })?;
     let request = session.req_header();
-    let path = ctx.forward_path(request.uri.path());
-    let mut path_and_query = Vec::with_capacity(path.len() + 64);
-    path_and_query.extend_from_slice(path.as_bytes());
-    if let Some(query) = request.uri.query() {
-        path_and_query.push(b'?');
-        path_and_query.extend_from_slice(query.as_bytes());
-    }
-    Ok(cache_key(
-        &upstream.name,
-        ctx.https,
+    let path = forwarded_path(ctx, request.uri.path());
+    let query = raw_query(request.raw_path());
+    let path_and_query = [path.as_bytes(), query].concat();
+    let (proto, forwarded_host) = forwarded_view(request, ctx);
+    Ok(cache_key(&[
+        upstream.name.as_bytes(),
+        proto,
         &request_host(request),
+        &forwarded_host.to_ascii_lowercase(),
         &path_and_query,
-    ))
+    ]))
 }
 
 /// Whether the origin's answer `response` is stored (see `Policy::decide`).
 /// Requests with `Authorization`, and all requests of routes with auth, are
-/// personal: stored only when the origin marks the answer shareable.
+/// personal: stored only when the origin marks the answer shareable. On a
+/// revalidation, `response` is the stored head merged with the 304's fields;
+/// the 304's `Date` and `Age` are put in, as pingora's merge leaves them out.
 pub(super) fn decide(
     session: &Session,
     response: &ResponseHeader,
     ctx: &RequestCtx,
-) -> RespCacheable {
+) -> Result<RespCacheable> {
     let Some(cache) = route_cache(ctx) else {
-        return RespCacheable::Uncacheable(pingora::cache::NoCacheReason::NeverEnabled);
+        return Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
+            "no cache",
+        )));
     };
     let personal = session.req_header().headers.contains_key(AUTHORIZATION)
         || ctx.route().is_some_and(|r| r.auth.is_some());
-    cache.policy.decide(response, personal, SystemTime::now())
+    let now = SystemTime::now();
+    let Some(validation) = &ctx.validation else {
+        return Ok(cache.policy.decide(response, personal, now));
+    };
+    let merged = with_times_of(response, validation)?;
+    Ok(cache.policy.decide(&merged, personal, now))
+}
+
+/// `merged` (a stored head with a 304's fields) with the 304's `Date` and
+/// `Age` in place of the stored ones.
+fn with_times_of(merged: &ResponseHeader, validation: &ValidationHead) -> Result<ResponseHeader> {
+    let mut merged = merged.clone();
+    for (name, value) in [(DATE, &validation.date), (AGE, &validation.age)] {
+        match value {
+            Some(value) => merged.insert_header(name, value.clone())?,
+            None => {
+                merged.remove_header(&name);
+            }
+        }
+    }
+    Ok(merged)
+}
+
+/// Notes the `Date` and `Age` of a 304 the origin gave a revalidation, for
+/// [`decide`]. Call on every backend answer.
+pub(super) fn note_validation(session: &Session, ctx: &mut RequestCtx, response: &ResponseHeader) {
+    if response.status == http::StatusCode::NOT_MODIFIED
+        && session.cache.phase() == CachePhase::Stale
+    {
+        ctx.validation = Some(ValidationHead {
+            date: response.headers.get(DATE).cloned(),
+            age: response.headers.get(AGE).cloned(),
+        });
+    }
 }
 
 /// The variance of the request for a stored answer with `Vary` (see
-/// `cache::key::variance`).
+/// `cache::key::variance`): the values tollgate sends count, not the client's.
 pub(super) fn variance_of(
     meta: &CacheMeta,
     ctx: &RequestCtx,
     request: &RequestHeader,
 ) -> Option<HashBinary> {
-    let identity = ctx.identity.as_ref().map_or(&[][..], |i| &i.headers[..]);
+    if !varies(meta) {
+        return None;
+    }
+    let forwarded = forwarded_view(request, ctx);
+    let mut sent = Vec::new();
+    if let Some(identity) = &ctx.identity {
+        sent.extend(identity.headers.iter().cloned());
+    }
+    for (name, value) in [
+        (X_FORWARDED_PROTO, forwarded.0),
+        (X_FORWARDED_HOST, forwarded.1),
+    ] {
+        if let Ok(value) = http::HeaderValue::from_bytes(value) {
+            sent.push((name, value));
+        }
+    }
     let stripped = ctx
         .topology
         .as_ref()
         .map_or(&[][..], |t| &t.identity_headers[..]);
-    variance(meta, request, identity, stripped)
+    variance(meta, request, &sent, stripped)
 }
 
 /// Whether a stale stored answer may be served: while one request refreshes
@@ -140,5 +205,30 @@ pub(super) fn count(session: &Session, ctx: &RequestCtx) {
     lookups.count(CacheStatus::of(session.cache.phase()));
     if session.cache.lock_duration().is_some() {
         cache.count_lock_wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revalidation_takes_the_time_of_the_304() {
+        let mut stored = ResponseHeader::build(200, None).unwrap();
+        stored
+            .insert_header(DATE, "Mon, 01 Jan 2024 00:00:00 GMT")
+            .unwrap();
+        stored.insert_header(AGE, "30").unwrap();
+        stored.insert_header("etag", "\"v1\"").unwrap();
+        let validation = ValidationHead {
+            date: Some(http::HeaderValue::from_static(
+                "Tue, 02 Jan 2024 00:00:00 GMT",
+            )),
+            age: None,
+        };
+        let merged = with_times_of(&stored, &validation).unwrap();
+        assert_eq!(merged.headers[DATE], "Tue, 02 Jan 2024 00:00:00 GMT");
+        assert!(merged.headers.get(AGE).is_none());
+        assert_eq!(merged.headers["etag"], "\"v1\"");
     }
 }

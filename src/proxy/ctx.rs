@@ -39,6 +39,14 @@ pub struct RequestCtx {
     pub(super) rate_limit: Option<(Arc<RouteLimit>, Allowance)>,
     /// A PURGE the route's cache allows from this client.
     pub(super) purge: bool,
+    /// What the origin's 304 to a revalidation said of its time.
+    pub(super) validation: Option<ValidationHead>,
+}
+
+/// The `Date` and `Age` of a 304 to a revalidation.
+pub(super) struct ValidationHead {
+    pub(super) date: Option<http::HeaderValue>,
+    pub(super) age: Option<http::HeaderValue>,
 }
 
 impl RequestCtx {
@@ -62,6 +70,7 @@ impl RequestCtx {
             body_bytes: 0,
             rate_limit: None,
             purge: false,
+            validation: None,
         }
     }
 

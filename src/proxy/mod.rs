@@ -211,7 +211,7 @@ impl ProxyHttp for Proxy {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
-        Ok(caching::decide(session, resp, ctx))
+        caching::decide(session, resp, ctx)
     }
 
     /// Whether a stale stored answer may be served (see `caching::may_serve_stale`).
@@ -286,15 +286,17 @@ impl ProxyHttp for Proxy {
         upstream::prepare_request(ctx, upstream_request)
     }
 
-    /// Removes hop-by-hop headers from the backend's answer and counts the answer
-    /// as a passive success.
+    /// Removes hop-by-hop headers from the backend's answer, notes the `Date` and
+    /// `Age` of a 304 to a revalidation, and counts the answer as a passive
+    /// success. Runs before the cache sees the answer.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         strip_response_hop_by_hop(upstream_response);
+        caching::note_validation(session, ctx, upstream_response);
         if !upstream_response.status.is_informational() || upstream_response.status == 101 {
             ctx.backend_answered = true;
             if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {

@@ -9,6 +9,7 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::borrow::Cow;
 
 /// A usable backend of the request's upstream that it has not tried yet. Errors
 /// with 503 when the upstream has no backend to offer, 502 when every one was
@@ -150,21 +151,33 @@ pub(super) fn prepare_request(
     rewrite_target(ctx, upstream_request)
 }
 
+/// The path the backend is sent for a request whose path was `received`: the
+/// normalized path, less the route's stripped prefix.
+pub(super) fn forwarded_path<'a>(ctx: &'a RequestCtx, received: &'a str) -> Cow<'a, str> {
+    let forward = ctx.forward_path(received);
+    match ctx.route().and_then(|r| r.strip_prefix.as_deref()) {
+        Some(prefix) => request_path::strip_prefix(forward, prefix),
+        None => Cow::Borrowed(forward),
+    }
+}
+
+/// The query of a request-target, with its `?`; empty when there is none.
+pub(super) fn raw_query(raw_target: &[u8]) -> &[u8] {
+    raw_target
+        .iter()
+        .position(|&b| b == b'?')
+        .map_or(&[][..], |at| &raw_target[at..])
+}
+
 /// Sends the path to forward (less a stripped prefix) in origin-form, when it
 /// is not what the request-target holds already.
 fn rewrite_target(ctx: &RequestCtx, upstream_request: &mut RequestHeader) -> Result<()> {
-    let strip = ctx.route().and_then(|r| r.strip_prefix.as_deref());
     let received = upstream_request.uri.path();
-    let forward = ctx.forward_path(received);
-    let forward = match strip {
-        Some(prefix) => request_path::strip_prefix(forward, prefix),
-        None => std::borrow::Cow::Borrowed(forward),
-    };
+    let forward = forwarded_path(ctx, received);
     let raw = upstream_request.raw_path();
     let origin_form = raw.starts_with(b"/") || raw == b"*";
     if forward != received || !origin_form {
-        let query = raw.iter().position(|&b| b == b'?').map(|at| &raw[at..]);
-        let target = [forward.as_bytes(), query.unwrap_or_default()].concat();
+        let target = [forward.as_bytes(), raw_query(raw)].concat();
         upstream_request
             .set_raw_path(&target)
             .map_err(|e| Error::because(ErrorType::HTTPStatus(400), "invalid forwarded path", e))?;

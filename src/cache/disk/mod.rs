@@ -3,28 +3,28 @@
 //!
 //! A file is written whole under `tmp/` and renamed into place, so a reader
 //! sees the old file or the new one, never part of one; a file that does not
-//! read back whole (a crash mid-write on a filesystem that reordered it, a
-//! foreign file) is removed and counted as a miss. The files are indexed for
-//! eviction in the background on first use, so a restart or an upgrade starts
-//! serving at once from what the directory holds.
+//! read back whole and as its checksum says (a crash mid-write on a filesystem
+//! that reordered it, a foreign file) is removed and counted as a miss. The
+//! files are indexed for eviction in the background (see `index`), so a
+//! restart or an upgrade starts serving at once from what the directory holds.
 //!
 //! Every call here blocks on the filesystem: run them on a blocking thread.
+
+mod index;
+mod writes;
+
+pub(crate) use writes::Ticket;
 
 use super::entry::{EntryId, Stored};
 use super::tier::{TierMetrics, Tracker};
 use crate::metrics::metrics;
+use index::IndexState;
 use prometheus::IntCounter;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Once;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use writes::Writes;
 
 const TEMP_DIR: &str = "tmp";
-/// Files in `tmp/` older than this are left over from a crash and removed.
-const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
-/// A failing disk is logged at most this often.
-const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Makes `root` (and its `tmp/`) when missing and checks that a file can be
 /// written in it. The error names the path and what failed.
@@ -42,10 +42,8 @@ pub(crate) fn prepare_directory(root: &Path) -> Result<(), String> {
 pub(super) struct DiskTier {
     root: PathBuf,
     tracker: Tracker,
-    indexed: Once,
-    next_temp: AtomicU64,
-    /// When a write failure was last logged, in seconds since the epoch.
-    last_failure_log: AtomicU64,
+    index: IndexState,
+    writes: Writes,
     unreadable: IntCounter,
     cache: String,
 }
@@ -57,9 +55,8 @@ impl DiskTier {
         DiskTier {
             root: root.to_path_buf(),
             tracker: Tracker::new(limit, TierMetrics::new(cache, "disk")),
-            indexed: Once::new(),
-            next_temp: AtomicU64::new(0),
-            last_failure_log: AtomicU64::new(0),
+            index: IndexState::default(),
+            writes: Writes::default(),
             unreadable: metrics()
                 .cache_unreadable_entries
                 .with_label_values(&[cache]),
@@ -74,64 +71,6 @@ impl DiskTier {
     fn path(&self, id: EntryId) -> PathBuf {
         let hex = id.hex();
         self.root.join(&hex[..2]).join(hex)
-    }
-
-    /// Starts indexing the directory's files for eviction, once, on a thread
-    /// of its own.
-    pub(super) fn index_once(&'static self) {
-        self.indexed.call_once(|| {
-            let spawned = std::thread::Builder::new()
-                .name("tollgate-cache-index".into())
-                .spawn(move || self.index());
-            if let Err(e) = spawned {
-                log::warn!(
-                    "cache `{}`: cannot index `{}`: {e}",
-                    self.cache,
-                    self.root.display()
-                );
-            }
-        });
-    }
-
-    /// Tracks every entry file (oldest first, so the newest are evicted last),
-    /// removes leftovers of interrupted writes, and evicts down to the bound.
-    fn index(&self) {
-        let mut files = Vec::new();
-        let Ok(dirs) = std::fs::read_dir(&self.root) else {
-            return;
-        };
-        for dir in dirs.flatten() {
-            let name = dir.file_name();
-            if name == TEMP_DIR {
-                remove_stale_temps(&dir.path());
-                continue;
-            }
-            let Ok(entries) = std::fs::read_dir(dir.path()) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let Some(id) = entry.file_name().to_str().and_then(EntryId::from_hex) else {
-                    continue;
-                };
-                if let Ok(meta) = entry.metadata() {
-                    let used = meta.modified().unwrap_or(UNIX_EPOCH);
-                    files.push((used, id, meta.len() as usize));
-                }
-            }
-        }
-        files.sort();
-        for (_, id, size) in files {
-            if !self.tracker.is_tracked(id) {
-                self.evict(self.tracker.admitted(id, size));
-            }
-        }
-        log::info!(
-            "cache `{}`: {} answers, {} bytes on disk in `{}`",
-            self.cache,
-            self.tracker.entries(),
-            self.tracker.bytes(),
-            self.root.display()
-        );
     }
 
     /// The entry under `id`, when its file reads back whole; a torn or
@@ -151,60 +90,76 @@ impl DiskTier {
             }
         };
         let len = bytes.len();
-        match Stored::from_file_bytes(bytes) {
-            Some(stored) => {
-                self.tracker.accessed(id, len);
-                Some(stored)
-            }
-            None => {
-                self.unreadable.inc();
-                log::warn!(
-                    "cache `{}`: `{}` is not a whole entry; removed",
-                    self.cache,
-                    path.display()
-                );
-                self.remove(id);
-                None
-            }
-        }
-    }
-
-    /// Writes `stored` as the entry under `id`, then evicts down to the bound.
-    /// A failure (a full disk, an I/O error) is counted and logged at most once
-    /// a minute; the entry is then just not on disk.
-    pub(super) fn write(&self, id: EntryId, stored: &Stored) {
-        let bytes = match stored.file_bytes() {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                self.write_failed(&io::Error::other(e.to_string()));
-                return;
-            }
+        let Some(stored) = Stored::from_file_bytes(bytes) else {
+            self.unreadable.inc();
+            log::warn!(
+                "cache `{}`: `{}` is not a whole entry; removed",
+                self.cache,
+                path.display()
+            );
+            self.remove(id);
+            return None;
         };
-        if bytes.len() > self.tracker.limit() {
-            return;
+        self.index.touch(id);
+        if !self.tracker.accessed(id, len) {
+            // Found before the index: tracked from now on.
+            self.evict(self.tracker.admitted(id, len));
         }
-        match self.write_file(id, &bytes) {
-            Ok(()) => self.evict(self.tracker.admitted(id, bytes.len())),
-            Err(e) => self.write_failed(&e),
-        }
+        Some(stored)
     }
 
-    fn write_file(&self, id: EntryId, bytes: &[u8]) -> io::Result<()> {
-        let seq = self.next_temp.fetch_add(1, Ordering::Relaxed);
-        let temp = self
-            .root
-            .join(TEMP_DIR)
-            .join(format!("{}-{seq}", std::process::id()));
+    /// A ticket to write one entry; `None` (counted as `backlog`) when too
+    /// many writes wait already.
+    pub(super) fn schedule(&self) -> Option<Ticket> {
+        let ticket = self.writes.schedule();
+        if ticket.is_none() {
+            self.tracker.metrics.backlog.inc();
+        }
+        ticket
+    }
+
+    /// Writes `stored` as the entry under `id` unless it was removed since
+    /// `ticket` was given, then evicts down to the bound. An entry larger than
+    /// the bound is not written, and an older file of it goes. A failure (a
+    /// full disk, an I/O error) is counted and logged at most once a minute;
+    /// the entry is then just not on disk.
+    pub(super) fn write(&self, id: EntryId, stored: &Stored, ticket: Ticket) {
+        match stored.file_bytes() {
+            Ok(bytes) if bytes.len() > self.tracker.limit() => {
+                self.remove(id);
+            }
+            Ok(bytes) => match self.write_file(id, &bytes, &ticket) {
+                Ok(true) => {
+                    self.index.touch(id);
+                    self.evict(self.tracker.admitted(id, bytes.len()));
+                }
+                Ok(false) => {}
+                Err(e) => self.write_failed(&e),
+            },
+            Err(e) => self.write_failed(&io::Error::other(e.to_string())),
+        }
+        self.writes.done(ticket);
+    }
+
+    /// Writes `bytes` under `tmp/` and renames the file into place; `false`
+    /// when `id` was removed since `ticket` (the file is then dropped).
+    fn write_file(&self, id: EntryId, bytes: &[u8], ticket: &Ticket) -> io::Result<bool> {
+        let temp = self.root.join(TEMP_DIR).join(self.writes.temp_name());
         let written = std::fs::File::create(&temp).and_then(|mut file| {
             file.write_all(bytes)?;
             file.flush()
         });
         let placed = written.and_then(|()| {
+            let removals = self.writes.removals();
+            if Writes::removed_since(&removals, id, ticket) {
+                let _ = std::fs::remove_file(&temp);
+                return Ok(false);
+            }
             let path = self.path(id);
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            std::fs::rename(&temp, &path)
+            std::fs::rename(&temp, &path).map(|()| true)
         });
         if placed.is_err() {
             let _ = std::fs::remove_file(&temp);
@@ -213,24 +168,14 @@ impl DiskTier {
     }
 
     fn write_failed(&self, e: &io::Error) {
-        let full = matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+        let full = writes::is_full(e);
         let counter = if full {
             &self.tracker.metrics.full
         } else {
             &self.tracker.metrics.write_error
         };
         counter.inc();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.last_failure_log.load(Ordering::Relaxed);
-        let due = now >= last + FAILURE_LOG_INTERVAL.as_secs();
-        if due
-            && self
-                .last_failure_log
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.writes.failure_log_due() {
             let what = if full {
                 "the disk is full"
             } else {
@@ -245,10 +190,17 @@ impl DiskTier {
         }
     }
 
-    /// Removes the entry under `id`; whether there was one.
+    /// Removes the entry under `id` (a purge, or a file that cannot be
+    /// used); a write scheduled before does not bring it back. Whether there
+    /// was one.
     pub(super) fn remove(&self, id: EntryId) -> bool {
+        let removed = {
+            let mut removals = self.writes.removals();
+            self.writes.record_removal(&mut removals, id);
+            std::fs::remove_file(self.path(id)).is_ok()
+        };
         self.tracker.removed(id);
-        std::fs::remove_file(self.path(id)).is_ok()
+        removed
     }
 
     fn evict(&self, ids: Vec<EntryId>) {
@@ -260,23 +212,6 @@ impl DiskTier {
     /// A new bound; files past it are removed at once.
     pub(super) fn set_limit(&self, limit: usize) {
         self.evict(self.tracker.set_limit(limit));
-    }
-}
-
-fn remove_stale_temps(temp: &Path) {
-    let Ok(entries) = std::fs::read_dir(temp) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let stale = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > STALE_TEMP_AGE);
-        if stale {
-            let _ = std::fs::remove_file(entry.path());
-        }
     }
 }
 
@@ -293,15 +228,49 @@ mod tests {
 
     use crate::cache::entry::tests::entry;
 
+    /// Writes `stored` under `id` with a ticket of its own.
+    fn put(tier: &DiskTier, id: u128, stored: Stored) {
+        tier.write(EntryId(id), &stored, tier.schedule().unwrap());
+    }
+
+    #[test]
+    fn a_purge_is_not_undone_by_a_write_scheduled_before_it() {
+        let root = dir("purge");
+        let tier = DiskTier::new("unit", &root, 1 << 20);
+        put(&tier, 4, entry(b"old"));
+        let ticket = tier.schedule().unwrap();
+        assert!(tier.remove(EntryId(4)));
+        tier.write(EntryId(4), &entry(b"filled before the purge"), ticket);
+        assert!(tier.read(EntryId(4)).is_none());
+        assert!(!tier.path(EntryId(4)).exists());
+        // A write scheduled after the purge stores again.
+        put(&tier, 4, entry(b"new"));
+        assert_eq!(&tier.read(EntryId(4)).unwrap().body[..], b"new");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn an_entry_too_large_for_the_tier_removes_its_older_file() {
+        let root = dir("large");
+        let size = entry(b"small").file_bytes().unwrap().len();
+        let tier = DiskTier::new("unit", &root, size + 10);
+        put(&tier, 5, entry(b"small"));
+        assert!(tier.read(EntryId(5)).is_some());
+        put(&tier, 5, entry(b"far too large for this tier"));
+        assert!(tier.read(EntryId(5)).is_none());
+        assert_eq!(tier.tracker.bytes(), 0);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
     #[test]
     fn entries_are_written_whole_read_back_and_evicted_past_the_bound() {
         let root = dir("bound");
         let size = entry(b"0123456789").file_bytes().unwrap().len();
         let tier = DiskTier::new("unit", &root, 2 * size);
-        tier.write(EntryId(1), &entry(b"0123456789"));
-        tier.write(EntryId(2), &entry(b"abcdefghij"));
+        put(&tier, 1, entry(b"0123456789"));
+        put(&tier, 2, entry(b"abcdefghij"));
         assert_eq!(&tier.read(EntryId(1)).unwrap().body[..], b"0123456789");
-        tier.write(EntryId(3), &entry(b"ABCDEFGHIJ"));
+        put(&tier, 3, entry(b"ABCDEFGHIJ"));
         // One went (pingora's LRU is sharded: the least recently used of a shard).
         let left = [1, 2, 3]
             .iter()
@@ -325,7 +294,7 @@ mod tests {
     fn a_torn_file_is_a_miss_and_is_removed() {
         let root = dir("torn");
         let tier = DiskTier::new("unit", &root, 1 << 20);
-        tier.write(EntryId(7), &entry(b"whole body"));
+        put(&tier, 7, entry(b"whole body"));
         let path = tier.path(EntryId(7));
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
@@ -338,10 +307,10 @@ mod tests {
     fn the_index_finds_what_an_earlier_process_left() {
         let root = dir("index");
         let earlier = DiskTier::new("unit", &root, 1 << 20);
-        earlier.write(EntryId(1), &entry(b"one"));
-        earlier.write(EntryId(2), &entry(b"two"));
+        put(&earlier, 1, entry(b"one"));
+        put(&earlier, 2, entry(b"two"));
         let later = DiskTier::new("unit", &root, 1 << 20);
-        later.index();
+        later.index_pass();
         assert_eq!(later.tracker.entries(), 2);
         assert_eq!(&later.read(EntryId(2)).unwrap().body[..], b"two");
         let _ = std::fs::remove_dir_all(&root);
