@@ -3,6 +3,7 @@
 pub mod compression;
 pub mod hsts;
 pub mod keepalive;
+pub(crate) mod linger;
 pub mod redirect;
 pub mod respond;
 pub mod static_files;

@@ -18,6 +18,9 @@ pub struct Answer {
     pub body: Bytes,
     /// Close the connection after it (what follows in it cannot be trusted).
     pub close: bool,
+    /// Before closing, read and discard the rest of the request body for a
+    /// while (lingering close), so a client still sending it reads the answer.
+    pub linger: bool,
 }
 
 impl Answer {
@@ -39,12 +42,22 @@ impl Answer {
             ],
             body: Bytes::from(body),
             close: false,
+            linger: false,
         }
     }
 
     /// The same answer, closing the connection after it.
     pub fn closing(mut self) -> Answer {
         self.close = true;
+        self
+    }
+
+    /// The same answer, closing the connection after it once the client has
+    /// sent the rest of its body (within bounds: see `edge::linger`). For
+    /// answers to requests whose framing is sound.
+    pub fn closing_after_body(mut self) -> Answer {
+        self.close = true;
+        self.linger = true;
         self
     }
 

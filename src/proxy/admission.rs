@@ -190,7 +190,8 @@ impl Proxy {
     }
 
     /// Applies the client timeouts, and refuses a body announced larger than
-    /// `max_request_body` (413, connection closed) before anything is read.
+    /// `max_request_body` (413, connection closed once the client has sent it)
+    /// before anything is forwarded.
     fn apply_client_limits(&self, session: &mut Session) -> Option<Answer> {
         let timeouts = &self.settings.client_timeouts;
         session.set_read_timeout(Some(timeouts.read_body));
@@ -212,7 +213,10 @@ impl Proxy {
             .and_then(|v| v.trim().parse::<u64>().ok());
         announced
             .filter(|&len| len > self.settings.max_request_body)
-            .map(|_| Answer::text(StatusCode::PAYLOAD_TOO_LARGE, "413 Content Too Large").closing())
+            .map(|_| {
+                Answer::text(StatusCode::PAYLOAD_TOO_LARGE, "413 Content Too Large")
+                    .closing_after_body()
+            })
     }
 
     /// Applies the route's rate limit and auth policy, in that order, except that

@@ -2,6 +2,7 @@
 //! an answer tollgate writes itself), and which answer a failed request gets.
 
 use super::RequestCtx;
+use crate::edge::linger::discard_rest_of_body;
 use crate::edge::respond::send_answer;
 use crate::filters::Answer;
 use http::StatusCode;
@@ -25,6 +26,9 @@ pub(super) async fn send(
         header.insert_header(name, value)?;
     }
     send_answer(session, header, answer.body).await?;
+    if answer.linger {
+        discard_rest_of_body(session).await;
+    }
     Ok(true)
 }
 
@@ -56,6 +60,7 @@ pub(super) fn add_slash(method: &http::Method, path: &str, query: Option<&str>) 
         headers: Vec::new(),
         body: bytes::Bytes::new(),
         close: false,
+        linger: false,
     };
     if let Ok(location) = http::HeaderValue::from_str(&location) {
         answer.headers.push((http::header::LOCATION, location));
@@ -66,7 +71,9 @@ pub(super) fn add_slash(method: &http::Method, path: &str, query: Option<&str>) 
 /// The answer to a request that failed: 504 when the backend timed out, 502 when
 /// it refused, reset or answered garbage, the status an `HTTPStatus` error carries
 /// (413, 503), 408 for a body that stopped arriving, 400 for a client that sent
-/// garbage; `None` when the client is gone. The connection is closed after it.
+/// garbage; `None` when the client is gone. The connection is closed after it;
+/// after the rest of the body (lingering close) unless the client's framing or
+/// body is what failed (400, 408).
 pub(super) fn for_error(e: &Error) -> Option<Answer> {
     let code = match e.etype() {
         ErrorType::HTTPStatus(code) => *code,
@@ -98,5 +105,10 @@ pub(super) fn for_error(e: &Error) -> Option<Answer> {
         504 => "504 Gateway Timeout: the backend did not answer in time",
         _ => "tollgate could not complete the request",
     };
-    Some(Answer::text(status, message).closing())
+    let answer = Answer::text(status, message);
+    Some(if matches!(code, 400 | 408) {
+        answer.closing()
+    } else {
+        answer.closing_after_body()
+    })
 }

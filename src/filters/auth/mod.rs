@@ -101,6 +101,7 @@ impl Rejection {
             headers,
             body: self.body,
             close: false,
+            linger: false,
         }
     }
 
