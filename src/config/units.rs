@@ -270,6 +270,21 @@ pub(crate) fn status_durations<'de, D: Deserializer<'de>>(
         .collect()
 }
 
+/// serde adapter: `{502: /srv/errors/502.html}`, statuses to files, in status order.
+pub(crate) fn status_paths<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Vec<(http::StatusCode, std::path::PathBuf)>, D::Error> {
+    let entries = std::collections::BTreeMap::<u16, std::path::PathBuf>::deserialize(de)?;
+    entries
+        .into_iter()
+        .map(|(code, path)| {
+            let status = http::StatusCode::from_u16(code)
+                .map_err(|_| D::Error::custom(format!("{code} is not an HTTP status")))?;
+            Ok((status, path))
+        })
+        .collect()
+}
+
 /// serde adapter: `{Header-Name: claim}`, in file order.
 pub(crate) fn header_claims<'de, D: Deserializer<'de>>(
     de: D,

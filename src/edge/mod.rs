@@ -1,6 +1,8 @@
 //! The edge: TLS termination, HTTPS redirects, and answers tollgate writes itself.
 
 pub mod compression;
+pub mod error_pages;
+pub mod header_rules;
 pub mod hsts;
 pub mod keepalive;
 pub(crate) mod linger;

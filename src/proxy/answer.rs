@@ -10,14 +10,24 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-/// Sends `answer` to the client of `session` and records its status in `ctx`.
+/// Sends `answer` to the client of `session` and records its status in `ctx`;
+/// the route's error page for the status, when it has one, is the body.
 /// Returns `Ok(true)`, what `request_filter` returns for an answered request.
 pub(super) async fn send(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    answer: Answer,
+    mut answer: Answer,
 ) -> Result<bool> {
     ctx.answered(answer.status.as_u16());
+    if let Some(page) = ctx.route().and_then(|r| r.error_pages.get(answer.status)) {
+        answer.body = page.body.clone();
+        answer
+            .headers
+            .retain(|(name, _)| name != http::header::CONTENT_TYPE);
+        answer
+            .headers
+            .push((http::header::CONTENT_TYPE, page.content_type.clone()));
+    }
     if answer.close {
         session.set_keepalive(None);
     }

@@ -25,6 +25,7 @@ pub use ctx::RequestCtx;
 use crate::access_log::AccessLog;
 use crate::config::{ClientTimeoutsConfig, EncodedSlashes, UnderscoreHeaders};
 use crate::edge::compression::{BrotliCompressionBuilder, CompressionPolicy};
+use crate::edge::header_rules::{ResponseHeaderRules, ResponseHeaderRulesBuilder};
 use crate::edge::hsts::HstsBuilder;
 use crate::filters::request_path;
 use crate::forwarding::strip_response_hop_by_hop;
@@ -118,6 +119,18 @@ impl Proxy {
     }
 }
 
+/// Arms the module that gives every answer of `route` its `response_headers`.
+fn arm_response_headers(session: &mut Session, route: &Route) {
+    if let Some(rules) = &route.response_headers {
+        if let Some(module) = session
+            .downstream_modules_ctx
+            .get_mut::<ResponseHeaderRules>()
+        {
+            module.arm(Arc::clone(rules));
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
@@ -125,7 +138,8 @@ impl ProxyHttp for Proxy {
     /// Registers the downstream modules every answer passes through: pingora's
     /// response compression, on at the configured level when `server.compression`
     /// is set (each answer is then checked by [`CompressionPolicy::check_response`]),
-    /// and `Hsts`, which `request_filter` arms on TLS listeners that set `hsts`.
+    /// `Hsts`, which `request_filter` arms on TLS listeners that set `hsts`, and
+    /// the route's `response_headers`, which it arms once the route is known.
     fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
         let level = self
             .settings
@@ -136,6 +150,7 @@ impl ProxyHttp for Proxy {
             pingora::modules::http::compression::ResponseCompressionBuilder::enable(level),
         );
         modules.add_module(Box::new(HstsBuilder));
+        modules.add_module(Box::new(ResponseHeaderRulesBuilder));
         if self.settings.compression.is_some() {
             modules.add_module(Box::new(BrotliCompressionBuilder));
         }
@@ -173,6 +188,7 @@ impl ProxyHttp for Proxy {
             Routed::Route(id) => &topology.routes[id],
             Routed::Answer(answered) => return answer::send(session, ctx, answered).await,
         };
+        arm_response_headers(session, route);
         if let Some(stopped) = self.admission(session, ctx, route).await {
             return answer::send(session, ctx, stopped).await;
         }

@@ -148,6 +148,9 @@ pub(super) fn prepare_request(
             upstream_request.insert_header(name.clone(), value.clone())?;
         }
     }
+    if let Some(route) = ctx.route() {
+        route.request_headers.apply_to_request(upstream_request)?;
+    }
     rewrite_target(ctx, upstream_request)
 }
 

@@ -14,6 +14,8 @@ use crate::balance::probe::{ProbeKind, Probes};
 use crate::balance::{Backend, BackendState, Upstream};
 use crate::cache::{Cache, LookupCounters};
 use crate::config::{Config, EncodedSlashes, ErrorBody, RouteConfig, UpstreamConfig};
+use crate::edge::error_pages::ErrorPages;
+use crate::edge::header_rules::HeaderRules;
 use crate::edge::respond::DirectResponse;
 use crate::edge::static_files::StaticFiles;
 use crate::filters::auth::AuthPolicy;
@@ -75,6 +77,12 @@ pub struct Route {
     pub rate_limit: Option<Arc<RouteLimit>>,
     /// The cache that stores the route's answers, with its lookup counters.
     pub(crate) cache: Option<(Arc<Cache>, LookupCounters)>,
+    /// Applied to the request the backend gets.
+    pub request_headers: HeaderRules,
+    /// Applied to every answer of the route; `None` when there are none.
+    pub response_headers: Option<Arc<HeaderRules>>,
+    /// Bodies of tollgate's own answers on this route, by status.
+    pub error_pages: ErrorPages,
     /// Client networks allowed (empty: all) and denied, checked before anything else.
     pub allow: Vec<ipnet::IpNet>,
     pub deny: Vec<ipnet::IpNet>,
@@ -133,10 +141,12 @@ impl Topology {
             .collect();
 
         let mut static_files = resources.static_files;
+        let mut error_pages = resources.error_pages;
         let mut routes = Vec::with_capacity(config.routes.len());
         for (id, route_config) in config.routes.iter().enumerate() {
             let files = static_files.remove(&id);
             let mut route = compile_route(id, route_config, &upstream_index, files);
+            route.error_pages = error_pages.remove(&id).unwrap_or_default();
             route.auth = route_config
                 .auth
                 .as_ref()
@@ -319,6 +329,11 @@ fn compile_route(
         auth: None,
         rate_limit: None,
         cache: None,
+        request_headers: HeaderRules::new(&config.request_headers),
+        response_headers: Some(HeaderRules::new(&config.response_headers))
+            .filter(|rules| !rules.is_empty())
+            .map(Arc::new),
+        error_pages: ErrorPages::default(),
         allow: config.allow.clone(),
         deny: config.deny.clone(),
     }

@@ -1,11 +1,12 @@
 //! What a topology takes from outside its file: key material of auth policies
 //! (secrets, JWK Sets, API key files), the HTTP client of forward policies, the
-//! directories of static routes, and those of disk caches (made when missing,
-//! checked writable). [`Resources::read`] is the only fallible
+//! directories of static routes, the files of error pages, and the
+//! directories of disk caches (made when missing, checked writable). [`Resources::read`] is the only fallible
 //! step between a loaded file and its topology, and it reports every problem.
 
 use super::NamedAuth;
 use crate::config::{AuthPolicyConfig, Config, ErrorBody, Problem, Problems};
+use crate::edge::error_pages::ErrorPages;
 use crate::edge::static_files::StaticFiles;
 use crate::filters::auth::api_keys::ApiKeys;
 use crate::filters::auth::forward::{self, ForwardAuth};
@@ -20,6 +21,8 @@ pub struct Resources {
     pub(super) auth: HashMap<String, Arc<NamedAuth>>,
     /// The directory of each static route, by route index.
     pub(super) static_files: HashMap<usize, StaticFiles>,
+    /// The error pages of each route that has some, by route index.
+    pub(super) error_pages: HashMap<usize, ErrorPages>,
 }
 
 impl Resources {
@@ -53,6 +56,23 @@ impl Resources {
                 Err(e) => problems.push(format!("routes[{id}].static.root"), e),
             }
         }
+        let mut error_pages = HashMap::new();
+        for (id, route) in config.routes.iter().enumerate() {
+            if route.error_pages.is_empty() {
+                continue;
+            }
+            match ErrorPages::read(&route.error_pages) {
+                Ok(pages) => {
+                    error_pages.insert(id, pages);
+                }
+                Err(unread) => {
+                    for (status, message) in unread {
+                        let at = format!("routes[{id}].error_pages.{}", status.as_u16());
+                        problems.push(at, message);
+                    }
+                }
+            }
+        }
         for (name, cache) in &config.caches {
             if let Some(disk) = &cache.disk {
                 if let Err(e) = crate::cache::prepare_directory(&disk.path) {
@@ -61,7 +81,11 @@ impl Resources {
             }
         }
         if problems.0.is_empty() {
-            Ok(Resources { auth, static_files })
+            Ok(Resources {
+                auth,
+                static_files,
+                error_pages,
+            })
         } else {
             Err(problems)
         }

@@ -37,6 +37,25 @@ pub struct RouteConfig {
     pub encoded_slashes: Option<EncodedSlashes>,
     /// Name of the cache under `caches:` that stores this route's answers.
     pub cache: Option<String>,
+    /// Headers set on and removed from the request the backend gets.
+    #[serde(default)]
+    pub request_headers: HeaderRulesConfig,
+    /// Headers set on and removed from every answer of the route.
+    #[serde(default)]
+    pub response_headers: HeaderRulesConfig,
+    /// Files that replace the body of tollgate's own answers of these statuses.
+    #[serde(default, deserialize_with = "units::status_paths")]
+    pub error_pages: Vec<(http::StatusCode, PathBuf)>,
+}
+
+/// `{set: {Name: value}, remove: [Name]}`: removals apply first.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesConfig {
+    #[serde(default, deserialize_with = "units::header_values")]
+    pub set: Vec<(HeaderName, http::HeaderValue)>,
+    #[serde(default)]
+    pub remove: Vec<HeaderName>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

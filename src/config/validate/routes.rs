@@ -41,6 +41,7 @@ pub(super) fn check(config: &Config, problems: &mut Problems) {
             );
         }
         check_action(&at, route, problems);
+        check_headers(&at, route, problems);
         check_references(&at, config, route, problems);
     }
 }
@@ -99,6 +100,70 @@ fn check_action(at: &str, route: &RouteConfig, problems: &mut Problems) {
                     format!("`{name}` is set by tollgate from the body"),
                 );
             }
+        }
+    }
+}
+
+/// Headers that frame a message or belong to one connection: never set or
+/// removed by a rule.
+const FRAMING: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+];
+/// Headers tollgate writes itself on the request a backend gets.
+const FORWARDING: [&str; 4] = [
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// `request_headers` (upstream routes only), `response_headers` and
+/// `error_pages`.
+fn check_headers(at: &str, route: &RouteConfig, problems: &mut Problems) {
+    let rules = [
+        ("request_headers", &route.request_headers),
+        ("response_headers", &route.response_headers),
+    ];
+    for (key, rules) in rules {
+        let names = rules
+            .set
+            .iter()
+            .map(|(name, _)| ("set", name))
+            .chain(rules.remove.iter().map(|name| ("remove", name)));
+        for (verb, name) in names {
+            let lower = name.name().as_str();
+            let managed = FRAMING.contains(&lower)
+                || (key == "request_headers"
+                    && (FORWARDING.contains(&lower) || (verb == "remove" && lower == "host")));
+            if managed {
+                problems.push(
+                    format!("{at}.{key}.{verb}"),
+                    format!("`{name}` is managed by tollgate and cannot be set or removed here"),
+                );
+            }
+        }
+    }
+    let has_request_rules =
+        !route.request_headers.set.is_empty() || !route.request_headers.remove.is_empty();
+    if has_request_rules && route.upstream.is_none() {
+        problems.push(
+            format!("{at}.request_headers"),
+            "only a route with an `upstream` sends requests on",
+        );
+    }
+    for (status, _) in &route.error_pages {
+        if !(400..=599).contains(&status.as_u16()) {
+            problems.push(
+                format!("{at}.error_pages.{}", status.as_u16()),
+                format!("{status} is not an error status (400 to 599)"),
+            );
         }
     }
 }

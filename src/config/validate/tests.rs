@@ -256,6 +256,36 @@ const RULES: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "    cache: pages\n",
+        "    cache: pages\n    request_headers: {set: {Content-Length: \"5\"}}\n",
+        "routes[0].request_headers.set",
+        "managed by tollgate",
+    ),
+    (
+        "    cache: pages\n",
+        "    cache: pages\n    request_headers: {remove: [Host, X-Forwarded-For]}\n",
+        "routes[0].request_headers.remove",
+        "`Host` is managed by tollgate",
+    ),
+    (
+        "    cache: pages\n",
+        "    cache: pages\n    response_headers: {remove: [Transfer-Encoding]}\n",
+        "routes[0].response_headers.remove",
+        "managed by tollgate",
+    ),
+    (
+        "    respond: {status: 200, body: ok}",
+        "    respond: {status: 200, body: ok}\n    request_headers: {set: {X-A: b}}",
+        "routes[2].request_headers",
+        "only a route with an `upstream`",
+    ),
+    (
+        "    cache: pages\n",
+        "    cache: pages\n    error_pages: {302: /srv/302.html}\n",
+        "routes[0].error_pages.302",
+        "not an error status",
+    ),
+    (
+        "    cache: pages\n",
         "    cache: nowhere\n",
         "routes[0].cache",
         "unknown cache `nowhere` (defined: files, pages)",
