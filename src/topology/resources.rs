@@ -1,5 +1,5 @@
 //! What a topology takes from outside its file: key material of auth policies
-//! (secrets, JWK Sets, API key files), the HTTP client of forward policies, the
+//! (secrets, JWK Sets, API key and htpasswd files), the HTTP client of forward policies, the
 //! directories of static routes, the files of error pages, and the
 //! directories of disk caches (made when missing, checked writable). [`Resources::read`] is the only fallible
 //! step between a loaded file and its topology, and it reports every problem.
@@ -9,6 +9,7 @@ use crate::config::{AuthPolicyConfig, Config, ErrorBody, Problem, Problems};
 use crate::edge::error_pages::ErrorPages;
 use crate::edge::static_files::StaticFiles;
 use crate::filters::auth::api_keys::ApiKeys;
+use crate::filters::auth::basic::BasicAuth;
 use crate::filters::auth::forward::{self, ForwardAuth};
 use crate::filters::auth::jwt::{JwtAuth, JwtKeys};
 use crate::filters::auth::AuthPolicy;
@@ -31,7 +32,7 @@ impl Resources {
         let mut problems = Problems::default();
         let mut auth = HashMap::new();
         for (name, policy) in &config.auth {
-            match read_policy(&format!("auth.{name}"), policy) {
+            match read_policy(name, policy) {
                 Ok(built) => {
                     let named = NamedAuth {
                         name: name.clone(),
@@ -93,7 +94,8 @@ impl Resources {
 }
 
 /// The policy at node `at`, with what it reads.
-fn read_policy(at: &str, config: &AuthPolicyConfig) -> Result<AuthPolicy, Problem> {
+fn read_policy(name: &str, config: &AuthPolicyConfig) -> Result<AuthPolicy, Problem> {
+    let at = &format!("auth.{name}");
     if let Some(forward) = &config.forward {
         let client = forward::http_client(forward.timeout)
             .map_err(|e| Problem::at(format!("{at}.forward"), e))?;
@@ -110,10 +112,17 @@ fn read_policy(at: &str, config: &AuthPolicyConfig) -> Result<AuthPolicy, Proble
             .map(AuthPolicy::ApiKeys)
             .map_err(|e| Problem::at(format!("{at}.api_keys.keys_file"), e));
     }
+    if let Some(basic) = &config.basic {
+        let realm = basic.realm.as_deref().unwrap_or(name);
+        let header = basic.user_header.as_ref().map(|h| h.name().clone());
+        return BasicAuth::load(&basic.users_file, realm, header)
+            .map(|b| AuthPolicy::Basic(Box::new(b)))
+            .map_err(|e| Problem::at(format!("{at}.basic.users_file"), e));
+    }
     // Validation refuses a policy of no kind.
     Err(Problem::at(
         at,
-        "an auth policy has exactly one of `forward`, `jwt` or `api_keys`",
+        "an auth policy has exactly one of `forward`, `jwt`, `api_keys` or `basic`",
     ))
 }
 
@@ -124,5 +133,6 @@ fn error_body(config: &AuthPolicyConfig) -> ErrorBody {
         .map(|f| f.error_body)
         .or(config.jwt.as_ref().map(|j| j.error_body))
         .or(config.api_keys.as_ref().map(|k| k.error_body))
+        .or(config.basic.as_ref().map(|b| b.error_body))
         .unwrap_or_default()
 }

@@ -1,4 +1,4 @@
-//! `auth:`: the policies routes name, one of forward, jwt or api_keys each.
+//! `auth:`: the policies routes name, one of forward, jwt, api_keys or basic each.
 
 use super::defaults;
 use crate::config::types::{HeaderName, JwtAlgorithm};
@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// One authentication policy: exactly one of `forward`, `jwt`, `api_keys`.
+/// One authentication policy: exactly one of `forward`, `jwt`, `api_keys`, `basic`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthPolicyConfig {
     pub forward: Option<ForwardAuthConfig>,
     pub jwt: Option<JwtConfig>,
     pub api_keys: Option<ApiKeysConfig>,
+    pub basic: Option<BasicAuthConfig>,
 }
 
 /// Ask an auth service about each request, like nginx `auth_request`.
@@ -109,6 +110,20 @@ pub struct ApiKeysConfig {
     /// One key per line; `#` starts a comment; `name: key` names a key (the
     /// name becomes the request's `auth_subject`).
     pub keys_file: PathBuf,
+    #[serde(default)]
+    pub error_body: ErrorBody,
+}
+
+/// User names and passwords (RFC 7617) from an htpasswd file of bcrypt entries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    /// `user:hash` lines as `htpasswd -B` writes them; `#` starts a comment.
+    pub users_file: PathBuf,
+    /// The realm of `WWW-Authenticate`; the policy's name when absent.
+    pub realm: Option<String>,
+    /// The upstream request header that carries the user name (none when absent).
+    pub user_header: Option<HeaderName>,
     #[serde(default)]
     pub error_body: ErrorBody,
 }

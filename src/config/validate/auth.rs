@@ -1,7 +1,7 @@
 //! Checks of `auth:`.
 
 use super::{check_name, Problems};
-use crate::config::schema::{AuthPolicyConfig, ForwardAuthConfig, JwtConfig};
+use crate::config::schema::{AuthPolicyConfig, BasicAuthConfig, ForwardAuthConfig, JwtConfig};
 use crate::config::types::{HeaderName, JwtFamily};
 
 pub(super) fn check(name: &str, policy: &AuthPolicyConfig, problems: &mut Problems) {
@@ -9,12 +9,16 @@ pub(super) fn check(name: &str, policy: &AuthPolicyConfig, problems: &mut Proble
     check_name(&at, name, "auth policy", problems);
     let kinds = usize::from(policy.forward.is_some())
         + usize::from(policy.jwt.is_some())
-        + usize::from(policy.api_keys.is_some());
+        + usize::from(policy.api_keys.is_some())
+        + usize::from(policy.basic.is_some());
     if kinds != 1 {
         problems.push(
             at.clone(),
-            "an auth policy has exactly one of `forward`, `jwt` or `api_keys`",
+            "an auth policy has exactly one of `forward`, `jwt`, `api_keys` or `basic`",
         );
+    }
+    if let Some(basic) = &policy.basic {
+        check_basic(&format!("{at}.basic"), basic, problems);
     }
     if let Some(forward) = &policy.forward {
         check_forward(&format!("{at}.forward"), forward, problems);
@@ -40,6 +44,21 @@ fn check_identity_header(at: String, header: &HeaderName, problems: &mut Problem
     ];
     if RESERVED.contains(&header.name().as_str()) {
         problems.push(at, format!("`{header}` cannot carry an identity"));
+    }
+}
+
+fn check_basic(bat: &str, basic: &BasicAuthConfig, problems: &mut Problems) {
+    if let Some(realm) = &basic.realm {
+        let quotable = |c: char| (' '..='~').contains(&c) && c != '"' && c != '\\';
+        if realm.is_empty() || !realm.chars().all(quotable) {
+            problems.push(
+                format!("{bat}.realm"),
+                "a realm is printable ASCII without `\"` or `\\`",
+            );
+        }
+    }
+    if let Some(header) = &basic.user_header {
+        check_identity_header(format!("{bat}.user_header"), header, problems);
     }
 }
 

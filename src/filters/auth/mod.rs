@@ -8,6 +8,7 @@
 //! `Topology::identity_headers`).
 
 pub mod api_keys;
+pub mod basic;
 pub mod forward;
 pub mod jwt;
 
@@ -37,6 +38,8 @@ pub enum RejectReason {
     ExpiredToken,
     /// An API key that is not in the keys file.
     InvalidKey,
+    /// A user name and password that are not in the users file.
+    InvalidCredentials,
     /// The auth service answered 401.
     Denied,
     /// The auth service answered 403.
@@ -52,6 +55,7 @@ impl RejectReason {
             RejectReason::InvalidToken => "invalid_token",
             RejectReason::ExpiredToken => "expired_token",
             RejectReason::InvalidKey => "invalid_key",
+            RejectReason::InvalidCredentials => "invalid_credentials",
             RejectReason::Denied => "denied",
             RejectReason::Forbidden => "forbidden",
             RejectReason::Unavailable => "unavailable",
@@ -138,6 +142,7 @@ pub enum AuthPolicy {
     Forward(Box<forward::ForwardAuth>),
     Jwt(jwt::JwtAuth),
     ApiKeys(api_keys::ApiKeys),
+    Basic(Box<basic::BasicAuth>),
 }
 
 impl AuthPolicy {
@@ -147,6 +152,7 @@ impl AuthPolicy {
             AuthPolicy::Forward(f) => f.check(req).await,
             AuthPolicy::Jwt(j) => j.check(req.head),
             AuthPolicy::ApiKeys(k) => k.check(req.head),
+            AuthPolicy::Basic(b) => b.check(req.head).await,
         }
     }
 
@@ -156,6 +162,7 @@ impl AuthPolicy {
             AuthPolicy::Forward(f) => f.identity_headers(),
             AuthPolicy::Jwt(j) => j.identity_headers(),
             AuthPolicy::ApiKeys(_) => Vec::new(),
+            AuthPolicy::Basic(b) => b.identity_headers(),
         }
     }
 }
