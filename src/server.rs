@@ -8,6 +8,7 @@ use crate::config::{Config, ConfigErrors, LoadedConfig, Problems};
 use crate::edge::compression::CompressionPolicy;
 use crate::edge::keepalive::LeanKeepalive;
 use crate::edge::redirect::HttpsRedirect;
+use crate::edge::request_body::{temp_dir_or_default, BufferLimits};
 use crate::edge::tls::{listener_settings as tls_listener_settings, SniResolver};
 use crate::listen::Reservation;
 use crate::notify::Readiness;
@@ -196,6 +197,12 @@ fn add_listeners(
             .map(CompressionPolicy::new),
         encoded_slashes: config.server.encoded_slashes,
         underscores_in_headers: config.server.underscores_in_headers,
+        buffering_default: config.server.request_buffering,
+        buffer_limits: BufferLimits {
+            max_body: config.server.max_request_body,
+            memory: usize::try_from(config.server.request_buffer_memory).unwrap_or(usize::MAX),
+            temp_dir: temp_dir_or_default(config.server.temp_dir.as_deref()),
+        },
     };
     let http_proxy = pingora::proxy::http_proxy(
         &server.configuration,

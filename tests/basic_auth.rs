@@ -8,23 +8,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
-
-/// `user:$2y$05$...` for `password`, hashed by crypt(3) with a salt of `salt_char`.
-fn htpasswd_line(user: &str, password: &str, salt_char: char) -> String {
-    let salt = format!("$2y$05${}", salt_char.to_string().repeat(22));
-    let out = Command::new("perl")
-        .args(["-e", "print crypt($ARGV[0], $ARGV[1])", password, &salt])
-        .output()
-        .expect("perl is needed");
-    let hash = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        hash.starts_with("$2y$05$") && hash.len() == 60,
-        "crypt(3) made {hash:?}"
-    );
-    format!("{user}:{hash}")
-}
 
 fn topology(users_file: &Path, backend: &Backend) -> String {
     TopologyBody::new()

@@ -150,6 +150,11 @@ impl BrotliCompression {
     pub(crate) fn disarm(&mut self) {
         self.armed = None;
     }
+
+    /// The level it is armed with, if it is.
+    pub(crate) fn armed(&self) -> Option<u32> {
+        self.armed
+    }
 }
 
 #[async_trait::async_trait]

@@ -7,6 +7,7 @@ pub mod hsts;
 pub mod keepalive;
 pub(crate) mod linger;
 pub mod redirect;
+pub mod request_body;
 pub mod respond;
 pub mod static_files;
 pub mod tls;

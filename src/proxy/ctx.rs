@@ -39,6 +39,9 @@ pub struct RequestCtx {
     pub(super) rate_limit: Option<(Arc<RouteLimit>, Allowance)>,
     /// A PURGE the route's cache allows from this client.
     pub(super) purge: bool,
+    /// The request was proxied by a subrequest with its body buffered (see
+    /// `buffering`), which counted the backend's and the cache's metrics.
+    pub(super) buffered: bool,
     /// What the origin's 304 to a revalidation said of its time.
     pub(super) validation: Option<ValidationHead>,
 }
@@ -70,6 +73,7 @@ impl RequestCtx {
             body_bytes: 0,
             rate_limit: None,
             purge: false,
+            buffered: false,
             validation: None,
         }
     }

@@ -16,6 +16,8 @@ impl Proxy {
     /// Counts the request in its route's and backend's metrics and writes its
     /// access log line. The cache's background refresh of a stale answer counts
     /// as a backend request only: the client's request was counted already.
+    /// The subrequest of a buffered request counts the backend's and the
+    /// cache's metrics and reports to its main request, which does the rest.
     pub(super) fn log_request(&self, session: &Session, ctx: &RequestCtx) {
         let status = match (ctx.backend_answered, session.response_written()) {
             (_, Some(resp)) => resp.status.as_u16(),
@@ -23,15 +25,21 @@ impl Proxy {
             (true, None) => CLIENT_CLOSED,
         };
         let backend = ctx.upstream().zip(ctx.backend).map(|(u, i)| &u.backends[i]);
-        if ctx.backend_answered {
+        if ctx.backend_answered && !ctx.buffered {
             if let Some(b) = backend {
                 b.state.metrics.requests.inc(status);
             }
         }
+        if super::buffering::report(session, ctx) {
+            super::caching::count(session, ctx);
+            return;
+        }
         if session.subrequest_ctx.is_some() {
             return;
         }
-        super::caching::count(session, ctx);
+        if !ctx.buffered {
+            super::caching::count(session, ctx);
+        }
         let elapsed = ctx.started.elapsed();
         let route = ctx.route();
         let route_metrics = route.map_or(&*UNROUTED, |r| &r.metrics);

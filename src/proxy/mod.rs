@@ -2,7 +2,8 @@
 //! crate that own the logic and fixes only the order in which they run:
 //!
 //! `request_filter` (head checks, route, admission, direct answers; see
-//! `admission`) -> the cache hooks on cached routes (lookup, lock, purge; see
+//! `admission`; a body the route buffers is read here and the request handed
+//! to a subrequest, see `buffering`) -> the cache hooks on cached routes (lookup, lock, purge; see
 //! `caching`), which answer hits here -> `upstream_peer` (balance over usable
 //! backends) ->
 //! `upstream_request_filter` (forwarding headers, path) ->
@@ -15,6 +16,7 @@
 
 mod admission;
 mod answer;
+mod buffering;
 mod caching;
 mod ctx;
 mod logging;
@@ -27,6 +29,7 @@ use crate::config::{ClientTimeoutsConfig, EncodedSlashes, UnderscoreHeaders};
 use crate::edge::compression::{BrotliCompressionBuilder, CompressionPolicy};
 use crate::edge::header_rules::{ResponseHeaderRules, ResponseHeaderRulesBuilder};
 use crate::edge::hsts::HstsBuilder;
+use crate::edge::request_body::BufferLimits;
 use crate::filters::request_path;
 use crate::forwarding::strip_response_hop_by_hop;
 use crate::topology::{Route, RouteAction, Topology};
@@ -65,6 +68,10 @@ pub struct ProxySettings {
     /// `server.encoded_slashes`: for routes that do not set their own.
     pub encoded_slashes: EncodedSlashes,
     pub underscores_in_headers: UnderscoreHeaders,
+    /// `server.request_buffering`: for routes that do not set their own.
+    pub buffering_default: bool,
+    /// The bounds of buffered request bodies.
+    pub buffer_limits: BufferLimits,
 }
 
 impl Proxy {
@@ -178,6 +185,9 @@ impl ProxyHttp for Proxy {
     /// when the route answers itself (respond, static).
     /// Returns `Ok(true)` when an answer was sent, `Ok(false)` to go on to a backend.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(taken_over) = self.take_over(session, ctx).await {
+            return taken_over;
+        }
         if let Some(refused) = self.check_head(session)? {
             return answer::send(session, ctx, refused).await;
         }
@@ -192,7 +202,16 @@ impl ProxyHttp for Proxy {
         if let Some(stopped) = self.admission(session, ctx, route).await {
             return answer::send(session, ctx, stopped).await;
         }
-        self.act(session, ctx, route).await
+        if self.act(session, ctx, route).await? {
+            return Ok(true);
+        }
+        self.proxy_buffered(session, ctx).await
+    }
+
+    /// Lets requests that may carry a body spawn the subrequest that proxies
+    /// them once their body is buffered (see `buffering`).
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &RequestCtx) -> bool {
+        buffering::may_buffer(session)
     }
 
     /// Runs after `request_filter` let a request on to a backend: turns the

@@ -48,6 +48,12 @@ fn proxy() -> Proxy {
             compression: None,
             encoded_slashes: EncodedSlashes::Reject,
             underscores_in_headers: UnderscoreHeaders::Drop,
+            buffering_default: true,
+            buffer_limits: crate::edge::request_body::BufferLimits {
+                max_body: 1024,
+                memory: 512,
+                temp_dir: std::env::temp_dir(),
+            },
         },
     )
 }

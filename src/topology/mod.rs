@@ -73,6 +73,8 @@ pub struct Route {
     pub strip_prefix: Option<String>,
     /// The route's own `encoded_slashes`; the server's applies when `None`.
     pub encoded_slashes: Option<EncodedSlashes>,
+    /// The route's own `request_buffering`; the server's applies when `None`.
+    pub request_buffering: Option<bool>,
     pub auth: Option<Arc<NamedAuth>>,
     pub rate_limit: Option<Arc<RouteLimit>>,
     /// The cache that stores the route's answers, with its lookup counters.
@@ -326,6 +328,7 @@ fn compile_route(
         action,
         strip_prefix,
         encoded_slashes: config.encoded_slashes,
+        request_buffering: config.request_buffering,
         auth: None,
         rate_limit: None,
         cache: None,

@@ -7,6 +7,7 @@
 use super::NamedAuth;
 use crate::config::{AuthPolicyConfig, Config, ErrorBody, Problem, Problems};
 use crate::edge::error_pages::ErrorPages;
+use crate::edge::request_body::{check_temp_dir, temp_dir_or_default};
 use crate::edge::static_files::StaticFiles;
 use crate::filters::auth::api_keys::ApiKeys;
 use crate::filters::auth::basic::BasicAuth;
@@ -73,6 +74,10 @@ impl Resources {
                     }
                 }
             }
+        }
+        let temp_dir = temp_dir_or_default(config.server.temp_dir.as_deref());
+        if let Err(e) = check_temp_dir(&temp_dir) {
+            problems.push("server.temp_dir", e);
         }
         for (name, cache) in &config.caches {
             if let Some(disk) = &cache.disk {

@@ -35,6 +35,8 @@ pub struct RouteConfig {
     pub rate_limit: Option<String>,
     /// `server.encoded_slashes` for this route's paths.
     pub encoded_slashes: Option<EncodedSlashes>,
+    /// `server.request_buffering` for this route.
+    pub request_buffering: Option<bool>,
     /// Name of the cache under `caches:` that stores this route's answers.
     pub cache: Option<String>,
     /// Headers set on and removed from the request the backend gets.

@@ -43,6 +43,20 @@ pub struct ServerConfig {
         deserialize_with = "units::byte_size"
     )]
     pub max_request_body: u64,
+    /// Read request bodies whole before a backend is chosen (routes may say
+    /// otherwise); `false` streams them to the backend as they arrive.
+    #[serde(default = "defaults::yes")]
+    pub request_buffering: bool,
+    /// How much of one buffered body is kept in memory; the rest goes to a
+    /// file in `temp_dir`.
+    #[serde(
+        default = "defaults::request_buffer_memory",
+        deserialize_with = "units::byte_size"
+    )]
+    pub request_buffer_memory: u64,
+    /// Where buffered bodies beyond `request_buffer_memory` are written;
+    /// `$TMPDIR` (else `/tmp`) when not set.
+    pub temp_dir: Option<PathBuf>,
     /// How long tollgate waits on slow or idle clients.
     #[serde(default)]
     pub client_timeouts: ClientTimeoutsConfig,
