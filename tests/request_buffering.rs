@@ -224,7 +224,7 @@ async fn a_slow_uploader_holds_no_backend_connection() {
 async fn a_buffered_request_keeps_what_the_gateway_established() {
     let flask = Backend::start_python("flask", "upload_backend.py", &[]);
     let dir = temp_dir("buffered-identity");
-    let users = write_file(&dir, "htpasswd", &htpasswd_line("alice", "pw", 'f'));
+    let users = write_file(&dir, "htpasswd", &htpasswd_line("-B", "alice", "pw"));
     let body = TopologyBody::new()
         .upstream("app", &[flask.addr], "")
         .section(&format!(

@@ -983,17 +983,14 @@ impl LoadReport {
     }
 }
 
-/// `user:$2y$05$...` for `password`, hashed by crypt(3) with a salt of `salt_char`.
-pub fn htpasswd_line(user: &str, password: &str, salt_char: char) -> String {
-    let salt = format!("$2y$05${}", salt_char.to_string().repeat(22));
-    let out = Command::new("perl")
-        .args(["-e", "print crypt($ARGV[0], $ARGV[1])", password, &salt])
+/// The htpasswd line Apache's `htpasswd -nb` writes for `user` and
+/// `password` with `scheme`: `-B` (bcrypt), `-m` (MD5), `-s` (SHA-1), `-p`
+/// (plain text).
+pub fn htpasswd_line(scheme: &str, user: &str, password: &str) -> String {
+    let out = Command::new("htpasswd")
+        .args(["-nb", scheme, user, password])
         .output()
-        .expect("perl is needed");
-    let hash = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        hash.starts_with("$2y$05$") && hash.len() == 60,
-        "crypt(3) made {hash:?}"
-    );
-    format!("{user}:{hash}")
+        .expect("htpasswd (Debian package apache2-utils) is needed");
+    assert!(out.status.success(), "htpasswd {scheme} failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

@@ -3,18 +3,15 @@
 //! hashes (MD5 `$apr1$`, SHA-1 `{SHA}`, DES crypt, plain text) are refused
 //! when the file is read.
 //!
-//! bcrypt is slow on purpose, so it runs on blocking threads, at most one per
+//! bcrypt (the `bcrypt` crate, which compares in constant time) is slow on
+//! purpose, so it runs on blocking threads, at most one per
 //! core at a time, and a password that verified is remembered for
 //! [`REMEMBERED_FOR`] under an HMAC of the credentials (never the password
 //! itself). An unknown user costs one bcrypt too, so timing does not tell which
 //! user names exist.
 
-mod bcrypt;
-mod pi;
-
 use super::{Identity, RejectReason, Rejection, Verdict};
 use base64::Engine;
-use bcrypt::BcryptHash;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
@@ -23,6 +20,7 @@ use pingora_memory_cache::MemoryCache;
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -41,9 +39,10 @@ type Digest = [u8; 32];
 pub struct BasicAuth {
     /// `Basic realm="...", charset="UTF-8"`.
     challenge: HeaderValue,
-    users: HashMap<String, BcryptHash>,
-    /// Verified instead of a hash when the user is unknown.
-    unknown_user: BcryptHash,
+    /// User name -> bcrypt hash, checked when read.
+    users: HashMap<String, Arc<str>>,
+    /// The costliest hash of the file: verified, and failed, for unknown users.
+    unknown_user: Arc<str>,
     /// The upstream request header that carries the user name.
     user_header: Option<HeaderName>,
     /// The key of the credentials' HMAC; random per policy.
@@ -66,7 +65,7 @@ impl BasicAuth {
             .map_err(|e| format!("cannot read users file {}: {e}", users_file.display()))?;
         let users = parse_htpasswd(&text)
             .map_err(|(line, e)| format!("{}:{line}: {e}", users_file.display()))?;
-        let Some(highest_cost) = users.values().map(BcryptHash::cost).max() else {
+        let Some(unknown_user) = users.values().max_by_key(|h| cost_of(h)).cloned() else {
             return Err(format!("users file {} has no user", users_file.display()));
         };
         let challenge =
@@ -78,7 +77,7 @@ impl BasicAuth {
         Ok(BasicAuth {
             challenge,
             users,
-            unknown_user: BcryptHash::unmatchable(highest_cost),
+            unknown_user,
             user_header,
             secret,
             remembered: MemoryCache::new(REMEMBERED_MAX),
@@ -107,13 +106,13 @@ impl BasicAuth {
             }
         }
         let known = self.users.get(&user);
-        let hash = known.unwrap_or(&self.unknown_user).clone();
+        let hash = Arc::clone(known.unwrap_or(&self.unknown_user));
         let Ok(permit) = self.verifying.clone().acquire_owned().await else {
             return Verdict::Reject(Rejection::unavailable());
         };
         let verified = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            hash.verify(&password)
+            bcrypt::verify(&password, &hash).unwrap_or(false)
         })
         .await
         .unwrap_or(false);
@@ -178,7 +177,7 @@ fn basic_credentials(req: &RequestHeader) -> Option<(String, Vec<u8>)> {
 
 /// The users of an htpasswd file: `user:hash` lines, blank lines and `#`
 /// comments skipped. The error is the line number and what is wrong there.
-fn parse_htpasswd(text: &str) -> Result<HashMap<String, BcryptHash>, (usize, String)> {
+fn parse_htpasswd(text: &str) -> Result<HashMap<String, Arc<str>>, (usize, String)> {
     let mut users = HashMap::new();
     let mut first_line = HashMap::new();
     for (index, line) in text.lines().enumerate() {
@@ -205,8 +204,9 @@ fn parse_htpasswd(text: &str) -> Result<HashMap<String, BcryptHash>, (usize, Str
     Ok(users)
 }
 
-/// One entry's hash: bcrypt of a cost htpasswd writes; why not, otherwise.
-fn parse_entry(hash: &str) -> Result<BcryptHash, String> {
+/// One entry's hash: bcrypt (`$2y$`, `$2b$`, `$2a$`) of a cost htpasswd
+/// writes; why not, otherwise.
+fn parse_entry(hash: &str) -> Result<Arc<str>, String> {
     const REWRITE: &str = "write it again with `htpasswd -B`";
     let weak = |kind: &str| Err(format!("{kind} hash, which is too weak: {REWRITE}"));
     if hash.starts_with("$apr1$") || hash.starts_with("$1$") {
@@ -221,14 +221,23 @@ fn parse_entry(hash: &str) -> Result<BcryptHash, String> {
     if !hash.starts_with("$2") {
         return Err(format!("only bcrypt hashes are accepted: {REWRITE}"));
     }
-    let parsed = BcryptHash::parse(hash)?;
-    if parsed.cost() > MAX_COST {
+    if hash.starts_with("$2x$") {
+        return Err(format!("`$2x$` marks hashes of a buggy bcrypt: {REWRITE}"));
+    }
+    let parts = bcrypt::HashParts::from_str(hash)
+        .map_err(|e| format!("not a bcrypt hash ({e}): {REWRITE}"))?;
+    if parts.get_cost() > MAX_COST {
         return Err(format!(
             "bcrypt cost {} would take minutes per request; use at most {MAX_COST}",
-            parsed.cost()
+            parts.get_cost()
         ));
     }
-    Ok(parsed)
+    Ok(Arc::from(hash))
+}
+
+/// The cost of a hash `parse_entry` accepted.
+fn cost_of(hash: &str) -> u32 {
+    bcrypt::HashParts::from_str(hash).map_or(0, |p| p.get_cost())
 }
 
 #[cfg(test)]
@@ -261,7 +270,12 @@ mod tests {
             ("bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", 1, "SHA-1"),
             ("bob:abJnggxhB/yWI", 1, "DES"),
             ("bob:$6$salt$hash", 1, "only bcrypt"),
-            ("bob:$2y$05$short", 1, "53 characters"),
+            ("bob:$2y$05$short", 1, "not a bcrypt hash"),
+            (
+                "bob:$2x$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",
+                1,
+                "buggy",
+            ),
             (&format!("{ALICE}\n{ALICE}"), 2, "already on line 1"),
             (
                 "alice:$2y$18$abcdefghijklmnopqrstuuWG29KuyeAicPCJODk1zjyGvyQUU2awu",
