@@ -108,8 +108,15 @@ async fn chunked_uploads_reach_the_service_whole_with_a_length() {
     let (status, seen) = post_chunked(&tollgate, "/streamed/upload", &body_of(5_000));
     assert_eq!(status, 200);
     assert_eq!(seen["transfer_encoding"], "chunked", "{seen}");
-    let files = std::fs::read_dir(&spill).unwrap().count();
-    assert_eq!(files, 0, "a body file outlived its request");
+    // Body files have no name; one still open shows among tollgate's fds.
+    let spill_text = spill.display().to_string();
+    let pid = tollgate.pid();
+    let closed = wait_until(Duration::from_secs(5), || {
+        let spill_text = spill_text.clone();
+        async move { open_files_under(pid, &spill_text) == 0 }
+    })
+    .await;
+    assert!(closed, "a body file outlived its request");
 
     let m = tollgate.metrics().await;
     let counted = |name: &str, labels: &[(&str, &str)]| metric_value(&m, name, labels);
@@ -122,10 +129,25 @@ async fn chunked_uploads_reach_the_service_whole_with_a_length() {
         Some(3.0),
         "each request counted once at its backend"
     );
+    let both_logged = wait_until(Duration::from_secs(5), || async {
+        tollgate.access_log().matches("\"uri\":\"/buffered/upload\"").count() == 2
+    })
+    .await;
     let log = tollgate.access_log();
+    assert!(both_logged, "{log}");
     let logged: Vec<&str> = log.lines().filter(|l| l.contains("/buffered/")).collect();
-    assert_eq!(logged.len(), 2, "{log}");
     assert!(logged.iter().all(|l| l.contains(&backend)), "{log}");
+}
+
+/// How many of the files process `pid` holds open are in `dir`, named or
+/// not (`/proc/PID/fd` links of unnamed files read `DIR/#INODE (deleted)`).
+fn open_files_under(pid: u32, dir: &str) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with(dir))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,7 +407,7 @@ async fn http2_uploads_over_tls_are_buffered_too() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_buffered_body_is_replayed_to_the_next_backend_when_one_is_down() {
+async fn a_buffered_request_goes_to_the_next_backend_when_one_is_down() {
     let flask = Backend::start_python("flask", "upload_backend.py", &[]);
     let dead = DeadAddress::new();
     let body = TopologyBody::new()
@@ -404,6 +426,93 @@ async fn a_buffered_body_is_replayed_to_the_next_backend_when_one_is_down() {
             (200, sha256_hex(&upload).into())
         );
     }
+    let retried = tollgate
+        .metric("tollgate_upstream_retries_total", &[("upstream", "app")])
+        .await;
+    assert!(
+        retried >= Some(1.0),
+        "no request went to the dead backend first"
+    );
     let (status, _) = post_chunked(&tollgate, "/gone/upload", &upload);
     assert_eq!(status, 502);
+}
+
+/// A backend that reads a request head and its body, answers the head of a
+/// 1,000-byte answer and 7 bytes of it, and closes.
+fn backend_failing_mid_answer() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (request, _) = read_until(&mut stream, Duration::from_secs(5), response_complete);
+            if request.is_empty() {
+                continue;
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial");
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_failing_mid_answer_closes_the_clients_connection() {
+    let backend = backend_failing_mid_answer();
+    let tollgate =
+        Tollgate::start_with(&routes(backend), &buffer_settings(&temp_dir("spill"))).await;
+    let mut stream = TcpStream::connect(tollgate.addr).unwrap();
+    let body = b"hello";
+    let request = format!(
+        "POST /buffered/upload HTTP/1.1\r\nHost: shop.test\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let (answer, closed) = read_until(&mut stream, Duration::from_secs(10), |_| false);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        closed,
+        "the connection stayed open after a cut answer: {answer}"
+    );
+    let body_received = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert_eq!(body_received, "partial", "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_the_answer_ends_the_backend_request() {
+    // The backend takes 10 s; the client leaves at once.
+    let slow = Backend::start_with("slow", "127.0.0.1:0", &["--delay", "10000"]);
+    let tollgate =
+        Tollgate::start_with(&routes(slow.addr), &buffer_settings(&temp_dir("spill"))).await;
+    let mut request = chunked_head("/buffered/upload", "");
+    request.extend_from_slice(&chunked(&body_of(30_000), 1000));
+    let mut stream = TcpStream::connect(tollgate.addr).unwrap();
+    stream.write_all(&request).unwrap();
+    let in_flight = wait_until(Duration::from_secs(5), || async {
+        tollgate
+            .metric("tollgate_upstream_in_flight", &[("upstream", "app")])
+            .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(in_flight, "the request never reached the backend");
+    drop(stream);
+    let logged = wait_until(Duration::from_secs(5), || async {
+        tollgate.access_log().contains("\"status\":499")
+    })
+    .await;
+    assert!(
+        logged,
+        "the request outlived its client:\n{}",
+        tollgate.access_log()
+    );
+    let released = tollgate
+        .metric("tollgate_upstream_in_flight", &[("upstream", "app")])
+        .await;
+    assert_eq!(
+        released,
+        Some(0.0),
+        "the backend request is still counted in flight"
+    );
 }

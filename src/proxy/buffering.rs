@@ -23,7 +23,7 @@ use pingora::protocols::http::v1::client::http_req_header_to_wire;
 use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::Session;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -65,11 +65,13 @@ pub(super) fn may_buffer(session: &Session) -> bool {
 
 /// Whether the request is buffered on `route`: the route's (else the
 /// server's) `request_buffering` is on, and the request has a body that is
-/// not a stream by nature (an upgrade, gRPC).
+/// not a stream by nature (an upgrade, gRPC); PURGE is answered by the cache
+/// as it is.
 fn buffers(session: &mut Session, route: &Route, server_default: bool) -> bool {
     if !route.request_buffering.unwrap_or(server_default)
         || session.subrequest_spawner.is_none()
         || session.is_upgrade_req()
+        || super::caching::is_purge_method(session.req_header())
         || session.is_body_empty()
     {
         return false;
@@ -222,7 +224,8 @@ impl Proxy {
 
 /// Runs the subrequest of `session` made from `head`, feeding it `body`, and
 /// relays its answer. Returns whether an answer began; the subrequest has
-/// reported to `handoff`'s outcome when this returns.
+/// reported to `handoff`'s outcome when this returns, unless the client went
+/// away, which ends the subrequest where it is.
 async fn run_subrequest(
     session: &mut Session,
     head: &ServerSession,
@@ -240,6 +243,15 @@ async fn run_subrequest(
     let running = tokio::spawn(subrequest.run());
     let replay = tokio::spawn(body.replay(handle.tx));
     let relayed = relay(session, handle.rx).await;
+    if relayed
+        .as_ref()
+        .is_err_and(|e| *e.esource() == ErrorSource::Downstream)
+    {
+        // The client is gone: so goes the backend request, as nginx does.
+        running.abort();
+        replay.abort();
+        return relayed;
+    }
     // The subrequest has logged by the time its task ends.
     let _ = running.await;
     if let Ok(Err(e)) = replay.await {
@@ -313,19 +325,44 @@ fn turn_compression_off(session: &mut Session) -> Option<u32> {
 
 /// Writes the tasks of the subrequest's answer to the client until the
 /// subrequest ends. Returns whether an answer began (a header came).
+///
+/// Until the answer begins, a client that goes away ends the relay (and so
+/// the subrequest, whose output channel closes). An answer that began and
+/// did not end (the backend failed in its body) is an error, so that the
+/// client's connection is closed rather than the answer passing for whole.
 async fn relay(
     session: &mut Session,
     mut rx: tokio::sync::mpsc::Receiver<HttpTask>,
 ) -> Result<bool> {
     let mut began = false;
     let mut done = false;
-    while let Some(task) = rx.recv().await {
+    loop {
+        let task = tokio::select! {
+            task = rx.recv() => task,
+            _ = session.downstream_session.read_body_or_idle(true), if !began => {
+                return Error::e_explain(
+                    ErrorType::ConnectionClosed,
+                    "the client went away before the answer began",
+                )
+                .map_err(|e: Box<Error>| e.into_down());
+            }
+        };
+        let Some(task) = task else {
+            break;
+        };
         if done {
             // Keep receiving until the subrequest lets go of the channel.
             continue;
         }
-        began |= matches!(task, HttpTask::Header(..));
+        began |= matches!(&task, HttpTask::Header(head, _) if !head.status.is_informational());
         done = session.write_response_tasks(vec![task]).await?;
+    }
+    if began && !done {
+        return Error::e_explain(
+            ErrorType::ConnectionClosed,
+            "the backend's answer ended before its end",
+        )
+        .map_err(|e: Box<Error>| e.into_up());
     }
     Ok(began)
 }

@@ -405,13 +405,21 @@ impl ProxyHttp for Proxy {
     }
 
     /// Answers a failed request (see `answer::for_error`), nothing when the client
-    /// is gone. The connection is closed after an error answer.
+    /// is gone or an answer was begun already. The connection is closed after.
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if session.response_written().is_some() {
+            // Part of an answer is out: a new one cannot follow it, and the
+            // closed connection tells the client it is cut short.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let Some(answer) = answer::for_error(e) else {
             return FailToProxy {
                 error_code: 0,

@@ -28,6 +28,8 @@ use tokio::sync::Semaphore;
 
 /// How long a verified user and password are let through without bcrypt.
 pub const REMEMBERED_FOR: Duration = Duration::from_secs(300);
+/// The longest a check waits for a core to run bcrypt on.
+const MAX_QUEUE_WAIT: Duration = Duration::from_secs(5);
 /// Most verified credentials remembered.
 const REMEMBERED_MAX: usize = 10_000;
 /// The highest bcrypt cost accepted: `htpasswd -B -C` writes at most 17, which
@@ -41,7 +43,7 @@ pub struct BasicAuth {
     challenge: HeaderValue,
     /// User name -> bcrypt hash, checked when read.
     users: HashMap<String, Arc<str>>,
-    /// The costliest hash of the file: verified, and failed, for unknown users.
+    /// A hash of the file: verified, and failed, for unknown users.
     unknown_user: Arc<str>,
     /// The upstream request header that carries the user name.
     user_header: Option<HeaderName>,
@@ -65,7 +67,8 @@ impl BasicAuth {
             .map_err(|e| format!("cannot read users file {}: {e}", users_file.display()))?;
         let users = parse_htpasswd(&text)
             .map_err(|(line, e)| format!("{}:{line}: {e}", users_file.display()))?;
-        let Some(unknown_user) = users.values().max_by_key(|h| cost_of(h)).cloned() else {
+        // Every entry has the same cost (see `parse_htpasswd`).
+        let Some(unknown_user) = users.values().next().cloned() else {
             return Err(format!("users file {} has no user", users_file.display()));
         };
         let challenge =
@@ -107,7 +110,10 @@ impl BasicAuth {
         }
         let known = self.users.get(&user);
         let hash = Arc::clone(known.unwrap_or(&self.unknown_user));
-        let Ok(permit) = self.verifying.clone().acquire_owned().await else {
+        // A flood of wrong passwords queues here, not on the blocking
+        // threads; a request that cannot be checked in time gets 503.
+        let waiting = self.verifying.clone().acquire_owned();
+        let Ok(Ok(permit)) = tokio::time::timeout(MAX_QUEUE_WAIT, waiting).await else {
             return Verdict::Reject(Rejection::unavailable());
         };
         let verified = tokio::task::spawn_blocking(move || {
@@ -180,6 +186,8 @@ fn basic_credentials(req: &RequestHeader) -> Option<(String, Vec<u8>)> {
 fn parse_htpasswd(text: &str) -> Result<HashMap<String, Arc<str>>, (usize, String)> {
     let mut users = HashMap::new();
     let mut first_line = HashMap::new();
+    // The cost of the first entry, and its line.
+    let mut costs: Option<(u32, usize)> = None;
     for (index, line) in text.lines().enumerate() {
         let number = index + 1;
         let line = line.trim();
@@ -189,15 +197,32 @@ fn parse_htpasswd(text: &str) -> Result<HashMap<String, Arc<str>>, (usize, Strin
         let Some((user, hash)) = line.split_once(':') else {
             return Err((number, "expected `user:hash`".to_string()));
         };
-        if user.is_empty() || user.chars().any(char::is_control) {
+        if user.is_empty() || !user.bytes().all(|b| b.is_ascii_graphic()) {
+            // The name is passed on in a header (`user_header`).
             return Err((
                 number,
-                "the user name is empty or has control characters".into(),
+                "a user name is printable ASCII without spaces".into(),
             ));
         }
         let parsed = parse_entry(hash).map_err(|e| (number, format!("user `{user}`: {e}")))?;
         if let Some(before) = first_line.insert(user.to_string(), number) {
             return Err((number, format!("user `{user}` is already on line {before}")));
+        }
+        let cost = cost_of(&parsed);
+        match costs {
+            Some((first, at)) if first != cost => {
+                // An unknown user is checked at one cost; another cost would
+                // tell by its time which names exist.
+                return Err((
+                    number,
+                    format!(
+                        "bcrypt cost {cost} differs from the cost {first} of line {at}: \
+                         write every entry with the same `htpasswd -B -C`"
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => costs = Some((cost, number)),
         }
         users.insert(user.to_string(), parsed);
     }
@@ -278,6 +303,18 @@ mod tests {
             ),
             (&format!("{ALICE}\n{ALICE}"), 2, "already on line 1"),
             (
+                &format!(
+                    "{ALICE}\nbob:$2b$04$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"
+                ),
+                2,
+                "differs from the cost 5 of line 1",
+            ),
+            (
+                "al ice:$2y$05$abcdefghijklmnopqrstuuWG29KuyeAicPCJODk1zjyGvyQUU2awu",
+                1,
+                "printable ASCII",
+            ),
+            (
                 "alice:$2y$18$abcdefghijklmnopqrstuuWG29KuyeAicPCJODk1zjyGvyQUU2awu",
                 1,
                 "at most 17",
@@ -307,17 +344,18 @@ mod tests {
     async fn the_right_password_passes_with_the_user_as_subject() {
         let auth = policy(&format!("{ALICE}\n"));
         let encoded = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        for _ in 0..2 {
-            // The second time the password is remembered.
-            let verdict = auth
-                .check(&request(&format!("Basic {}", encoded("alice:password"))))
-                .await;
-            let Verdict::Pass(identity) = verdict else {
-                panic!("refused");
-            };
-            assert_eq!(identity.subject.as_deref(), Some("alice"));
-            assert_eq!(identity.headers[0].1, "alice");
-        }
+        let right = request(&format!("Basic {}", encoded("alice:password")));
+        let Verdict::Pass(identity) = auth.check(&right).await else {
+            panic!("refused");
+        };
+        assert_eq!(identity.subject.as_deref(), Some("alice"));
+        assert_eq!(identity.headers[0].1, "alice");
+        // Remembered: it passes even once the hash no longer matches it.
+        let mut forgetful = auth;
+        let other = "$2b$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW";
+        forgetful.users.insert("alice".into(), Arc::from(other));
+        assert!(matches!(forgetful.check(&right).await, Verdict::Pass(_)));
+        let auth = policy(&format!("{ALICE}\n"));
         for wrong in ["alice:passwore", "bob:password", "alice:"] {
             let verdict = auth
                 .check(&request(&format!("Basic {}", encoded(wrong))))
