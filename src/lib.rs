@@ -3,6 +3,7 @@
 //! the README's "Development" section.
 
 pub mod access_log;
+pub mod acme;
 pub mod balance;
 pub mod cache;
 pub mod config;

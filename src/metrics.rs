@@ -31,6 +31,8 @@ pub struct Metrics {
     pub cache_unreadable_entries: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: prometheus::Gauge,
+    pub tls_certificate_expiry: IntGaugeVec,
+    pub acme_orders: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -144,6 +146,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_cache_unreadable_entries_total",
             "Stored files found torn or unreadable; each was removed and counted as a miss.",
             &["cache"]
+        )
+        .registered(),
+        tls_certificate_expiry: register_int_gauge_vec!(
+            "tollgate_tls_certificate_expiry_timestamp_seconds",
+            "When each served certificate expires (Unix time), by DNS name and source (file, acme).",
+            &["name", "source"]
+        )
+        .registered(),
+        acme_orders: register_int_counter_vec!(
+            "tollgate_acme_orders_total",
+            "ACME certificate orders by result (issued, failed).",
+            &["result"]
         )
         .registered(),
         config_reloads: register_int_counter_vec!(

@@ -6,6 +6,7 @@
 
 use crate::balance::health::CheckPlan;
 use crate::config;
+use crate::edge::certs::CertStore;
 use crate::metrics::metrics;
 use crate::topology::{Resources, Topology};
 use arc_swap::ArcSwap;
@@ -23,6 +24,8 @@ pub(crate) struct Reloader {
     plans: watch::Sender<Vec<Arc<CheckPlan>>>,
     /// The `server:` section the process started with, which a reload cannot change.
     server_at_start: config::ServerConfig,
+    /// The TLS listeners' certificates, whose files a reload reads again.
+    certs: Arc<CertStore>,
 }
 
 impl Reloader {
@@ -31,6 +34,7 @@ impl Reloader {
         topology: Arc<ArcSwap<Topology>>,
         plans: watch::Sender<Vec<Arc<CheckPlan>>>,
         server_at_start: &config::ServerConfig,
+        certs: Arc<CertStore>,
     ) -> Self {
         record_success();
         Reloader {
@@ -38,24 +42,44 @@ impl Reloader {
             topology,
             plans,
             server_at_start: server_at_start.clone(),
+            certs,
         }
     }
 
-    /// Reads, validates, compiles and swaps in the topology file.
+    /// Reads, validates, compiles and swaps in the topology file, with the
+    /// TLS listeners' certificate files read again (a listener that is TLS
+    /// both before and after takes the certificates the file now lists).
     pub fn reload(&self) -> Result<(), config::ConfigErrors> {
         let loaded = config::load(&self.path)?;
         let current = self.topology.load();
         let resources = Resources::read(&loaded.config).map_err(|p| loaded.errors(p))?;
+        let tables = crate::server::certificate_tables(&loaded.config)
+            .map_err(|p| loaded.errors(config::Problems(vec![p])))?;
         let topology = Topology::compile(&loaded.config, resources, Some(&current));
-        if loaded.config.server != self.server_at_start {
+        if without_certificates(&loaded.config.server)
+            != without_certificates(&self.server_at_start)
+        {
             log::warn!(
-                "{}: the server section changed; listeners, threads, TLS certificates, limits, compression, \
-                 logging and metrics settings take effect only after a restart or an upgrade (tollgate -u)",
+                "{}: the server section changed; listeners, threads, limits, compression, logging, \
+                 ACME and metrics settings take effect only after a restart or an upgrade (tollgate -u)",
                 self.path.display()
             );
         }
         let plans = topology.check_plans.clone();
         self.topology.store(Arc::new(topology));
+        let was_tls = |i: usize| {
+            self.server_at_start
+                .listeners
+                .get(i)
+                .is_some_and(|l| l.tls.is_some())
+        };
+        let tables = tables
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((i, t?)))
+            .filter(|(i, _)| was_tls(*i))
+            .collect();
+        self.certs.replace_files(tables);
         // The checker may be gone during shutdown; nothing is left to update then.
         let _ = self.plans.send(plans);
         Ok(())
@@ -72,6 +96,18 @@ impl Reloader {
         });
         result
     }
+}
+
+/// `server` with the certificate lists of its listeners left out: they are
+/// what a reload can change there.
+fn without_certificates(server: &config::ServerConfig) -> config::ServerConfig {
+    let mut server = server.clone();
+    for listener in &mut server.listeners {
+        if let Some(tls) = &mut listener.tls {
+            tls.certificates.clear();
+        }
+    }
+    server
 }
 
 fn record_success() {

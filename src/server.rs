@@ -3,13 +3,17 @@
 //! health checker. Nothing here runs until [`pingora::server::Server::run_forever`].
 
 use crate::access_log::AccessLog;
+use crate::acme::challenge::Http01Answers;
+use crate::acme::AcmeService;
 use crate::balance::health::HealthChecker;
 use crate::config::{Config, ConfigErrors, LoadedConfig, Problems};
+use crate::edge::certs::CertStore;
 use crate::edge::compression::CompressionPolicy;
 use crate::edge::keepalive::LeanKeepalive;
 use crate::edge::redirect::HttpsRedirect;
 use crate::edge::request_body::{temp_dir_or_default, BufferLimits};
-use crate::edge::tls::{listener_settings as tls_listener_settings, SniResolver};
+use crate::edge::tls::CertTable;
+use crate::edge::tls_accept::{acceptor, TlsTerminating};
 use crate::listen::Reservation;
 use crate::notify::Readiness;
 use crate::proxy::{Proxy, ProxySettings};
@@ -44,8 +48,8 @@ pub struct StartOptions {
 pub struct Prepared {
     pub topology: Topology,
     pub access_log: AccessLog,
-    /// The certificate resolver of each listener, `None` for plain ones.
-    pub tls: Vec<Option<Arc<SniResolver>>>,
+    /// The certificates of the TLS listeners.
+    pub certs: Arc<CertStore>,
 }
 
 pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
@@ -57,10 +61,37 @@ pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
         config.server.access_log_format.clone(),
     )
     .map_err(|e| loaded.error_at("server.access_log", &e.to_string()))?;
-    let mut tls = Vec::with_capacity(config.server.listeners.len());
+    let tables =
+        certificate_tables(config).map_err(|problem| loaded.errors(Problems(vec![problem])))?;
+    let listeners = config.server.listeners.iter().map(|l| {
+        let acme_names = l.tls.as_ref().map(|t| t.acme.clone()).unwrap_or_default();
+        (l.tls.is_some(), acme_names)
+    });
+    let mut tables = tables.into_iter();
+    let certs = CertStore::new(
+        listeners
+            .map(|(tls, names)| tables.next().flatten().filter(|_| tls).map(|t| (t, names)))
+            .collect(),
+    );
+    if let Some(acme) = &config.server.acme {
+        crate::acme::load_kept(acme, &certs.acme_names(), &certs);
+    }
+    Ok(Prepared {
+        topology,
+        access_log,
+        certs: Arc::new(certs),
+    })
+}
+
+/// The file certificates of each listener (`None` for plain ones), loaded and
+/// checked; the problem names the first file that is not usable.
+pub fn certificate_tables(
+    config: &Config,
+) -> Result<Vec<Option<CertTable>>, crate::config::Problem> {
+    let mut tables = Vec::with_capacity(config.server.listeners.len());
     for (i, listener) in config.server.listeners.iter().enumerate() {
         let Some(tls_config) = &listener.tls else {
-            tls.push(None);
+            tables.push(None);
             continue;
         };
         let pairs: Vec<_> = tls_config
@@ -69,15 +100,9 @@ pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
             .map(|c| (c.cert.as_path(), c.key.as_path()))
             .collect();
         let at = format!("server.listeners[{i}].tls.certificates");
-        let resolver = SniResolver::load(&pairs, &at)
-            .map_err(|problem| loaded.errors(Problems(vec![problem])))?;
-        tls.push(Some(Arc::new(resolver)));
+        tables.push(Some(CertTable::load(&pairs, &at)?));
     }
-    Ok(Prepared {
-        topology,
-        access_log,
-        tls,
-    })
+    Ok(tables)
 }
 
 /// The pingora process settings taken from `server:`.
@@ -137,14 +162,19 @@ pub fn build(
 
     let check_plans = prepared.topology.check_plans.clone();
     let topology = Arc::new(ArcSwap::from_pointee(prepared.topology));
+    let http01 = Arc::new(Http01Answers::default());
     add_listeners(
         &mut server,
         config,
         &reservation,
         Arc::clone(&topology),
         prepared.access_log,
-        prepared.tls,
+        (Arc::clone(&prepared.certs), Arc::clone(&http01)),
     )?;
+    if let Some(acme) = &config.server.acme {
+        let service = AcmeService::new(acme, Arc::clone(&prepared.certs), http01);
+        server.add_service(background_service("acme", service));
+    }
     if let Some(address) = reservation.metrics {
         let mut metrics = Service::new("metrics".to_string(), HttpServer::new_app(MetricsEndpoint));
         metrics.threads = Some(1);
@@ -154,7 +184,13 @@ pub fn build(
 
     let (plans_sender, plans) = tokio::sync::watch::channel(check_plans);
     server.add_service(background_service("health checks", HealthChecker { plans }));
-    let reloader = Reloader::new(loaded.file.clone(), topology, plans_sender, &config.server);
+    let reloader = Reloader::new(
+        loaded.file.clone(),
+        topology,
+        plans_sender,
+        &config.server,
+        prepared.certs,
+    );
     server.add_service(background_service("reload", reloader));
 
     let launch = Launch::of_this_process().context("reading this process's own launch")?;
@@ -183,7 +219,7 @@ fn add_listeners(
     reservation: &Reservation,
     topology: Arc<ArcSwap<Topology>>,
     access_log: AccessLog,
-    tls: Vec<Option<Arc<SniResolver>>>,
+    (certs, http01): (Arc<CertStore>, Arc<Http01Answers>),
 ) -> anyhow::Result<()> {
     let listeners = ListenerRoles::of(config, &reservation.listeners);
     let settings = ProxySettings {
@@ -197,6 +233,7 @@ fn add_listeners(
             .map(CompressionPolicy::new),
         encoded_slashes: config.server.encoded_slashes,
         underscores_in_headers: config.server.underscores_in_headers,
+        http01: config.server.acme.as_ref().map(|_| Arc::clone(&http01)),
         buffering_default: config.server.request_buffering,
         buffer_limits: BufferLimits {
             max_body: config.server.max_request_body,
@@ -208,35 +245,38 @@ fn add_listeners(
         &server.configuration,
         Proxy::new(topology, access_log, settings),
     );
+    let mut acceptors = HashMap::new();
+    let listening = config.server.listeners.iter().zip(&reservation.listeners);
+    for (i, (listener, address)) in listening.clone().enumerate() {
+        if let Some(tls) = &listener.tls {
+            acceptors.insert(*address, acceptor(certs.resolver(i), tls.http2));
+        }
+    }
     let mut proxy = Service::new(
         "proxy".to_string(),
-        LeanKeepalive::new(http_proxy, config.server.client_timeouts.keepalive),
+        TlsTerminating::new(
+            LeanKeepalive::new(http_proxy, config.server.client_timeouts.keepalive),
+            acceptors,
+        ),
     );
     let mut redirects = Service::new(
         "https redirect".to_string(),
         HttpServer::new_app(HttpsRedirect::new(
             listeners.https_port.unwrap_or(DEFAULT_HTTPS_PORT),
             listeners.redirect_statuses,
+            Arc::clone(&http01),
         )),
     );
     redirects.threads = Some(1);
-    let addresses = reservation.listeners.iter();
-    for ((listener, resolver), address) in config.server.listeners.iter().zip(tls).zip(addresses) {
+    for (listener, address) in listening {
         let address = address.to_string();
-        match (resolver, &listener.tls) {
-            (Some(resolver), Some(tls)) => {
-                let settings = tls_listener_settings(resolver, tls.http2)
-                    .map_err(|e| anyhow::anyhow!("TLS settings of {address}: {e}"))?;
-                proxy.add_listener(
-                    ListenerConfig::tcp(address)
-                        .tls(settings)
-                        .l4_buffer(TLS_READ_BUFFER),
-                );
-            }
-            _ if listener.redirect_https => {
-                redirects.add_listener(ListenerConfig::tcp(address).l4_buffer(PLAIN_READ_BUFFER))
-            }
-            _ => proxy.add_listener(ListenerConfig::tcp(address).l4_buffer(PLAIN_READ_BUFFER)),
+        // TLS listeners are TCP ones to pingora: `TlsTerminating` does the handshake.
+        if listener.tls.is_some() {
+            proxy.add_listener(ListenerConfig::tcp(address).l4_buffer(TLS_READ_BUFFER));
+        } else if listener.redirect_https {
+            redirects.add_listener(ListenerConfig::tcp(address).l4_buffer(PLAIN_READ_BUFFER));
+        } else {
+            proxy.add_listener(ListenerConfig::tcp(address).l4_buffer(PLAIN_READ_BUFFER));
         }
     }
     server.add_service(proxy);

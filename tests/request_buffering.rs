@@ -130,7 +130,11 @@ async fn chunked_uploads_reach_the_service_whole_with_a_length() {
         "each request counted once at its backend"
     );
     let both_logged = wait_until(Duration::from_secs(5), || async {
-        tollgate.access_log().matches("\"uri\":\"/buffered/upload\"").count() == 2
+        tollgate
+            .access_log()
+            .matches("\"uri\":\"/buffered/upload\"")
+            .count()
+            == 2
     })
     .await;
     let log = tollgate.access_log();

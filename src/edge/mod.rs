@@ -1,5 +1,6 @@
 //! The edge: TLS termination, HTTPS redirects, and answers tollgate writes itself.
 
+pub mod certs;
 pub mod compression;
 pub mod error_pages;
 pub mod header_rules;
@@ -11,3 +12,4 @@ pub mod request_body;
 pub mod respond;
 pub mod static_files;
 pub mod tls;
+pub mod tls_accept;

@@ -1,12 +1,15 @@
-//! Answers on a `redirect_https: true` listener: every request gets a redirect
+//! Answers on a `redirect_https: true` listener: every request but an ACME
+//! server's HTTP-01 one (answered with its key authorization) gets a redirect
 //! (the listener's `redirect_status`, 308 by default) to the same host, path and
 //! query over HTTPS, on the TLS listener's port (left out when it is 443).
 
+use crate::acme::challenge::Http01Answers;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// The port `https://` URLs mean when they name none.
 const HTTPS_DEFAULT_PORT: u16 = 443;
@@ -16,14 +19,21 @@ pub(crate) struct HttpsRedirect {
     pub https_port: Option<u16>,
     /// The status each redirecting listener answers with, by its address.
     statuses: HashMap<SocketAddr, http::StatusCode>,
+    /// ACME HTTP-01 requests are answered, not redirected.
+    http01: Arc<Http01Answers>,
 }
 
 impl HttpsRedirect {
     /// Redirects to `https_port`; `statuses` gives each listener's status.
-    pub fn new(https_port: u16, statuses: HashMap<SocketAddr, http::StatusCode>) -> Self {
+    pub fn new(
+        https_port: u16,
+        statuses: HashMap<SocketAddr, http::StatusCode>,
+        http01: Arc<Http01Answers>,
+    ) -> Self {
         HttpsRedirect {
             https_port: (https_port != HTTPS_DEFAULT_PORT).then_some(https_port),
             statuses,
+            http01,
         }
     }
 
@@ -59,6 +69,19 @@ fn host_without_port(host: &str) -> Option<&str> {
 impl ServeHttp for HttpsRedirect {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let req = session.req_header();
+        if let Some(key_authorization) = self.http01.answer(req.uri.path()) {
+            let mut response = http::Response::new(key_authorization.into_bytes());
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain"),
+            );
+            let length = response.body().len();
+            response.headers_mut().insert(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from(length),
+            );
+            return response;
+        }
         let host = req
             .headers
             .get(http::header::HOST)
@@ -101,7 +124,7 @@ mod tests {
 
     #[test]
     fn locations() {
-        let r = HttpsRedirect::new(443, HashMap::new());
+        let r = HttpsRedirect::new(443, HashMap::new(), Default::default());
         assert_eq!(
             r.location("example.com", "/a?b=c").as_deref(),
             Some("https://example.com/a?b=c")
@@ -110,7 +133,7 @@ mod tests {
             r.location("example.com:80", "/").as_deref(),
             Some("https://example.com/")
         );
-        let r = HttpsRedirect::new(8443, HashMap::new());
+        let r = HttpsRedirect::new(8443, HashMap::new(), Default::default());
         assert_eq!(
             r.location("[::1]:8080", "/x").as_deref(),
             Some("https://[::1]:8443/x")

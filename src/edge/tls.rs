@@ -1,86 +1,91 @@
-//! TLS termination: certificates loaded and checked at start (so a bad one is a
-//! `-t` error naming its file, not a failed handshake later), chosen per
-//! connection by SNI. TLS 1.2 and 1.3 only (pingora's rustls settings).
+//! Certificates from files: loaded and checked at start and on reload (so a
+//! bad one is an error naming its file, not a failed handshake later), and
+//! tabled by the names they answer for. `edge::certs` chooses among them per
+//! handshake; `edge::tls_accept` terminates TLS.
 
 use crate::config::Problem;
-use pingora::listeners::tls::TlsSettings;
 use pingora::tls::sign::CertifiedKey;
-use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use pingora::tls::CryptoProvider;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-/// A certificate with the names it answers for.
-struct LoadedCert {
-    key: Arc<CertifiedKey>,
-    names: Vec<String>,
-}
-
-/// Chooses a certificate by the SNI name: an exact name, then a wildcard
-/// (`*.example.com` covers one label), then the default (the first listed).
+/// A certificate as it is served: the key rustls signs with, the DNS names
+/// it answers for and when it expires.
 #[derive(Debug)]
-pub struct SniResolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    /// Keyed by the suffix after `*`: `.example.com`.
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
-    default: Arc<CertifiedKey>,
+pub struct ServedCert {
+    pub key: Arc<CertifiedKey>,
+    pub names: Vec<String>,
+    /// Unix time of its `notBefore` and `notAfter`.
+    pub not_before: i64,
+    pub not_after: i64,
 }
 
-impl SniResolver {
+/// The certificates of one listener's `certificates:` list, by SNI name: an
+/// exact name, then a wildcard (`*.example.com` covers one label), then the
+/// default (the first listed); empty when the list is.
+#[derive(Debug, Default)]
+pub struct CertTable {
+    exact: HashMap<String, Arc<ServedCert>>,
+    /// Keyed by the suffix after `*`: `.example.com`.
+    wildcard: HashMap<String, Arc<ServedCert>>,
+    default: Option<Arc<ServedCert>>,
+    /// Every certificate, in the order listed.
+    all: Vec<Arc<ServedCert>>,
+}
+
+impl CertTable {
     /// Loads every (cert, key) pair of the `certificates` at node `at`
     /// (`server.listeners[1].tls.certificates`); the first is the default. A
     /// problem names the file's node (`...certificates[0].key`).
-    pub fn load(pairs: &[(&Path, &Path)], at: &str) -> Result<SniResolver, Problem> {
+    pub fn load(pairs: &[(&Path, &Path)], at: &str) -> Result<CertTable, Problem> {
         pingora::tls::install_default_crypto_provider();
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
-        let mut default = None;
+        let mut table = CertTable::default();
         for (i, (cert, key)) in pairs.iter().enumerate() {
-            let loaded = load_pair(cert, key, &format!("{at}[{i}]"))?;
+            let loaded = Arc::new(load_pair(cert, key, &format!("{at}[{i}]"))?);
             for name in &loaded.names {
                 let target = match name.strip_prefix('*') {
-                    Some(suffix) => wildcard.entry(suffix.to_string()),
-                    None => exact.entry(name.clone()),
+                    Some(suffix) => table.wildcard.entry(suffix.to_string()),
+                    None => table.exact.entry(name.clone()),
                 };
-                target.or_insert_with(|| Arc::clone(&loaded.key));
+                target.or_insert_with(|| Arc::clone(&loaded));
             }
-            default.get_or_insert(loaded.key);
+            table.default.get_or_insert_with(|| Arc::clone(&loaded));
+            table.all.push(loaded);
         }
-        let default = default.ok_or_else(|| Problem::at(at, "no certificate listed"))?;
-        Ok(SniResolver {
-            exact,
-            wildcard,
-            default,
-        })
+        Ok(table)
     }
 
-    fn choose(&self, name: Option<&str>) -> Arc<CertifiedKey> {
-        let Some(name) = name.map(str::to_ascii_lowercase) else {
-            return Arc::clone(&self.default);
+    /// The certificate listed for exactly `name` (lower case).
+    pub fn exact(&self, name: &str) -> Option<&Arc<ServedCert>> {
+        self.exact.get(name)
+    }
+
+    /// The certificate for `name` (lower case; `None`: the client sent none):
+    /// exact, wildcard, then the default.
+    pub fn choose(&self, name: Option<&str>) -> Option<&Arc<ServedCert>> {
+        let Some(name) = name else {
+            return self.default.as_ref();
         };
-        if let Some(key) = self.exact.get(&name) {
-            return Arc::clone(key);
-        }
-        if let Some(key) = name
-            .find('.')
-            .and_then(|dot| self.wildcard.get(&name[dot..]))
-        {
-            return Arc::clone(key);
-        }
-        Arc::clone(&self.default)
+        self.exact
+            .get(name)
+            .or_else(|| {
+                name.find('.')
+                    .and_then(|dot| self.wildcard.get(&name[dot..]))
+            })
+            .or(self.default.as_ref())
     }
-}
 
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.choose(client_hello.server_name()))
+    /// Every certificate of the table.
+    pub fn all(&self) -> &[Arc<ServedCert>] {
+        &self.all
     }
 }
 
 /// Reads and checks one pair: both files readable PEM, the key matching the
 /// certificate, the certificate valid now. Returns it with its DNS names.
-fn load_pair(cert: &Path, key: &Path, at: &str) -> Result<LoadedCert, Problem> {
+pub(crate) fn load_pair(cert: &Path, key: &Path, at: &str) -> Result<ServedCert, Problem> {
     let cert_text = cert.to_string_lossy();
     let key_text = key.to_string_lossy();
     let cert_problem = |message: String| Problem::at(format!("{at}.cert"), message);
@@ -119,6 +124,8 @@ fn load_pair(cert: &Path, key: &Path, at: &str) -> Result<LoadedCert, Problem> {
             "{cert_text} is not valid now (valid from {not_before} to {not_after})"
         )));
     }
+    let not_before = validity.not_before.timestamp();
+    let not_after = validity.not_after.timestamp();
     let names = dns_names(&parsed);
     if names.is_empty() {
         return Err(cert_problem(format!(
@@ -131,9 +138,11 @@ fn load_pair(cert: &Path, key: &Path, at: &str) -> Result<LoadedCert, Problem> {
             "{key_text} does not match the certificate in {cert_text}"
         ))
     })?;
-    Ok(LoadedCert {
+    Ok(ServedCert {
         key: Arc::new(certified),
         names,
+        not_before,
+        not_after,
     })
 }
 
@@ -164,23 +173,3 @@ fn dns_names(cert: &X509Certificate<'_>) -> Vec<String> {
     }
     names
 }
-
-/// pingora TLS settings that use `resolver`, offering h2 when `http2`.
-pub(crate) fn listener_settings(
-    resolver: Arc<SniResolver>,
-    http2: bool,
-) -> pingora::Result<TlsSettings> {
-    let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))?;
-    settings.set_cert_resolver(resolver);
-    if http2 {
-        settings.enable_h2();
-    }
-    Ok(settings)
-}
-
-/// Handshake callbacks that do nothing (pingora's constructor for resolver-based
-/// settings takes callbacks).
-struct NoCallbacks;
-
-#[async_trait::async_trait]
-impl pingora::listeners::TlsAccept for NoCallbacks {}

@@ -68,6 +68,8 @@ pub struct ProxySettings {
     /// `server.encoded_slashes`: for routes that do not set their own.
     pub encoded_slashes: EncodedSlashes,
     pub underscores_in_headers: UnderscoreHeaders,
+    /// The HTTP-01 answers of ACME orders under way, when `server.acme` is set.
+    pub http01: Option<Arc<crate::acme::challenge::Http01Answers>>,
     /// `server.request_buffering`: for routes that do not set their own.
     pub buffering_default: bool,
     /// The bounds of buffered request bodies.
@@ -85,6 +87,17 @@ impl Proxy {
             access_log,
             settings,
         }
+    }
+
+    /// The answer to an ACME server's HTTP-01 request for a token of an
+    /// order under way; answered before routing, whatever the routes say.
+    fn acme_answer(&self, session: &Session) -> Option<crate::filters::Answer> {
+        let answers = self.settings.http01.as_ref()?;
+        let key_authorization = answers.answer(session.req_header().uri.path())?;
+        Some(crate::filters::Answer::text(
+            http::StatusCode::OK,
+            key_authorization,
+        ))
     }
 
     /// Carries out the action of `route`, the request's route: answers it here
@@ -187,6 +200,9 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if let Some(taken_over) = self.take_over(session, ctx).await {
             return taken_over;
+        }
+        if let Some(key_authorization) = self.acme_answer(session) {
+            return answer::send(session, ctx, key_authorization).await;
         }
         if let Some(refused) = self.check_head(session)? {
             return answer::send(session, ctx, refused).await;

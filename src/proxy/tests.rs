@@ -48,6 +48,7 @@ fn proxy() -> Proxy {
             compression: None,
             encoded_slashes: EncodedSlashes::Reject,
             underscores_in_headers: UnderscoreHeaders::Drop,
+            http01: None,
             buffering_default: true,
             buffer_limits: crate::edge::request_body::BufferLimits {
                 max_body: 1024,

@@ -75,6 +75,11 @@ impl Resources {
                 }
             }
         }
+        if let Some(acme) = &config.server.acme {
+            if let Err(e) = crate::acme::check_storage(acme) {
+                problems.push("server.acme.storage", e);
+            }
+        }
         let temp_dir = temp_dir_or_default(config.server.temp_dir.as_deref());
         if let Err(e) = check_temp_dir(&temp_dir) {
             problems.push("server.temp_dir", e);

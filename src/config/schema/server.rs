@@ -68,6 +68,40 @@ pub struct ServerConfig {
     /// What request headers whose names contain `_` do.
     #[serde(default)]
     pub underscores_in_headers: UnderscoreHeaders,
+    /// Automatic certificates (RFC 8555) for the names of TLS listeners' `acme:`.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// `server.acme`: the ACME server certificates are obtained from, and where
+/// the account and certificates are kept.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The directory URL (`https://...`).
+    #[serde(deserialize_with = "units::http_url")]
+    pub directory: reqwest::Url,
+    /// The account's contact.
+    pub email: String,
+    /// Account key and certificates; keys are written mode 0600.
+    pub storage: PathBuf,
+    /// PEM roots trusted for the ACME server itself (instead of the system's).
+    pub ca_roots: Option<PathBuf>,
+    /// How names are proven: `tls-alpn-01` (default; on the TLS listener) or
+    /// `http-01` (on a plain listener).
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    /// The first wait after a failed order; it doubles on each failure, to an hour.
+    #[serde(default = "defaults::acme_retry", deserialize_with = "units::duration")]
+    pub retry: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum AcmeChallenge {
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    #[serde(rename = "http-01")]
+    Http01,
 }
 
 /// How escaped slashes in a request path are read (see `filters::request_path`).
@@ -172,7 +206,11 @@ pub struct ListenerConfig {
 pub struct ListenerTlsConfig {
     /// Certificates chosen by SNI against each one's names; the first is the
     /// default for clients that send no (or an unknown) name.
+    #[serde(default)]
     pub certificates: Vec<CertificateConfig>,
+    /// Names whose certificates tollgate obtains and renews (`server.acme`).
+    #[serde(default)]
+    pub acme: Vec<String>,
     /// Offer HTTP/2 by ALPN (HTTP/1.1 is always offered).
     #[serde(default)]
     pub http2: bool,

@@ -1,7 +1,7 @@
 //! Checks of `server:`.
 
 use super::{check_positive, Problems};
-use crate::config::schema::{ListenerConfig, ServerConfig};
+use crate::config::schema::{AcmeChallenge, ListenerConfig, ServerConfig};
 use std::collections::HashSet;
 
 pub(super) fn check(server: &ServerConfig, problems: &mut Problems) {
@@ -32,6 +32,7 @@ pub(super) fn check(server: &ServerConfig, problems: &mut Problems) {
             );
         }
     }
+    check_acme(server, problems);
     let t = &server.client_timeouts;
     check_positive(
         "server.client_timeouts",
@@ -75,11 +76,16 @@ fn check_listener(at: &str, listener: &ListenerConfig, has_tls: bool, problems: 
         );
     }
     if let Some(tls) = &listener.tls {
-        if tls.certificates.is_empty() {
+        if tls.certificates.is_empty() && tls.acme.is_empty() {
             problems.push(
                 format!("{at}.tls.certificates"),
-                "list at least one certificate",
+                "list at least one certificate, or names under `acme`",
             );
+        }
+        for (n, name) in tls.acme.iter().enumerate() {
+            if let Err(e) = check_acme_name(name) {
+                problems.push(format!("{at}.tls.acme[{n}]"), e);
+            }
         }
         let empty_hsts = tls
             .hsts
@@ -92,4 +98,79 @@ fn check_listener(at: &str, listener: &ListenerConfig, has_tls: bool, problems: 
             );
         }
     }
+}
+
+/// `server.acme` against the listeners' `acme:` names.
+fn check_acme(server: &ServerConfig, problems: &mut Problems) {
+    let named = server
+        .listeners
+        .iter()
+        .position(|l| l.tls.as_ref().is_some_and(|t| !t.acme.is_empty()));
+    let Some(acme) = &server.acme else {
+        if let Some(i) = named {
+            problems.push(
+                format!("server.listeners[{i}].tls.acme"),
+                "automatic certificates need `server.acme` (directory, email, storage)",
+            );
+        }
+        return;
+    };
+    if named.is_none() {
+        problems.push("server.acme", "no TLS listener lists names under `acme`");
+    }
+    if acme.directory.scheme() != "https" {
+        problems.push(
+            "server.acme.directory",
+            "an ACME directory is an https:// URL",
+        );
+    }
+    let (local, domain) = acme.email.split_once('@').unwrap_or(("", ""));
+    if local.is_empty()
+        || !domain.contains('.')
+        || acme
+            .email
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        problems.push(
+            "server.acme.email",
+            format!("`{}` is not an email address", acme.email),
+        );
+    }
+    if acme.retry.is_zero() {
+        problems.push("server.acme.retry", "must be more than 0");
+    }
+    let plain = server.listeners.iter().any(|l| l.tls.is_none());
+    if acme.challenge == AcmeChallenge::Http01 && !plain {
+        problems.push(
+            "server.acme.challenge",
+            "http-01 is answered on a plain listener (port 80); there is none",
+        );
+    }
+}
+
+/// A name an ACME server can validate by HTTP-01 or TLS-ALPN-01: a DNS name
+/// of letters, digits and `-` labels, no wildcard (that needs DNS-01).
+fn check_acme_name(name: &str) -> Result<(), String> {
+    if name.starts_with("*.") {
+        return Err(format!(
+            "`{name}`: wildcard names need the DNS-01 challenge, which tollgate does not answer"
+        ));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() > 253 || !name.contains('.') || !name.split('.').all(label_ok) {
+        return Err(format!("`{name}` is not a DNS name"));
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() || name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "`{name}`: write a lower-case DNS name, not an address"
+        ));
+    }
+    Ok(())
 }

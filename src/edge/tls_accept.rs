@@ -1,0 +1,105 @@
+//! TLS termination in front of the proxy. pingora listens on TLS listeners'
+//! addresses as plain TCP; [`TlsTerminating`] does the handshake itself, with
+//! a rustls configuration of tollgate's own: certificates from the live
+//! [`CertStore`](super::certs::CertStore), and `acme-tls/1` offered beside h2
+//! and HTTP/1.1, which pingora's TLS settings cannot express and TLS-ALPN-01
+//! needs. A TLS-ALPN-01 handshake is closed once done (the ACME server only
+//! looks at the certificate); every other connection goes on to the wrapped
+//! app as the TLS stream pingora would have made. TLS 1.2 and 1.3 only.
+
+use super::certs::{ListenerResolver, ACME_TLS_ALPN};
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::listeners::ALPN;
+use pingora::protocols::l4::stream::Stream as TcpStream;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use pingora::tls::{version, ServerConfig};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest a client may take over its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The acceptor of a TLS listener: its certificates from `resolver`, h2
+/// offered when `http2`.
+pub fn acceptor(resolver: Arc<ListenerResolver>, http2: bool) -> Acceptor {
+    pingora::tls::install_default_crypto_provider();
+    let mut config =
+        ServerConfig::builder_with_protocol_versions(&[&version::TLS12, &version::TLS13])
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+    let mut alpn: Vec<Vec<u8>> = Vec::new();
+    if http2 {
+        alpn.push(b"h2".to_vec());
+    }
+    alpn.push(b"http/1.1".to_vec());
+    alpn.push(ACME_TLS_ALPN.to_vec());
+    config.alpn_protocols = alpn;
+    Acceptor::from_server_config(Arc::new(config))
+}
+
+/// An app whose TLS listeners' connections it terminates before `app`
+/// serves them.
+pub struct TlsTerminating<A> {
+    app: Arc<A>,
+    /// By the listener's local address.
+    acceptors: HashMap<SocketAddr, Acceptor>,
+}
+
+impl<A> TlsTerminating<A> {
+    pub fn new(app: A, acceptors: HashMap<SocketAddr, Acceptor>) -> Self {
+        TlsTerminating {
+            app: Arc::new(app),
+            acceptors,
+        }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for TlsTerminating<A>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    /// Serves one client connection: a TLS listener's after its handshake
+    /// (none for a failed or TLS-ALPN-01 one), a plain listener's as it is.
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        let Some(acceptor) = local.and_then(|a| self.acceptors.get(&a)) else {
+            return self.app.process_new(stream, shutdown).await;
+        };
+        let tcp = stream.into_any().downcast::<TcpStream>().ok()?;
+        let tls = match pingora::prelude::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(*tcp))
+            .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                log::debug!("TLS handshake failed: {e}");
+                return None;
+            }
+            Err(_) => {
+                log::debug!("TLS handshake took longer than {HANDSHAKE_TIMEOUT:?}");
+                return None;
+            }
+        };
+        let tls: Stream = Box::new(tls);
+        if matches!(tls.selected_alpn_proto(), Some(ALPN::Custom(p)) if p.protocol() == ACME_TLS_ALPN)
+        {
+            return None;
+        }
+        self.app.process_new(tls, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await;
+    }
+}
