@@ -142,3 +142,70 @@ mod tests {
         drop((held, listener));
     }
 }
+
+/// Values by listener, found from the local address of a connection: the
+/// listener's own address, or, for a listener on `0.0.0.0`/`[::]`, its port
+/// (a connection's local address is then the one it came in on).
+#[derive(Debug)]
+pub struct ByListener<T> {
+    exact: std::collections::HashMap<SocketAddr, T>,
+    /// Listeners on an unspecified address, by port.
+    any_address: std::collections::HashMap<u16, T>,
+}
+
+impl<T> Default for ByListener<T> {
+    fn default() -> Self {
+        ByListener {
+            exact: std::collections::HashMap::new(),
+            any_address: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl<T> ByListener<T> {
+    /// Adds the value of the listener bound to `address`.
+    pub fn insert(&mut self, address: SocketAddr, value: T) {
+        if address.ip().is_unspecified() {
+            self.any_address.insert(address.port(), value);
+        } else {
+            self.exact.insert(address, value);
+        }
+    }
+
+    /// The value of the listener a connection whose local address is
+    /// `local` came in on.
+    pub fn get(&self, local: &SocketAddr) -> Option<&T> {
+        self.exact
+            .get(local)
+            .or_else(|| self.any_address.get(&local.port()))
+    }
+}
+
+#[cfg(test)]
+mod by_listener_tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_listeners_are_found_by_port() {
+        let mut map = ByListener::default();
+        map.insert("0.0.0.0:443".parse().unwrap(), "tls");
+        map.insert("127.0.0.1:80".parse().unwrap(), "plain");
+        assert_eq!(map.get(&"10.0.0.5:443".parse().unwrap()), Some(&"tls"));
+        assert_eq!(
+            map.get(&"[::ffff:10.0.0.5]:443".parse().unwrap()),
+            Some(&"tls")
+        );
+        assert_eq!(map.get(&"127.0.0.1:80".parse().unwrap()), Some(&"plain"));
+        assert_eq!(map.get(&"127.0.0.2:80".parse().unwrap()), None);
+    }
+}
+
+impl<T> FromIterator<(SocketAddr, T)> for ByListener<T> {
+    fn from_iter<I: IntoIterator<Item = (SocketAddr, T)>>(iter: I) -> Self {
+        let mut map = ByListener::default();
+        for (address, value) in iter {
+            map.insert(address, value);
+        }
+        map
+    }
+}

@@ -53,11 +53,24 @@ impl Reloader {
         let loaded = config::load(&self.path)?;
         let current = self.topology.load();
         let resources = Resources::read(&loaded.config).map_err(|p| loaded.errors(p))?;
-        let tables = crate::server::certificate_tables(&loaded.config)
-            .map_err(|p| loaded.errors(config::Problems(vec![p])))?;
+        // A listener that is as it was but for its certificates takes the
+        // certificates the file now lists; any other change waits for a restart.
+        let mut tables = Vec::new();
+        for (i, listener) in loaded.config.server.listeners.iter().enumerate() {
+            let before = self.server_at_start.listeners.get(i);
+            if listener.tls.is_some()
+                && before.map(without_certificates) == Some(without_certificates(listener))
+            {
+                if let Some(table) = crate::server::listener_certificates(&loaded.config, i)
+                    .map_err(|p| loaded.errors(config::Problems(vec![p])))?
+                {
+                    tables.push((i, table));
+                }
+            }
+        }
         let topology = Topology::compile(&loaded.config, resources, Some(&current));
-        if without_certificates(&loaded.config.server)
-            != without_certificates(&self.server_at_start)
+        if server_without_certificates(&loaded.config.server)
+            != server_without_certificates(&self.server_at_start)
         {
             log::warn!(
                 "{}: the server section changed; listeners, threads, limits, compression, logging, \
@@ -67,18 +80,6 @@ impl Reloader {
         }
         let plans = topology.check_plans.clone();
         self.topology.store(Arc::new(topology));
-        let was_tls = |i: usize| {
-            self.server_at_start
-                .listeners
-                .get(i)
-                .is_some_and(|l| l.tls.is_some())
-        };
-        let tables = tables
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, t)| Some((i, t?)))
-            .filter(|(i, _)| was_tls(*i))
-            .collect();
         self.certs.replace_files(tables);
         // The checker may be gone during shutdown; nothing is left to update then.
         let _ = self.plans.send(plans);
@@ -100,14 +101,19 @@ impl Reloader {
 
 /// `server` with the certificate lists of its listeners left out: they are
 /// what a reload can change there.
-fn without_certificates(server: &config::ServerConfig) -> config::ServerConfig {
+fn server_without_certificates(server: &config::ServerConfig) -> config::ServerConfig {
     let mut server = server.clone();
-    for listener in &mut server.listeners {
-        if let Some(tls) = &mut listener.tls {
-            tls.certificates.clear();
-        }
-    }
+    server.listeners = server.listeners.iter().map(without_certificates).collect();
     server
+}
+
+/// `listener` with no certificates listed.
+fn without_certificates(listener: &config::ListenerConfig) -> config::ListenerConfig {
+    let mut listener = listener.clone();
+    if let Some(tls) = &mut listener.tls {
+        tls.certificates.clear();
+    }
+    listener
 }
 
 fn record_success() {

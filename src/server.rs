@@ -14,7 +14,7 @@ use crate::edge::redirect::HttpsRedirect;
 use crate::edge::request_body::{temp_dir_or_default, BufferLimits};
 use crate::edge::tls::CertTable;
 use crate::edge::tls_accept::{acceptor, TlsTerminating};
-use crate::listen::Reservation;
+use crate::listen::{ByListener, Reservation};
 use crate::notify::Readiness;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::reload::Reloader;
@@ -30,7 +30,6 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -88,21 +87,26 @@ pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
 pub fn certificate_tables(
     config: &Config,
 ) -> Result<Vec<Option<CertTable>>, crate::config::Problem> {
-    let mut tables = Vec::with_capacity(config.server.listeners.len());
-    for (i, listener) in config.server.listeners.iter().enumerate() {
-        let Some(tls_config) = &listener.tls else {
-            tables.push(None);
-            continue;
-        };
-        let pairs: Vec<_> = tls_config
-            .certificates
-            .iter()
-            .map(|c| (c.cert.as_path(), c.key.as_path()))
-            .collect();
-        let at = format!("server.listeners[{i}].tls.certificates");
-        tables.push(Some(CertTable::load(&pairs, &at)?));
-    }
-    Ok(tables)
+    (0..config.server.listeners.len())
+        .map(|i| listener_certificates(config, i))
+        .collect()
+}
+
+/// The file certificates of `server.listeners[i]`, `None` for a plain one.
+pub fn listener_certificates(
+    config: &Config,
+    i: usize,
+) -> Result<Option<CertTable>, crate::config::Problem> {
+    let Some(tls_config) = config.server.listeners.get(i).and_then(|l| l.tls.as_ref()) else {
+        return Ok(None);
+    };
+    let pairs: Vec<_> = tls_config
+        .certificates
+        .iter()
+        .map(|c| (c.cert.as_path(), c.key.as_path()))
+        .collect();
+    let at = format!("server.listeners[{i}].tls.certificates");
+    CertTable::load(&pairs, &at).map(Some)
 }
 
 /// The pingora process settings taken from `server:`.
@@ -245,7 +249,7 @@ fn add_listeners(
         &server.configuration,
         Proxy::new(topology, access_log, settings),
     );
-    let mut acceptors = HashMap::new();
+    let mut acceptors = ByListener::default();
     let listening = config.server.listeners.iter().zip(&reservation.listeners);
     for (i, (listener, address)) in listening.clone().enumerate() {
         if let Some(tls) = &listener.tls {
@@ -302,12 +306,12 @@ pub fn signal_running(loaded: &LoadedConfig, signal: libc::c_int) -> anyhow::Res
 /// What the listeners of a config ask of the proxy.
 struct ListenerRoles {
     /// TLS listeners by address, with their Strict-Transport-Security value.
-    tls_headers: HashMap<SocketAddr, Option<http::HeaderValue>>,
+    tls_headers: ByListener<Option<http::HeaderValue>>,
     /// The port HTTPS redirects point to: the first TLS listener's.
     https_port: Option<u16>,
     any_redirect: bool,
     /// The status of each redirecting listener, by address.
-    redirect_statuses: HashMap<SocketAddr, http::StatusCode>,
+    redirect_statuses: ByListener<http::StatusCode>,
 }
 
 impl ListenerRoles {
@@ -318,7 +322,7 @@ impl ListenerRoles {
             .listeners
             .iter()
             .zip(addresses.iter().copied());
-        let mut tls_headers = HashMap::new();
+        let mut tls_headers = ByListener::default();
         for (listener, address) in listeners.clone() {
             if let Some(tls) = &listener.tls {
                 let hsts = tls.hsts.as_ref().and_then(|h| {

@@ -17,7 +17,7 @@ mod storage;
 
 use crate::config::AcmeConfig;
 use crate::edge::certs::CertStore;
-use crate::edge::tls::{load_pair, ServedCert};
+use crate::edge::tls::{load_pair, served_from_pem, ServedCert};
 use crate::metrics::metrics;
 use async_trait::async_trait;
 use challenge::Http01Answers;
@@ -30,26 +30,27 @@ use storage::Storage;
 
 /// The longest wait between failed orders.
 const MAX_RETRY: Duration = Duration::from_secs(3600);
-/// The longest one order may take, answers of the ACME server included.
+/// The longest one order may take, the account's opening and every answer of
+/// the ACME server included.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 /// The longest a task sleeps before it looks at its certificate again.
 const LONGEST_SLEEP: Duration = Duration::from_secs(3600);
 
 /// Checks at load that `storage` can be made and written.
 pub fn check_storage(config: &AcmeConfig) -> Result<(), String> {
-    Storage::new(&config.storage).prepare()
+    Storage::new(&config.storage, config.directory.as_str()).prepare()
 }
 
 /// Serves, for each of `names`, the certificate kept under `storage` when it
 /// is still valid. A file that cannot be read is logged and ordered anew.
 pub fn load_kept(config: &AcmeConfig, names: &[String], certs: &CertStore) {
-    let storage = Storage::new(&config.storage);
+    let storage = Storage::new(&config.storage, config.directory.as_str());
     for name in names {
-        let (chain, key) = storage.cert_files(name);
-        if !chain.exists() {
+        let file = storage.cert_file(name);
+        if !file.exists() {
             continue;
         }
-        match load_pair(&chain, &key, "server.acme.storage") {
+        match load_pair(&file, &file, "server.acme.storage") {
             Ok(served) => {
                 log::info!(
                     "serving the kept certificate of {name} (expires at {})",
@@ -78,7 +79,7 @@ pub struct AcmeService {
 impl AcmeService {
     pub fn new(config: &AcmeConfig, certs: Arc<CertStore>, http01: Arc<Http01Answers>) -> Self {
         AcmeService {
-            storage: Storage::new(&config.storage),
+            storage: Storage::new(&config.storage, config.directory.as_str()),
             config: config.clone(),
             certs,
             http01,
@@ -98,7 +99,17 @@ impl AcmeService {
                 tokio::time::sleep(due.min(LONGEST_SLEEP)).await;
                 continue;
             }
-            match self.obtain(name).await {
+            // The whole of it, account included: an ACME server that
+            // accepts and never answers must not hold the name forever.
+            let obtained = tokio::time::timeout(ORDER_TIMEOUT, self.obtain(name))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no answer from the ACME server in {}s",
+                        ORDER_TIMEOUT.as_secs()
+                    ))
+                });
+            match obtained {
                 Ok(served) => {
                     failures = 0;
                     metrics().acme_orders.with_label_values(&["issued"]).inc();
@@ -131,31 +142,27 @@ impl AcmeService {
             }
             kept.clone().ok_or("no ACME account")?
         };
-        let ordered = order::run(
+        let (chain_pem, key_pem) = order::run(
             &account,
             name,
             self.config.challenge,
             &self.certs,
             &self.http01,
-        );
-        let (chain_pem, key_pem) = tokio::time::timeout(ORDER_TIMEOUT, ordered)
-            .await
-            .map_err(|_| {
-                format!(
-                    "no answer from the ACME server in {}s",
-                    ORDER_TIMEOUT.as_secs()
-                )
-            })??;
-        let (chain, key) = self.storage.cert_files(name);
-        storage::write_private(&key, key_pem.as_bytes())
-            .and_then(|()| storage::write_private(&chain, chain_pem.as_bytes()))
-            .map_err(|e| {
-                format!(
-                    "cannot keep the certificate under {}: {e}",
-                    self.config.storage.display()
-                )
-            })?;
-        load_pair(&chain, &key, "server.acme.storage").map_err(|p| p.message)
+        )
+        .await?;
+        let served = served_from_pem(chain_pem.as_bytes(), key_pem.as_bytes())
+            .map_err(|(_, e)| format!("the issued certificate {e}"))?;
+        // Served from memory even when it cannot be kept: the next restart
+        // orders again, but nothing is ordered twice meanwhile.
+        let file = self.storage.cert_file(name);
+        let pem = format!("{key_pem}\n{chain_pem}");
+        if let Err(e) = storage::write_private(&file, pem.as_bytes()) {
+            log::error!(
+                "cannot keep the certificate of {name} in {}: {e}; serving it from memory",
+                file.display()
+            );
+        }
+        Ok(served)
     }
 
     /// The account kept under `storage`, or a new one registered with the
@@ -167,7 +174,18 @@ impl AcmeService {
         }
         .map_err(|e| format!("cannot make the ACME client: {e}"))?;
         let path = self.storage.account();
-        if let Ok(text) = std::fs::read_to_string(&path) {
+        let kept = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            // Never a new account over one that could not be read.
+            Err(e) => {
+                return Err(format!(
+                    "cannot read the ACME account {}: {e}",
+                    path.display()
+                ))
+            }
+        };
+        if let Some(text) = kept {
             let credentials: AccountCredentials = serde_json::from_str(&text)
                 .map_err(|e| format!("{} is not an ACME account: {e}", path.display()))?;
             return builder

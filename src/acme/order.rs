@@ -13,10 +13,28 @@ use std::time::Duration;
 /// How long an order may wait for the ACME server to validate and issue.
 const VALIDATION_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// What was answered for an order, withdrawn when it ends.
+/// What was answered for an order; withdrawn when the order ends, however
+/// it ends (a timeout drops it mid-way).
 enum Answered {
     Http01(String),
     TlsAlpn01(String),
+}
+
+struct Answers<'a> {
+    given: Vec<Answered>,
+    certs: &'a CertStore,
+    http01: &'a Http01Answers,
+}
+
+impl Drop for Answers<'_> {
+    fn drop(&mut self) {
+        for answer in self.given.drain(..) {
+            match answer {
+                Answered::Http01(token) => self.http01.set(&token, None),
+                Answered::TlsAlpn01(name) => self.certs.set_challenge(&name, None),
+            }
+        }
+    }
 }
 
 /// Orders a certificate for `name` with `account`, answering `challenge`.
@@ -34,24 +52,19 @@ pub(super) async fn run(
         .new_order(&NewOrder::new(&identifiers))
         .await
         .map_err(|e| format!("new order: {e}"))?;
-    let mut answered = Vec::new();
-    let result = answer_and_finish(&mut order, name, challenge, certs, http01, &mut answered).await;
-    for answer in answered {
-        match answer {
-            Answered::Http01(token) => http01.set(&token, None),
-            Answered::TlsAlpn01(name) => certs.set_challenge(&name, None),
-        }
-    }
-    result
+    let mut answers = Answers {
+        given: Vec::new(),
+        certs,
+        http01,
+    };
+    answer_and_finish(&mut order, name, challenge, &mut answers).await
 }
 
 async fn answer_and_finish(
     order: &mut Order,
     name: &str,
     challenge: AcmeChallenge,
-    certs: &CertStore,
-    http01: &Http01Answers,
-    answered: &mut Vec<Answered>,
+    answers: &mut Answers<'_>,
 ) -> Result<(String, String), String> {
     let kind = match challenge {
         AcmeChallenge::Http01 => ChallengeType::Http01,
@@ -71,13 +84,14 @@ async fn answer_and_finish(
         let key_authorization = handle.key_authorization();
         match challenge {
             AcmeChallenge::Http01 => {
-                http01.set(&handle.token, Some(key_authorization.as_str().to_string()));
-                answered.push(Answered::Http01(handle.token.clone()));
+                let answer = key_authorization.as_str().to_string();
+                answers.http01.set(&handle.token, Some(answer));
+                answers.given.push(Answered::Http01(handle.token.clone()));
             }
             AcmeChallenge::TlsAlpn01 => {
                 let key = alpn_certificate(name, key_authorization.digest().as_ref())?;
-                certs.set_challenge(name, Some(key));
-                answered.push(Answered::TlsAlpn01(name.to_string()));
+                answers.certs.set_challenge(name, Some(key));
+                answers.given.push(Answered::TlsAlpn01(name.to_string()));
             }
         }
         handle

@@ -38,6 +38,8 @@ pub struct CertStore {
     acme: ArcSwap<HashMap<String, Arc<ServedCert>>>,
     /// TLS-ALPN-01 answers by name, while their orders are under way.
     challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// Held while the expiry gauge is rewritten, so two rewrites never mix.
+    publishing: Mutex<()>,
 }
 
 impl CertStore {
@@ -141,6 +143,7 @@ impl CertStore {
     /// Sets `tollgate_tls_certificate_expiry_timestamp_seconds` to what is
     /// served now, one series per DNS name and source.
     fn publish_expiry(&self) {
+        let _one_at_a_time = self.publishing.lock();
         let gauge = &metrics().tls_certificate_expiry;
         gauge.reset();
         for listener in self.listeners.iter().flatten() {
@@ -173,9 +176,11 @@ impl ResolvesServerCert for ListenerResolver {
     /// certificates. `None` fails the handshake.
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name().map(str::to_ascii_lowercase);
-        let challenge = hello
-            .alpn()
-            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+        // RFC 8737: a validation offers `acme-tls/1` and nothing else.
+        let challenge = hello.alpn().is_some_and(|offered| {
+            let mut offered = offered;
+            offered.next() == Some(ACME_TLS_ALPN) && offered.next().is_none()
+        });
         if challenge {
             return self.store.challenge(name.as_deref()?);
         }

@@ -4,11 +4,10 @@
 //! query over HTTPS, on the TLS listener's port (left out when it is 443).
 
 use crate::acme::challenge::Http01Answers;
+use crate::listen::ByListener;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The port `https://` URLs mean when they name none.
@@ -18,7 +17,7 @@ pub(crate) struct HttpsRedirect {
     /// The TLS listener's port; `None` for 443.
     pub https_port: Option<u16>,
     /// The status each redirecting listener answers with, by its address.
-    statuses: HashMap<SocketAddr, http::StatusCode>,
+    statuses: ByListener<http::StatusCode>,
     /// ACME HTTP-01 requests are answered, not redirected.
     http01: Arc<Http01Answers>,
 }
@@ -27,7 +26,7 @@ impl HttpsRedirect {
     /// Redirects to `https_port`; `statuses` gives each listener's status.
     pub fn new(
         https_port: u16,
-        statuses: HashMap<SocketAddr, http::StatusCode>,
+        statuses: ByListener<http::StatusCode>,
         http01: Arc<Http01Answers>,
     ) -> Self {
         HttpsRedirect {
@@ -124,7 +123,7 @@ mod tests {
 
     #[test]
     fn locations() {
-        let r = HttpsRedirect::new(443, HashMap::new(), Default::default());
+        let r = HttpsRedirect::new(443, Default::default(), Default::default());
         assert_eq!(
             r.location("example.com", "/a?b=c").as_deref(),
             Some("https://example.com/a?b=c")
@@ -133,7 +132,7 @@ mod tests {
             r.location("example.com:80", "/").as_deref(),
             Some("https://example.com/")
         );
-        let r = HttpsRedirect::new(8443, HashMap::new(), Default::default());
+        let r = HttpsRedirect::new(8443, Default::default(), Default::default());
         assert_eq!(
             r.location("[::1]:8080", "/x").as_deref(),
             Some("https://[::1]:8443/x")

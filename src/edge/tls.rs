@@ -85,59 +85,71 @@ impl CertTable {
 
 /// Reads and checks one pair: both files readable PEM, the key matching the
 /// certificate, the certificate valid now. Returns it with its DNS names.
+/// `cert` and `key` may be one file holding both.
 pub(crate) fn load_pair(cert: &Path, key: &Path, at: &str) -> Result<ServedCert, Problem> {
     let cert_text = cert.to_string_lossy();
     let key_text = key.to_string_lossy();
     let cert_problem = |message: String| Problem::at(format!("{at}.cert"), message);
     let key_problem = |message: String| Problem::at(format!("{at}.key"), message);
-    std::fs::metadata(cert).map_err(|e| cert_problem(format!("cannot read {cert_text}: {e}")))?;
-    std::fs::metadata(key).map_err(|e| key_problem(format!("cannot read {key_text}: {e}")))?;
-    let (chain, private_key) = match pingora::tls::load_certs_and_key_files(&cert_text, &key_text) {
-        Ok(Some(pair)) => pair,
-        Ok(None) => {
-            return Err(cert_problem(format!(
-                "{cert_text} or {key_text} holds no PEM certificate or key"
-            )))
+    let chain_pem =
+        std::fs::read(cert).map_err(|e| cert_problem(format!("cannot read {cert_text}: {e}")))?;
+    let key_pem =
+        std::fs::read(key).map_err(|e| key_problem(format!("cannot read {key_text}: {e}")))?;
+    served_from_pem(&chain_pem, &key_pem).map_err(|(in_key, message)| {
+        if in_key {
+            key_problem(format!("{key_text} {message}"))
+        } else {
+            cert_problem(format!("{cert_text} {message}"))
         }
-        Err(e) => {
-            return Err(cert_problem(format!(
-                "cannot load {cert_text} / {key_text}: {e}"
-            )))
-        }
-    };
+    })
+}
+
+/// A certificate chain (leaf first) and its key, from PEM, checked as
+/// [`load_pair`] does. The error says whether the key is at fault, and what.
+pub(crate) fn served_from_pem(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<ServedCert, (bool, String)> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| (false, format!("is not PEM certificates: {e}")))?;
     let Some(leaf) = chain.first() else {
-        return Err(cert_problem(format!("{cert_text} holds no certificate")));
+        return Err((false, "holds no PEM certificate".to_string()));
     };
+    let private_key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| (true, format!("holds no PEM private key: {e}")))?;
     let provider = CryptoProvider::get_default()
-        .ok_or_else(|| key_problem("no TLS crypto provider".to_string()))?;
+        .ok_or((true, "cannot be used: no TLS crypto provider".to_string()))?;
     let signing_key = provider
         .key_provider
         .load_private_key(private_key)
-        .map_err(|e| key_problem(format!("{key_text} is not a usable private key: {e}")))?;
+        .map_err(|e| (true, format!("is not a usable private key: {e}")))?;
     let (_, parsed) = X509Certificate::from_der(leaf.as_ref())
-        .map_err(|e| cert_problem(format!("{cert_text} is not a valid X.509 certificate: {e}")))?;
+        .map_err(|e| (false, format!("is not a valid X.509 certificate: {e}")))?;
     let validity = parsed.validity();
     if !validity.is_valid() {
         let not_after = validity.not_after;
         let not_before = validity.not_before;
-        return Err(cert_problem(format!(
-            "{cert_text} is not valid now (valid from {not_before} to {not_after})"
-        )));
+        return Err((
+            false,
+            format!("is not valid now (valid from {not_before} to {not_after})"),
+        ));
     }
     let not_before = validity.not_before.timestamp();
     let not_after = validity.not_after.timestamp();
     let names = dns_names(&parsed);
     if names.is_empty() {
-        return Err(cert_problem(format!(
-            "{cert_text} names no DNS host (subjectAltName or CN)"
-        )));
+        return Err((
+            false,
+            "names no DNS host (subjectAltName or CN)".to_string(),
+        ));
     }
     let certified = CertifiedKey::new(chain.clone(), signing_key);
-    certified.keys_match().map_err(|_| {
-        key_problem(format!(
-            "{key_text} does not match the certificate in {cert_text}"
-        ))
-    })?;
+    certified
+        .keys_match()
+        .map_err(|_| (true, "does not match the certificate".to_string()))?;
     Ok(ServedCert {
         key: Arc::new(certified),
         names,

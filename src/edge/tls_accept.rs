@@ -8,6 +8,7 @@
 //! app as the TLS stream pingora would have made. TLS 1.2 and 1.3 only.
 
 use super::certs::{ListenerResolver, ACME_TLS_ALPN};
+use crate::listen::ByListener;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
@@ -16,8 +17,6 @@ use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use pingora::tls::{version, ServerConfig};
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,12 +45,11 @@ pub fn acceptor(resolver: Arc<ListenerResolver>, http2: bool) -> Acceptor {
 /// serves them.
 pub struct TlsTerminating<A> {
     app: Arc<A>,
-    /// By the listener's local address.
-    acceptors: HashMap<SocketAddr, Acceptor>,
+    acceptors: ByListener<Acceptor>,
 }
 
 impl<A> TlsTerminating<A> {
-    pub fn new(app: A, acceptors: HashMap<SocketAddr, Acceptor>) -> Self {
+    pub fn new(app: A, acceptors: ByListener<Acceptor>) -> Self {
         TlsTerminating {
             app: Arc::new(app),
             acceptors,

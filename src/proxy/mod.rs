@@ -45,8 +45,6 @@ use pingora::proxy::PurgeStatus;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +59,7 @@ pub struct Proxy {
 pub struct ProxySettings {
     /// TLS listeners by local address, with the Strict-Transport-Security value
     /// each adds to its answers.
-    pub tls_listeners: HashMap<SocketAddr, Option<http::HeaderValue>>,
+    pub tls_listeners: crate::listen::ByListener<Option<http::HeaderValue>>,
     pub max_request_body: u64,
     pub client_timeouts: ClientTimeoutsConfig,
     pub compression: Option<CompressionPolicy>,

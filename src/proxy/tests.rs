@@ -42,7 +42,7 @@ fn proxy() -> Proxy {
         Arc::new(ArcSwap::from_pointee(topology)),
         access_log,
         ProxySettings {
-            tls_listeners: HashMap::new(),
+            tls_listeners: Default::default(),
             max_request_body: 1024,
             client_timeouts: ClientTimeoutsConfig::default(),
             compression: None,
