@@ -22,6 +22,7 @@ pub struct Metrics {
     pub upstream_panic_requests: IntCounterVec,
     pub auth_rejections: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    pub rate_limit_store_errors: IntCounterVec,
     pub cache_lookups: IntCounterVec,
     pub cache_bytes: IntGaugeVec,
     pub cache_entries: IntGaugeVec,
@@ -158,6 +159,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_acme_orders_total",
             "ACME certificate orders by result (issued, failed).",
             &["result"]
+        )
+        .registered(),
+        rate_limit_store_errors: register_int_counter_vec!(
+            "tollgate_rate_limit_store_errors_total",
+            "Requests of cluster rate limits the shared store did not decide, by limit.",
+            &["policy"]
         )
         .registered(),
         config_reloads: register_int_counter_vec!(

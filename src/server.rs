@@ -167,6 +167,9 @@ pub fn build(
     let check_plans = prepared.topology.check_plans.clone();
     let topology = Arc::new(ArcSwap::from_pointee(prepared.topology));
     let http01 = Arc::new(Http01Answers::default());
+    if let Some(cluster) = &config.server.cluster {
+        crate::filters::shared_limit::init(cluster).map_err(|e| anyhow::anyhow!(e))?;
+    }
     add_listeners(
         &mut server,
         config,

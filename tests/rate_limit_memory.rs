@@ -41,6 +41,8 @@ fn new_keys_allocate_nothing() {
         rate: tollgate::config::units::parse_rate("1/m").unwrap(),
         burst: 0,
         status: http::StatusCode::TOO_MANY_REQUESTS,
+        scope: Default::default(),
+        on_store_error: Default::default(),
     };
     let limiter = RateLimiter::new(&config);
     // Warm up: the clock and anything lazily made on first use.

@@ -12,7 +12,8 @@
 //! requests.
 
 use super::Answer;
-use crate::config::{RateKey, RateLimitConfig};
+use crate::config::{LimitScope, RateKey, RateLimitConfig, StoreErrorAction};
+use crate::metrics::metrics;
 use http::header::{HeaderName, HeaderValue};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -86,6 +87,15 @@ impl RateLimiter {
                 .collect(),
             seed: foldhash::quality::RandomState::default(),
         }
+    }
+
+    /// The time one request takes from a bucket, and the burst's (how far
+    /// a bucket may run ahead).
+    pub fn interval_and_tolerance(&self) -> (Duration, Duration) {
+        (
+            Duration::from_nanos(self.interval_ns),
+            Duration::from_nanos(self.tolerance_ns),
+        )
     }
 
     /// How many keys the table holds at most.
@@ -176,7 +186,9 @@ impl RouteLimit {
     /// Counts the request of `client` (with `headers`, and `subject` when its auth
     /// policy named one): what passed requests are told, or the answer refused
     /// ones get (429 or the limit's `status`, with Retry-After and RateLimit-*).
-    pub(crate) fn admit(
+    /// A `cluster` limit asks the shared store (see `shared_limit`), and its
+    /// `on_store_error` decides when the store gives no answer.
+    pub(crate) async fn admit(
         &self,
         client: IpAddr,
         headers: &http::HeaderMap,
@@ -193,9 +205,38 @@ impl RouteLimit {
                 None => ip_key(client, &mut ip_bytes),
             },
         };
-        match self.limiter.check(key) {
+        let decision = match super::shared_limit::store() {
+            Some(store) if self.config.scope == LimitScope::Cluster => {
+                let (interval, tolerance) = self.limiter.interval_and_tolerance();
+                match store.check(&self.name, key, interval, tolerance).await {
+                    Ok(decision) => decision,
+                    Err(_) => self.without_store(key),
+                }
+            }
+            _ => self.limiter.check(key),
+        };
+        match decision {
             Decision::Allow { remaining, reset } => Ok(Allowance { remaining, reset }),
             Decision::Deny { retry_after, reset } => Err(self.refusal(retry_after, reset)),
+        }
+    }
+
+    /// What a `cluster` limit decides for `key` when the store gave no answer.
+    fn without_store(&self, key: &[u8]) -> Decision {
+        metrics()
+            .rate_limit_store_errors
+            .with_label_values(&[self.name.as_str()])
+            .inc();
+        match self.config.on_store_error {
+            StoreErrorAction::Local => self.limiter.check(key),
+            StoreErrorAction::Allow => Decision::Allow {
+                remaining: self.limiter.capacity.saturating_sub(1),
+                reset: Duration::ZERO,
+            },
+            StoreErrorAction::Deny => Decision::Deny {
+                retry_after: Duration::from_secs(1),
+                reset: Duration::from_secs(1),
+            },
         }
     }
 
@@ -263,6 +304,8 @@ mod tests {
             rate: parse_rate(rate).unwrap(),
             burst: capacity.saturating_sub(1),
             status: http::StatusCode::TOO_MANY_REQUESTS,
+            scope: Default::default(),
+            on_store_error: Default::default(),
         };
         RateLimiter::new(&config)
     }
@@ -275,6 +318,8 @@ mod tests {
                 rate: parse_rate("1/m").unwrap(),
                 burst,
                 status: http::StatusCode::TOO_MANY_REQUESTS,
+                scope: Default::default(),
+                on_store_error: Default::default(),
             };
             let l = RateLimiter::new(&config);
             let passed = (0..10)

@@ -234,7 +234,7 @@ impl Proxy {
         let limit_after_auth = limit.is_some_and(|l| l.limiter.key == RateKey::AuthSubject);
         let headers = &session.req_header().headers;
         if let Some(limit) = limit.filter(|_| !limit_after_auth) {
-            count_against(limit, route, ctx, headers)?;
+            count_against(limit, route, ctx, headers).await?;
         }
         if let Some(auth) = &route.auth {
             let head = session.req_header();
@@ -263,21 +263,21 @@ impl Proxy {
             }
         }
         if let Some(limit) = limit.filter(|_| limit_after_auth) {
-            count_against(limit, route, ctx, headers)?;
+            count_against(limit, route, ctx, headers).await?;
         }
         Ok(())
     }
 }
 
 /// Counts the request against `limit`; the refusal when its bucket is empty.
-fn count_against(
+async fn count_against(
     limit: &Arc<RouteLimit>,
     route: &Route,
     ctx: &mut RequestCtx,
     headers: &http::HeaderMap,
 ) -> std::result::Result<(), Answer> {
     let subject = ctx.identity.as_ref().and_then(|i| i.subject.as_deref());
-    match limit.admit(ctx.client_ip, headers, subject) {
+    match limit.admit(ctx.client_ip, headers, subject).await {
         Ok(allowance) => {
             ctx.rate_limit = Some((Arc::clone(limit), allowance));
             Ok(())

@@ -76,6 +76,33 @@ pub struct RateLimitConfig {
         deserialize_with = "units::status"
     )]
     pub status: http::StatusCode,
+    /// `local` (this instance's buckets) or `cluster` (shared through
+    /// `server.cluster.redis`).
+    #[serde(default)]
+    pub scope: LimitScope,
+    /// What a `cluster` limit does when the store does not answer in time.
+    #[serde(default)]
+    pub on_store_error: StoreErrorAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    #[default]
+    Local,
+    Cluster,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreErrorAction {
+    /// This instance's own bucket decides.
+    #[default]
+    Local,
+    /// The request passes.
+    Allow,
+    /// The request is refused as over the limit.
+    Deny,
 }
 
 #[derive(Debug, Deserialize)]

@@ -70,6 +70,24 @@ pub struct ServerConfig {
     pub underscores_in_headers: UnderscoreHeaders,
     /// Automatic certificates (RFC 8555) for the names of TLS listeners' `acme:`.
     pub acme: Option<AcmeConfig>,
+    /// What several tollgate instances share.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `server.cluster`: the store `scope: cluster` rate limits share.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port/db`, `rediss://` for TLS, or
+    /// `redis+unix:///path`.
+    pub redis: String,
+    /// The longest a request waits on the store before its limit's
+    /// `on_store_error` decides.
+    #[serde(
+        default = "defaults::cluster_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub timeout: Duration,
 }
 
 /// `server.acme`: the ACME server certificates are obtained from, and where

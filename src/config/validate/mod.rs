@@ -41,6 +41,12 @@ pub fn check(config: &Config) -> Problems {
             "rate limit",
             &mut problems,
         );
+        if limit.scope == crate::config::LimitScope::Cluster && config.server.cluster.is_none() {
+            problems.push(
+                format!("rate_limits.{name}.scope"),
+                "`scope: cluster` needs `server.cluster.redis`",
+            );
+        }
     }
     cache::check(&config.caches, &mut problems);
     routes::check(config, &mut problems);

@@ -33,6 +33,14 @@ pub(super) fn check(server: &ServerConfig, problems: &mut Problems) {
         }
     }
     check_acme(server, problems);
+    if let Some(cluster) = &server.cluster {
+        if let Err(e) = redis::Client::open(cluster.redis.as_str()) {
+            problems.push("server.cluster.redis", format!("not a Redis URL: {e}"));
+        }
+        if cluster.timeout.is_zero() {
+            problems.push("server.cluster.timeout", "must be more than 0");
+        }
+    }
     let t = &server.client_timeouts;
     check_positive(
         "server.client_timeouts",
