@@ -15,23 +15,70 @@ use std::time::{Duration, Instant};
 struct Redis {
     child: Option<Child>,
     port: u16,
+    /// `--tls-*` arguments, when it speaks TLS only.
+    tls: Vec<String>,
 }
 
 impl Redis {
     fn start() -> Redis {
+        Self::start_with(Vec::new())
+    }
+
+    /// A Redis that speaks only TLS, with a certificate for 127.0.0.1 signed
+    /// by a CA of its own; returns it and the CA's PEM file.
+    fn start_tls(dir: &std::path::Path) -> (Redis, std::path::PathBuf) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let ca_file = write_file(dir, "redis-ca.pem", &ca.pem());
+        let path = |p: std::path::PathBuf| p.display().to_string();
+        let tls = vec![
+            "--tls-cert-file".to_string(),
+            path(write_file(dir, "redis.crt", &cert.pem())),
+            "--tls-key-file".to_string(),
+            path(write_file(dir, "redis.key", &key.serialize_pem())),
+            "--tls-ca-cert-file".to_string(),
+            path(ca_file.clone()),
+            "--tls-auth-clients".to_string(),
+            "no".to_string(),
+        ];
+        (Self::start_with(tls), ca_file)
+    }
+
+    fn start_with(tls: Vec<String>) -> Redis {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut redis = Redis { child: None, port };
+        let mut redis = Redis {
+            child: None,
+            port,
+            tls,
+        };
         redis.spawn();
         redis
     }
 
     fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let ports: [&str; 4] = if self.tls.is_empty() {
+            ["--port", &port, "--tls-port", "0"]
+        } else {
+            ["--port", "0", "--tls-port", &port]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
+            .args(&self.tls)
             .args(["--save", "", "--appendonly", "no"])
             .args(["--user", "default", "off"])
             .args(["--user", "tollgate", "on", ">secret", "~*", "&*", "+@all"])
@@ -56,7 +103,12 @@ impl Redis {
     }
 
     fn url(&self) -> String {
-        format!("redis://tollgate:secret@127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_empty() {
+            "redis"
+        } else {
+            "rediss"
+        };
+        format!("{scheme}://tollgate:secret@127.0.0.1:{}/0", self.port)
     }
 }
 
@@ -231,6 +283,25 @@ async fn on_store_error_allow_and_deny_decide_without_a_store() {
         0,
         "deny refuses every request"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_over_tls_is_shared_the_same() {
+    let dir = temp_dir("redis-tls");
+    let (redis, ca_file) = Redis::start_tls(&dir);
+    let backend = Backend::start("app");
+    let server = format!(
+        "  cluster: {{redis: '{}', timeout: 200ms, ca_roots: {}}}\n",
+        redis.url(),
+        ca_file.display()
+    );
+    let body = topology(&backend, "allow");
+    let instances = vec![
+        Tollgate::start_with(&body, &server).await,
+        Tollgate::start_with(&body, &server).await,
+    ];
+    // `allow` would let every request pass without the store.
+    assert_eq!(passed(&round_robin(&instances, 10).await), 10);
 }
 
 #[test]

@@ -89,8 +89,23 @@ pub struct SharedLimits {
 
 impl SharedLimits {
     fn new(config: &ClusterConfig) -> Result<SharedLimits, String> {
-        let client = redis::Client::open(config.redis.as_str())
-            .map_err(|e| format!("server.cluster.redis: {e}"))?;
+        let client = match &config.ca_roots {
+            Some(roots) => {
+                let root_cert = std::fs::read(roots).map_err(|e| {
+                    format!(
+                        "server.cluster.ca_roots: cannot read {}: {e}",
+                        roots.display()
+                    )
+                })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(config.redis.as_str(), certificates)
+            }
+            None => redis::Client::open(config.redis.as_str()),
+        }
+        .map_err(|e| format!("server.cluster.redis: {e}"))?;
         Ok(SharedLimits {
             client,
             connection: tokio::sync::OnceCell::new(),

@@ -88,6 +88,8 @@ pub struct ClusterConfig {
         deserialize_with = "units::duration"
     )]
     pub timeout: Duration,
+    /// PEM roots trusted for a `rediss://` server (instead of the system's).
+    pub ca_roots: Option<PathBuf>,
 }
 
 /// `server.acme`: the ACME server certificates are obtained from, and where
