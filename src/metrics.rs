@@ -23,6 +23,7 @@ pub struct Metrics {
     pub auth_rejections: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub rate_limit_store_errors: IntCounterVec,
+    pub discovery_failures: IntCounterVec,
     pub cache_lookups: IntCounterVec,
     pub cache_bytes: IntGaugeVec,
     pub cache_entries: IntGaugeVec,
@@ -165,6 +166,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_rate_limit_store_errors_total",
             "Requests of cluster rate limits the shared store did not decide, by limit.",
             &["policy"]
+        )
+        .registered(),
+        discovery_failures: register_int_counter_vec!(
+            "tollgate_discovery_failures_total",
+            "DNS discovery answers that failed or were empty (the last good set stays), by upstream.",
+            &["upstream"]
         )
         .registered(),
         config_reloads: register_int_counter_vec!(

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 pub(crate) struct Reloader {
     path: PathBuf,
     topology: Arc<ArcSwap<Topology>>,
-    plans: watch::Sender<Vec<Arc<CheckPlan>>>,
+    plans: Arc<watch::Sender<Vec<Arc<CheckPlan>>>>,
     /// The `server:` section the process started with, which a reload cannot change.
     server_at_start: config::ServerConfig,
     /// The TLS listeners' certificates, whose files a reload reads again.
@@ -32,7 +32,7 @@ impl Reloader {
     pub fn new(
         path: PathBuf,
         topology: Arc<ArcSwap<Topology>>,
-        plans: watch::Sender<Vec<Arc<CheckPlan>>>,
+        plans: Arc<watch::Sender<Vec<Arc<CheckPlan>>>>,
         server_at_start: &config::ServerConfig,
         certs: Arc<CertStore>,
     ) -> Self {

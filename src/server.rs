@@ -5,6 +5,7 @@
 use crate::access_log::AccessLog;
 use crate::acme::challenge::Http01Answers;
 use crate::acme::AcmeService;
+use crate::balance::discovery::DiscoveryService;
 use crate::balance::health::HealthChecker;
 use crate::config::{Config, ConfigErrors, LoadedConfig, Problems};
 use crate::edge::certs::CertStore;
@@ -54,6 +55,12 @@ pub struct Prepared {
 pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
     let config = &loaded.config;
     let resources = Resources::read(config).map_err(|problems| loaded.errors(problems))?;
+    crate::balance::discovery::resolve_at_start(
+        config
+            .upstreams
+            .iter()
+            .filter_map(|(name, u)| Some((name, u.discovery.as_ref()?))),
+    );
     let topology = Topology::compile(config, resources, None);
     let access_log = AccessLog::open(
         &config.server.access_log,
@@ -190,7 +197,15 @@ pub fn build(
     }
 
     let (plans_sender, plans) = tokio::sync::watch::channel(check_plans);
+    let plans_sender = Arc::new(plans_sender);
     server.add_service(background_service("health checks", HealthChecker { plans }));
+    if config.upstreams.values().any(|u| u.discovery.is_some()) {
+        let discovery = DiscoveryService {
+            topology: Arc::clone(&topology),
+            plans: Arc::clone(&plans_sender),
+        };
+        server.add_service(background_service("discovery", discovery));
+    }
     let reloader = Reloader::new(
         loaded.file.clone(),
         topology,

@@ -205,6 +205,23 @@ pub fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> 
     parse_duration(&text).map_err(D::Error::custom)
 }
 
+/// serde adapter: name server addresses, `IP` (port 53) or `IP:port`.
+pub(crate) fn socket_addrs_default_port_53<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Vec<SocketAddr>, D::Error> {
+    let texts = Vec::<String>::deserialize(de)?;
+    texts
+        .iter()
+        .map(|text| {
+            let text = text.trim();
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+                .or_else(|_| text.parse::<SocketAddr>())
+                .map_err(|_| D::Error::custom(format!("`{text}` is not IP or IP:port")))
+        })
+        .collect()
+}
+
 /// serde adapter: a [`SocketAddr`] written as `host:port`.
 pub(crate) fn socket_addr<'de, D: Deserializer<'de>>(de: D) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(de)?;

@@ -31,9 +31,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub struct Topology {
-    pub router: Router,
-    pub routes: Vec<Route>,
+    pub router: Arc<Router>,
+    pub routes: Arc<Vec<Route>>,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// The upstreams whose backends follow DNS, by index, with their config.
+    discovered: Vec<(usize, Arc<UpstreamConfig>)>,
     /// Active checks, one per upstream that has a `health_check`.
     pub check_plans: Vec<Arc<CheckPlan>>,
     pub trusted_proxies: TrustedProxies,
@@ -108,22 +110,12 @@ impl Topology {
     /// that did not change their buckets; caches (same name and directory) their
     /// stored answers.
     pub fn compile(config: &Config, resources: Resources, previous: Option<&Topology>) -> Topology {
-        let mut upstream_index = HashMap::new();
-        let mut upstreams = Vec::new();
-        let mut check_plans = Vec::new();
-        for (name, upstream_config) in &config.upstreams {
-            let before = previous.and_then(|p| p.upstreams.iter().find(|u| u.name == *name));
-            let upstream = Arc::new(compile_upstream(
-                name,
-                upstream_config,
-                before.map(|u| &**u),
-            ));
-            if let Some(plan) = check_plan(&upstream, upstream_config) {
-                check_plans.push(Arc::new(plan));
-            }
-            upstream_index.insert(name.as_str(), upstreams.len());
-            upstreams.push(upstream);
-        }
+        let CompiledUpstreams {
+            index: upstream_index,
+            upstreams,
+            check_plans,
+            discovered,
+        } = compile_upstreams(config, previous);
         let mut identity_headers: Vec<HeaderName> = resources
             .auth
             .values()
@@ -174,14 +166,93 @@ impl Topology {
                 .map(|(id, r)| (&r.matcher.host, r.matcher.path_pattern(), id)),
         );
         Topology {
-            router,
-            routes,
+            router: Arc::new(router),
+            routes: Arc::new(routes),
             upstreams,
+            discovered,
             check_plans,
             trusted_proxies: TrustedProxies::new(config.server.trusted_proxies.clone()),
             identity_headers,
             rate_limits,
             caches,
+        }
+    }
+}
+
+/// The upstreams of a config, with what comes of them.
+struct CompiledUpstreams<'a> {
+    /// Upstream name -> index.
+    index: HashMap<&'a str, usize>,
+    upstreams: Vec<Arc<Upstream>>,
+    check_plans: Vec<Arc<CheckPlan>>,
+    discovered: Vec<(usize, Arc<UpstreamConfig>)>,
+}
+
+/// Compiles every upstream of `config`, keeping the live state `previous`
+/// has for each.
+fn compile_upstreams<'a>(config: &'a Config, previous: Option<&Topology>) -> CompiledUpstreams<'a> {
+    let mut upstream_index = HashMap::new();
+    let mut upstreams = Vec::new();
+    let mut check_plans = Vec::new();
+    let mut discovered = Vec::new();
+    for (name, upstream_config) in &config.upstreams {
+        if upstream_config.discovery.is_some() {
+            discovered.push((upstreams.len(), Arc::new(upstream_config.clone())));
+        }
+        let before = previous.and_then(|p| p.upstreams.iter().find(|u| u.name == *name));
+        let upstream = Arc::new(compile_upstream(
+            name,
+            upstream_config,
+            before.map(|u| &**u),
+        ));
+        if let Some(plan) = check_plan(&upstream, upstream_config) {
+            check_plans.push(Arc::new(plan));
+        }
+        upstream_index.insert(name.as_str(), upstreams.len());
+        upstreams.push(upstream);
+    }
+    CompiledUpstreams {
+        index: upstream_index,
+        upstreams,
+        check_plans,
+        discovered,
+    }
+}
+
+impl Topology {
+    /// The upstreams whose backends follow DNS: index and config.
+    pub fn discovered(&self) -> impl Iterator<Item = (usize, Arc<UpstreamConfig>)> + '_ {
+        self.discovered.iter().map(|(i, c)| (*i, Arc::clone(c)))
+    }
+
+    /// This topology with the upstreams at `changed` (discovered ones)
+    /// rebuilt on the sets last discovered, their backends' live state kept
+    /// for the addresses that stay, and their health checks following.
+    pub fn with_rediscovered(&self, changed: &[usize]) -> Topology {
+        let mut upstreams = self.upstreams.clone();
+        let mut check_plans: Vec<Arc<CheckPlan>> = self.check_plans.clone();
+        for (index, config) in &self.discovered {
+            if !changed.contains(index) {
+                continue;
+            }
+            let before = &self.upstreams[*index];
+            let upstream = Arc::new(compile_upstream(&before.name, config, Some(before)));
+            check_plans.retain(|plan| !Arc::ptr_eq(&plan.upstream, before));
+            if let Some(plan) = check_plan(&upstream, config) {
+                check_plans.push(Arc::new(plan));
+            }
+            upstreams[*index] = upstream;
+        }
+        Topology {
+            router: Arc::clone(&self.router),
+            routes: Arc::clone(&self.routes),
+            upstreams,
+            discovered: self.discovered.clone(),
+            check_plans,
+            trusted_proxies: self.trusted_proxies.clone(),
+            identity_headers: self.identity_headers.clone(),
+            rate_limits: self.rate_limits.clone(),
+            caches: self.caches.clone(),
         }
     }
 }
@@ -206,21 +277,31 @@ fn compile_rate_limits(
         .collect()
 }
 
+/// Upstream `name`: its listed backends, or those last discovered for it.
 fn compile_upstream(name: &str, config: &UpstreamConfig, previous: Option<&Upstream>) -> Upstream {
-    let backends = config
-        .backends
-        .iter()
-        .flat_map(|b| {
-            b.resolved.iter().map(move |address| {
-                // A name that stands for several addresses labels each by its address.
-                let label = match b.resolved.len() {
-                    1 => b.address.trim().to_string(),
-                    _ => address.to_string(),
-                };
-                compile_backend(name, config, *address, label, b.weight, previous)
+    let backends = if config.discovery.is_some() {
+        crate::balance::discovery::current(name)
+            .into_iter()
+            .map(|(address, weight)| {
+                compile_backend(name, config, address, address.to_string(), weight, previous)
             })
-        })
-        .collect();
+            .collect()
+    } else {
+        config
+            .backends
+            .iter()
+            .flat_map(|b| {
+                b.resolved.iter().map(move |address| {
+                    // A name that stands for several addresses labels each by its address.
+                    let label = match b.resolved.len() {
+                        1 => b.address.trim().to_string(),
+                        _ => address.to_string(),
+                    };
+                    compile_backend(name, config, *address, label, b.weight, previous)
+                })
+            })
+            .collect()
+    };
     Upstream::new(
         name.to_string(),
         backends,

@@ -72,6 +72,9 @@ pub fn forbidden_statuses() -> Vec<u16> {
 pub fn max_request_body() -> u64 {
     10 << 20
 }
+pub(crate) fn discovery_interval() -> Duration {
+    Duration::from_secs(5)
+}
 pub(crate) fn cluster_timeout() -> Duration {
     Duration::from_millis(50)
 }

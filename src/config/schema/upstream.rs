@@ -6,12 +6,16 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     #[serde(default)]
     pub algorithm: Algorithm,
+    /// The backends, when not discovered.
+    #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// Instead of `backends`: the set follows a DNS name.
+    pub discovery: Option<DiscoveryConfig>,
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default)]
     pub passive: PassiveConfig,
@@ -43,7 +47,7 @@ pub enum Algorithm {
     LeastConnections,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// `IP:port` or `name:port`, as written (see `resolve`).
@@ -55,7 +59,7 @@ pub struct BackendConfig {
     pub weight: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     pub http: Option<HttpProbeConfig>,
@@ -76,7 +80,7 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpProbeConfig {
     #[serde(
@@ -91,7 +95,7 @@ pub struct HttpProbeConfig {
     pub expect_status: Option<Vec<u16>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpProbeConfig {}
 
@@ -117,7 +121,7 @@ impl Default for PassiveConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsConfig {
     #[serde(
@@ -152,4 +156,23 @@ impl Default for TimeoutsConfig {
             idle: defaults::idle_timeout(),
         }
     }
+}
+
+/// `discovery`: the backends are the addresses a DNS name has now.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// `name:port` (A and AAAA records, every address on that port) or
+    /// `_service._proto.name` (SRV records: their targets, ports and weights).
+    pub dns: String,
+    /// How often the name is resolved again (sooner when its records' TTL is
+    /// shorter).
+    #[serde(
+        default = "defaults::discovery_interval",
+        deserialize_with = "units::duration"
+    )]
+    pub interval: std::time::Duration,
+    /// Name servers to ask (port 53 when none is written); the system's when empty.
+    #[serde(default, deserialize_with = "units::socket_addrs_default_port_53")]
+    pub resolvers: Vec<SocketAddr>,
 }

@@ -6,11 +6,24 @@ use crate::config::schema::{HealthCheckConfig, UpstreamConfig};
 pub(super) fn check(name: &str, upstream: &UpstreamConfig, problems: &mut Problems) {
     let at = format!("upstreams.{name}");
     check_name(&at, name, "upstream", problems);
-    if upstream.backends.is_empty() {
-        problems.push(
+    match (&upstream.discovery, upstream.backends.is_empty()) {
+        (None, true) => problems.push(
             format!("{at}.backends"),
-            "an upstream needs at least one backend",
-        );
+            "an upstream needs at least one backend, or `discovery`",
+        ),
+        (Some(_), false) => problems.push(
+            format!("{at}.discovery"),
+            "an upstream has `backends` or `discovery`, not both",
+        ),
+        (Some(discovery), true) => {
+            if let Err(e) = crate::balance::discovery::DnsTarget::parse(&discovery.dns) {
+                problems.push(format!("{at}.discovery.dns"), e);
+            }
+            if discovery.interval.is_zero() {
+                problems.push(format!("{at}.discovery.interval"), "must be more than 0");
+            }
+        }
+        (None, false) => {}
     }
     for (i, backend) in upstream.backends.iter().enumerate() {
         if backend.weight == 0 || backend.weight > MAX_WEIGHT {

@@ -1,0 +1,286 @@
+//! Backends discovered by DNS (`upstreams.*.discovery`): the upstream's
+//! backends are the addresses its name has now, A/AAAA records on one port,
+//! or SRV records with their own ports and weights. The name is resolved at
+//! load and then every `interval` (sooner when the records' TTL is shorter);
+//! when the answer changes, the topology is swapped for one whose upstream
+//! has the new set, keeping health and passive state for the addresses that
+//! stay. An empty or failed answer keeps the last good set; it is logged and
+//! counted (`tollgate_discovery_failures_total`).
+//!
+//! The sets live here, by upstream name, so that a reload compiles the set
+//! last discovered rather than none.
+
+use crate::balance::health::CheckPlan;
+use crate::config::DiscoveryConfig;
+use crate::metrics::metrics;
+use crate::topology::Topology;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::TokioResolver;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// A discovered backend: its address and weight.
+pub type Found = (SocketAddr, u32);
+
+/// The last good set of each discovered upstream, sorted.
+static SETS: LazyLock<Mutex<HashMap<String, Vec<Found>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The backends last discovered for `upstream` (none before the first answer).
+pub fn current(upstream: &str) -> Vec<Found> {
+    SETS.lock()
+        .ok()
+        .and_then(|sets| sets.get(upstream).cloned())
+        .unwrap_or_default()
+}
+
+fn remember(upstream: &str, found: Vec<Found>) {
+    if let Ok(mut sets) = SETS.lock() {
+        sets.insert(upstream.to_string(), found);
+    }
+}
+
+/// What `discovery.dns` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsTarget {
+    /// `name:port`: the A and AAAA records of `name`, each on `port`.
+    Address { name: String, port: u16 },
+    /// `_service._proto.name`: SRV records.
+    Service(String),
+}
+
+impl DnsTarget {
+    pub fn parse(text: &str) -> Result<DnsTarget, String> {
+        let text = text.trim();
+        if text.starts_with('_') {
+            return Ok(DnsTarget::Service(text.to_string()));
+        }
+        let (name, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{text}`: write name:port, or _service._proto.name for SRV"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("`{port}` is not a port"))?;
+        if name.is_empty() {
+            return Err(format!("`{text}` names no host"));
+        }
+        Ok(DnsTarget::Address {
+            name: name.to_string(),
+            port,
+        })
+    }
+}
+
+/// A resolver for `config`: its `resolvers`, else the system's.
+fn resolver(config: &DiscoveryConfig) -> Result<TokioResolver, String> {
+    let provider = TokioRuntimeProvider::default();
+    let built = if config.resolvers.is_empty() {
+        TokioResolver::builder(provider).map_err(|e| format!("the system's DNS settings: {e}"))?
+    } else {
+        let servers = config
+            .resolvers
+            .iter()
+            .map(|addr| {
+                let connection = |mut c: ConnectionConfig| {
+                    c.port = addr.port();
+                    c
+                };
+                NameServerConfig::new(
+                    addr.ip(),
+                    true,
+                    vec![
+                        connection(ConnectionConfig::udp()),
+                        connection(ConnectionConfig::tcp()),
+                    ],
+                )
+            })
+            .collect();
+        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+    };
+    let mut built = built;
+    // Answers are wanted as the server has them now: the TTL says when to ask again.
+    let options = built.options_mut();
+    options.cache_size = 0;
+    // A name server that does not answer costs one short wait per round.
+    options.timeout = Duration::from_secs(2);
+    options.attempts = 1;
+    built
+        .build()
+        .map_err(|e| format!("cannot make a DNS resolver: {e}"))
+}
+
+/// The backends `config` names now, sorted, and how long the answer holds.
+pub async fn resolve(config: &DiscoveryConfig) -> Result<(Vec<Found>, Duration), String> {
+    let target = DnsTarget::parse(&config.dns)?;
+    let resolver = resolver(config)?;
+    let mut found = Vec::new();
+    let valid_until;
+    match &target {
+        DnsTarget::Address { name, port } => {
+            let answer = resolver
+                .lookup_ip(name.as_str())
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+            valid_until = answer.valid_until();
+            found.extend(answer.iter().map(|ip| (SocketAddr::new(ip, *port), 1)));
+        }
+        DnsTarget::Service(name) => {
+            let answer = resolver
+                .srv_lookup(name.as_str())
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+            valid_until = answer.valid_until();
+            let records: Vec<_> = answer
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::SRV(srv) => Some(srv.clone()),
+                    _ => None,
+                })
+                .collect();
+            // RFC 2782: the lowest priority is used while it has targets.
+            let best = records.iter().map(|s| s.priority).min();
+            for srv in records.iter().filter(|s| Some(s.priority) == best) {
+                let target = srv.target.to_utf8();
+                let ips = resolver
+                    .lookup_ip(target.as_str())
+                    .await
+                    .map_err(|e| format!("{target} (of {name}): {e}"))?;
+                let weight = u32::from(srv.weight).max(1);
+                found.extend(ips.iter().map(|ip| (SocketAddr::new(ip, srv.port), weight)));
+            }
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    let ttl = valid_until.saturating_duration_since(Instant::now());
+    Ok((found, ttl))
+}
+
+/// Resolves every discovered upstream of `upstreams` once, before the first
+/// topology is compiled; a name that does not resolve starts with no
+/// backend, logged, and is tried again by the service.
+pub fn resolve_at_start<'a>(upstreams: impl Iterator<Item = (&'a String, &'a DiscoveryConfig)>) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    for (name, config) in upstreams {
+        match runtime.block_on(resolve(config)) {
+            Ok((found, _)) if !found.is_empty() => remember(name, found),
+            Ok(_) => log::warn!("upstream {name}: {} has no address yet", config.dns),
+            Err(e) => log::warn!("upstream {name}: cannot resolve {}: {e}", config.dns),
+        }
+    }
+}
+
+/// The background service that keeps discovered upstreams current.
+pub struct DiscoveryService {
+    pub topology: Arc<ArcSwap<Topology>>,
+    /// The health checker's plans, which follow the backends.
+    pub plans: Arc<watch::Sender<Vec<Arc<CheckPlan>>>>,
+}
+
+impl DiscoveryService {
+    /// Resolves every discovered upstream of the current topology once,
+    /// swaps in the sets that changed; returns when to look again.
+    async fn refresh(&self) -> Duration {
+        let topology = self.topology.load_full();
+        let mut next = Duration::from_secs(3600);
+        let mut changed = Vec::new();
+        for (index, config) in topology.discovered() {
+            let Some(discovery) = &config.discovery else {
+                continue;
+            };
+            let upstream = &topology.upstreams[index];
+            next = next.min(discovery.interval);
+            match resolve(discovery).await {
+                Ok((found, ttl)) if !found.is_empty() => {
+                    next = next.min(ttl.max(Duration::from_secs(1)));
+                    if found != current(&upstream.name) {
+                        log::info!(
+                            "upstream {}: {} now has {} backends",
+                            upstream.name,
+                            discovery.dns,
+                            found.len()
+                        );
+                        remember(&upstream.name, found);
+                        changed.push(index);
+                    }
+                }
+                outcome => {
+                    metrics()
+                        .discovery_failures
+                        .with_label_values(&[upstream.name.as_str()])
+                        .inc();
+                    let why = match outcome {
+                        Err(e) => e,
+                        Ok(_) => "no address".to_string(),
+                    };
+                    log::warn!(
+                        "upstream {}: {} gave no backend ({why}); keeping the last {} found",
+                        upstream.name,
+                        discovery.dns,
+                        upstream.backends.len()
+                    );
+                }
+            }
+        }
+        if !changed.is_empty() {
+            // Rebuilt from whatever topology is current by now (a reload may
+            // have swapped one in meanwhile); the sets above are what it takes.
+            self.topology
+                .rcu(|current| Arc::new(current.with_rediscovered(&changed)));
+            let _ = self.plans.send(self.topology.load().check_plans.clone());
+        }
+        next
+    }
+}
+
+#[async_trait]
+impl BackgroundService for DiscoveryService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let wait = self.refresh().await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_addresses_or_services() {
+        assert_eq!(
+            DnsTarget::parse("app.internal:8080"),
+            Ok(DnsTarget::Address {
+                name: "app.internal".into(),
+                port: 8080
+            })
+        );
+        assert_eq!(
+            DnsTarget::parse("_http._tcp.app.internal"),
+            Ok(DnsTarget::Service("_http._tcp.app.internal".into()))
+        );
+        assert!(DnsTarget::parse("app.internal").is_err());
+        assert!(DnsTarget::parse("app.internal:0").is_err());
+    }
+}
