@@ -179,3 +179,30 @@ fn prometheus_config_and_alert_rules_pass_promtool() {
         );
     }
 }
+
+#[test]
+fn the_cloudformation_stack_passes_cfn_lint_and_checks_a_route_of_the_user_data() {
+    let template = Path::new(ROOT).join("deploy/ec2/cloudformation.yaml");
+    let cfn_lint = common::python().with_file_name("cfn-lint");
+    let (ok, output) = run(Command::new(&cfn_lint).arg(&template));
+    assert!(ok, "cfn-lint failed:\n{output}");
+
+    // The NLB's health check asks the topology of user-data.yaml for a route
+    // tollgate answers itself; the instances run that user data.
+    let text = std::fs::read_to_string(&template).unwrap();
+    let stack: serde_yaml::Value =
+        serde_yaml::from_str(&text.replace("!Ref ", "").replace("!GetAtt ", "")).unwrap();
+    let path = stack["Parameters"]["HealthCheckPath"]["Default"]
+        .as_str()
+        .unwrap();
+    let user_data =
+        std::fs::read_to_string(Path::new(ROOT).join("deploy/ec2/user-data.yaml")).unwrap();
+    assert!(
+        user_data.contains(&format!("match: {{path: {path}}}")),
+        "user-data.yaml has no route for {path}"
+    );
+    let launch = &stack["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"];
+    assert_eq!(launch["UserData"].as_str(), Some("UserData"));
+    let group = &stack["Resources"]["Instances"]["Properties"];
+    assert_eq!(group["HealthCheckType"].as_str(), Some("ELB"));
+}
