@@ -76,9 +76,13 @@ where
             return self.app.process_new(stream, shutdown).await;
         };
         let tcp = stream.into_any().downcast::<TcpStream>().ok()?;
-        let tls = match pingora::prelude::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(*tcp))
-            .await
-        {
+        // Boxed: the handshake's state is large, and inline it would make
+        // every connection's future as large, plain ones included.
+        let handshake = Box::pin(pingora::prelude::timeout(
+            HANDSHAKE_TIMEOUT,
+            acceptor.tls_handshake(*tcp),
+        ));
+        let tls = match handshake.await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 log::debug!("TLS handshake failed: {e}");
