@@ -7,8 +7,8 @@
 
 mod common;
 
+use common::tls::{client_trusting, connect, get_over, Connection, TestCa};
 use common::*;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -64,22 +64,13 @@ struct PebbleTls {
 }
 
 fn pebble_tls(dir: &Path) -> PebbleTls {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = params.signed_by(&key, &issuer).unwrap();
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf(&["localhost"], &["127.0.0.1".parse().unwrap()]);
     PebbleTls {
-        ca_pem: ca.pem(),
-        cert: write_file(dir, "pebble.crt", &cert.pem()),
-        key: write_file(dir, "pebble.key", &key.serialize_pem()),
-        ca_file: write_file(dir, "pebble-ca.pem", &ca.pem()),
+        cert: write_file(dir, "pebble.crt", &cert),
+        key: write_file(dir, "pebble.key", &key),
+        ca_file: write_file(dir, "pebble-ca.pem", &ca.pem),
+        ca_pem: ca.pem,
     }
 }
 
@@ -293,72 +284,11 @@ async fn start(
     (setup, pebble, storage)
 }
 
-/// A TLS client that trusts only `root_pem`.
-fn client_config(root_pem: &str) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile_certs(root_pem) {
-        roots.add(cert).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
-fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
-        .map(|c| c.unwrap())
-        .collect()
-}
-
-/// A verified TLS connection to `addr` for `name`, its handshake done.
-type Connection = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-fn connect(
-    addr: SocketAddr,
-    name: &str,
-    config: Arc<rustls::ClientConfig>,
-) -> std::io::Result<Connection> {
-    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
-    let connection = rustls::ClientConnection::new(config, server_name).unwrap();
-    let tcp = TcpStream::connect(addr)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut stream = rustls::StreamOwned::new(connection, tcp);
-    while stream.conn.is_handshaking() {
-        stream.conn.complete_io(&mut stream.sock)?;
-    }
-    Ok(stream)
-}
-
 /// The serial number of the certificate `stream`'s server presented.
 fn serial(stream: &Connection) -> String {
     let der = &stream.conn.peer_certificates().unwrap()[0];
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
     cert.raw_serial_as_string()
-}
-
-/// GET / over `stream` (kept alive); the status line.
-fn get_over(stream: &mut Connection) -> String {
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
-        .unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !response_complete(&out) {
-        let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0, "the connection closed");
-        out.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&out)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string()
 }
 
 /// Waits until `name` is served a certificate that verifies against
@@ -369,7 +299,7 @@ async fn wait_certified(
     root_pem: &str,
     old_serial: Option<&str>,
 ) -> String {
-    let config = client_config(root_pem);
+    let config = client_trusting(&[root_pem]);
     let mut found = None;
     let https = setup.https;
     let certified = wait_until(ISSUANCE, || {
@@ -440,13 +370,13 @@ async fn tls_alpn_01_certifies_every_name_and_a_restart_orders_nothing() {
     }
     // A client that offers acme-tls/1 among other protocols is no validation:
     // it gets the real certificate.
-    let mut mixed = (*client_config(&root)).clone();
+    let mut mixed = (*client_trusting(&[&root])).clone();
     mixed.alpn_protocols = vec![b"h2".to_vec(), b"acme-tls/1".to_vec()];
     let stream = connect(setup.https, "shop.test", Arc::new(mixed)).unwrap();
     assert_eq!(serial(&stream), serials[0]);
     // HTTP is served over the certificate.
-    let mut stream = connect(setup.https, "shop.test", client_config(&root)).unwrap();
-    assert_eq!(get_over(&mut stream), "HTTP/1.1 200 OK");
+    let mut stream = connect(setup.https, "shop.test", client_trusting(&[&root])).unwrap();
+    assert_eq!(get_over(&mut stream, "shop.test"), "HTTP/1.1 200 OK");
 
     // A restart serves the kept certificates and orders none.
     let config = setup.tollgate.config_text();
@@ -510,13 +440,13 @@ async fn a_short_lived_certificate_is_renewed_under_an_open_connection() {
         start(&["shop.test"], "tls-alpn-01", Duration::from_secs(30), &[]).await;
     let root = pebble.root_pem().await;
     let first = wait_certified(&setup, "shop.test", &root, None).await;
-    let mut held = connect(setup.https, "shop.test", client_config(&root)).unwrap();
+    let mut held = connect(setup.https, "shop.test", client_trusting(&[&root])).unwrap();
     assert_eq!(serial(&held), first);
-    assert_eq!(get_over(&mut held), "HTTP/1.1 200 OK");
+    assert_eq!(get_over(&mut held, "shop.test"), "HTTP/1.1 200 OK");
     let renewed = wait_certified(&setup, "shop.test", &root, Some(&first)).await;
     assert_ne!(renewed, first);
     // The connection opened before the renewal is still served.
-    assert_eq!(get_over(&mut held), "HTTP/1.1 200 OK");
+    assert_eq!(get_over(&mut held, "shop.test"), "HTTP/1.1 200 OK");
     let m = setup.tollgate.metrics().await;
     let issued = metric_value(&m, "tollgate_acme_orders_total", &[("result", "issued")]);
     assert!(issued >= Some(2.0), "{issued:?}");
@@ -541,7 +471,7 @@ async fn a_name_that_cannot_be_validated_fails_alone_and_is_retried() {
     // server's alert, not the client's refusal of another name's); the
     // other name is served.
     let started = std::time::Instant::now();
-    let refused = connect(setup.https, "bad.shop.test", client_config(&root)).err();
+    let refused = connect(setup.https, "bad.shop.test", client_trusting(&[&root])).err();
     let refusal = refused.map(|e| e.to_string()).unwrap_or_default();
     assert!(
         refusal.contains("received fatal alert"),
@@ -551,8 +481,8 @@ async fn a_name_that_cannot_be_validated_fails_alone_and_is_retried() {
         started.elapsed() < Duration::from_secs(5),
         "the refusal hung"
     );
-    let mut stream = connect(setup.https, "shop.test", client_config(&root)).unwrap();
-    assert_eq!(get_over(&mut stream), "HTTP/1.1 200 OK");
+    let mut stream = connect(setup.https, "shop.test", client_trusting(&[&root])).unwrap();
+    assert_eq!(get_over(&mut stream, "shop.test"), "HTTP/1.1 200 OK");
     let m = tollgate.metrics().await;
     let failed = metric_value(&m, "tollgate_acme_orders_total", &[("result", "failed")]);
     assert!(failed >= Some(2.0), "{failed:?}");

@@ -27,24 +27,15 @@ impl Redis {
     /// A Redis that speaks only TLS, with a certificate for 127.0.0.1 signed
     /// by a CA of its own; returns it and the CA's PEM file.
     fn start_tls(dir: &std::path::Path) -> (Redis, std::path::PathBuf) {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        let ca_file = write_file(dir, "redis-ca.pem", &ca.pem());
+        let ca = common::tls::TestCa::new();
+        let (cert, key) = ca.leaf(&[], &["127.0.0.1".parse().unwrap()]);
+        let ca_file = write_file(dir, "redis-ca.pem", &ca.pem);
         let path = |p: std::path::PathBuf| p.display().to_string();
         let tls = vec![
             "--tls-cert-file".to_string(),
-            path(write_file(dir, "redis.crt", &cert.pem())),
+            path(write_file(dir, "redis.crt", &cert)),
             "--tls-key-file".to_string(),
-            path(write_file(dir, "redis.key", &key.serialize_pem())),
+            path(write_file(dir, "redis.key", &key)),
             "--tls-ca-cert-file".to_string(),
             path(ca_file.clone()),
             "--tls-auth-clients".to_string(),
@@ -79,7 +70,14 @@ impl Redis {
             .args(ports)
             .args(["--bind", "127.0.0.1"])
             .args(&self.tls)
-            .args(["--save", "", "--appendonly", "no"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "yes",
+            ])
             .args(["--user", "default", "off"])
             .args(["--user", "tollgate", "on", ">secret", "~*", "&*", "+@all"])
             .stdout(Stdio::null())
@@ -124,9 +122,10 @@ fn topology(backend: &Backend, on_store_error: &str) -> String {
     TopologyBody::new()
         .upstream("app", &[backend.addr], "")
         .section(&format!(
-            "rate_limits:\n  shared:\n    key: global\n    rate: 1/m\n    burst: 9\n    scope: cluster\n    on_store_error: {on_store_error}\n"
+            "rate_limits:\n  shared:\n    key: global\n    rate: 1/m\n    burst: 9\n    scope: cluster\n    on_store_error: {on_store_error}\n  roomy:\n    key: client_ip\n    rate: 100000/s\n    burst: 100000\n    scope: cluster\n"
         ))
         .route("/limited/", "app", "    rate_limit: shared\n")
+        .route("/busy/", "app", "    rate_limit: roomy\n")
         .yaml()
 }
 
@@ -196,6 +195,10 @@ async fn redis_down_falls_back_to_local_buckets_and_shared_limits_resume() {
     let mut redis = Redis::start();
     let backend = Backend::start("app");
     let instances = start_instances(2, &redis.url(), &topology(&backend, "local")).await;
+    // Steady traffic on a roomy cluster limit all along: no request fails
+    // while Redis goes away and comes back.
+    let load = SteadyLoad::start(instances[1].url("/busy/x"), 2);
+    assert!(load.wait_answered(20).await);
     assert_eq!(passed(&round_robin(&instances, 2).await), 4);
 
     // Redis gone: each instance's own bucket (10 each) decides, at once.
@@ -263,6 +266,82 @@ async fn redis_down_falls_back_to_local_buckets_and_shared_limits_resume() {
         statuses.contains(&200) && statuses.last() == Some(&429),
         "instance 1 is not limited by the shared bucket: {statuses:?}"
     );
+    assert!(load.wait_answered(20).await);
+    load.stop().await.assert_no_failure(40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_costs_requests_no_more_than_the_store_timeout() {
+    let redis = Redis::start();
+    let backend = Backend::start("app");
+    let instances = start_instances(1, &redis.url(), &topology(&backend, "allow")).await;
+    assert_eq!(passed(&round_robin(&instances, 1).await), 1);
+    // Redis stops answering for 3 s (it is busy, not gone).
+    let sleeping = std::thread::spawn({
+        let port = redis.port.to_string();
+        move || {
+            Command::new("redis-cli")
+                .args([
+                    "-p",
+                    &port,
+                    "--user",
+                    "tollgate",
+                    "--pass",
+                    "secret",
+                    "--no-auth-warning",
+                ])
+                .args(["DEBUG", "SLEEP", "3"])
+                .output()
+        }
+    });
+    let busy = wait_until(Duration::from_secs(5), || async {
+        let reply = Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis.port.to_string(),
+                "--user",
+                "tollgate",
+                "--pass",
+                "secret",
+            ])
+            .args(["--no-auth-warning", "PING"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        // A PING that is not answered at once: Redis sleeps.
+        std::thread::sleep(Duration::from_millis(200));
+        let mut reply = reply;
+        let asleep = reply.try_wait().unwrap().is_none();
+        let _ = reply.kill();
+        let _ = reply.wait();
+        asleep
+    })
+    .await;
+    assert!(busy, "Redis never slept");
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let status = client
+            .get(instances[0].url("/limited/x"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "on_store_error: allow");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "a request waited {:?} on a slow Redis",
+            started.elapsed()
+        );
+    }
+    let errors = instances[0]
+        .metric(
+            "tollgate_rate_limit_store_errors_total",
+            &[("policy", "shared")],
+        )
+        .await;
+    assert!(errors >= Some(5.0), "{errors:?}");
+    let _ = sleeping.join();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

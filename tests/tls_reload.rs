@@ -1,16 +1,15 @@
 //! Certificates from files are read again on reload (SIGHUP): a rotated
 //! certificate is served to new handshakes without a restart, connections
 //! open before keep theirs, and a broken file keeps the old certificate and
-//! fails the reload.
+//! fails the reload. The listener is bound to 0.0.0.0, where TLS must hold too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use common::tls::{client_trusting, connect, get_over, served_der};
 use common::*;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// A self-signed certificate for shop.test, valid for `days`: (cert PEM, key PEM, DER).
@@ -24,57 +23,6 @@ fn certificate(days: i64) -> (String, String, Vec<u8>) {
     (cert.pem(), key.serialize_pem(), cert.der().to_vec())
 }
 
-type Connection = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-/// A TLS connection for shop.test trusting `roots`, its handshake done.
-fn connect(addr: SocketAddr, roots: &[&[u8]]) -> std::io::Result<Connection> {
-    let mut store = rustls::RootCertStore::empty();
-    for der in roots {
-        store
-            .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
-            .unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("shop.test").unwrap();
-    let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let tcp = TcpStream::connect(addr)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut stream = rustls::StreamOwned::new(connection, tcp);
-    while stream.conn.is_handshaking() {
-        stream.conn.complete_io(&mut stream.sock)?;
-    }
-    Ok(stream)
-}
-
-fn served_der(stream: &Connection) -> Vec<u8> {
-    stream.conn.peer_certificates().unwrap()[0]
-        .as_ref()
-        .to_vec()
-}
-
-fn get_over(stream: &mut Connection) -> String {
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
-        .unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !response_complete(&out) {
-        let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0, "the connection closed");
-        out.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&out)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_certificate_is_served_after_a_reload_and_a_broken_one_is_refused() {
     let dir = temp_dir("tls-reload");
@@ -86,7 +34,7 @@ async fn a_rotated_certificate_is_served_after_a_reload_and_a_broken_one_is_refu
     let config = format!(
         "server:
   listeners:
-    - address: 127.0.0.1:0
+    - address: 0.0.0.0:0                # a wildcard bind: TLS all the same
       tls:
         certificates: [{{cert: {}, key: {}}}]
   metrics: 127.0.0.1:0
@@ -99,18 +47,19 @@ async fn a_rotated_certificate_is_served_after_a_reload_and_a_broken_one_is_refu
         dir.join("upgrade.sock").display(),
         proxy_to(&[backend.addr]),
     );
-    let tollgate = Tollgate::launch_reported(dir.clone(), &config, &[]).await;
-    let roots: [&[u8]; 2] = [&old_der, &new_der];
-    let mut held = connect(tollgate.addr, &roots).unwrap();
+    let mut tollgate = Tollgate::launch_reported(dir.clone(), &config, &[]).await;
+    tollgate.addr = SocketAddr::from(([127, 0, 0, 1], tollgate.addr.port()));
+    let roots = client_trusting(&[&old_pem, &new_pem]);
+    let mut held = connect(tollgate.addr, "shop.test", roots.clone()).unwrap();
     assert_eq!(served_der(&held), old_der);
-    assert_eq!(get_over(&mut held), "HTTP/1.1 200 OK");
+    assert_eq!(get_over(&mut held, "shop.test"), "HTTP/1.1 200 OK");
 
     std::fs::write(&key_file, &new_key).unwrap();
     std::fs::write(&cert_file, &new_pem).unwrap();
     tollgate.signal(libc::SIGHUP);
     let addr = tollgate.addr;
     let rotated = wait_until(Duration::from_secs(10), || {
-        let served = connect(addr, &roots).map(|s| served_der(&s));
+        let served = connect(addr, "shop.test", roots.clone()).map(|s| served_der(&s));
         let done = served.is_ok_and(|der| der == new_der);
         async move { done }
     })
@@ -121,7 +70,7 @@ async fn a_rotated_certificate_is_served_after_a_reload_and_a_broken_one_is_refu
         tollgate.stderr()
     );
     assert_eq!(
-        get_over(&mut held),
+        get_over(&mut held, "shop.test"),
         "HTTP/1.1 200 OK",
         "the open connection"
     );
@@ -146,7 +95,7 @@ async fn a_rotated_certificate_is_served_after_a_reload_and_a_broken_one_is_refu
         "the error names the file:\n{}",
         tollgate.stderr()
     );
-    let still = connect(tollgate.addr, &roots).unwrap();
+    let still = connect(tollgate.addr, "shop.test", roots.clone()).unwrap();
     assert_eq!(
         served_der(&still),
         new_der,

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod origin;
+pub mod tls;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
