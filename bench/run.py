@@ -58,6 +58,7 @@ PACKAGES = {
     "wrk": "wrk",
     "openssl": "openssl",
     "taskset": "util-linux",
+    "redis-server": "redis-server",
 }
 
 PROXIES = ("tollgate", "nginx", "haproxy")
@@ -68,6 +69,8 @@ LABELS = {
     "tollgate-full": "tollgate full",
     "tollgate-cache": "tollgate cache",
     "nginx-cache": "nginx cache",
+    "tollgate-cluster": "tollgate cluster",
+    "tollgate-limit": "tollgate local",
 }
 COLORS = {
     "tollgate": "#e8590c",
@@ -76,6 +79,8 @@ COLORS = {
     "tollgate-full": "#f5b041",
     "tollgate-cache": "#c2255c",
     "nginx-cache": "#66a80f",
+    "tollgate-cluster": "#7048e8",
+    "tollgate-limit": "#adb5bd",
 }
 
 # wrk's done() hook: one machine-readable line with the figures we keep.
@@ -131,6 +136,11 @@ SCENARIOS = (
         path="/mib",
         connections=10,
         proxies=("tollgate-cache", "nginx-cache"),
+    ),
+    Scenario(
+        "i",
+        "rate limit shared in Redis on loopback (scope: cluster) vs local, load a",
+        proxies=("tollgate-cluster", "tollgate-limit"),
     ),
 )
 
@@ -525,13 +535,16 @@ backend app
 """
 
 
-def tollgate_conf(tmp, name, port, backends, tls=None, metrics_port=None, cache=False):
+def tollgate_conf(tmp, name, port, backends, tls=None, metrics_port=None, cache=False,
+                  limit_scope=None, redis_port=None):
     """tollgate topology: one thread, round robin over `backends`.
 
     `tls` = (tls_port, cert, key) adds a TLS listener with HTTP/2; `metrics_port`
     turns the production features on: metrics, a JSON access log to a file,
     active health checks and a rate limit too high to trigger; `cache` keeps
-    every 200 an hour in a memory cache, as nginx_cache_conf does.
+    every 200 an hour in a memory cache, as nginx_cache_conf does; `limit_scope`
+    (local or cluster, the latter in the Redis on `redis_port`) puts every
+    request through a per-client rate limit too high to trigger.
     """
     listeners = f"    - address: 127.0.0.1:{port}\n"
     if tls:
@@ -551,6 +564,12 @@ def tollgate_conf(tmp, name, port, backends, tls=None, metrics_port=None, cache=
     if cache:
         limits += "caches:\n  pages: {memory: 256MiB, default_ttl: {200: 1h}}\n"
         route_limit += "    cache: pages\n"
+    if limit_scope:
+        limits += ("rate_limits:\n  never: {key: client_ip, rate: 100000000/s, burst: 100000000, "
+                   f"scope: {limit_scope}}}\n")
+        route_limit += "    rate_limit: never\n"
+    if redis_port:
+        logging += f"  cluster: {{redis: 'redis://127.0.0.1:{redis_port}/0', timeout: 50ms}}\n"
     backend_lines = "".join(f"      - address: 127.0.0.1:{b}\n" for b in backends)
     return (f"server:\n  threads: 1\n  listeners:\n{listeners}{logging}"
             f"  pid_file: {tmp}/{name}.pid\n  upgrade_sock: {tmp}/{name}-upgrade.sock\n"
@@ -835,6 +854,8 @@ def print_table(results, rss):
             header = [first, second, f"{first.split()[-1]}/{second.split()[-1]}"]
             if names == ("tollgate-cache", "nginx-cache"):
                 header[2] = "tg/nginx"
+            if names == ("tollgate-cluster", "tollgate-limit"):
+                header[2] = "cluster/local"
         print(f"\n({scenario.key}) {scenario.title}")
         print_row("", header)
         for key, label in FIGURES:
@@ -908,8 +929,8 @@ def write_svg(path, results, info):
     width, panel_h = 900, 320
     legend = []
     for i, name in enumerate(("tollgate", "nginx", "haproxy", "tollgate-full", "tollgate-cache",
-                              "nginx-cache")):
-        x = 20 + i * 145
+                              "nginx-cache", "tollgate-cluster", "tollgate-limit")):
+        x = 20 + i * 110
         legend.append(f'<rect x="{x}" y="{2 * panel_h + 10}" width="12" height="12" fill="{COLORS[name]}"/>')
         legend.append(f'<text x="{x + 18}" y="{2 * panel_h + 21}" '
                       f'font-size="12">{html.escape(LABELS[name])}</text>')
@@ -972,7 +993,8 @@ def start_everything(tmp, tollgate, pin, nofile, servers):
     bodies = {"/small": SMALL_BODY, "/large": large_body}
     cached_bodies = dict(bodies, **{"/mib": mib_body})
     crt, key, pem = make_certificate(tmp)
-    (b1, b2, tg, tg_tls, ngx, ngx_tls, hap, hap_tls, full, full_metrics, tgc, ngxc) = free_ports(12)
+    (b1, b2, tg, tg_tls, ngx, ngx_tls, hap, hap_tls, full, full_metrics, tgc, ngxc,
+     tcl, tll, redis_port) = free_ports(15)
     backends = (b1, b2)
     configs = {
         "backend.conf": backend_conf(tmp, backends, nofile),
@@ -982,9 +1004,13 @@ def start_everything(tmp, tollgate, pin, nofile, servers):
         "tollgate-full.yaml": tollgate_conf(tmp, "tollgate-full", full, backends, metrics_port=full_metrics),
         "tollgate-cache.yaml": tollgate_conf(tmp, "tollgate-cache", tgc, backends, cache=True),
         "nginx-cache.conf": nginx_cache_conf(tmp, ngxc, backends, nofile),
+        "tollgate-cluster.yaml": tollgate_conf(tmp, "tollgate-cluster", tcl, backends,
+                                               limit_scope="cluster", redis_port=redis_port),
+        "tollgate-limit.yaml": tollgate_conf(tmp, "tollgate-limit", tll, backends, limit_scope="local"),
     }
     paths = {name: write_file(os.path.join(tmp, name), text) for name, text in configs.items()}
-    for name in ("tollgate.yaml", "tollgate-full.yaml", "tollgate-cache.yaml"):
+    for name in ("tollgate.yaml", "tollgate-full.yaml", "tollgate-cache.yaml",
+                 "tollgate-cluster.yaml", "tollgate-limit.yaml"):
         check_tollgate_conf(tollgate, paths[name])
 
     pin_proxy = ["taskset", "-c", "1"] if pin else []
@@ -1002,6 +1028,9 @@ def start_everything(tmp, tollgate, pin, nofile, servers):
 
     backend = server("backend", nginx_argv(paths["backend.conf"]))
     backend.start(backends)
+    redis = server("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no"])
+    redis.start([redis_port])
     for port in backends:
         verify_answers(f"backend :{port}", port, cached_bodies)
 
@@ -1018,6 +1047,12 @@ def start_everything(tmp, tollgate, pin, nofile, servers):
                                        pin_proxy + [tollgate, "-c", paths["tollgate-cache.yaml"]],
                                        signal.SIGINT, tollgate_env), tgc),
         Proxy("nginx-cache", server("nginx-cache", pin_proxy + nginx_argv(paths["nginx-cache.conf"])), ngxc),
+        Proxy("tollgate-cluster", server("tollgate-cluster",
+                                         pin_proxy + [tollgate, "-c", paths["tollgate-cluster.yaml"]],
+                                         signal.SIGINT, tollgate_env), tcl),
+        Proxy("tollgate-limit", server("tollgate-limit",
+                                       pin_proxy + [tollgate, "-c", paths["tollgate-limit.yaml"]],
+                                       signal.SIGINT, tollgate_env), tll),
     )
     proxies = {}
     for proxy in specs:
