@@ -8,9 +8,10 @@
 mod common;
 
 use common::origin::Origin;
-use common::{check_topology, temp_dir, wait_until, Tollgate, TopologyBody};
+use common::{
+    check_topology, temp_dir, tollgate_over_small_tmpfs, wait_until, Tollgate, TopologyBody,
+};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 fn server(dir: &Path) -> String {
@@ -256,19 +257,9 @@ async fn a_full_disk_stops_storing_and_fails_no_request() {
     // The cache directory is a 256 KiB tmpfs, mounted for tollgate alone (a
     // mount namespace of its own); its bound is set far above what fits.
     let config = topology(&dir, &origin, &cache_dir, "16MiB", "100MiB");
-    let mount = cache_dir.clone();
-    let tollgate = Tollgate::launch_reported_by(dir, &config, move |config_path| {
-        let mut command = Command::new("unshare");
-        command
-            .args(["--mount", "--map-root-user", "sh", "-c"])
-            .arg("mount -t tmpfs -o size=256k tollgate-full \"$1\" && exec \"$2\" -c \"$3\"")
-            .arg("sh")
-            .arg(&mount)
-            .arg(common::TOLLGATE)
-            .arg(config_path);
-        command
-    })
-    .await;
+    let tollgate =
+        Tollgate::launch_reported_by(dir, &config, tollgate_over_small_tmpfs(&cache_dir, "256k"))
+            .await;
     for i in 0..20 {
         let page = format!("/big{i}?cc=max-age%3D600&size=60000");
         let answer = get(&tollgate, &page).await;

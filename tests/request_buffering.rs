@@ -14,7 +14,6 @@ use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -330,19 +329,8 @@ async fn a_full_temp_dir_costs_only_the_body_that_does_not_fit() {
         buffer_settings(&spill),
         routes(flask.addr)
     );
-    let mount = spill.clone();
-    let tollgate = Tollgate::launch_reported_by(dir, &config, move |config_path| {
-        let mut command = Command::new("unshare");
-        command
-            .args(["--mount", "--map-root-user", "sh", "-c"])
-            .arg("mount -t tmpfs -o size=64k tollgate-full \"$1\" && exec \"$2\" -c \"$3\"")
-            .arg("sh")
-            .arg(&mount)
-            .arg(TOLLGATE)
-            .arg(config_path);
-        command
-    })
-    .await;
+    let tollgate =
+        Tollgate::launch_reported_by(dir, &config, tollgate_over_small_tmpfs(&spill, "64k")).await;
     let (status, _) = post_chunked(&tollgate, "/buffered/upload", &body_of(500_000));
     assert_eq!(status, 503);
     assert!(

@@ -995,3 +995,23 @@ pub fn htpasswd_line(scheme: &str, user: &str, password: &str) -> String {
     assert!(out.status.success(), "htpasswd {scheme} failed");
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// A command that runs tollgate on the config file it is given with `mount`
+/// a tmpfs of `size` (`64k`), in a mount namespace of its own: a full disk
+/// for tollgate alone. For [`Tollgate::launch_reported_by`].
+pub fn tollgate_over_small_tmpfs(mount: &Path, size: &str) -> impl FnOnce(&Path) -> Command {
+    let mount = mount.to_path_buf();
+    let script =
+        format!("mount -t tmpfs -o size={size} tollgate-full \"$1\" && exec \"$2\" -c \"$3\"");
+    move |config_path| {
+        let mut command = Command::new("unshare");
+        command
+            .args(["--mount", "--map-root-user", "sh", "-c"])
+            .arg(script)
+            .arg("sh")
+            .arg(&mount)
+            .arg(TOLLGATE)
+            .arg(config_path);
+        command
+    }
+}
