@@ -62,7 +62,9 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# The tests run the demo backend, an example: built first, where they find it.
 test: lint pydeps
+	$(CARGO) build --examples
 	$(CARGO) test --all-targets
 
 # Criterion micro-benchmarks, then tollgate side by side with nginx and HAProxy

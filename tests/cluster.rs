@@ -130,7 +130,9 @@ fn topology(backend: &Backend, on_store_error: &str) -> String {
 }
 
 async fn start_instances(n: usize, redis_url: &str, body: &str) -> Vec<Tollgate> {
-    let server = format!("  cluster: {{redis: '{redis_url}', timeout: 50ms}}\n");
+    // Generous for a loaded CI machine: a first request connects, logs in
+    // and loads the script. The 50 ms default is for production.
+    let server = format!("  cluster: {{redis: '{redis_url}', timeout: 500ms}}\n");
     let mut instances = Vec::new();
     for _ in 0..n {
         instances.push(Tollgate::start_with(body, &server).await);
@@ -274,7 +276,8 @@ async fn redis_down_falls_back_to_local_buckets_and_shared_limits_resume() {
 async fn a_slow_redis_costs_requests_no_more_than_the_store_timeout() {
     let redis = Redis::start();
     let backend = Backend::start("app");
-    let instances = start_instances(1, &redis.url(), &topology(&backend, "allow")).await;
+    let server = format!("  cluster: {{redis: '{}', timeout: 100ms}}\n", redis.url());
+    let instances = vec![Tollgate::start_with(&topology(&backend, "allow"), &server).await];
     assert_eq!(passed(&round_robin(&instances, 1).await), 1);
     // Redis stops answering for 3 s (it is busy, not gone).
     let sleeping = std::thread::spawn({
@@ -329,7 +332,7 @@ async fn a_slow_redis_costs_requests_no_more_than_the_store_timeout() {
             .status();
         assert_eq!(status, 200, "on_store_error: allow");
         assert!(
-            started.elapsed() < Duration::from_millis(500),
+            started.elapsed() < Duration::from_millis(1000),
             "a request waited {:?} on a slow Redis",
             started.elapsed()
         );

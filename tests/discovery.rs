@@ -176,7 +176,14 @@ async fn an_empty_or_failed_answer_keeps_the_last_good_set() {
     let tollgate =
         Tollgate::start(&discovered_upstream(&dns, &format!("app.test:{port}"), "")).await;
     let client = reqwest::Client::new();
-    assert_eq!(get(&client, &tollgate.url("/")).await.unwrap().1, "b2");
+    // dnsmasq may have come up after tollgate's first look: wait for b2.
+    let found = wait_until(Duration::from_secs(10), || async {
+        get(&client, &tollgate.url("/"))
+            .await
+            .is_ok_and(|(_, b, _)| b == "b2")
+    })
+    .await;
+    assert!(found, "{}", tollgate.stderr());
     // No address for the name any more.
     dns.set_hosts("");
     let counted = tollgate
@@ -218,6 +225,12 @@ async fn srv_records_give_ports_and_weights() {
     );
     let tollgate = Tollgate::start(&discovered_upstream(&dns, "_app._tcp.svc.test", "")).await;
     let client = reqwest::Client::new();
+    let both = wait_until(Duration::from_secs(10), || async {
+        let m = tollgate.metrics().await;
+        m.matches("tollgate_upstream_backend_healthy{").count() == 2
+    })
+    .await;
+    assert!(both, "{}", tollgate.stderr());
     let mut counts = std::collections::HashMap::new();
     for _ in 0..80 {
         let (_, backend, _) = get(&client, &tollgate.url("/")).await.unwrap();
@@ -239,6 +252,14 @@ async fn ip_hash_agrees_across_instances_that_see_the_same_set() {
     );
     let first = Tollgate::start(&body).await;
     let second = Tollgate::start(&body).await;
+    for tollgate in [&first, &second] {
+        let all = wait_until(Duration::from_secs(10), || async {
+            let m = tollgate.metrics().await;
+            m.matches("tollgate_upstream_backend_healthy{").count() == 4
+        })
+        .await;
+        assert!(all, "{}", tollgate.stderr());
+    }
     let mut seen = std::collections::HashSet::new();
     for client_ip in 10..40u8 {
         let client = reqwest::Client::builder()
