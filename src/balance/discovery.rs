@@ -28,6 +28,10 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// The highest SRV weight taken as it is (the most a backend's `weight` may
+/// be); larger ones count as this.
+const MAX_SRV_WEIGHT: u32 = 1000;
+
 /// A discovered backend: its address and weight.
 pub type Found = (SocketAddr, u32);
 
@@ -151,14 +155,24 @@ pub async fn resolve(config: &DiscoveryConfig) -> Result<(Vec<Found>, Duration),
                 .collect();
             // RFC 2782: the lowest priority is used while it has targets.
             let best = records.iter().map(|s| s.priority).min();
+            let mut unresolved = Vec::new();
             for srv in records.iter().filter(|s| Some(s.priority) == best) {
                 let target = srv.target.to_utf8();
-                let ips = resolver
-                    .lookup_ip(target.as_str())
-                    .await
-                    .map_err(|e| format!("{target} (of {name}): {e}"))?;
-                let weight = u32::from(srv.weight).max(1);
-                found.extend(ips.iter().map(|ip| (SocketAddr::new(ip, srv.port), weight)));
+                // A target that does not resolve (or `.`: no service there)
+                // leaves the others; the answer fails only when all do.
+                match resolver.lookup_ip(target.as_str()).await {
+                    Ok(ips) => {
+                        let weight = u32::from(srv.weight).clamp(1, MAX_SRV_WEIGHT);
+                        found.extend(ips.iter().map(|ip| (SocketAddr::new(ip, srv.port), weight)));
+                    }
+                    Err(e) => unresolved.push(format!("{target}: {e}")),
+                }
+            }
+            if found.is_empty() && !unresolved.is_empty() {
+                return Err(format!(
+                    "no target of {name} resolves: {}",
+                    unresolved.join("; ")
+                ));
             }
         }
     }

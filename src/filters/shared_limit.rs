@@ -135,8 +135,11 @@ impl SharedLimits {
             Ok(Err(e)) => StoreError::Failed(e.to_string()),
             Err(_) => StoreError::Timeout,
         };
-        let until = now_ms + DOWN_FOR.as_millis() as u64;
-        let was = self.down_until.swap(until, Ordering::Relaxed);
+        // From the failure, not from the call: a timeout as long as the
+        // breaker's window must not leave it closed.
+        let failed_ms = self.started.elapsed().as_millis() as u64;
+        let until = failed_ms + DOWN_FOR.as_millis() as u64;
+        let was = self.down_until.fetch_max(until, Ordering::Relaxed);
         if was <= now_ms {
             log::warn!(
                 "the rate-limit store does not answer ({result}); cluster limits follow their \
