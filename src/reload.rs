@@ -50,6 +50,7 @@ impl Reloader {
     /// TLS listeners' certificate files read again (a listener that is TLS
     /// both before and after takes the certificates the file now lists).
     pub fn reload(&self) -> Result<(), config::ConfigErrors> {
+        let _writing = crate::topology::WRITES.lock();
         let loaded = config::load(&self.path)?;
         let current = self.topology.load();
         let resources = Resources::read(&loaded.config).map_err(|p| loaded.errors(p))?;

@@ -214,7 +214,7 @@ impl DiscoveryService {
     async fn refresh(&self) -> Duration {
         let topology = self.topology.load_full();
         let mut next = Duration::from_secs(3600);
-        let mut changed = Vec::new();
+        let mut resolved = Vec::new();
         for (index, config) in topology.discovered() {
             let Some(discovery) = &config.discovery else {
                 continue;
@@ -224,16 +224,7 @@ impl DiscoveryService {
             match resolve(discovery).await {
                 Ok((found, ttl)) if !found.is_empty() => {
                     next = next.min(ttl.max(Duration::from_secs(1)));
-                    if found != current(&upstream.name) {
-                        log::info!(
-                            "upstream {}: {} now has {} backends",
-                            upstream.name,
-                            discovery.dns,
-                            found.len()
-                        );
-                        remember(&upstream.name, found);
-                        changed.push(index);
-                    }
+                    resolved.push((upstream.name.clone(), discovery.dns.clone(), found));
                 }
                 outcome => {
                     metrics()
@@ -253,12 +244,31 @@ impl DiscoveryService {
                 }
             }
         }
+        // Compared with, and swapped into, the topology current under the
+        // writers' lock: a reload in between is neither undone nor missed.
+        let _writing = crate::topology::WRITES.lock();
+        let live = self.topology.load_full();
+        let mut changed = Vec::new();
+        for (name, dns, found) in resolved {
+            let Some(upstream) = live.upstreams.iter().find(|u| u.name == name) else {
+                continue;
+            };
+            let mut serving: Vec<Found> = upstream
+                .backends
+                .iter()
+                .map(|b| (b.address, b.weight))
+                .collect();
+            serving.sort_unstable();
+            if found != serving {
+                log::info!("upstream {name}: {dns} now has {} backends", found.len());
+                remember(&name, found);
+                changed.push(name);
+            }
+        }
         if !changed.is_empty() {
-            // Rebuilt from whatever topology is current by now (a reload may
-            // have swapped one in meanwhile); the sets above are what it takes.
-            self.topology
-                .rcu(|current| Arc::new(current.with_rediscovered(&changed)));
-            let _ = self.plans.send(self.topology.load().check_plans.clone());
+            let next_topology = Arc::new(live.with_rediscovered(&changed));
+            let _ = self.plans.send(next_topology.check_plans.clone());
+            self.topology.store(next_topology);
         }
         next
     }

@@ -30,6 +30,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// Held by whatever swaps in a new topology (a reload, a discovery change)
+/// from reading the current one to storing its successor, so that no swap
+/// undoes another.
+pub static WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub struct Topology {
     pub router: Arc<Router>,
     pub routes: Arc<Vec<Route>>,
@@ -225,17 +230,17 @@ impl Topology {
         self.discovered.iter().map(|(i, c)| (*i, Arc::clone(c)))
     }
 
-    /// This topology with the upstreams at `changed` (discovered ones)
+    /// This topology with the upstreams named in `changed` (discovered ones)
     /// rebuilt on the sets last discovered, their backends' live state kept
     /// for the addresses that stay, and their health checks following.
-    pub fn with_rediscovered(&self, changed: &[usize]) -> Topology {
+    pub fn with_rediscovered(&self, changed: &[String]) -> Topology {
         let mut upstreams = self.upstreams.clone();
         let mut check_plans: Vec<Arc<CheckPlan>> = self.check_plans.clone();
         for (index, config) in &self.discovered {
-            if !changed.contains(index) {
+            let before = &self.upstreams[*index];
+            if !changed.contains(&before.name) {
                 continue;
             }
-            let before = &self.upstreams[*index];
             let upstream = Arc::new(compile_upstream(&before.name, config, Some(before)));
             check_plans.retain(|plan| !Arc::ptr_eq(&plan.upstream, before));
             if let Some(plan) = check_plan(&upstream, config) {
