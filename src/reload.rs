@@ -54,6 +54,13 @@ impl Reloader {
         let loaded = config::load(&self.path)?;
         let current = self.topology.load();
         let resources = Resources::read(&loaded.config).map_err(|p| loaded.errors(p))?;
+        crate::balance::discovery::prepare_sets(
+            loaded
+                .config
+                .upstreams
+                .iter()
+                .filter_map(|(name, u)| Some((name, u.discovery.as_ref()?))),
+        );
         // A listener that is as it was but for its certificates takes the
         // certificates the file now lists; any other change waits for a restart.
         let mut tables = Vec::new();

@@ -55,7 +55,7 @@ pub struct Prepared {
 pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
     let config = &loaded.config;
     let resources = Resources::read(config).map_err(|problems| loaded.errors(problems))?;
-    crate::balance::discovery::resolve_at_start(
+    crate::balance::discovery::prepare_sets(
         config
             .upstreams
             .iter()
@@ -199,13 +199,12 @@ pub fn build(
     let (plans_sender, plans) = tokio::sync::watch::channel(check_plans);
     let plans_sender = Arc::new(plans_sender);
     server.add_service(background_service("health checks", HealthChecker { plans }));
-    if config.upstreams.values().any(|u| u.discovery.is_some()) {
-        let discovery = DiscoveryService {
-            topology: Arc::clone(&topology),
-            plans: Arc::clone(&plans_sender),
-        };
-        server.add_service(background_service("discovery", discovery));
-    }
+    // Always: a reload may add a discovered upstream.
+    let discovery = DiscoveryService {
+        topology: Arc::clone(&topology),
+        plans: Arc::clone(&plans_sender),
+    };
+    server.add_service(background_service("discovery", discovery));
     let reloader = Reloader::new(
         loaded.file.clone(),
         topology,

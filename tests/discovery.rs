@@ -290,3 +290,28 @@ fn discovery_settings_are_checked() {
         assert!(check.output.contains(node), "{node}: {}", check.output);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_adds_a_discovered_upstream_serves_its_backends() {
+    let dir = temp_dir("dns-reload");
+    let (_backends, port) = backends_on_one_port(1);
+    let listed = Backend::start("listed");
+    let dns = Dns::start(&dir, &hosts_for(&[2]), &[]);
+    let tollgate = Tollgate::start(&proxy_to(&[listed.addr])).await;
+    let client = reqwest::Client::new();
+    assert_eq!(get(&client, &tollgate.url("/")).await.unwrap().1, "listed");
+    let before = tollgate.config_text();
+    let server_part = before.split("upstreams:").next().unwrap().to_string();
+    tollgate.rewrite_config(&format!(
+        "{server_part}{}",
+        discovered_upstream(&dns, &format!("app.test:{port}"), "")
+    ));
+    tollgate.signal(libc::SIGHUP);
+    let moved = wait_until(Duration::from_secs(10), || async {
+        get(&client, &tollgate.url("/"))
+            .await
+            .is_ok_and(|(_, b, _)| b == "b2")
+    })
+    .await;
+    assert!(moved, "{}", tollgate.stderr());
+}

@@ -35,22 +35,66 @@ const MAX_SRV_WEIGHT: u32 = 1000;
 /// A discovered backend: its address and weight.
 pub type Found = (SocketAddr, u32);
 
-/// The last good set of each discovered upstream, sorted.
-static SETS: LazyLock<Mutex<HashMap<String, Vec<Found>>>> =
+/// The last good set of each discovered upstream, sorted, with the
+/// `discovery.dns` it was found for.
+static SETS: LazyLock<Mutex<HashMap<String, Discovered>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The `discovery.dns` of an upstream, and what it last gave.
+type Discovered = (String, Vec<Found>);
 
 /// The backends last discovered for `upstream` (none before the first answer).
 pub fn current(upstream: &str) -> Vec<Found> {
     SETS.lock()
         .ok()
-        .and_then(|sets| sets.get(upstream).cloned())
+        .and_then(|sets| sets.get(upstream).map(|(_, found)| found.clone()))
         .unwrap_or_default()
 }
 
-fn remember(upstream: &str, found: Vec<Found>) {
+fn remember(upstream: &str, dns: &str, found: Vec<Found>) {
     if let Ok(mut sets) = SETS.lock() {
-        sets.insert(upstream.to_string(), found);
+        sets.insert(upstream.to_string(), (dns.to_string(), found));
     }
+}
+
+/// Before a topology is compiled from a config (at start and on reload):
+/// forgets the sets of upstreams it no longer discovers, and resolves those
+/// it discovers anew (a new upstream, a changed `dns`), on a thread of its
+/// own (the caller may be on the runtime). A name that does not resolve
+/// yet starts with no backend, logged; the service tries it again.
+pub fn prepare_sets<'a>(upstreams: impl Iterator<Item = (&'a String, &'a DiscoveryConfig)>) {
+    let wanted: Vec<(&String, &DiscoveryConfig)> = upstreams.collect();
+    let fresh: Vec<(&String, &DiscoveryConfig)> = match SETS.lock() {
+        Ok(mut sets) => {
+            sets.retain(|name, _| wanted.iter().any(|(n, _)| *n == name));
+            wanted
+                .iter()
+                .filter(|(name, config)| sets.get(*name).is_none_or(|(dns, _)| *dns != config.dns))
+                .copied()
+                .collect()
+        }
+        Err(_) => return,
+    };
+    if fresh.is_empty() {
+        return;
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            for (name, config) in fresh {
+                match runtime.block_on(resolve(config)) {
+                    Ok((found, _)) if !found.is_empty() => remember(name, &config.dns, found),
+                    Ok(_) => log::warn!("upstream {name}: {} has no address yet", config.dns),
+                    Err(e) => log::warn!("upstream {name}: cannot resolve {}: {e}", config.dns),
+                }
+            }
+        });
+    });
 }
 
 /// What `discovery.dns` names.
@@ -182,25 +226,6 @@ pub async fn resolve(config: &DiscoveryConfig) -> Result<(Vec<Found>, Duration),
     Ok((found, ttl))
 }
 
-/// Resolves every discovered upstream of `upstreams` once, before the first
-/// topology is compiled; a name that does not resolve starts with no
-/// backend, logged, and is tried again by the service.
-pub fn resolve_at_start<'a>(upstreams: impl Iterator<Item = (&'a String, &'a DiscoveryConfig)>) {
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    for (name, config) in upstreams {
-        match runtime.block_on(resolve(config)) {
-            Ok((found, _)) if !found.is_empty() => remember(name, found),
-            Ok(_) => log::warn!("upstream {name}: {} has no address yet", config.dns),
-            Err(e) => log::warn!("upstream {name}: cannot resolve {}: {e}", config.dns),
-        }
-    }
-}
-
 /// The background service that keeps discovered upstreams current.
 pub struct DiscoveryService {
     pub topology: Arc<ArcSwap<Topology>>,
@@ -213,7 +238,9 @@ impl DiscoveryService {
     /// swaps in the sets that changed; returns when to look again.
     async fn refresh(&self) -> Duration {
         let topology = self.topology.load_full();
-        let mut next = Duration::from_secs(3600);
+        // Looked at again soon even with nothing discovered: a reload may
+        // add a discovered upstream.
+        let mut next = Duration::from_secs(5);
         let mut resolved = Vec::new();
         for (index, config) in topology.discovered() {
             let Some(discovery) = &config.discovery else {
@@ -261,7 +288,7 @@ impl DiscoveryService {
             serving.sort_unstable();
             if found != serving {
                 log::info!("upstream {name}: {dns} now has {} backends", found.len());
-                remember(&name, found);
+                remember(&name, &dns, found);
                 changed.push(name);
             }
         }
