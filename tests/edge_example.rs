@@ -12,13 +12,8 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_example_works_as_documented() {
     let dir = temp_dir("edge-example");
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["shop.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let cert_path = write_file(&dir, "site.crt", &cert.pem());
-    let key_path = write_file(&dir, "site.key", &key.serialize_pem());
+    let (cert_path, key_path, cert_pem) =
+        common::tls::self_signed_files(&dir, "site", &["shop.test"]);
     let posters = dir.join("share");
     std::fs::create_dir_all(posters.join("poster")).unwrap();
     let poster: Vec<u8> = (0..5000u32).map(|i| (i % 256) as u8).collect();
@@ -72,7 +67,7 @@ async fn the_edge_example_works_as_documented() {
 
     let client = reqwest::Client::builder()
         .resolve("shop.test", https)
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
         .build()
         .unwrap();
     let base = format!("https://shop.test:{}", https.port());

@@ -43,19 +43,6 @@ fn write_all_then_read(mut stream: impl Read + Write) -> Result<String, std::io:
     Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
-fn tls_config(cert: rustls::pki_types::CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
 fn tls_exchange(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
@@ -76,13 +63,8 @@ fn plain_exchange(addr: SocketAddr) -> Result<String, std::io::Error> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_sends_its_whole_body_first_reads_the_413() {
     let dir = temp_dir("linger");
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["shop.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let cert_path = write_file(&dir, "site.crt", &cert.pem());
-    let key_path = write_file(&dir, "site.key", &key.serialize_pem());
+    let (cert_path, key_path, cert_pem) =
+        common::tls::self_signed_files(&dir, "site", &["shop.test"]);
     let backend = RawBackend::start(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
     let config = format!(
         "server:
@@ -105,7 +87,7 @@ async fn a_client_that_sends_its_whole_body_first_reads_the_413() {
     let plain = tollgate.addr;
     let tls = tollgate.reported("server.listeners[1]");
     tollgate.wait_listening(tls).await;
-    let client = tls_config(cert.der().clone());
+    let client = common::tls::client_trusting(&[&cert_pem]);
 
     let results = tokio::task::spawn_blocking(move || {
         let mut outcomes = Vec::new();

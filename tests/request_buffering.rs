@@ -366,15 +366,12 @@ fn a_temp_dir_that_cannot_be_written_is_a_config_error() {
 async fn http2_uploads_over_tls_are_buffered_too() {
     let flask = Backend::start_python("flask", "upload_backend.py", &[]);
     let dir = temp_dir("h2-upload");
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["shop.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+    let (cert_path, key_path, cert_pem) =
+        common::tls::self_signed_files(&dir, "shop", &["shop.test"]);
     let config = format!(
         "server:\n  listeners:\n    - address: 127.0.0.1:0\n    - address: 127.0.0.1:0\n      tls:\n        certificates: [{{cert: {}, key: {}}}]\n        http2: true\n        hsts: {{max_age: 1d}}\n  metrics: 127.0.0.1:0\n  access_log: off\n{}{}",
-        write_file(&dir, "shop.crt", &cert.pem()).display(),
-        write_file(&dir, "shop.key", &key.serialize_pem()).display(),
+        cert_path.display(),
+        key_path.display(),
         buffer_settings(&dir),
         routes(flask.addr)
     );
@@ -384,7 +381,7 @@ async fn http2_uploads_over_tls_are_buffered_too() {
     let client = reqwest::Client::builder()
         .resolve("shop.test", https)
         .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
         .build()
         .unwrap();
     let upload = body_of(200_000);

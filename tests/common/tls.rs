@@ -104,3 +104,21 @@ impl TestCa {
         (cert.pem(), key.serialize_pem())
     }
 }
+
+/// A self-signed certificate for `names`, written to `dir` as `NAME.crt`
+/// and `NAME.key`: (cert path, key path, cert PEM).
+pub fn self_signed_files(
+    dir: &std::path::Path,
+    name: &str,
+    names: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .expect("parameters")
+        .self_signed(&key)
+        .expect("a certificate");
+    let cert_path = super::write_file(dir, &format!("{name}.crt"), &cert.pem());
+    let key_path = super::write_file(dir, &format!("{name}.key"), &key.serialize_pem());
+    (cert_path, key_path, cert.pem())
+}
