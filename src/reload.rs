@@ -50,10 +50,10 @@ impl Reloader {
     /// TLS listeners' certificate files read again (a listener that is TLS
     /// both before and after takes the certificates the file now lists).
     pub fn reload(&self) -> Result<(), config::ConfigErrors> {
-        let _writing = crate::topology::WRITES.lock();
         let loaded = config::load(&self.path)?;
-        let current = self.topology.load();
         let resources = Resources::read(&loaded.config).map_err(|p| loaded.errors(p))?;
+        // Resolved before the writers' lock is taken, so that a slow DNS
+        // server holds up this reload only, not discovery's swaps.
         crate::balance::discovery::prepare_sets(
             loaded
                 .config
@@ -61,6 +61,8 @@ impl Reloader {
                 .iter()
                 .filter_map(|(name, u)| Some((name, u.discovery.as_ref()?))),
         );
+        let _writing = crate::topology::WRITES.lock();
+        let current = self.topology.load();
         // A listener that is as it was but for its certificates takes the
         // certificates the file now lists; any other change waits for a restart.
         let mut tables = Vec::new();
@@ -82,9 +84,20 @@ impl Reloader {
         {
             log::warn!(
                 "{}: the server section changed; listeners, threads, limits, compression, logging, \
-                 ACME and metrics settings take effect only after a restart or an upgrade (tollgate -u)",
+                 ACME, cluster and metrics settings take effect only after a restart or an upgrade (tollgate -u)",
                 self.path.display()
             );
+        }
+        if crate::filters::shared_limit::store().is_none() {
+            for (name, limit) in &loaded.config.rate_limits {
+                if limit.scope == config::LimitScope::Cluster {
+                    log::warn!(
+                        "{}: rate_limits.{name} has `scope: cluster`, but this process started \
+                         without server.cluster; it is kept per instance until a restart",
+                        self.path.display()
+                    );
+                }
+            }
         }
         let plans = topology.check_plans.clone();
         self.topology.store(Arc::new(topology));

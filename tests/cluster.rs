@@ -406,4 +406,15 @@ fn cluster_limits_need_a_store() {
         "{}",
         check.output
     );
+    // Redis's clock counts microseconds: a faster shared rate is refused
+    // rather than silently made stricter.
+    let check = check_topology(
+        "server:\n  listeners:\n    - address: 127.0.0.1:0\n  cluster: {redis: 'redis://127.0.0.1:9'}\nupstreams:\n  app:\n    backends: [{address: 127.0.0.1:9}]\nrate_limits:\n  shared: {key: global, rate: 2000000/s, burst: 1, scope: cluster}\nroutes:\n  - match: {path_prefix: /}\n    upstream: app\n    rate_limit: shared\n",
+    );
+    assert!(!check.ok);
+    assert!(
+        check.output.contains("rate_limits.shared.rate") && check.output.contains("1000000/s"),
+        "{}",
+        check.output
+    );
 }

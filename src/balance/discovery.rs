@@ -112,6 +112,11 @@ impl DnsTarget {
         if text.starts_with('_') {
             return Ok(DnsTarget::Service(text.to_string()));
         }
+        if text.starts_with('[') || text.matches(':').count() > 1 {
+            return Err(format!(
+                "`{text}`: discovery resolves a host name; list a fixed IPv6 address under `backends`"
+            ));
+        }
         let (name, port) = text
             .rsplit_once(':')
             .ok_or_else(|| format!("`{text}`: write name:port, or _service._proto.name for SRV"))?;
@@ -277,9 +282,17 @@ impl DiscoveryService {
         let live = self.topology.load_full();
         let mut changed = Vec::new();
         for (name, dns, found) in resolved {
+            // Gone, or discovered by another name since it was resolved.
+            let still_discovered = live.discovered().any(|(index, config)| {
+                live.upstreams[index].name == name
+                    && config.discovery.as_ref().is_some_and(|d| d.dns == dns)
+            });
             let Some(upstream) = live.upstreams.iter().find(|u| u.name == name) else {
                 continue;
             };
+            if !still_discovered {
+                continue;
+            }
             let mut serving: Vec<Found> = upstream
                 .backends
                 .iter()
@@ -333,5 +346,7 @@ mod tests {
         );
         assert!(DnsTarget::parse("app.internal").is_err());
         assert!(DnsTarget::parse("app.internal:0").is_err());
+        assert!(DnsTarget::parse("[2001:db8::1]:80").is_err());
+        assert!(DnsTarget::parse("2001:db8::1:80").is_err());
     }
 }

@@ -5,6 +5,11 @@
 //! instances' clocks need not agree. Concurrent requests share one
 //! multiplexed connection (their commands are pipelined).
 //!
+//! A bucket's Redis key expires when the bucket would be full again, so
+//! Redis holds only the buckets of keys seen within their refill time, and
+//! a key is at most [`LONGEST_KEY_KEPT`] bytes plus the limit's name (longer
+//! ones are digested).
+//!
 //! A store that does not answer within `server.cluster.timeout` is taken
 //! for down for a second: the requests of that second do not wait on it at
 //! all, and the limit's `on_store_error` decides. The first request after
@@ -158,11 +163,7 @@ impl SharedLimits {
         tolerance: Duration,
     ) -> redis::RedisResult<Decision> {
         let mut connection = self.connection().await?;
-        let mut bucket = Vec::with_capacity(16 + limit.len() + key.len());
-        bucket.extend_from_slice(b"tollgate:limit:");
-        bucket.extend_from_slice(limit.as_bytes());
-        bucket.push(b':');
-        bucket.extend_from_slice(key);
+        let bucket = bucket_key(limit, key);
         let answer: Vec<i64> = self
             .script
             .key(bucket)
@@ -199,5 +200,52 @@ impl SharedLimits {
             .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
             .await
             .cloned()
+    }
+}
+
+/// Keys longer than this are stored by their digest.
+const LONGEST_KEY_KEPT: usize = 32;
+
+/// The Redis key of `limit`'s bucket for `key`:
+/// `tollgate:limit:LIMIT:k:KEY` for a key of at most [`LONGEST_KEY_KEPT`]
+/// bytes (a client address is 4 or 16), else `tollgate:limit:LIMIT:h:` and
+/// the first 16 bytes of the key's SHA-256, so that clients cannot make the
+/// store's keys as long as they like. Every instance derives the same key.
+fn bucket_key(limit: &str, key: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut bucket = Vec::with_capacity(19 + limit.len() + LONGEST_KEY_KEPT);
+    bucket.extend_from_slice(b"tollgate:limit:");
+    bucket.extend_from_slice(limit.as_bytes());
+    if key.len() <= LONGEST_KEY_KEPT {
+        bucket.extend_from_slice(b":k:");
+        bucket.extend_from_slice(key);
+    } else {
+        bucket.extend_from_slice(b":h:");
+        bucket.extend_from_slice(&sha2::Sha256::digest(key)[..16]);
+    }
+    bucket
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_keys_are_kept_and_long_ones_digested_apart() {
+        assert_eq!(
+            bucket_key("api", b"\x7f\0\0\x01"),
+            b"tollgate:limit:api:k:\x7f\0\0\x01"
+        );
+        let long = [b'a'; 4096];
+        let digested = bucket_key("api", &long);
+        assert_eq!(digested.len(), "tollgate:limit:api:h:".len() + 16);
+        assert!(digested.starts_with(b"tollgate:limit:api:h:"));
+        assert_eq!(digested, bucket_key("api", &long));
+        let mut other = long;
+        other[4095] = b'b';
+        assert_ne!(digested, bucket_key("api", &other));
+        // A short key spelled like a digest does not share its bucket.
+        let spelled = &digested["tollgate:limit:api:".len()..];
+        assert_ne!(bucket_key("api", spelled), digested);
     }
 }

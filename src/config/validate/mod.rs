@@ -47,6 +47,15 @@ pub fn check(config: &Config) -> Problems {
                 "`scope: cluster` needs `server.cluster.redis`",
             );
         }
+        // The shared buckets count in microseconds (Redis's clock).
+        if limit.scope == crate::config::LimitScope::Cluster
+            && limit.rate.interval() < std::time::Duration::from_micros(1)
+        {
+            problems.push(
+                format!("rate_limits.{name}.rate"),
+                "a `scope: cluster` rate can be at most 1000000/s",
+            );
+        }
     }
     cache::check(&config.caches, &mut problems);
     routes::check(config, &mut problems);
