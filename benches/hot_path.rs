@@ -55,7 +55,7 @@ fn compile(source: &str) -> Topology {
 
 fn picks(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick");
-    for algorithm in ["round_robin", "ip_hash", "least_connections"] {
+    for algorithm in ["round_robin", "ip_hash", "least_connections", "least_time"] {
         for n in [3usize, 100, 1000] {
             let topology = compile(&topology_source(algorithm, n, 1));
             let upstream = &topology.upstreams[0];

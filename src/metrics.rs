@@ -20,6 +20,9 @@ pub struct Metrics {
     pub health_checks: IntCounterVec,
     pub upstream_retries: IntCounterVec,
     pub upstream_panic_requests: IntCounterVec,
+    pub upstream_retry_budget_exhausted: IntCounterVec,
+    pub outlier_ejections: IntCounterVec,
+    pub backend_ejected: IntGaugeVec,
     pub auth_rejections: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub rate_limit_store_errors: IntCounterVec,
@@ -88,6 +91,24 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_upstream_retries_total",
             "Requests sent to another backend after a failure.",
             &["upstream"]
+        )
+        .registered(),
+        upstream_retry_budget_exhausted: register_int_counter_vec!(
+            "tollgate_upstream_retry_budget_exhausted_total",
+            "Retries not made because the upstream's retry_budget was spent.",
+            &["upstream"]
+        )
+        .registered(),
+        outlier_ejections: register_int_counter_vec!(
+            "tollgate_upstream_outlier_ejections_total",
+            "Backends ejected by outlier detection (consecutive 5xx or failures).",
+            &["upstream", "backend"]
+        )
+        .registered(),
+        backend_ejected: register_int_gauge_vec!(
+            "tollgate_upstream_backend_ejected",
+            "1 while outlier detection holds the backend out, else 0.",
+            &["upstream", "backend"]
         )
         .registered(),
         upstream_panic_requests: register_int_counter_vec!(
@@ -304,6 +325,8 @@ pub struct BackendMetrics {
     pub healthy: IntGauge,
     pub check_success: IntCounter,
     pub check_failure: IntCounter,
+    pub ejections: IntCounter,
+    pub ejected: IntGauge,
 }
 
 impl BackendMetrics {
@@ -321,6 +344,8 @@ impl BackendMetrics {
             check_failure: m
                 .health_checks
                 .with_label_values(&[upstream, backend, "failure"]),
+            ejections: m.outlier_ejections.with_label_values(&[upstream, backend]),
+            ejected: m.backend_ejected.with_label_values(&[upstream, backend]),
         }
     }
 }

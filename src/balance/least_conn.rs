@@ -15,6 +15,7 @@
 //! In-flight counts are kept by [`super::InFlightGuard`], so they return to zero
 //! however a request ends.
 
+use super::sampling::{splitmix64, AliasTable};
 use super::{Backend, Balancer};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -119,60 +120,6 @@ impl Balancer for LeastConnections {
     }
 }
 
-/// Vose's alias method: draws index `i` with probability `weights[i] / sum` in
-/// O(1) from two tables built in O(n).
-struct AliasTable {
-    /// Chance, out of 2^32, of keeping column `i` rather than taking its alias.
-    keep: Vec<u32>,
-    alias: Vec<u32>,
-}
-
-impl AliasTable {
-    fn new(weights: &[u64]) -> AliasTable {
-        let n = weights.len();
-        let total: u128 = weights.iter().map(|w| u128::from(*w)).sum();
-        // Each column holds total/n of weight; scaled by n so all sums are integers.
-        let mut scaled: Vec<u128> = weights.iter().map(|w| u128::from(*w) * n as u128).collect();
-        let (mut small, mut large): (Vec<usize>, Vec<usize>) =
-            (0..n).partition(|&i| scaled[i] < total);
-        let mut keep = vec![u32::MAX; n];
-        let mut alias: Vec<u32> = (0..n as u32).collect();
-        while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
-            keep[s] = ((scaled[s] << 32) / total.max(1)).min(u128::from(u32::MAX)) as u32;
-            alias[s] = l as u32;
-            scaled[l] -= total - scaled[s];
-            if scaled[l] < total {
-                large.pop();
-                small.push(l);
-            }
-        }
-        AliasTable { keep, alias }
-    }
-
-    fn len(&self) -> usize {
-        self.keep.len()
-    }
-
-    /// The index drawn by the 64 random bits `random`.
-    fn sample(&self, random: u64) -> usize {
-        // High bits pick the column, low bits the side: independent enough.
-        let column = (((random >> 32) * self.keep.len() as u64) >> 32) as usize;
-        if (random as u32) < self.keep[column] {
-            column
-        } else {
-            self.alias[column] as usize
-        }
-    }
-}
-
-/// A 64-bit mixer (splitmix64's finalizer): a counter in, well-spread bits out.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,20 +161,6 @@ mod tests {
             assert_eq!(b[0].state.in_flight(), 2);
         }
         assert_eq!(b[0].state.in_flight(), 0);
-    }
-
-    #[test]
-    fn alias_table_draws_in_proportion_to_weight() {
-        let table = AliasTable::new(&[1, 2, 3, 0, 4]);
-        let mut counts = [0u32; 5];
-        for k in 0..100_000u64 {
-            counts[table.sample(splitmix64(k))] += 1;
-        }
-        assert_eq!(counts[3], 0, "weight 0 drawn");
-        for (i, w) in [(0, 1.0), (1, 2.0), (2, 3.0), (4, 4.0)] {
-            let share = f64::from(counts[i]) / 100_000.0;
-            assert!((share - w / 10.0).abs() < 0.01, "backend {i}: {share}");
-        }
     }
 
     #[test]

@@ -9,16 +9,28 @@ pub mod discovery;
 pub mod health;
 pub mod ip_hash;
 pub mod least_conn;
+pub mod least_time;
+pub mod outlier;
+pub mod peak_ewma;
 pub mod probe;
+pub mod retry_budget;
 pub mod round_robin;
+pub(crate) mod sampling;
+pub mod slow_start;
+mod traffic;
 
-use crate::config::{Algorithm, PassiveConfig};
+use crate::config::{Algorithm, PassiveConfig, UpstreamConfig};
 use crate::metrics::BackendMetrics;
 use health::{ActiveHealth, PassiveHealth};
+use outlier::{Ejection, OutlierPolicy};
+use peak_ewma::PeakEwma;
 use pingora::upstreams::peer::HttpPeer;
+use retry_budget::RetryBudget;
+use slow_start::Ramp;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A balancing algorithm over the backends of one upstream.
 pub(crate) trait Balancer: Send + Sync {
@@ -40,6 +52,12 @@ pub struct BackendState {
     in_flight: AtomicI64,
     pub active: ActiveHealth,
     pub passive: PassiveHealth,
+    /// Outlier detection's streak and ejection.
+    pub ejection: Ejection,
+    /// Response-header latency, for `least_time`.
+    pub latency: PeakEwma,
+    /// Slow start's ramp.
+    pub ramp: Ramp,
     pub metrics: BackendMetrics,
 }
 
@@ -50,6 +68,9 @@ impl BackendState {
             in_flight: AtomicI64::new(0),
             active: ActiveHealth::default(),
             passive: PassiveHealth::default(),
+            ejection: Ejection::default(),
+            latency: PeakEwma::default(),
+            ramp: Ramp::default(),
             metrics,
         }
     }
@@ -59,10 +80,13 @@ impl BackendState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Whether the backend takes new requests now (active and passive state).
+    /// Whether the backend takes new requests now (active and passive state,
+    /// not ejected). A backend whose failure period or ejection has just run
+    /// out is back in, and its slow start begins.
     pub(crate) fn is_up(&self) -> bool {
         self.active.is_healthy()
             && self.passive.is_usable(|| {
+                self.ramp.begin();
                 self.refresh_healthy_gauge();
                 log::warn!(
                     "backend {} of upstream {} is back in: its fail_timeout ran out",
@@ -70,12 +94,24 @@ impl BackendState {
                     self.metrics.upstream
                 );
             })
+            && self.ejection.is_in(|| {
+                self.ramp.begin();
+                self.refresh_healthy_gauge();
+                log::warn!(
+                    "backend {} of upstream {} is back in: its ejection ran out",
+                    self.metrics.backend,
+                    self.metrics.upstream
+                );
+            })
     }
 
-    /// Sets `tollgate_upstream_backend_healthy` from the current state.
+    /// Sets `tollgate_upstream_backend_healthy` and
+    /// `tollgate_upstream_backend_ejected` from the current state.
     pub(crate) fn refresh_healthy_gauge(&self) {
-        let up = self.active.is_healthy() && !self.passive.is_failed();
+        let ejected = self.ejection.is_out();
+        let up = self.active.is_healthy() && !self.passive.is_failed() && !ejected;
         self.metrics.healthy.set(i64::from(up));
+        self.metrics.ejected.set(i64::from(ejected));
     }
 }
 
@@ -159,6 +195,14 @@ pub struct Upstream {
     /// Other backends tried when connecting fails.
     pub retries: u32,
     pub passive: PassiveConfig,
+    /// Answers feed each backend's latency estimate (`least_time`).
+    measures_latency: bool,
+    /// `slow_start`'s window; `None` when off or under `ip_hash`.
+    slow_start: Option<Duration>,
+    outlier: Option<OutlierPolicy>,
+    retry_budget: Option<RetryBudget>,
+    /// `tollgate_upstream_retry_budget_exhausted_total` of this upstream.
+    retries_refused: prometheus::IntCounter,
     /// No backend was up at the last pick: every backend is being tried.
     panicking: std::sync::atomic::AtomicBool,
     /// The next backend to try in panic mode.
@@ -168,27 +212,33 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(
-        name: String,
-        backends: Vec<Backend>,
-        algorithm: Algorithm,
-        retries: u32,
-        passive: PassiveConfig,
-    ) -> Self {
+    /// The upstream `name` of `config` over `backends`.
+    pub fn new(name: String, backends: Vec<Backend>, config: &UpstreamConfig) -> Self {
+        let algorithm = config.algorithm;
         let balancer: Box<dyn Balancer> = match algorithm {
             Algorithm::RoundRobin => Box::new(round_robin::RoundRobin::new(&backends)),
             Algorithm::IpHash => Box::new(ip_hash::IpHash::new(&backends)),
             Algorithm::LeastConnections => Box::new(least_conn::LeastConnections::new(&backends)),
+            Algorithm::LeastTime => Box::new(least_time::LeastTime),
         };
-        let panic_requests = crate::metrics::metrics()
+        let metrics = crate::metrics::metrics();
+        let panic_requests = metrics
             .upstream_panic_requests
+            .with_label_values(&[name.as_str()]);
+        let retries_refused = metrics
+            .upstream_retry_budget_exhausted
             .with_label_values(&[name.as_str()]);
         Upstream {
             name,
             backends,
             balancer,
-            retries,
-            passive,
+            retries: config.retries,
+            passive: config.passive.clone(),
+            measures_latency: algorithm == Algorithm::LeastTime,
+            slow_start: config.slow_start.filter(|_| algorithm != Algorithm::IpHash),
+            outlier: config.outlier.as_ref().map(OutlierPolicy::new),
+            retry_budget: config.retry_budget.as_ref().map(RetryBudget::new),
+            retries_refused,
             panicking: std::sync::atomic::AtomicBool::new(false),
             panic_next: std::sync::atomic::AtomicUsize::new(0),
             panic_requests,
@@ -203,6 +253,7 @@ impl Upstream {
     pub fn select(&self, client: IpAddr, tried: &Tried) -> Option<usize> {
         let usable = |i: usize| !tried.contains(i) && self.backends[i].state.is_up();
         if let Some(index) = self.balancer.pick(&self.backends, client, &usable) {
+            let index = self.ramped(index, client, &usable);
             if self.panicking.swap(false, Ordering::Relaxed) {
                 log::warn!(
                     "upstream {}: a backend is up again, panic mode ends",
@@ -232,13 +283,15 @@ impl Upstream {
         Some(index)
     }
 
-    /// Records a failed attempt on backend `index` for passive health. The
-    /// backend is taken out after `max_fails` failures within `fail_timeout`,
-    /// unless it is the last backend of the upstream that is up.
+    /// Records a failed attempt (connect failure, timeout, transport error) on
+    /// backend `index` for passive health and outlier detection. For passive
+    /// health, the backend is taken out after `max_fails` failures within
+    /// `fail_timeout`, unless it is the last backend of the upstream that is up.
     pub(crate) fn record_failure(&self, index: usize) {
         let Some(backend) = self.backends.get(index) else {
             return;
         };
+        self.record_outlier_failure(index);
         let passive = &self.passive;
         if passive.max_fails == 0
             || !backend
@@ -273,13 +326,6 @@ impl Upstream {
             passive.fail_timeout
         );
         backend.state.refresh_healthy_gauge();
-    }
-
-    /// Records a successful answer from backend `index` for passive health.
-    pub(crate) fn record_success(&self, index: usize) {
-        if let Some(backend) = self.backends.get(index) {
-            backend.state.passive.record_success();
-        }
     }
 
     /// Applies an active check result to backend `index`; logs and rebalances
@@ -319,6 +365,7 @@ impl Upstream {
             return;
         };
         if now_healthy {
+            backend.state.ramp.begin();
             log::warn!(
                 "backend {} of upstream {} is healthy again after {} passed checks",
                 backend.label,

@@ -51,42 +51,48 @@ impl Balancer for RoundRobin {
 
 /// The smooth weighted order over the actively healthy backends.
 fn schedule(backends: &[Backend]) -> Vec<u32> {
-    let members: Vec<(u32, i64)> = backends
+    let members: Vec<(u32, u32)> = backends
         .iter()
         .enumerate()
         .filter(|(_, b)| b.state.active.is_healthy())
-        .map(|(i, b)| (i as u32, i64::from(b.weight)))
+        .map(|(i, b)| (i as u32, b.weight))
         .collect();
-    let divisor = members.iter().fold(0, |g, &(_, w)| gcd(g, w)).max(1);
-    let weights: Vec<i64> = members.iter().map(|&(_, w)| w / divisor).collect();
-    smooth_order(&weights)
+    let weights: Vec<u32> = members.iter().map(|&(_, w)| w).collect();
+    smooth_schedule(&weights)
         .into_iter()
-        .map(|slot| members[slot].0)
+        .map(|slot| members[slot as usize].0)
         .collect()
 }
 
-/// nginx's smooth weighted round robin over `weights`, one full cycle: each step
-/// adds every weight to its current value, picks the largest (first on ties) and
-/// takes the total off it.
-pub(crate) fn smooth_order(weights: &[i64]) -> Vec<usize> {
-    let total: i64 = weights.iter().sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut order = Vec::with_capacity(total.max(0) as usize);
+/// One cycle of nginx's smooth weighted round robin over `weights`, divided
+/// by their greatest common divisor: indices into `weights`, each appearing
+/// `weight / gcd` times (a weight of 0 never). Each step adds every weight to
+/// its current value, takes the largest (first on ties) and takes the total
+/// off it. Empty when every weight is 0.
+pub(crate) fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
+    let divisor = weights.iter().fold(0, |g, &w| gcd(g, w));
+    if divisor == 0 {
+        return Vec::new();
+    }
+    let reduced: Vec<i64> = weights.iter().map(|&w| i64::from(w / divisor)).collect();
+    let total: i64 = reduced.iter().sum();
+    let mut current = vec![0i64; reduced.len()];
+    let mut schedule = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     for _ in 0..total {
         let mut best = 0;
-        for i in 0..weights.len() {
-            current[i] += weights[i];
-            if current[i] > current[best] {
+        for (i, w) in reduced.iter().enumerate() {
+            current[i] += w;
+            if *w > 0 && (reduced[best] == 0 || current[i] > current[best]) {
                 best = i;
             }
         }
         current[best] -= total;
-        order.push(best);
+        schedule.push(best as u32);
     }
-    order
+    schedule
 }
 
-fn gcd(a: i64, b: i64) -> i64 {
+fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 {
         a
     } else {

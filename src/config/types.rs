@@ -229,6 +229,50 @@ impl<'de> Deserialize<'de> for HeaderName {
     }
 }
 
+/// A percentage, written `50%` (or a bare number, `50`), from 0 to 100.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Percent(f64);
+
+impl Percent {
+    /// The percentage as a share, 0 to 1.
+    pub fn share(self) -> f64 {
+        self.0 / 100.0
+    }
+
+    /// A percentage from a share (0 to 1).
+    pub fn from_share(share: f64) -> Percent {
+        Percent(share * 100.0)
+    }
+
+    pub fn parse(text: &str) -> Result<Percent, String> {
+        let number = text.trim().strip_suffix('%').unwrap_or(text.trim());
+        let value: f64 = number
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid percentage `{text}`: expected e.g. `20%`"))?;
+        if !(0.0..=100.0).contains(&value) {
+            return Err(format!("{text} is not a percentage from 0% to 100%"));
+        }
+        Ok(Percent(value))
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Percent, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(f64),
+            Text(String),
+        }
+        match Written::deserialize(de)? {
+            Written::Number(n) => Percent::parse(&n.to_string()),
+            Written::Text(text) => Percent::parse(&text),
+        }
+        .map_err(D::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,9 @@ use std::sync::{Arc, Mutex};
 pub(super) struct Handoff {
     topology: Arc<Topology>,
     route: RouteId,
+    /// The arm of the route's split the main request chose, kept by the
+    /// subrequest so that one request takes one slot of the split.
+    arm: Option<usize>,
     forward_path: Option<String>,
     peer_ip: IpAddr,
     client_ip: IpAddr,
@@ -124,6 +127,7 @@ impl Proxy {
         let handoff = Handoff {
             topology,
             route,
+            arm: ctx.arm,
             forward_path: ctx.forward_path.clone(),
             peer_ip: ctx.peer_ip,
             client_ip: ctx.client_ip,
@@ -192,7 +196,8 @@ impl Proxy {
     }
 
     /// In the subrequest of a buffered request: takes over what the main
-    /// request established, and readies its route's upstream. `None` for any
+    /// request established, and readies its route's upstream (a split's:
+    /// that of the arm the main request chose). `None` for any
     /// other request.
     pub(super) async fn take_over(
         &self,
@@ -203,6 +208,7 @@ impl Proxy {
         let (route, brotli) = (handoff.route, handoff.brotli);
         let topology = Arc::clone(&handoff.topology);
         ctx.route = Some(route);
+        ctx.arm = handoff.arm;
         ctx.forward_path = handoff.forward_path.clone();
         ctx.peer_ip = handoff.peer_ip;
         ctx.client_ip = handoff.client_ip;

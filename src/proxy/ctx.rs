@@ -21,10 +21,17 @@ pub struct RequestCtx {
     pub(super) peer_ip: IpAddr,
     pub(super) client_ip: IpAddr,
     pub(super) upstream: Option<usize>,
+    /// The arm of the route's split the request was sent to (see
+    /// `topology::Split`); `upstream` is that arm's.
+    pub(super) arm: Option<usize>,
     pub(super) backend: Option<usize>,
     pub(super) tried: Tried,
     pub(super) retries_left: u32,
     pub(super) in_flight: Option<InFlightGuard>,
+    /// When the current attempt's connection to its backend was ready (set
+    /// when the backend is chosen, again once connected); only when the
+    /// upstream measures latency.
+    pub(super) attempt_started: Option<Instant>,
     /// The backend's answer reached the client (as opposed to an answer of ours).
     pub(super) backend_answered: bool,
     /// The status of an answer tollgate wrote itself; set by [`RequestCtx::answered`].
@@ -62,10 +69,12 @@ impl RequestCtx {
             peer_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             upstream: None,
+            arm: None,
             backend: None,
             tried: Tried::default(),
             retries_left: 0,
             in_flight: None,
+            attempt_started: None,
             backend_answered: false,
             own_status: None,
             identity: None,

@@ -42,7 +42,7 @@ impl Proxy {
         }
         let elapsed = ctx.started.elapsed();
         let route = ctx.route();
-        let route_metrics = route.map_or(&*UNROUTED, |r| &r.metrics);
+        let route_metrics = route.map_or(&*UNROUTED, |r| r.metrics_of(ctx.arm));
         route_metrics.requests.inc(status);
         route_metrics.duration.observe(elapsed.as_secs_f64());
 
@@ -65,7 +65,7 @@ impl Proxy {
             bytes_sent: session.as_ref().body_bytes_sent(),
             duration: elapsed,
             route: route.map_or("-", |r| r.label.as_str()),
-            upstream: route.map_or(NO_UPSTREAM, |r| r.upstream_label.as_str()),
+            upstream: route.map_or(NO_UPSTREAM, |r| r.upstream_label_of(ctx.arm)),
             backend: backend.map_or("-", |b| b.label.as_str()),
             referer: header(http::header::REFERER),
             user_agent: header(http::header::USER_AGENT),

@@ -100,7 +100,8 @@ impl Proxy {
 
     /// Carries out the action of `route`, the request's route: answers it here
     /// (respond, static) and returns `Ok(true)`, or readies the upstream to
-    /// proxy to and returns `Ok(false)`.
+    /// proxy to (a split's: that of the arm chosen for the request, which
+    /// everything per upstream then follows) and returns `Ok(false)`.
     async fn act(
         &self,
         session: &mut Session,
@@ -126,15 +127,35 @@ impl Proxy {
                 Ok(true)
             }
             RouteAction::Proxy { upstream } => {
-                ctx.upstream = Some(*upstream);
-                ctx.retries_left = ctx
-                    .topology
-                    .as_ref()
-                    .map_or(0, |t| t.upstreams[*upstream].retries);
+                ready_upstream(ctx, *upstream);
+                Ok(false)
+            }
+            RouteAction::Split(split) => {
+                // The subrequest of a buffered request keeps its main request's arm.
+                let arm = match ctx.arm {
+                    Some(arm) => arm,
+                    None => split.choose(&session.req_header().headers, ctx.client_ip),
+                };
+                let Some(chosen) = split.arms().get(arm) else {
+                    return Error::e_explain(ErrorType::InternalError, "no such arm of the split");
+                };
+                ctx.arm = Some(arm);
+                ready_upstream(ctx, chosen.upstream);
                 Ok(false)
             }
         }
     }
+}
+
+/// Readies the request to go to `topology.upstreams[upstream]`: the upstream
+/// its backends are chosen from, and the retries that upstream allows.
+fn ready_upstream(ctx: &mut RequestCtx, upstream: usize) {
+    ctx.upstream = Some(upstream);
+    ctx.retries_left = ctx
+        .topology
+        .as_ref()
+        .and_then(|t| t.upstreams.get(upstream))
+        .map_or(0, |u| u.retries);
 }
 
 /// Arms the module that gives every answer of `route` its `response_headers`.
@@ -325,6 +346,23 @@ impl ProxyHttp for Proxy {
         upstream::proxy_failed(peer, session, e, ctx, client_reused)
     }
 
+    /// Restarts the attempt's clock once its connection is ready, so that a
+    /// latency sample is the backend's answer time, not the connect time.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.attempt_started.is_some() {
+            ctx.attempt_started = Some(std::time::Instant::now());
+        }
+        Ok(())
+    }
+
     /// Sets the head the backend gets (see `upstream::prepare_request`).
     async fn upstream_request_filter(
         &self,
@@ -336,8 +374,9 @@ impl ProxyHttp for Proxy {
     }
 
     /// Removes hop-by-hop headers from the backend's answer, notes the `Date` and
-    /// `Age` of a 304 to a revalidation, and counts the answer as a passive
-    /// success. Runs before the cache sees the answer.
+    /// `Age` of a 304 to a revalidation, and records the answer for passive
+    /// health, outlier detection and latency. Runs before the cache sees the
+    /// answer.
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
@@ -349,7 +388,10 @@ impl ProxyHttp for Proxy {
         if !upstream_response.status.is_informational() || upstream_response.status == 101 {
             ctx.backend_answered = true;
             if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {
-                upstream.record_success(index);
+                let latency = ctx
+                    .attempt_started
+                    .map_or(Duration::ZERO, |at| at.elapsed());
+                upstream.record_answer(index, upstream_response.status.as_u16(), latency);
             }
         }
         Ok(())

@@ -10,6 +10,7 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::borrow::Cow;
+use std::time::Instant;
 
 /// A usable backend of the request's upstream that it has not tried yet. Errors
 /// with 503 when the upstream has no backend to offer, 502 when every one was
@@ -33,7 +34,9 @@ pub(super) fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         };
         return Err(Error::explain(ErrorType::HTTPStatus(status), why));
     };
-    if !ctx.tried.is_empty() {
+    if ctx.tried.is_empty() {
+        upstream.record_request();
+    } else {
         crate::metrics::metrics()
             .upstream_retries
             .with_label_values(&[upstream.name.as_str()])
@@ -43,18 +46,20 @@ pub(super) fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     ctx.backend = Some(index);
     let backend = &upstream.backends[index];
     ctx.in_flight = Some(InFlightGuard::new(&backend.state));
+    ctx.attempt_started = upstream.measures_latency().then(Instant::now);
     Ok(Box::new(backend.peer.clone()))
 }
 
 /// A connection to the chosen backend failed: counts it against the backend and,
-/// while `retries` allow, asks for another backend.
+/// while `retries` and the upstream's retry budget allow, asks for another
+/// backend.
 pub(super) fn connect_failed(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
     ctx.in_flight = None;
     if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {
         upstream.record_failure(index);
         upstream.backends[index].state.metrics.requests.inc_error();
     }
-    let retry = ctx.retries_left > 0;
+    let retry = ctx.retries_left > 0 && ctx.upstream().is_some_and(|u| u.may_retry());
     if retry {
         ctx.retries_left -= 1;
     }
@@ -69,8 +74,8 @@ pub(super) fn connect_failed(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Err
 /// - after a failure on a reused connection (the backend may have closed it while
 ///   idle), on any backend including the same one, without using up `retries`;
 /// - after a transport error (reset, closed, garbage) on a fresh connection, on
-///   another backend while `retries` allow. Timeouts are not retried, so a slow
-///   backend's load is not multiplied.
+///   another backend while `retries` and the upstream's retry budget allow.
+///   Timeouts are not retried, so a slow backend's load is not multiplied.
 pub(super) fn proxy_failed(
     peer: &HttpPeer,
     session: &Session,
@@ -85,6 +90,9 @@ pub(super) fn proxy_failed(
             upstream.backends[index].state.metrics.requests.inc_error();
             if !client_reused {
                 upstream.record_failure(index);
+            }
+            if let (ErrorType::ReadTimedout, Some(at)) = (e.etype(), ctx.attempt_started) {
+                upstream.record_timeout(index, at.elapsed());
             }
         }
     }
@@ -105,7 +113,11 @@ pub(super) fn proxy_failed(
             ctx.tried.remove(index);
         }
         true
-    } else if from_backend && transport_error && ctx.retries_left > 0 {
+    } else if from_backend
+        && transport_error
+        && ctx.retries_left > 0
+        && ctx.upstream().is_some_and(|u| u.may_retry())
+    {
         ctx.retries_left -= 1;
         true
     } else {

@@ -6,8 +6,10 @@
 //! what comes from outside the file was read into [`Resources`] before.
 
 mod resources;
+mod split;
 
 pub use resources::Resources;
+pub use split::{Arm, Split};
 
 use crate::balance::health::CheckPlan;
 use crate::balance::probe::{ProbeKind, Probes};
@@ -64,6 +66,8 @@ pub struct NamedAuth {
 pub enum RouteAction {
     /// Forward to `topology.upstreams[upstream]`.
     Proxy { upstream: usize },
+    /// Forward to the upstream of one arm of the split, chosen per request.
+    Split(Box<Split>),
     /// Answer directly.
     Respond(Box<DirectResponse>),
     /// Serve files.
@@ -73,7 +77,8 @@ pub enum RouteAction {
 pub struct Route {
     /// The `route` label of metrics and logs: the route's name, or `index:path`.
     pub label: String,
-    /// The `upstream` label: the upstream's name, or `-`.
+    /// The `upstream` label: the upstream's name, or `-` (also for a split
+    /// route's requests answered before an arm was chosen).
     pub upstream_label: String,
     pub action: RouteAction,
     /// The prefix removed from the path before forwarding, when `strip_prefix` is set.
@@ -95,6 +100,8 @@ pub struct Route {
     /// Client networks allowed (empty: all) and denied, checked before anything else.
     pub allow: Vec<ipnet::IpNet>,
     pub deny: Vec<ipnet::IpNet>,
+    /// The route's metrics with `upstream_label`; a split route's arms have
+    /// their own.
     pub metrics: RouteMetrics,
 }
 
@@ -104,6 +111,26 @@ impl Route {
     pub(crate) fn allows_client(&self, client: std::net::IpAddr) -> bool {
         !self.deny.iter().any(|n| n.contains(&client))
             && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&client)))
+    }
+
+    /// The arm `arm` of the route's split, when it has one.
+    fn arm(&self, arm: Option<usize>) -> Option<&Arm> {
+        match &self.action {
+            RouteAction::Split(split) => split.arms().get(arm?),
+            _ => None,
+        }
+    }
+
+    /// The `upstream` label of a request of this route that went to the
+    /// split's arm `arm` (`None`: no arm chosen, or no split).
+    pub fn upstream_label_of(&self, arm: Option<usize>) -> &str {
+        self.arm(arm).map_or(&self.upstream_label, |a| &a.label)
+    }
+
+    /// The metrics of a request of this route that went to the split's arm
+    /// `arm` (`None`: no arm chosen, or no split).
+    pub fn metrics_of(&self, arm: Option<usize>) -> &RouteMetrics {
+        self.arm(arm).map_or(&self.metrics, |a| &a.metrics)
     }
 }
 
@@ -144,7 +171,7 @@ impl Topology {
         let mut routes = Vec::with_capacity(config.routes.len());
         for (id, route_config) in config.routes.iter().enumerate() {
             let files = static_files.remove(&id);
-            let mut route = compile_route(id, route_config, &upstream_index, files);
+            let mut route = compile_route(id, route_config, config, &upstream_index, files);
             route.error_pages = error_pages.remove(&id).unwrap_or_default();
             route.auth = route_config
                 .auth
@@ -307,13 +334,7 @@ fn compile_upstream(name: &str, config: &UpstreamConfig, previous: Option<&Upstr
             })
             .collect()
     };
-    Upstream::new(
-        name.to_string(),
-        backends,
-        config.algorithm,
-        config.retries,
-        config.passive.clone(),
-    )
+    Upstream::new(name.to_string(), backends, config)
 }
 
 /// One backend at `address`, with the live state `previous` had for that address.
@@ -336,10 +357,18 @@ fn compile_backend(
     peer.options.read_timeout = Some(config.timeouts.read);
     peer.options.write_timeout = Some(config.timeouts.write);
     peer.options.idle_timeout = Some(config.timeouts.idle);
-    let state = previous
-        .and_then(|p| p.backends.iter().find(|old| old.address == address))
-        .map(|old| Arc::clone(&old.state))
-        .unwrap_or_else(|| Arc::new(BackendState::new(BackendMetrics::new(upstream, &label))));
+    let state = match previous {
+        Some(before) => match before.backends.iter().find(|old| old.address == address) {
+            Some(old) => Arc::clone(&old.state),
+            // A backend that joins a live upstream ramps up (slow start).
+            None => {
+                let state = BackendState::new(BackendMetrics::new(upstream, &label));
+                state.ramp.begin();
+                Arc::new(state)
+            }
+        },
+        None => Arc::new(BackendState::new(BackendMetrics::new(upstream, &label))),
+    };
     Backend {
         address,
         label,
@@ -368,11 +397,12 @@ fn check_plan(upstream: &Arc<Upstream>, config: &UpstreamConfig) -> Option<Check
     })
 }
 
-/// Route `id`, without its auth policy and rate limit (the caller sets those).
-/// `files` is its static directory, when it is a static route.
+/// Route `id` of `whole`, without its auth policy and rate limit (the caller
+/// sets those). `files` is its static directory, when it is a static route.
 fn compile_route(
     id: usize,
     config: &RouteConfig,
+    whole: &Config,
     upstreams: &HashMap<&str, usize>,
     files: Option<StaticFiles>,
 ) -> Route {
@@ -384,8 +414,14 @@ fn compile_route(
         .upstream
         .as_ref()
         .and_then(|name| Some((name, *upstreams.get(name.as_str())?)));
+    let split = config
+        .split
+        .as_ref()
+        .and_then(|arms| Split::compile(&label, arms, upstreams, &whole.upstreams));
     let (action, upstream_label) = if let Some((name, index)) = upstream {
         (RouteAction::Proxy { upstream: index }, name.clone())
+    } else if let Some(split) = split {
+        (RouteAction::Split(Box::new(split)), NO_UPSTREAM.to_string())
     } else if let Some(files) = files {
         (
             RouteAction::Static(Box::new(files)),

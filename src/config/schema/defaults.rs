@@ -138,3 +138,18 @@ pub(crate) fn purge_allow() -> Vec<ipnet::IpNet> {
         .filter_map(|net| net.parse().ok())
         .collect()
 }
+pub fn consecutive_5xx() -> u32 {
+    5
+}
+pub fn ejection() -> Duration {
+    Duration::from_secs(30)
+}
+pub fn max_ejected() -> crate::config::Percent {
+    crate::config::Percent::from_share(0.5)
+}
+pub fn retry_ratio() -> crate::config::Percent {
+    crate::config::Percent::from_share(0.2)
+}
+pub fn retry_min_per_second() -> u32 {
+    10
+}

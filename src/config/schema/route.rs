@@ -15,6 +15,9 @@ pub struct RouteConfig {
     #[serde(rename = "match")]
     pub matcher: MatchConfig,
     pub upstream: Option<String>,
+    /// Instead of `upstream`: the request goes to one of these arms, by
+    /// header or by weight.
+    pub split: Option<Vec<SplitArmConfig>>,
     pub respond: Option<RespondConfig>,
     pub redirect: Option<RedirectConfig>,
     /// Serve files from a directory.
@@ -48,6 +51,27 @@ pub struct RouteConfig {
     /// Files that replace the body of tollgate's own answers of these statuses.
     #[serde(default, deserialize_with = "units::status_paths")]
     pub error_pages: Vec<(http::StatusCode, PathBuf)>,
+}
+
+impl RouteConfig {
+    /// Whether the route sends requests on: it has an `upstream` or a `split`.
+    pub(crate) fn proxies(&self) -> bool {
+        self.upstream.is_some() || self.split.is_some()
+    }
+}
+
+/// One arm of a `split`: `{upstream: NAME, weight: N, when_header: {Name: value}}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitArmConfig {
+    pub upstream: String,
+    /// The arm's share of the requests no `when_header` claims; 0 gives it
+    /// only the requests its `when_header` claims.
+    pub weight: u32,
+    /// Requests carrying every one of these headers with exactly that value
+    /// go to this arm (the first such arm in order), whatever the weights.
+    #[serde(default, deserialize_with = "units::header_values")]
+    pub when_header: Vec<(HeaderName, http::HeaderValue)>,
 }
 
 /// `{set: {Name: value}, remove: [Name]}`: removals apply first.

@@ -26,6 +26,40 @@ pub struct UpstreamConfig {
     pub timeouts: TimeoutsConfig,
     /// HTTPS to the backends (and their health checks); plain HTTP when absent.
     pub tls: Option<UpstreamTlsConfig>,
+    /// A new or recovered backend's share of traffic ramps up over this.
+    #[serde(default, deserialize_with = "units::opt_duration")]
+    pub slow_start: Option<Duration>,
+    /// Backends answering 5xx (or failing) in a row are ejected for a while.
+    pub outlier: Option<OutlierConfig>,
+    /// Retries limited to a share of recent requests.
+    pub retry_budget: Option<RetryBudgetConfig>,
+}
+
+/// `outlier: {consecutive_5xx: 5, ejection: 30s, max_ejected: 50%}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// 5xx answers (or connect failures and timeouts) in a row that eject a backend.
+    #[serde(default = "defaults::consecutive_5xx")]
+    pub consecutive_5xx: u32,
+    /// How long the first ejection lasts; a repeat lasts twice as long as the last.
+    #[serde(default = "defaults::ejection", deserialize_with = "units::duration")]
+    pub ejection: Duration,
+    /// The most of the upstream's backends ejected at once.
+    #[serde(default = "defaults::max_ejected")]
+    pub max_ejected: crate::config::Percent,
+}
+
+/// `retry_budget: {ratio: 20%, min_per_second: 10}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetConfig {
+    /// Retries allowed as a share of the requests of the last 10 seconds.
+    #[serde(default = "defaults::retry_ratio")]
+    pub ratio: crate::config::Percent,
+    /// Retries allowed per second whatever the traffic.
+    #[serde(default = "defaults::retry_min_per_second")]
+    pub min_per_second: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +79,8 @@ pub enum Algorithm {
     RoundRobin,
     IpHash,
     LeastConnections,
+    /// Power of two choices scored by peak-EWMA latency times requests in flight.
+    LeastTime,
 }
 
 #[derive(Debug, Clone, Deserialize)]

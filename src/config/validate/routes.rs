@@ -1,7 +1,7 @@
 //! Checks of `routes:`: one action each, known names, no two the same.
 
-use super::{listing, Problems};
-use crate::config::schema::{Config, RouteConfig};
+use super::{listing, Problems, MAX_WEIGHT};
+use crate::config::schema::{Config, RouteConfig, SplitArmConfig};
 use crate::config::types::{HostPattern, PathPattern, RateKey};
 use std::collections::HashMap;
 
@@ -43,26 +43,35 @@ pub(super) fn check(config: &Config, problems: &mut Problems) {
         check_action(&at, route, problems);
         check_headers(&at, route, problems);
         check_references(&at, config, route, problems);
+        if let Some(arms) = &route.split {
+            check_split(&at, config, arms, problems);
+        }
     }
 }
 
 fn check_action(at: &str, route: &RouteConfig, problems: &mut Problems) {
-    let actions = usize::from(route.upstream.is_some())
+    if route.upstream.is_some() && route.split.is_some() {
+        problems.push(
+            format!("{at}.split"),
+            "a route has either `upstream` or `split`, not both",
+        );
+    }
+    let actions = usize::from(route.proxies())
         + usize::from(route.respond.is_some())
         + usize::from(route.redirect.is_some())
         + usize::from(route.static_files.is_some());
     if actions != 1 {
         problems.push(
             at,
-            "a route has exactly one action: `upstream`, `respond`, `redirect` or `static`",
+            "a route has exactly one action: `upstream` (or `split`), `respond`, `redirect` or `static`",
         );
     }
     let is_prefix = matches!(route.matcher.path_pattern(), PathPattern::Prefix(_));
-    let strippable = route.upstream.is_some() || route.static_files.is_some();
+    let strippable = route.proxies() || route.static_files.is_some();
     if route.strip_prefix && (!is_prefix || !strippable) {
         problems.push(
             format!("{at}.strip_prefix"),
-            "strip_prefix needs a `path_prefix` match and an `upstream` or `static` action",
+            "strip_prefix needs a `path_prefix` match and an `upstream`, `split` or `static` action",
         );
     }
     if let Some(files) = &route.static_files {
@@ -152,10 +161,10 @@ fn check_headers(at: &str, route: &RouteConfig, problems: &mut Problems) {
     }
     let has_request_rules =
         !route.request_headers.set.is_empty() || !route.request_headers.remove.is_empty();
-    if has_request_rules && route.upstream.is_none() {
+    if has_request_rules && !route.proxies() {
         problems.push(
             format!("{at}.request_headers"),
-            "only a route with an `upstream` sends requests on",
+            "only a route with an `upstream` or `split` sends requests on",
         );
     }
     for (status, _) in &route.error_pages {
@@ -179,10 +188,10 @@ fn check_references(at: &str, config: &Config, route: &RouteConfig, problems: &m
                     listing(config.caches.keys())
                 ),
             );
-        } else if route.upstream.is_none() {
+        } else if !route.proxies() {
             problems.push(
                 format!("{at}.cache"),
-                "only a route with an `upstream` stores answers in a cache",
+                "only a route with an `upstream` or `split` stores answers in a cache",
             );
         }
     }
@@ -225,5 +234,46 @@ fn check_references(at: &str, config: &Config, route: &RouteConfig, problems: &m
                 ),
             );
         }
+    }
+}
+
+/// `split`: at least one arm, each naming a known upstream with a weight in
+/// range, and weights that do not all come to 0 (requests that no
+/// `when_header` claims would have no arm).
+fn check_split(at: &str, config: &Config, arms: &[SplitArmConfig], problems: &mut Problems) {
+    if arms.is_empty() {
+        problems.push(
+            format!("{at}.split"),
+            "a split needs at least one arm: `- {upstream: NAME, weight: N}`",
+        );
+        return;
+    }
+    for (j, arm) in arms.iter().enumerate() {
+        if !config.upstreams.contains_key(&arm.upstream) {
+            problems.push(
+                format!("{at}.split[{j}].upstream"),
+                format!(
+                    "unknown upstream `{}` (defined: {})",
+                    arm.upstream,
+                    listing(config.upstreams.keys())
+                ),
+            );
+        }
+        if arm.weight > MAX_WEIGHT {
+            problems.push(
+                format!("{at}.split[{j}].weight"),
+                format!(
+                    "weight {} is out of range: expected 0 to {MAX_WEIGHT}",
+                    arm.weight
+                ),
+            );
+        }
+    }
+    if arms.iter().all(|arm| arm.weight == 0) {
+        problems.push(
+            format!("{at}.split"),
+            "the weights of the split sum to 0: requests no `when_header` claims would have \
+             nowhere to go; give at least one arm a weight above 0",
+        );
     }
 }

@@ -117,6 +117,36 @@ const RULES: &[(&str, &str, &str, &str)] = &[
         "unknown upstream `nope`",
     ),
     (
+        "    upstream: app\n    auth: users",
+        "    split: [{upstream: app, weight: 0}]\n    auth: users",
+        "routes[0].split",
+        "sum to 0",
+    ),
+    (
+        "    upstream: app\n    auth: users",
+        "    split: [{upstream: app, weight: 1}, {upstream: nope, weight: 1}]\n    auth: users",
+        "routes[0].split[1].upstream",
+        "unknown upstream `nope` (defined: app)",
+    ),
+    (
+        "    upstream: app\n    auth: users",
+        "    upstream: app\n    split: [{upstream: app, weight: 1}]\n    auth: users",
+        "routes[0].split",
+        "either `upstream` or `split`, not both",
+    ),
+    (
+        "    upstream: app\n    auth: users",
+        "    split: []\n    auth: users",
+        "routes[0].split",
+        "at least one arm",
+    ),
+    (
+        "    upstream: app\n    auth: users",
+        "    split: [{upstream: app, weight: 1001}]\n    auth: users",
+        "routes[0].split[0].weight",
+        "expected 0 to 1000",
+    ),
+    (
         "    auth: users\n",
         "    auth: nobody\n",
         "routes[0].auth",
@@ -310,6 +340,17 @@ fn each_rule_names_its_node() {
 }
 
 #[test]
+fn a_split_route_proxies_as_an_upstream_route_does() {
+    // Cache, request headers and strip_prefix are for routes that send
+    // requests on; a split route does, and an arm may have weight 0.
+    let said = problems_of(
+        "    upstream: app\n    auth: users",
+        "    split:\n      - {upstream: app, weight: 9}\n      - {upstream: app, weight: 0, when_header: {X-Canary: \"1\"}}\n    strip_prefix: true\n    request_headers: {set: {X-Env: prod}}\n    auth: users",
+    );
+    assert_eq!(said, "");
+}
+
+#[test]
 fn a_limit_on_the_auth_subject_needs_an_auth_policy() {
     let said = problems_of_all(&[
         ("key: client_ip,", "key: auth_subject,"),
@@ -344,6 +385,11 @@ fn values_with_a_syntax_are_refused_as_they_are_read() {
             "copy_headers: [X-User]",
             "copy_headers: [\"bad header\"]",
             "invalid header name",
+        ),
+        (
+            "    upstream: app\n    auth: users",
+            "    split: [{upstream: app, weight: 1, when_header: {\"X Canary\": \"1\"}}]\n    auth: users",
+            "invalid header name `X Canary`",
         ),
         (
             "url: \"http://127.0.0.1:7000/check\"",

@@ -53,6 +53,7 @@ pub(super) fn check(name: &str, upstream: &UpstreamConfig, problems: &mut Proble
             "must be more than 0 when max_fails is set",
         );
     }
+    check_traffic(&at, upstream, problems);
     let t = &upstream.timeouts;
     check_positive(
         &format!("{at}.timeouts"),
@@ -64,6 +65,33 @@ pub(super) fn check(name: &str, upstream: &UpstreamConfig, problems: &mut Proble
         ],
         problems,
     );
+}
+
+/// `slow_start`, `outlier` and `retry_budget`.
+fn check_traffic(at: &str, upstream: &UpstreamConfig, problems: &mut Problems) {
+    if let Some(window) = upstream.slow_start {
+        if window.is_zero() {
+            problems.push(format!("{at}.slow_start"), "must be more than 0");
+        }
+        if upstream.algorithm == crate::config::Algorithm::IpHash {
+            problems.push(
+                format!("{at}.slow_start"),
+                "ip_hash does not ramp (a client would move off its backend and back): \
+                 remove slow_start or choose another algorithm",
+            );
+        }
+    }
+    if let Some(outlier) = &upstream.outlier {
+        if outlier.consecutive_5xx == 0 {
+            problems.push(
+                format!("{at}.outlier.consecutive_5xx"),
+                "must be at least 1",
+            );
+        }
+        if outlier.ejection.is_zero() {
+            problems.push(format!("{at}.outlier.ejection"), "must be more than 0");
+        }
+    }
 }
 
 fn check_health(hat: &str, hc: &HealthCheckConfig, problems: &mut Problems) {

@@ -1,0 +1,91 @@
+//! A backend's latency estimate for `least_time`: the peak exponentially
+//! weighted moving average of its response-header times, as Finagle and
+//! Linkerd keep it. A sample above the estimate replaces it at once (the
+//! peak); one below pulls it down with a weight that grows with the time
+//! since the last sample. Read, the estimate decays toward zero with the
+//! time since the last sample, so a backend that was slow and has had no
+//! traffic since is tried again and can win its traffic back.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+/// The time constant of the average and of the decay.
+const DECAY_NANOS: f64 = 10e9;
+
+/// Nanoseconds since the process started, from a monotonic clock; never 0.
+pub(crate) fn now_nanos() -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    START.elapsed().as_nanos() as u64 + 1
+}
+
+/// The estimate: updated by every answer, read by every pick, without a lock.
+/// Concurrent updates may lose one of two samples that land together, which
+/// an average over thousands does not notice.
+#[derive(Debug, Default)]
+pub struct PeakEwma {
+    /// The estimate in nanoseconds, as `f64` bits.
+    cost: AtomicU64,
+    /// [`now_nanos`] of the last sample; 0 before the first.
+    stamp: AtomicU64,
+}
+
+impl PeakEwma {
+    /// Records that an answer took `rtt`, at `now` ([`now_nanos`]).
+    pub fn observe(&self, rtt: Duration, now: u64) {
+        let rtt = rtt.as_nanos() as f64;
+        let stamp = self.stamp.swap(now, Ordering::Relaxed);
+        let cost = f64::from_bits(self.cost.load(Ordering::Relaxed));
+        let next = if stamp == 0 || rtt > cost {
+            rtt
+        } else {
+            let weight = (-(now.saturating_sub(stamp) as f64) / DECAY_NANOS).exp();
+            cost * weight + rtt * (1.0 - weight)
+        };
+        self.cost.store(next.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The estimate at `now` in nanoseconds, decayed since the last sample;
+    /// `None` before the first sample.
+    pub fn cost(&self, now: u64) -> Option<f64> {
+        let stamp = self.stamp.load(Ordering::Relaxed);
+        if stamp == 0 {
+            return None;
+        }
+        let cost = f64::from_bits(self.cost.load(Ordering::Relaxed));
+        let idle = now.saturating_sub(stamp) as f64;
+        Some(cost * (-idle / DECAY_NANOS).exp())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const SECOND: u64 = 1_000 * MS;
+
+    #[test]
+    fn peaks_are_taken_at_once_and_lower_samples_pull_slowly() {
+        let ewma = PeakEwma::default();
+        assert_eq!(ewma.cost(SECOND), None);
+        ewma.observe(Duration::from_millis(2), SECOND);
+        assert_eq!(ewma.cost(SECOND), Some(2e6));
+        // A slow answer is the estimate at once.
+        ewma.observe(Duration::from_millis(40), SECOND + MS);
+        assert_eq!(ewma.cost(SECOND + MS), Some(40e6));
+        // A fast one 1 s later moves it about a tenth of the way (1 - e^-0.1).
+        ewma.observe(Duration::from_millis(2), 2 * SECOND + MS);
+        let cost = ewma.cost(2 * SECOND + MS).unwrap();
+        assert!((35e6..37e6).contains(&cost), "{cost}");
+    }
+
+    #[test]
+    fn an_idle_estimate_decays_toward_zero() {
+        let ewma = PeakEwma::default();
+        ewma.observe(Duration::from_millis(40), SECOND);
+        let later = ewma.cost(31 * SECOND).unwrap();
+        // e^-3 of 40 ms: below the 2 ms of a fast backend.
+        assert!((1.9e6..2.1e6).contains(&later), "{later}");
+    }
+}
