@@ -54,7 +54,7 @@ impl Reloader {
         let resources = Resources::read(&loaded.config).map_err(|p| loaded.errors(p))?;
         // Resolved before the writers' lock is taken, so that a slow DNS
         // server holds up this reload only, not discovery's swaps.
-        crate::balance::discovery::prepare_sets(
+        crate::discovery::prepare_sets(
             loaded
                 .config
                 .upstreams
@@ -88,7 +88,7 @@ impl Reloader {
                 self.path.display()
             );
         }
-        if crate::filters::shared_limit::store().is_none() {
+        if crate::cluster::store().is_none() {
             for (name, limit) in &loaded.config.rate_limits {
                 if limit.scope == config::LimitScope::Cluster {
                     log::warn!(

@@ -5,9 +5,9 @@
 use crate::access_log::AccessLog;
 use crate::acme::challenge::Http01Answers;
 use crate::acme::AcmeService;
-use crate::balance::discovery::DiscoveryService;
 use crate::balance::health::HealthChecker;
 use crate::config::{Config, ConfigErrors, LoadedConfig, Problems};
+use crate::discovery::DiscoveryService;
 use crate::edge::certs::CertStore;
 use crate::edge::compression::CompressionPolicy;
 use crate::edge::keepalive::LeanKeepalive;
@@ -55,7 +55,7 @@ pub struct Prepared {
 pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
     let config = &loaded.config;
     let resources = Resources::read(config).map_err(|problems| loaded.errors(problems))?;
-    crate::balance::discovery::prepare_sets(
+    crate::discovery::prepare_sets(
         config
             .upstreams
             .iter()
@@ -175,7 +175,7 @@ pub fn build(
     let topology = Arc::new(ArcSwap::from_pointee(prepared.topology));
     let http01 = Arc::new(Http01Answers::default());
     if let Some(cluster) = &config.server.cluster {
-        crate::filters::shared_limit::init(cluster).map_err(|e| anyhow::anyhow!(e))?;
+        crate::cluster::init(cluster).map_err(|e| anyhow::anyhow!(e))?;
     }
     add_listeners(
         &mut server,

@@ -5,7 +5,6 @@
 //! passive state does not hold it failed, and the request has not tried it already.
 //! Algorithms only ever return usable backends.
 
-pub mod discovery;
 pub mod health;
 pub mod ip_hash;
 pub mod least_conn;

@@ -6,7 +6,6 @@ pub mod framing;
 pub mod rate_limit;
 pub mod request_head;
 pub mod request_path;
-pub mod shared_limit;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};

@@ -186,7 +186,7 @@ impl RouteLimit {
     /// Counts the request of `client` (with `headers`, and `subject` when its auth
     /// policy named one): what passed requests are told, or the answer refused
     /// ones get (429 or the limit's `status`, with Retry-After and RateLimit-*).
-    /// A `cluster` limit asks the shared store (see `shared_limit`), and its
+    /// A `cluster` limit asks the shared store (see `crate::cluster`), and its
     /// `on_store_error` decides when the store gives no answer.
     pub(crate) async fn admit(
         &self,
@@ -205,7 +205,7 @@ impl RouteLimit {
                 None => ip_key(client, &mut ip_bytes),
             },
         };
-        let decision = match super::shared_limit::store() {
+        let decision = match crate::cluster::store() {
             Some(store) if self.config.scope == LimitScope::Cluster => {
                 let (interval, tolerance) = self.limiter.interval_and_tolerance();
                 match store.check(&self.name, key, interval, tolerance).await {

@@ -312,7 +312,7 @@ fn compile_rate_limits(
 /// Upstream `name`: its listed backends, or those last discovered for it.
 fn compile_upstream(name: &str, config: &UpstreamConfig, previous: Option<&Upstream>) -> Upstream {
     let backends = if config.discovery.is_some() {
-        crate::balance::discovery::current(name)
+        crate::discovery::current(name)
             .into_iter()
             .map(|(address, weight)| {
                 compile_backend(name, config, address, address.to_string(), weight, previous)

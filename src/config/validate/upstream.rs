@@ -16,7 +16,7 @@ pub(super) fn check(name: &str, upstream: &UpstreamConfig, problems: &mut Proble
             "an upstream has `backends` or `discovery`, not both",
         ),
         (Some(discovery), true) => {
-            if let Err(e) = crate::balance::discovery::DnsTarget::parse(&discovery.dns) {
+            if let Err(e) = crate::discovery::DnsTarget::parse(&discovery.dns) {
                 problems.push(format!("{at}.discovery.dns"), e);
             }
             if discovery.interval.is_zero() {

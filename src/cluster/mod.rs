@@ -15,8 +15,8 @@
 //! all, and the limit's `on_store_error` decides. The first request after
 //! it tries the store again, so shared limiting resumes by itself.
 
-use super::rate_limit::Decision;
 use crate::config::ClusterConfig;
+use crate::filters::rate_limit::Decision;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
