@@ -15,6 +15,12 @@ requests/s, latency percentiles and the proxy's CPU time per request are
 printed, with the proxies' memory holding 10,000 idle client connections.
 Results go to bench/results/latest.json and bench/results/latest.svg.
 
+Scenario (k) balances over three demo backends instead
+(target/release/examples/tollgate-demo-backend, built by `cargo build --release
+--examples`), one of them 20 times slower than the other two: tollgate
+`least_time` against tollgate `least_connections` and nginx `least_conn`, with
+the share of answers the slow backend gave and the issue's two targets checked.
+
 Every server is a child process of this script, with its configuration in a
 temporary directory and on loopback ports picked here; all are stopped by PID at
 the end, on Ctrl-C and on errors. Standard library only.
@@ -71,6 +77,9 @@ LABELS = {
     "nginx-cache": "nginx cache",
     "tollgate-cluster": "tollgate cluster",
     "tollgate-limit": "tollgate local",
+    "tollgate-least-time": "tollgate least_time",
+    "tollgate-least-conn": "tollgate least_conn",
+    "nginx-least-conn": "nginx least_conn",
 }
 COLORS = {
     "tollgate": "#e8590c",
@@ -81,7 +90,22 @@ COLORS = {
     "nginx-cache": "#66a80f",
     "tollgate-cluster": "#7048e8",
     "tollgate-limit": "#adb5bd",
+    "tollgate-least-time": "#f08c00",
+    "tollgate-least-conn": "#1098ad",
+    "nginx-least-conn": "#94d82d",
 }
+# Ratio column headers where "first word / first word" of the labels says too little.
+RATIO_LABELS = {
+    ("tollgate-cache", "nginx-cache"): "tg/nginx",
+    ("tollgate-cluster", "tollgate-limit"): "cluster/local",
+    ("tollgate-least-time", "tollgate-least-conn"): "time/conn",
+    ("tollgate-least-time", "nginx-least-conn"): "tg/nginx",
+}
+
+# Scenario (k): the demo backends (name, added delay in ms), one 20 times slower.
+SLOW_BACKEND = "slow"
+DEMO_BACKENDS = (("fast-1", 2), ("fast-2", 2), (SLOW_BACKEND, 40))
+LEAST_PROXIES = ("tollgate-least-time", "tollgate-least-conn", "nginx-least-conn")
 
 # wrk's done() hook: one machine-readable line with the figures we keep.
 WRK_LUA = r"""
@@ -93,6 +117,29 @@ done = function(summary, latency, requests)
     summary.requests, summary.duration, summary.bytes, e.connect, e.read,
     e.write, e.status, e.timeout, latency:percentile(50), latency:percentile(99),
     latency:percentile(99.9), latency.max))
+end
+"""
+
+# Appended to WRK_LUA where a scenario counts answers per backend: each thread
+# counts the X-Backend header of its answers (wrk's response() hook), and done()
+# adds the threads' counts up and prints them on a BACKENDS line.
+WRK_COUNT_LUA = r"""
+local report = done
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+counts = {}
+response = function(status, headers, body)
+  local name = headers["x-backend"] or headers["X-Backend"] or "none"
+  counts[name] = (counts[name] or 0) + 1
+end
+done = function(summary, latency, requests)
+  report(summary, latency, requests)
+  local total, parts = {}, {}
+  for _, thread in ipairs(threads) do
+    for name, n in pairs(thread:get("counts")) do total[name] = (total[name] or 0) + n end
+  end
+  for name, n in pairs(total) do table.insert(parts, string.format('"%s":%d', name, n)) end
+  io.write('BACKENDS {' .. table.concat(parts, ",") .. '}\n')
 end
 """
 
@@ -112,6 +159,25 @@ class Scenario:
     close: bool = False
     tls: bool = False
     proxies: tuple = PROXIES
+    # Each connection waits this long after an answer before its next request
+    # (wrk's delay() hook): a load below saturation, whose latency is the
+    # proxy's own rather than queueing.
+    pause_ms: int = 0
+    # Count the answers per backend (X-Backend) and report the slow one's share.
+    count_backends: bool = False
+    # Goals checked on the medians and printed under the scenario's table.
+    targets: tuple = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal: `proxy`'s median `figure` at most `factor` times `other`'s."""
+
+    figure: str
+    proxy: str
+    other: str
+    factor: float
+    text: str
 
 
 SCENARIOS = (
@@ -142,6 +208,26 @@ SCENARIOS = (
         "rate limit shared in Redis on loopback (scope: cluster) vs local, load a",
         proxies=("tollgate-cluster", "tollgate-limit"),
     ),
+    Scenario(
+        "j",
+        "rate limit shared in Redis vs local below saturation: 20 connections, 5 ms pause each",
+        connections=20,
+        pause_ms=5,
+        proxies=("tollgate-cluster", "tollgate-limit"),
+    ),
+    Scenario(
+        "k",
+        "one backend of three 20x slower (2/2/40 ms), keep-alive, 50 connections: "
+        "tollgate least_time vs least_connections vs nginx least_conn",
+        proxies=LEAST_PROXIES,
+        count_backends=True,
+        targets=(
+            Target("p99_us", "tollgate-least-time", "nginx-least-conn", 0.5,
+                   "tollgate least_time p99 at most half of nginx least_conn's"),
+            Target("cpu_us_per_request", "tollgate-least-time", "tollgate-least-conn", 1.05,
+                   "tollgate least_time CPU/request at most tollgate least_connections' + 5%"),
+        ),
+    ),
 )
 
 FIGURES = (
@@ -152,6 +238,12 @@ FIGURES = (
     ("cpu_us_per_request", "proxy CPU µs/request"),
     ("mib_per_s", "MiB/s received"),
 )
+SHARE_FIGURE = ("slow_share_pct", f"% answers from {SLOW_BACKEND}")
+
+
+def scenario_figures(scenario):
+    """The figures kept for `scenario`: FIGURES, and the slow backend's share where counted."""
+    return FIGURES + ((SHARE_FIGURE,) if scenario.count_backends else ())
 
 
 # ---------------------------------------------------------------------------
@@ -501,6 +593,25 @@ def nginx_cache_conf(tmp, port, backends, nofile):
     }}""")
 
 
+def nginx_least_conn_conf(tmp, port, backends, nofile):
+    """nginx balancing `least_conn`: one worker, upstream keep-alive (64 idle), for scenario (k)."""
+    servers = "".join(f"\n        server 127.0.0.1:{b};" for b in backends)
+    return nginx_conf(tmp, "nginx-least-conn", nofile, f"""    keepalive_requests 10000000;
+    upstream app {{
+        least_conn;{servers}
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=65535;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}""")
+
+
 def haproxy_conf(port, tls_port, backends, pem):
     """HAProxy: one thread, http-reuse always, round robin, TLS with ALPN h2,http/1.1.
 
@@ -536,8 +647,8 @@ backend app
 
 
 def tollgate_conf(tmp, name, port, backends, tls=None, metrics_port=None, cache=False,
-                  limit_scope=None, redis_port=None):
-    """tollgate topology: one thread, round robin over `backends`.
+                  limit_scope=None, redis_port=None, algorithm="round_robin"):
+    """tollgate topology: one thread, `algorithm` (round robin) over `backends`.
 
     `tls` = (tls_port, cert, key) adds a TLS listener with HTTP/2; `metrics_port`
     turns the production features on: metrics, a JSON access log to a file,
@@ -565,7 +676,7 @@ def tollgate_conf(tmp, name, port, backends, tls=None, metrics_port=None, cache=
         limits += "caches:\n  pages: {memory: 256MiB, default_ttl: {200: 1h}}\n"
         route_limit += "    cache: pages\n"
     if limit_scope:
-        limits += ("rate_limits:\n  never: {key: client_ip, rate: 100000000/s, burst: 100000000, "
+        limits += ("rate_limits:\n  never: {key: client_ip, rate: 1000000/s, burst: 1000000, "
                    f"scope: {limit_scope}}}\n")
         route_limit += "    rate_limit: never\n"
     if redis_port:
@@ -573,7 +684,7 @@ def tollgate_conf(tmp, name, port, backends, tls=None, metrics_port=None, cache=
     backend_lines = "".join(f"      - address: 127.0.0.1:{b}\n" for b in backends)
     return (f"server:\n  threads: 1\n  listeners:\n{listeners}{logging}"
             f"  pid_file: {tmp}/{name}.pid\n  upgrade_sock: {tmp}/{name}-upgrade.sock\n"
-            f"upstreams:\n  app:\n    algorithm: round_robin\n    backends:\n{backend_lines}{health}"
+            f"upstreams:\n  app:\n    algorithm: {algorithm}\n    backends:\n{backend_lines}{health}"
             f"{limits}routes:\n  - match: {{path_prefix: /}}\n    upstream: app\n{route_limit}")
 
 
@@ -655,8 +766,29 @@ def verify_answers(name, port, bodies, tls_port=0, cafile=None):
             raise BenchError(f"{name}: the TLS listener does not speak HTTP/2 (ALPN h2)")
 
 
+def verify_backend_names(name, port, names, tries=12):
+    """Raise BenchError unless `tries` GETs of /small answer 200 with an X-Backend among `names`."""
+    for _ in range(tries):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/small")
+            response = conn.getresponse()
+            response.read()
+            status, backend = response.status, response.getheader("X-Backend")
+        except (OSError, http.client.HTTPException) as e:
+            raise BenchError(f"{name}: GET http://127.0.0.1:{port}/small failed: {e}")
+        finally:
+            conn.close()
+        if status != 200 or backend not in names:
+            raise BenchError(f"{name}: GET http://127.0.0.1:{port}/small answered {status} from "
+                             f"X-Backend {backend!r}; expected 200 from one of {', '.join(names)}")
+
+
 def run_wrk(url, connections, duration, lua, close, pin):
-    """Run wrk (2 threads) against `url`; return the figures its done() hook printed."""
+    """Run wrk (2 threads) against `url`; return the figures its done() hook printed.
+
+    With WRK_COUNT_LUA in the script, the answers per backend are under "backends".
+    """
     argv = (["taskset", "-c", "0"] if pin else []) + [
         "wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "--latency", "-s", lua]
     if close:
@@ -667,15 +799,27 @@ def run_wrk(url, connections, duration, lua, close, pin):
                                 timeout=duration + 60)
     except subprocess.TimeoutExpired:
         raise BenchError(f"wrk against {url} did not finish within {duration + 60} s")
+    figures = None
     for line in result.stdout.splitlines():
         if line.startswith("BENCH "):
-            return json.loads(line[len("BENCH "):])
-    raise BenchError(f"wrk printed no result for {url}:\n{result.stdout}")
+            figures = json.loads(line[len("BENCH "):])
+        elif line.startswith("BACKENDS ") and figures is not None:
+            figures["backends"] = json.loads(line[len("BACKENDS "):])
+    if figures is None:
+        raise BenchError(f"wrk printed no result for {url}:\n{result.stdout}")
+    return figures
 
 
 def measure(proxy, scenario, duration, lua, pin):
     """One measured run: warm up, then load `proxy` and return its figures for this run."""
     url = proxy.url(scenario)
+    extra = ""
+    if scenario.pause_ms:
+        extra += f"delay = function() return {scenario.pause_ms} end\n"
+    if scenario.count_backends:
+        extra += WRK_COUNT_LUA
+    if extra:
+        lua = write_file(lua[:-len(".lua")] + f"-{scenario.key}.lua", WRK_LUA + extra)
     run_wrk(url, scenario.connections, WARMUP_SECONDS, lua, scenario.close, pin)
     pids = proxy.server.tree()
     ticks_before = cpu_ticks(pids)
@@ -686,6 +830,13 @@ def measure(proxy, scenario, duration, lua, pin):
     if requests == 0:
         raise BenchError(f"{proxy.name} completed no request in scenario ({scenario.key})\n"
                          f"{proxy.server.log_tail()}")
+    share = {}
+    if scenario.count_backends:
+        counts = wrk.get("backends") or {}
+        counted = sum(counts.values())
+        if counted == 0:
+            raise BenchError(f"wrk counted no X-Backend answer from {proxy.name} in ({scenario.key})")
+        share = {"backends": counts, "slow_share_pct": 100 * counts.get(SLOW_BACKEND, 0) / counted}
     return {
         "rps": requests / (wrk["duration_us"] / 1e6),
         "mib_per_s": wrk["bytes"] / (1 << 20) / (wrk["duration_us"] / 1e6),
@@ -697,12 +848,13 @@ def measure(proxy, scenario, duration, lua, pin):
         "requests": requests,
         "non_2xx": wrk["status"],
         "socket_errors": {k: wrk[k] for k in ("connect", "read", "write", "timeout")},
+        **share,
     }
 
 
-def median_figures(runs):
+def median_figures(runs, figures=FIGURES):
     """Per figure, the median over `runs`; errors are summed instead."""
-    medians = {key: statistics.median(run[key] for run in runs) for key, _ in FIGURES}
+    medians = {key: statistics.median(run[key] for run in runs) for key, _ in figures}
     medians["non_2xx"] = sum(run["non_2xx"] for run in runs)
     medians["socket_errors"] = sum(sum(run["socket_errors"].values()) for run in runs)
     return medians
@@ -829,6 +981,8 @@ def fmt(key, value):
     """A figure formatted for the table."""
     if key == "cpu_us_per_request":
         return f"{value:.1f}"
+    if key.endswith("_pct"):
+        return f"{value:.2f}"
     return f"{value:,.0f}"
 
 
@@ -837,32 +991,73 @@ def ratio(a, b):
     return f"{a / b:.2f}" if b else "-"
 
 
-def print_row(label, cells, width=26):
+def print_row(label, cells, width=26, cell_width=14):
     """One table row: the label, then right-aligned cells."""
-    print(f"  {label:<{width - 2}}" + "".join(f"{cell:>14}" for cell in cells))
+    print(f"  {label:<{width - 2}}" + "".join(f"{cell:>{cell_width}}" for cell in cells))
+
+
+def scenarios_run(results):
+    """The scenarios that `results` holds (all of them, unless --only)."""
+    return [scenario for scenario in SCENARIOS if scenario.key in results]
+
+
+def table_header(names):
+    """Column headers: each proxy, then the first proxy's ratio to each of the others."""
+    if names == PROXIES:
+        return [LABELS[n] for n in names] + ["tg/nginx", "tg/HAProxy"]
+    short = [LABELS[n].replace("tollgate", "tg") for n in names]
+    return short + [RATIO_LABELS.get((names[0], n), f"{short[0].split()[-1]}/{label.split()[-1]}")
+                    for n, label in zip(names[1:], short[1:])]
+
+
+def check_targets(scenario, med):
+    """`scenario`'s targets checked on the medians `med`, as JSON-ready dicts."""
+    checks = []
+    for target in scenario.targets:
+        value, other = med[target.proxy][target.figure], med[target.other][target.figure]
+        checks.append({
+            "target": target.text,
+            "figure": target.figure,
+            "proxy": target.proxy,
+            "other": target.other,
+            "factor": target.factor,
+            "value": value,
+            "other_value": other,
+            "limit": target.factor * other,
+            "ratio": value / other if other else None,
+            "met": value <= target.factor * other,
+        })
+    return checks
+
+
+def print_targets(checks):
+    """One line per target: met or not met, with the figures."""
+    for check in checks:
+        key, unit = check["figure"], dict(FIGURES).get(check["figure"], check["figure"])
+        ratio_text = f"{check['ratio']:.2f}x" if check["ratio"] is not None else "-"
+        print(f"  target: {check['target']}: {'met' if check['met'] else 'NOT met'} "
+              f"({unit}: {LABELS[check['proxy']]} {fmt(key, check['value'])}, "
+              f"{LABELS[check['other']]} {fmt(key, check['other_value'])}, "
+              f"ratio {ratio_text}, limit {check['factor']:g}x = {fmt(key, check['limit'])})")
 
 
 def print_table(results, rss):
     """Print the medians per scenario and figure, with tollgate's ratios to the others."""
-    for scenario in SCENARIOS:
+    for scenario in scenarios_run(results):
         med = results[scenario.key]["median"]
         names = scenario.proxies
-        if names == PROXIES:
-            header = [LABELS[n] for n in names] + ["tg/nginx", "tg/HAProxy"]
-        else:
-            first, second = (LABELS[n].replace("tollgate", "tg") for n in names)
-            header = [first, second, f"{first.split()[-1]}/{second.split()[-1]}"]
-            if names == ("tollgate-cache", "nginx-cache"):
-                header[2] = "tg/nginx"
-            if names == ("tollgate-cluster", "tollgate-limit"):
-                header[2] = "cluster/local"
+        header = table_header(names)
+        cell_width = max([14] + [len(cell) + 1 for cell in header])
         print(f"\n({scenario.key}) {scenario.title}")
-        print_row("", header)
-        for key, label in FIGURES:
+        print_row("", header, cell_width=cell_width)
+        for key, label in scenario_figures(scenario):
             values = [med[n][key] for n in names]
-            print_row(label, [fmt(key, v) for v in values] + [ratio(values[0], v) for v in values[1:]])
-        print_row("non-2xx (all rounds)", [f"{med[n]['non_2xx']:,}" for n in names])
-        print_row("socket errors (all rounds)", [f"{med[n]['socket_errors']:,}" for n in names])
+            print_row(label, [fmt(key, v) for v in values] + [ratio(values[0], v) for v in values[1:]],
+                      cell_width=cell_width)
+        print_row("non-2xx (all rounds)", [f"{med[n]['non_2xx']:,}" for n in names], cell_width=cell_width)
+        print_row("socket errors (all rounds)", [f"{med[n]['socket_errors']:,}" for n in names],
+                  cell_width=cell_width)
+        print_targets(results[scenario.key].get("targets", []))
 
     print(f"\nMemory: RSS in KiB (process + children) of each proxy restarted fresh: idle, holding "
           f"{IDLE_CONNECTIONS:,} idle keep-alive connections, and after closing them")
@@ -885,7 +1080,7 @@ def bar_panel(x0, y0, width, height, title, key, results, log=False):
     With `log`, the value axis is logarithmic (powers of ten), for figures that
     differ by orders of magnitude between scenarios.
     """
-    groups = [(s, [(n, results[s.key]["median"][n][key]) for n in s.proxies]) for s in SCENARIOS]
+    groups = [(s, [(n, results[s.key]["median"][n][key]) for n in s.proxies]) for s in scenarios_run(results)]
     values = [v for _, bars in groups for _, v in bars]
     if log:
         low = math.floor(math.log10(max(min(values), 1)))
@@ -907,7 +1102,7 @@ def bar_panel(x0, y0, width, height, title, key, results, log=False):
         out.append(f'<text x="{plot_x - 6}" y="{y + 4:.1f}" text-anchor="end" '
                    f'font-size="11">{tick:,g}</text>')
     group_w = plot_w / len(groups)
-    bar_w = group_w * 0.8 / len(PROXIES)
+    bar_w = group_w * 0.8 / max(len(PROXIES), max(len(bars) for _, bars in groups))
     for g, (scenario, bars) in enumerate(groups):
         left = plot_x + g * group_w + (group_w - bar_w * len(bars)) / 2
         for b, (name, value) in enumerate(bars):
@@ -927,24 +1122,31 @@ def bar_panel(x0, y0, width, height, title, key, results, log=False):
 def write_svg(path, results, info):
     """A hand-written SVG: CPU µs/request and p99 latency per scenario, grouped by proxy."""
     width, panel_h = 900, 320
-    legend = []
-    for i, name in enumerate(("tollgate", "nginx", "haproxy", "tollgate-full", "tollgate-cache",
-                              "nginx-cache", "tollgate-cluster", "tollgate-limit")):
-        x = 20 + i * 110
-        legend.append(f'<rect x="{x}" y="{2 * panel_h + 10}" width="12" height="12" fill="{COLORS[name]}"/>')
-        legend.append(f'<text x="{x + 18}" y="{2 * panel_h + 21}" '
-                      f'font-size="12">{html.escape(LABELS[name])}</text>')
-    lines = [f"({s.key}) {s.title}" for s in SCENARIOS] + [
+    # One legend entry per proxy the run measured, in order of first appearance,
+    # wrapped onto as many rows as the width needs.
+    names = []
+    for scenario in scenarios_run(results):
+        names += [name for name in scenario.proxies if name not in names]
+    legend, x, y = [], 20, 2 * panel_h + 10
+    for name in names:
+        entry_w = 18 + 7 * len(LABELS[name]) + 16
+        if x + entry_w > width - 10 and x > 20:
+            x, y = 20, y + 18
+        legend.append(f'<rect x="{x}" y="{y}" width="12" height="12" fill="{COLORS[name]}"/>')
+        legend.append(f'<text x="{x + 18}" y="{y + 11}" font-size="12">{html.escape(LABELS[name])}</text>')
+        x += entry_w
+    notes_y = y + 34
+    lines = [f"({s.key}) {s.title}" for s in scenarios_run(results)] + [
         f"Medians; {info['cpu_model']}, {info['nproc']} cores, Linux {info['kernel']}; "
         f"nginx and HAProxy with one worker, tollgate with one thread."]
-    notes = [f'<text x="10" y="{2 * panel_h + 44 + 15 * i}" font-size="11">{html.escape(line)}</text>'
+    notes = [f'<text x="10" y="{notes_y + 15 * i}" font-size="11">{html.escape(line)}</text>'
              for i, line in enumerate(lines)]
     body = (bar_panel(0, 0, width, panel_h, "Proxy CPU time per request (µs, lower is better)",
                       "cpu_us_per_request", results)
             + bar_panel(0, panel_h, width, panel_h, "p99 latency (µs, log scale, lower is better)", "p99_us",
                         results, log=True)
             + legend + notes)
-    height = 2 * panel_h + 44 + 15 * len(lines)
+    height = notes_y + 15 * len(lines)
     svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'font-family="sans-serif">\n<rect width="100%" height="100%" fill="white"/>\n'
            + "\n".join(body) + "\n</svg>\n")
@@ -964,7 +1166,15 @@ def parse_args():
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 round of 3 s per scenario")
     parser.add_argument("--pin", action="store_true",
                         help="run the proxy on CPU 1 and wrk on CPU 0 (taskset)")
+    parser.add_argument("--only", type=lambda text: set(text.split(",")), default=set(),
+                        help="run only these scenarios (comma-separated keys, e.g. i,j)")
+    parser.add_argument("--demo-backend",
+                        help="the demo backend of scenario (k) (default: examples/tollgate-demo-backend "
+                             "next to the tollgate binary)")
     args = parser.parse_args()
+    unknown = args.only - {scenario.key for scenario in SCENARIOS}
+    if unknown:
+        parser.error(f"no scenario {', '.join(sorted(unknown))}")
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
     if args.duration is None:
@@ -974,15 +1184,29 @@ def parse_args():
     if not (os.path.isfile(args.tollgate) and os.access(args.tollgate, os.X_OK)):
         parser.error(f"{args.tollgate} is not an executable (build it: cargo build --release --bins)")
     args.tollgate = os.path.abspath(args.tollgate)
+    if args.demo_backend is None:
+        args.demo_backend = os.path.join(os.path.dirname(args.tollgate), "examples", "tollgate-demo-backend")
+    args.demo_backend = os.path.abspath(args.demo_backend)
+    wants_demo = any(set(s.proxies) & set(LEAST_PROXIES) for s in selected_scenarios(args))
+    if wants_demo and not (os.path.isfile(args.demo_backend) and os.access(args.demo_backend, os.X_OK)):
+        parser.error(f"{args.demo_backend} is not an executable "
+                     f"(build it: cargo build --release --examples, or pass --demo-backend)")
     return args
 
 
-def start_everything(tmp, tollgate, pin, nofile, servers):
-    """Write every configuration, start the backend and the proxies, check their answers.
+def selected_scenarios(args):
+    """The scenarios to run: all of them, or those --only names."""
+    return [scenario for scenario in SCENARIOS if not args.only or scenario.key in args.only]
+
+
+def start_everything(tmp, tollgate, pin, nofile, servers, scenarios, demo_backend):
+    """Write every configuration, start the backends and the proxies, check their answers.
 
     `nofile` is the descriptor limit the servers inherit. Started servers are
     appended to `servers` as they start (so they are stopped even when a later
-    one fails). Returns (proxies by name, configuration texts).
+    one fails). The demo backends and the proxies over them (LEAST_PROXIES)
+    start only when one of `scenarios` loads them. Returns (proxies by name,
+    configuration texts).
     """
     os.makedirs(os.path.join(tmp, "www"))
     large_body = os.urandom(LARGE_SIZE)
@@ -994,8 +1218,11 @@ def start_everything(tmp, tollgate, pin, nofile, servers):
     cached_bodies = dict(bodies, **{"/mib": mib_body})
     crt, key, pem = make_certificate(tmp)
     (b1, b2, tg, tg_tls, ngx, ngx_tls, hap, hap_tls, full, full_metrics, tgc, ngxc,
-     tcl, tll, redis_port) = free_ports(15)
+     tcl, tll, redis_port, *least_ports) = free_ports(15 + len(DEMO_BACKENDS) + len(LEAST_PROXIES))
     backends = (b1, b2)
+    demo_ports = least_ports[:len(DEMO_BACKENDS)]
+    ltime, lconn, ngxl = least_ports[len(DEMO_BACKENDS):]
+    least = any(set(s.proxies) & set(LEAST_PROXIES) for s in scenarios)
     configs = {
         "backend.conf": backend_conf(tmp, backends, nofile),
         "nginx.conf": nginx_proxy_conf(tmp, ngx, ngx_tls, backends, crt, key, nofile),
@@ -1008,10 +1235,18 @@ def start_everything(tmp, tollgate, pin, nofile, servers):
                                                limit_scope="cluster", redis_port=redis_port),
         "tollgate-limit.yaml": tollgate_conf(tmp, "tollgate-limit", tll, backends, limit_scope="local"),
     }
+    if least:
+        configs.update({
+            "tollgate-least-time.yaml": tollgate_conf(tmp, "tollgate-least-time", ltime, demo_ports,
+                                                      algorithm="least_time"),
+            "tollgate-least-conn.yaml": tollgate_conf(tmp, "tollgate-least-conn", lconn, demo_ports,
+                                                      algorithm="least_connections"),
+            "nginx-least-conn.conf": nginx_least_conn_conf(tmp, ngxl, demo_ports, nofile),
+        })
     paths = {name: write_file(os.path.join(tmp, name), text) for name, text in configs.items()}
-    for name in ("tollgate.yaml", "tollgate-full.yaml", "tollgate-cache.yaml",
-                 "tollgate-cluster.yaml", "tollgate-limit.yaml"):
-        check_tollgate_conf(tollgate, paths[name])
+    for name in paths:
+        if name.startswith("tollgate"):
+            check_tollgate_conf(tollgate, paths[name])
 
     pin_proxy = ["taskset", "-c", "1"] if pin else []
     tollgate_env = dict(os.environ, RUST_LOG="warn")
@@ -1033,6 +1268,12 @@ def start_everything(tmp, tollgate, pin, nofile, servers):
     redis.start([redis_port])
     for port in backends:
         verify_answers(f"backend :{port}", port, cached_bodies)
+    if least:
+        for (name, delay), port in zip(DEMO_BACKENDS, demo_ports):
+            demo = server(f"demo-{name}", [demo_backend, "--listen", f"127.0.0.1:{port}",
+                                           "--name", name, "--delay", str(delay)])
+            demo.start([port])
+            verify_backend_names(f"demo backend {name}", port, [name], tries=1)
 
     specs = (
         Proxy("tollgate", server("tollgate", pin_proxy + [tollgate, "-c", paths["tollgate.yaml"]],
@@ -1055,6 +1296,17 @@ def start_everything(tmp, tollgate, pin, nofile, servers):
                                        signal.SIGINT, tollgate_env), tll),
     )
     proxies = {}
+    if least:
+        names = [name for name, _ in DEMO_BACKENDS]
+        least_specs = [Proxy(name, server(name, pin_proxy + [tollgate, "-c", paths[f"{name}.yaml"]],
+                                          signal.SIGINT, tollgate_env), port)
+                       for name, port in (("tollgate-least-time", ltime), ("tollgate-least-conn", lconn))]
+        least_specs.append(Proxy("nginx-least-conn", server(
+            "nginx-least-conn", pin_proxy + nginx_argv(paths["nginx-least-conn.conf"])), ngxl))
+        for proxy in least_specs:
+            proxy.server.start([proxy.port])
+            verify_backend_names(proxy.name, proxy.port, names)
+            proxies[proxy.name] = proxy
     for proxy in specs:
         proxy.server.start([proxy.port])
         cached = proxy.name.endswith("-cache")
@@ -1071,8 +1323,10 @@ def start_everything(tmp, tollgate, pin, nofile, servers):
 
 def print_progress(scenario, round_no, name, run):
     """One line per measured run, with its errors when there were any."""
-    line = (f"  ({scenario.key}) round {round_no} {LABELS[name]:<14} {run['rps']:>10,.0f} req/s  "
+    line = (f"  ({scenario.key}) round {round_no} {LABELS[name]:<19} {run['rps']:>10,.0f} req/s  "
             f"p99 {run['p99_us']:>7,} µs  {run['cpu_us_per_request']:6.1f} CPU µs/req")
+    if "slow_share_pct" in run:
+        line += f"  {run['slow_share_pct']:.2f}% from {SLOW_BACKEND}"
     if run["non_2xx"]:
         line += f"  non-2xx {run['non_2xx']:,}"
     if any(run["socket_errors"].values()):
@@ -1085,14 +1339,15 @@ def run_benchmark(args, tmp, servers):
     tollgate = args.tollgate
     info = machine_info(tollgate)
     info["nofile_limit"] = raise_nofile()
-    proxies, configs = start_everything(tmp, tollgate, args.pin, info["nofile_limit"], servers)
+    proxies, configs = start_everything(tmp, tollgate, args.pin, info["nofile_limit"], servers,
+                                        selected_scenarios(args), args.demo_backend)
     lua = write_file(os.path.join(tmp, "report.lua"), WRK_LUA)
     print(f"{info['cpu_model']}, {info['nproc']} cores, Linux {info['kernel']}; "
           f"{args.rounds} round(s) of {args.duration} s per proxy and scenario"
           f"{', proxy on CPU 1 and wrk on CPU 0' if args.pin else ''}", flush=True)
 
     results = {}
-    for scenario in SCENARIOS:
+    for scenario in selected_scenarios(args):
         runs = {name: [] for name in scenario.proxies}
         for round_no in range(1, args.rounds + 1):
             for name in scenario.proxies:
@@ -1105,9 +1360,15 @@ def run_benchmark(args, tmp, servers):
             "connections": scenario.connections,
             "connection_close": scenario.close,
             "tls": scenario.tls,
+            "pause_ms": scenario.pause_ms,
             "rounds": runs,
-            "median": {name: median_figures(r) for name, r in runs.items()},
+            "median": {name: median_figures(r, scenario_figures(scenario)) for name, r in runs.items()},
         }
+        if scenario.proxies == LEAST_PROXIES:
+            results[scenario.key]["demo_backends"] = [{"name": name, "delay_ms": delay}
+                                                      for name, delay in DEMO_BACKENDS]
+        if scenario.targets:
+            results[scenario.key]["targets"] = check_targets(scenario, results[scenario.key]["median"])
 
     rss = {}
     for name in PROXIES:
@@ -1154,9 +1415,11 @@ def main():
 
     print_table(report["scenarios"], report["rss"])
     os.makedirs(RESULTS_DIR, exist_ok=True)
-    write_file(os.path.join(RESULTS_DIR, "latest.json"), json.dumps(report, indent=2) + "\n")
-    write_svg(os.path.join(RESULTS_DIR, "latest.svg"), report["scenarios"], report["machine"])
-    print(f"\nwrote {os.path.relpath(RESULTS_DIR)}/latest.json and latest.svg")
+    # A partial run (--only) does not replace the full one.
+    stem = "only-" + "".join(sorted(args.only)) if args.only else "latest"
+    write_file(os.path.join(RESULTS_DIR, f"{stem}.json"), json.dumps(report, indent=2) + "\n")
+    write_svg(os.path.join(RESULTS_DIR, f"{stem}.svg"), report["scenarios"], report["machine"])
+    print(f"\nwrote {os.path.relpath(RESULTS_DIR)}/{stem}.json and {stem}.svg")
     bad = [f"({key}) {LABELS[name]}: {med['non_2xx']} non-2xx"
            for key, scenario in report["scenarios"].items()
            for name, med in scenario["median"].items() if med["non_2xx"]]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts an example topology with its demo backends; Ctrl-C stops everything.
-#   run_demo.sh           config/tollgate.yaml: three app backends on :9001-9003
+#   run_demo.sh           config/tollgate.yaml: three app backends on :9001-9003 and
+#                         a slow one (40 ms) on :9004
 #   run_demo.sh gateway   config/gateway.yaml: the tutorial's auth service on :7000 and
 #                         product service on :9001-9002 (Flask, from target/python)
 set -euo pipefail
@@ -23,10 +24,12 @@ backend() { # listen-address name [flags...]
 case "$example" in
   tollgate)
     for i in 1 2 3; do backend "127.0.0.1:900$i" "app-$i"; done
+    backend 127.0.0.1:9004 app-slow --delay 40
     try='  curl -i http://127.0.0.1:8080/products/1   # round robin: app-1 (weight 2), app-2, app-3
   curl -i http://127.0.0.1:8080/healthz      # answered by tollgate itself
   curl    http://127.0.0.1:8080/sticky/me    # ip_hash: always the same backend for you
   curl    http://127.0.0.1:8080/calm/x       # least connections
+  curl    http://127.0.0.1:8080/fast/x       # least_time: app-1 or app-2, hardly ever app-slow
 Stop a backend (kill the tollgate-demo-backend on :9002) and keep curling: no errors.'
     ;;
   gateway)
@@ -54,7 +57,13 @@ esac
 
 config="config/$example.yaml"
 "$bin/tollgate" -t -c "$config"
-printf '\ntollgate is starting on http://127.0.0.1:8080 (metrics on http://127.0.0.1:9091/metrics)\nTry:\n%s\n  curl -s http://127.0.0.1:9091/metrics | grep ^tollgate_\nCtrl-C stops everything.\n\n' "$try"
+status_page=""
+if grep -q '^  admin: 127.0.0.1:9092' "$config"; then
+  status_page='
+Status page (live upstreams and backends): http://127.0.0.1:9092/
+  target/release/tollgate -c '"$config"' status   # the same, in the terminal'
+fi
+printf '\ntollgate is starting on http://127.0.0.1:8080 (metrics on http://127.0.0.1:9091/metrics)\n%s\nTry:\n%s\n  curl -s http://127.0.0.1:9091/metrics | grep ^tollgate_\nCtrl-C stops everything.\n\n' "$status_page" "$try"
 "$bin/tollgate" -c "$config" &
 pids+=($!)
 wait "${pids[-1]}"
