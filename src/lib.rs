@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod acme;
+pub mod admin;
 pub mod balance;
 pub mod cache;
 pub mod cluster;

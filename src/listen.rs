@@ -1,6 +1,6 @@
 //! The addresses tollgate listens on, reserved before pingora binds them.
 //!
-//! Each listener and the metrics address is bound here first, on a socket that
+//! Each listener, the metrics and the admin address is bound here first, on a socket that
 //! does not listen (`SO_REUSEADDR`, as pingora's own), and held until pingora
 //! listens on it. So a port another process listens on is one clear error at
 //! start, instead of pingora's 30 s of retries; and port 0 gets one port from the
@@ -22,6 +22,8 @@ pub struct Reservation {
     pub listeners: Vec<SocketAddr>,
     /// `server.metrics`, port 0 resolved.
     pub metrics: Option<SocketAddr>,
+    /// `server.admin`, port 0 resolved.
+    pub admin: Option<SocketAddr>,
     /// Held until pingora listens; dropping them frees nothing pingora needs.
     held: Vec<TcpSocket>,
 }
@@ -44,9 +46,11 @@ impl Reservation {
             .map(|l| hold(l.address))
             .collect::<Result<Vec<_>, _>>()?;
         let metrics = config.server.metrics.map(&mut hold).transpose()?;
+        let admin = config.server.admin.map(&mut hold).transpose()?;
         Ok(Reservation {
             listeners,
             metrics,
+            admin,
             held,
         })
     }
@@ -77,6 +81,7 @@ impl Reservation {
                 .map(|(i, l)| bound(&format!("server.listeners[{i}]"), l.address))
                 .collect(),
             metrics: config.server.metrics.map(|m| bound("server.metrics", m)),
+            admin: config.server.admin.map(|a| bound("server.admin", a)),
             held: Vec::new(),
         }
     }
@@ -99,6 +104,7 @@ impl Reservation {
             .map(|(i, a)| (format!("server.listeners[{i}]"), *a));
         listeners
             .chain(self.metrics.map(|a| ("server.metrics".to_string(), a)))
+            .chain(self.admin.map(|a| ("server.admin".to_string(), a)))
             .collect()
     }
 

@@ -57,6 +57,24 @@ enum Command {
     /// binary at its own path with `-u`, hands its listening sockets over and
     /// drains for `server.grace_period`. Install the new binary first.
     Upgrade,
+    /// Print the running tollgate's upstreams and backends (state, weight,
+    /// in flight, rates, latency), from its admin API (`server.admin`).
+    Status,
+    /// Drain a backend through the admin API: it gets no new requests, those
+    /// in flight finish. Until the next reload or restart.
+    Drain {
+        /// The backend, as `IP:port` or as written in the topology file.
+        address: String,
+        /// Only in this upstream (default: every upstream that has it).
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+    /// Take a drained backend back.
+    Undrain {
+        address: String,
+        #[arg(long)]
+        upstream: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +89,11 @@ fn main() -> ExitCode {
         Ok(prepared) => prepared,
         Err(errors) => return invalid(&cli, &errors),
     };
+    match &cli.command {
+        Some(Command::Reload | Command::Upgrade) => {}
+        Some(command) => return admin_command(command, &loaded),
+        None => {}
+    }
     if let Some(command) = &cli.command {
         return signal_running(&cli, command, &loaded);
     }
@@ -106,8 +129,8 @@ fn invalid(cli: &Cli, errors: &tollgate::config::ConfigErrors) -> ExitCode {
 /// `reload` and `upgrade`: signals the tollgate running this file.
 fn signal_running(cli: &Cli, command: &Command, loaded: &LoadedConfig) -> ExitCode {
     let (signal, verb) = match command {
-        Command::Reload => (libc::SIGHUP, "reload"),
         Command::Upgrade => (libc::SIGUSR2, "upgrade"),
+        _ => (libc::SIGHUP, "reload"),
     };
     match server::signal_running(loaded, signal) {
         Ok(pid) => {
@@ -119,6 +142,42 @@ fn signal_running(cli: &Cli, command: &Command, loaded: &LoadedConfig) -> ExitCo
         }
         Err(e) => {
             eprintln!("tollgate: cannot {verb}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `status`, `drain` and `undrain`: through the running tollgate's admin API.
+fn admin_command(command: &Command, loaded: &LoadedConfig) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let client = tollgate::admin::client::AdminClient::new(&loaded.config.server)?;
+        match command {
+            Command::Drain { address, upstream } => {
+                client.drain(address, upstream.as_deref(), true).await
+            }
+            Command::Undrain { address, upstream } => {
+                client.drain(address, upstream.as_deref(), false).await
+            }
+            _ => client.status().await,
+        }
+    });
+    match result {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tollgate: {e}");
             ExitCode::FAILURE
         }
     }

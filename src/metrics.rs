@@ -23,6 +23,7 @@ pub struct Metrics {
     pub upstream_retry_budget_exhausted: IntCounterVec,
     pub outlier_ejections: IntCounterVec,
     pub backend_ejected: IntGaugeVec,
+    pub backend_drained: IntGaugeVec,
     pub auth_rejections: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub rate_limit_store_errors: IntCounterVec,
@@ -108,6 +109,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         backend_ejected: register_int_gauge_vec!(
             "tollgate_upstream_backend_ejected",
             "1 while outlier detection holds the backend out, else 0.",
+            &["upstream", "backend"]
+        )
+        .registered(),
+        backend_drained: register_int_gauge_vec!(
+            "tollgate_upstream_backend_drained",
+            "1 while the backend is drained through the admin API (no new requests), else 0.",
             &["upstream", "backend"]
         )
         .registered(),
@@ -327,6 +334,7 @@ pub struct BackendMetrics {
     pub check_failure: IntCounter,
     pub ejections: IntCounter,
     pub ejected: IntGauge,
+    pub drained: IntGauge,
 }
 
 impl BackendMetrics {
@@ -346,6 +354,7 @@ impl BackendMetrics {
                 .with_label_values(&[upstream, backend, "failure"]),
             ejections: m.outlier_ejections.with_label_values(&[upstream, backend]),
             ejected: m.backend_ejected.with_label_values(&[upstream, backend]),
+            drained: m.backend_drained.with_label_values(&[upstream, backend]),
         }
     }
 }

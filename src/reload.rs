@@ -100,6 +100,15 @@ impl Reloader {
             }
         }
         let plans = topology.check_plans.clone();
+        if topology
+            .upstreams
+            .iter()
+            .flat_map(|u| u.backends.iter())
+            .any(|b| b.state.is_drained())
+        {
+            log::warn!("reload: the drains made through the admin API end");
+            topology.undrain_all();
+        }
         self.topology.store(Arc::new(topology));
         self.certs.replace_files(tables);
         // The checker may be gone during shutdown; nothing is left to update then.
@@ -108,16 +117,66 @@ impl Reloader {
     }
 
     /// [`Reloader::reload`] between `RELOADING=1` and `READY=1` to the service
-    /// manager.
-    fn reload_notifying(&self) -> Result<(), config::ConfigErrors> {
+    /// manager, counted, logged (with `why`: "SIGHUP", or who asked the admin
+    /// API) and kept as the last outcome.
+    pub fn reload_reported(&self, why: &str) -> Result<(), config::ConfigErrors> {
         crate::notify::send("RELOADING=1");
         let result = self.reload();
         crate::notify::send(match result {
             Ok(()) => "READY=1\nSTATUS=reloaded",
             Err(_) => "READY=1\nSTATUS=reload failed; serving the previous topology",
         });
+        match &result {
+            Ok(()) => {
+                metrics()
+                    .config_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                record_success();
+                log::info!("reloaded {} ({why})", self.path.display());
+            }
+            Err(errors) => {
+                metrics().config_reloads.with_label_values(&["error"]).inc();
+                log::error!("reload ({why}) failed; the running topology is unchanged:\n{errors}");
+            }
+        }
+        remember(result.as_ref().err().map(|e| e.to_string()));
         result
     }
+
+    /// The topology file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+/// How the last reload went: when (Unix seconds), and its errors when it failed.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub at: f64,
+    pub error: Option<String>,
+}
+
+static LAST_RELOAD: std::sync::Mutex<Option<ReloadOutcome>> = std::sync::Mutex::new(None);
+
+fn remember(error: Option<String>) {
+    if let Ok(mut last) = LAST_RELOAD.lock() {
+        *last = Some(ReloadOutcome {
+            at: unix_now(),
+            error,
+        });
+    }
+}
+
+/// The last reload's outcome; `None` before the first reload.
+pub fn last_outcome() -> Option<ReloadOutcome> {
+    LAST_RELOAD.lock().ok().and_then(|last| last.clone())
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// `server` with the certificate lists of its listeners left out: they are
@@ -138,14 +197,14 @@ fn without_certificates(listener: &config::ListenerConfig) -> config::ListenerCo
 }
 
 fn record_success() {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    metrics().config_last_reload_success.set(now);
+    metrics().config_last_reload_success.set(unix_now());
 }
 
+/// The background service that reloads on SIGHUP.
+pub(crate) struct ReloadOnHangup(pub Arc<Reloader>);
+
 #[async_trait]
-impl BackgroundService for Reloader {
+impl BackgroundService for ReloadOnHangup {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut hangups =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -158,17 +217,9 @@ impl BackgroundService for Reloader {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = hangups.recv() => match self.reload_notifying() {
-                    Ok(()) => {
-                        metrics().config_reloads.with_label_values(&["success"]).inc();
-                        record_success();
-                        log::info!("reloaded {}", self.path.display());
-                    }
-                    Err(errors) => {
-                        metrics().config_reloads.with_label_values(&["error"]).inc();
-                        log::error!("reload failed; the running topology is unchanged:\n{errors}");
-                    }
-                },
+                _ = hangups.recv() => {
+                    let _ = self.0.reload_reported("SIGHUP");
+                }
             }
         }
     }

@@ -5,6 +5,7 @@
 use crate::access_log::AccessLog;
 use crate::acme::challenge::Http01Answers;
 use crate::acme::AcmeService;
+use crate::admin::Admin;
 use crate::balance::health::HealthChecker;
 use crate::config::{Config, ConfigErrors, LoadedConfig, Problems};
 use crate::discovery::DiscoveryService;
@@ -18,7 +19,7 @@ use crate::edge::tls_accept::{acceptor, TlsTerminating};
 use crate::listen::{ByListener, Reservation};
 use crate::notify::Readiness;
 use crate::proxy::{Proxy, ProxySettings};
-use crate::reload::Reloader;
+use crate::reload::{ReloadOnHangup, Reloader};
 use crate::topology::{Resources, Topology};
 use crate::upgrade::{Launch, Upgrader};
 use anyhow::Context;
@@ -207,13 +208,38 @@ pub fn build(
     server.add_service(background_service("discovery", discovery));
     let reloader = Reloader::new(
         loaded.file.clone(),
-        topology,
-        plans_sender,
+        Arc::clone(&topology),
+        Arc::clone(&plans_sender),
         &config.server,
         prepared.certs,
     );
-    server.add_service(background_service("reload", reloader));
+    let reloader = Arc::new(reloader);
+    server.add_service(background_service(
+        "reload",
+        ReloadOnHangup(Arc::clone(&reloader)),
+    ));
+    if let Some(address) = reservation.admin {
+        let admin = Admin::new(
+            Arc::clone(&topology),
+            Arc::clone(&plans_sender),
+            Arc::clone(&reloader),
+            config.server.admin_token_file.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        admin.add_services(&mut server, address);
+    }
 
+    add_process_services(&mut server, config, reservation)?;
+    Ok(server)
+}
+
+/// The services of the process itself: binary upgrades on SIGUSR2, and the
+/// readiness notice once every address is listened on.
+fn add_process_services(
+    server: &mut Server,
+    config: &Config,
+    reservation: Reservation,
+) -> anyhow::Result<()> {
     let launch = Launch::of_this_process().context("reading this process's own launch")?;
     server.add_service(background_service(
         "upgrade",
@@ -228,7 +254,7 @@ pub fn build(
         reservation: std::sync::Mutex::new(reservation),
     };
     server.add_service(background_service("readiness", readiness));
-    Ok(server)
+    Ok(())
 }
 
 /// The proxy service on every listener (TLS ones with their certificate

@@ -496,6 +496,7 @@ async fn the_demo_topology_routes_around_its_slow_backend() {
     let mut config = demo
         .replace("127.0.0.1:8080", "127.0.0.1:0")
         .replace("127.0.0.1:9091", "127.0.0.1:0")
+        .replace("127.0.0.1:9092", "127.0.0.1:0")
         .replace("access_log: stdout", "access_log: off");
     for (port, backend) in [(9001, &app1), (9002, &app2), (9003, &app3), (9004, &slow)] {
         config = config.replace(&format!("127.0.0.1:{port}"), &backend.addr.to_string());

@@ -27,7 +27,7 @@ use pingora::upstreams::peer::HttpPeer;
 use retry_budget::RetryBudget;
 use slow_start::Ramp;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +49,10 @@ pub(crate) trait Balancer: Send + Sync {
 /// The live state of one backend, shared by every request and the health checker.
 pub struct BackendState {
     in_flight: AtomicI64,
+    /// Answers and failed attempts since start, for the admin API's rates.
+    pub counts: AnswerCounts,
+    /// Drained through the admin API: no new requests; those in flight finish.
+    drained: AtomicBool,
     pub active: ActiveHealth,
     pub passive: PassiveHealth,
     /// Outlier detection's streak and ejection.
@@ -65,6 +69,8 @@ impl BackendState {
         metrics.healthy.set(1);
         BackendState {
             in_flight: AtomicI64::new(0),
+            counts: AnswerCounts::default(),
+            drained: AtomicBool::new(false),
             active: ActiveHealth::default(),
             passive: PassiveHealth::default(),
             ejection: Ejection::default(),
@@ -80,10 +86,11 @@ impl BackendState {
     }
 
     /// Whether the backend takes new requests now (active and passive state,
-    /// not ejected). A backend whose failure period or ejection has just run
-    /// out is back in, and its slow start begins.
+    /// not ejected, not drained). A backend whose failure period or ejection
+    /// has just run out is back in, and its slow start begins.
     pub(crate) fn is_up(&self) -> bool {
-        self.active.is_healthy()
+        !self.drained.load(Ordering::Relaxed)
+            && self.active.is_healthy()
             && self.passive.is_usable(|| {
                 self.ramp.begin();
                 self.refresh_healthy_gauge();
@@ -104,17 +111,73 @@ impl BackendState {
             })
     }
 
-    /// Sets `tollgate_upstream_backend_healthy` and
-    /// `tollgate_upstream_backend_ejected` from the current state.
+    /// Sets `tollgate_upstream_backend_healthy`, `_ejected` and `_drained`
+    /// from the current state.
     pub(crate) fn refresh_healthy_gauge(&self) {
         let ejected = self.ejection.is_out();
         let up = self.active.is_healthy() && !self.passive.is_failed() && !ejected;
         self.metrics.healthy.set(i64::from(up));
         self.metrics.ejected.set(i64::from(ejected));
+        self.metrics.drained.set(i64::from(self.is_drained()));
+    }
+
+    /// Counts an attempt that got no answer (connect or transport error).
+    pub(crate) fn count_failure(&self) {
+        self.metrics.requests.inc_error();
+        self.counts.count(None);
+    }
+
+    /// Drains the backend (`true`: no new requests) or takes it back.
+    /// Returns whether that changed anything.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        let was = self.drained.swap(drained, Ordering::Relaxed);
+        self.refresh_healthy_gauge();
+        if was && !drained {
+            self.ramp.begin();
+        }
+        was != drained
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// What the backend is now, as the admin API says it: `drained`,
+    /// `ejected`, `unhealthy` (its active or passive checks hold it out) or
+    /// `healthy`.
+    pub fn state_name(&self) -> &'static str {
+        if self.is_drained() {
+            "drained"
+        } else if self.ejection.is_out() {
+            "ejected"
+        } else if !self.active.is_healthy() || self.passive.is_failed() {
+            "unhealthy"
+        } else {
+            "healthy"
+        }
+    }
+}
+
+/// A backend's answers and failed attempts since start.
+#[derive(Debug, Default)]
+pub struct AnswerCounts {
+    /// Answers, whatever their status, and attempts that got none.
+    pub requests: std::sync::atomic::AtomicU64,
+    /// 5xx answers and attempts that got none.
+    pub errors: std::sync::atomic::AtomicU64,
+}
+
+impl AnswerCounts {
+    pub(crate) fn count(&self, status: Option<u16>) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status.is_none_or(|s| s >= 500) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
 /// One backend of an upstream.
+#[derive(Clone)]
 pub struct Backend {
     pub address: SocketAddr,
     /// `address` as text, the `backend` label of metrics and logs.
@@ -191,6 +254,8 @@ pub struct Upstream {
     pub name: String,
     pub backends: Vec<Backend>,
     balancer: Box<dyn Balancer>,
+    /// The config it was compiled from (for runtime weight changes).
+    pub config: Arc<UpstreamConfig>,
     /// Other backends tried when connecting fails.
     pub retries: u32,
     pub passive: PassiveConfig,
@@ -232,6 +297,7 @@ impl Upstream {
             backends,
             balancer,
             retries: config.retries,
+            config: Arc::new(config.clone()),
             passive: config.passive.clone(),
             measures_latency: algorithm == Algorithm::LeastTime,
             slow_start: config.slow_start.filter(|_| algorithm != Algorithm::IpHash),

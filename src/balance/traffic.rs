@@ -38,7 +38,7 @@ impl Upstream {
             return;
         };
         backend.state.passive.record_success();
-        if self.measures_latency {
+        if self.measures_latency() {
             backend
                 .state
                 .latency
@@ -56,7 +56,7 @@ impl Upstream {
     /// Records that backend `index` gave no answer within `waited` (a read
     /// timeout): for `least_time`, a sample of that length.
     pub(crate) fn record_timeout(&self, index: usize, waited: Duration) {
-        if let (true, Some(backend)) = (self.measures_latency, self.backends.get(index)) {
+        if let (true, Some(backend)) = (self.measures_latency(), self.backends.get(index)) {
             backend
                 .state
                 .latency
@@ -64,10 +64,10 @@ impl Upstream {
         }
     }
 
-    /// Whether the answers and clocks of requests are needed at all: for
-    /// `least_time`'s latency samples.
+    /// Whether requests are timed for latency samples: for `least_time`,
+    /// and for every upstream when the admin listener shows them.
     pub(crate) fn measures_latency(&self) -> bool {
-        self.measures_latency
+        self.measures_latency || crate::admin::is_on()
     }
 
     /// Counts one failure of backend `index` toward its outlier streak, and

@@ -11,6 +11,7 @@ mod spans;
 pub mod types;
 pub mod units;
 mod validate;
+pub(crate) use validate::MAX_WEIGHT;
 
 pub use error::{ConfigError, ConfigErrors, Problem, Problems};
 pub use schema::*;

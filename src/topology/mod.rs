@@ -6,9 +6,11 @@
 //! what comes from outside the file was read into [`Resources`] before.
 
 mod resources;
+mod runtime;
 mod split;
 
 pub use resources::Resources;
+pub use runtime::RuntimeChangeError;
 pub use split::{Arm, Split};
 
 use crate::balance::health::CheckPlan;
@@ -77,6 +79,8 @@ pub enum RouteAction {
 pub struct Route {
     /// The `route` label of metrics and logs: the route's name, or `index:path`.
     pub label: String,
+    /// The match as written, for the admin API (`host h, path_prefix /p`).
+    pub matcher: String,
     /// The `upstream` label: the upstream's name, or `-` (also for a split
     /// route's requests answered before an arm was chosen).
     pub upstream_label: String,
@@ -275,6 +279,15 @@ impl Topology {
             }
             upstreams[*index] = upstream;
         }
+        self.with_upstreams(upstreams, check_plans)
+    }
+
+    /// This topology with other upstreams and health checks, the rest shared.
+    fn with_upstreams(
+        &self,
+        upstreams: Vec<Arc<Upstream>>,
+        check_plans: Vec<Arc<CheckPlan>>,
+    ) -> Topology {
         Topology {
             router: Arc::clone(&self.router),
             routes: Arc::clone(&self.routes),
@@ -445,6 +458,7 @@ fn compile_route(
         .flatten();
     Route {
         metrics: RouteMetrics::new(&label, &upstream_label),
+        matcher: config.matcher.describe(),
         label,
         upstream_label,
         action,

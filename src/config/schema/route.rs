@@ -149,6 +149,22 @@ impl MatchConfig {
         }
     }
 
+    /// The match as the admin API shows it: `host api.example.com,
+    /// path_prefix /api/`.
+    pub fn describe(&self) -> String {
+        let host = match &self.host {
+            crate::config::HostPattern::Any => String::new(),
+            crate::config::HostPattern::Exact(name) => format!("host {name}, "),
+            crate::config::HostPattern::Wildcard(suffix) => format!("host *{suffix}, "),
+        };
+        let path = match (&self.path, &self.path_prefix) {
+            (Some(p), _) => format!("path {}", p.as_str()),
+            (None, Some(p)) => format!("path_prefix {}", p.as_str()),
+            (None, None) => "path_prefix /".to_string(),
+        };
+        host + &path
+    }
+
     /// The path as written (`/` when there is none), for labels.
     pub(crate) fn path_text(&self) -> &str {
         self.path

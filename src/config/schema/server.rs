@@ -17,6 +17,12 @@ pub struct ServerConfig {
     /// Prometheus exposition address; `None` turns metrics serving off.
     #[serde(default, deserialize_with = "units::opt_socket_addr")]
     pub metrics: Option<SocketAddr>,
+    /// The admin API and status page; off when `None`.
+    #[serde(default, deserialize_with = "units::opt_socket_addr")]
+    pub admin: Option<SocketAddr>,
+    /// A file holding the bearer token the admin API requires (required when
+    /// `admin` is not on loopback).
+    pub admin_token_file: Option<PathBuf>,
     #[serde(default)]
     pub access_log: AccessLogTarget,
     #[serde(default)]

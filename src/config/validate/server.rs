@@ -59,6 +59,23 @@ pub(super) fn check(server: &ServerConfig, problems: &mut Problems) {
             );
         }
     }
+    if let Some(admin) = server.admin {
+        if admin.port() != 0 && (seen.contains(&admin) || server.metrics == Some(admin)) {
+            problems.push(
+                "server.admin",
+                format!("{admin} is also a proxy listener or the metrics address"),
+            );
+        }
+        if !admin.ip().is_loopback() && server.admin_token_file.is_none() {
+            problems.push(
+                "server.admin",
+                "an admin listener off loopback needs `admin_token_file`: anyone who reaches it \
+                 could drain backends",
+            );
+        }
+    } else if server.admin_token_file.is_some() {
+        problems.push("server.admin_token_file", "set `admin` too, or remove it");
+    }
 }
 
 fn check_listener(at: &str, listener: &ListenerConfig, has_tls: bool, problems: &mut Problems) {
