@@ -10,10 +10,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # full-disk tests mount a small tmpfs in a mount namespace of their own, the
 # basic-auth tests write their users file with Apache's htpasswd, the ACME
 # tests run Pebble and pebble-challtestsrv (one package), the cluster tests Redis,
-# the discovery tests dnsmasq.
+# the discovery tests dnsmasq, the status page test headless Chromium.
 BUILD_NEEDS := cmake:cmake cc:build-essential c++:g++ pkg-config:pkg-config python3:python3 openssl:openssl \
   promtool:prometheus systemd-analyze:systemd cloud-init:cloud-init unshare:util-linux mount:mount \
-  htpasswd:apache2-utils pebble:pebble redis-server:redis-server dnsmasq:dnsmasq-base
+  htpasswd:apache2-utils pebble:pebble redis-server:redis-server dnsmasq:dnsmasq-base \
+  chromium:chromium
 
 # Backend frameworks the tests run for real (Flask, Starlette on uvicorn), from
 # PyPI into a virtualenv of their own; Debian's python3 needs python3-venv for it.
