@@ -137,7 +137,7 @@ impl Reloader {
             }
             Err(errors) => {
                 metrics().config_reloads.with_label_values(&["error"]).inc();
-                log::error!("reload ({why}) failed; the running topology is unchanged:\n{errors}");
+                log::error!("reload failed; the running topology is unchanged ({why}):\n{errors}");
             }
         }
         remember(result.as_ref().err().map(|e| e.to_string()));
