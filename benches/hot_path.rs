@@ -59,6 +59,13 @@ fn picks(c: &mut Criterion) {
         for n in [3usize, 100, 1000] {
             let topology = compile(&topology_source(algorithm, n, 1));
             let upstream = &topology.upstreams[0];
+            // least_time with a latency sample on every backend, so picks
+            // read and decay real estimates.
+            for (i, backend) in upstream.backends.iter().enumerate() {
+                let rtt = std::time::Duration::from_micros(500 + 37 * (i as u64 % 50));
+                let now = tollgate::balance::peak_ewma::now_nanos();
+                backend.state.latency.observe(rtt, now);
+            }
             let tried = Tried::default();
             let mut client: u32 = 0x0a00_0001;
             group.bench_function(BenchmarkId::new(algorithm, n), |b| {

@@ -9,7 +9,7 @@
 //! above any measured backend, so one that hangs does not collect every new
 //! request in the meantime.
 
-use super::peak_ewma::now_nanos;
+use super::peak_ewma::DECAY_NANOS;
 use super::sampling::{below, thread_random};
 use super::{Backend, Balancer};
 use std::net::IpAddr;
@@ -23,29 +23,65 @@ const UNMEASURED_BUSY: f64 = 1e15;
 
 pub(crate) struct LeastTime;
 
-impl LeastTime {
-    /// The usable backend with the lowest score, reading all of them.
-    fn scan(backends: &[Backend], usable: &dyn Fn(usize) -> bool, now: u64) -> Option<usize> {
-        let n = backends.len();
-        let start = below(thread_random(), n.max(1));
-        (0..n)
-            .map(|k| (start + k) % n)
-            .filter(|&i| usable(i))
-            .map(|i| (i, score(&backends[i], now)))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(i, _)| i)
+/// What a backend's score is made of.
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    /// No sample yet and nothing in flight: scores 0.
+    Untried,
+    /// No sample yet, requests in flight: [`UNMEASURED_BUSY`] plus them, per
+    /// unit of weight.
+    Waiting(f64),
+    /// Its estimate as of its last sample times (in flight + 1), per unit
+    /// of weight, and that sample's time.
+    Measured { load: f64, stamp: u64 },
+}
+
+fn load_of(backend: &Backend) -> Load {
+    let in_flight = backend.state.in_flight().max(0) as f64;
+    let weight = f64::from(backend.weight.max(1));
+    match backend.state.latency.last() {
+        Some((cost, stamp)) => Load::Measured {
+            load: cost * (in_flight + 1.0) / weight,
+            stamp,
+        },
+        None if in_flight == 0.0 => Load::Untried,
+        None => Load::Waiting((UNMEASURED_BUSY + in_flight) / weight),
     }
 }
 
-/// `backend`'s latency times (in flight + 1), per unit of weight, at `now`.
-pub(crate) fn score(backend: &Backend, now: u64) -> f64 {
-    let in_flight = backend.state.in_flight().max(0) as f64;
-    let load = match backend.state.latency.cost(now) {
-        Some(cost) => cost * (in_flight + 1.0),
-        None if in_flight == 0.0 => 0.0,
-        None => UNMEASURED_BUSY + in_flight,
-    };
-    load / f64::from(backend.weight.max(1))
+/// Whether `a` scores lower than `b`, both decayed to the same moment. An
+/// estimate decays by `e^(-idle / DECAY)`, so of two measured backends the
+/// comparison is `a.load < b.load * e^((b.stamp - a.stamp) / DECAY)`: one
+/// exponential, and no clock.
+fn lower(a: Load, b: Load) -> bool {
+    match (a, b) {
+        (Load::Untried, Load::Untried) => false,
+        (Load::Untried, _) => true,
+        (_, Load::Untried) => false,
+        (Load::Measured { .. }, Load::Waiting(_)) => true,
+        (Load::Waiting(_), Load::Measured { .. }) => false,
+        (Load::Waiting(a), Load::Waiting(b)) => a < b,
+        (Load::Measured { load: a, stamp: sa }, Load::Measured { load: b, stamp: sb }) => {
+            let exponent = ((sb as f64 - sa as f64) / DECAY_NANOS).clamp(-700.0, 700.0);
+            a < b * exponent.exp()
+        }
+    }
+}
+
+impl LeastTime {
+    /// The usable backend with the lowest score, reading all of them.
+    fn scan(backends: &[Backend], usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let n = backends.len();
+        let start = below(thread_random(), n.max(1));
+        let mut best: Option<(usize, Load)> = None;
+        for i in (0..n).map(|k| (start + k) % n).filter(|&i| usable(i)) {
+            let load = load_of(&backends[i]);
+            if best.is_none_or(|(_, b)| lower(load, b)) {
+                best = Some((i, load));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
 }
 
 impl Balancer for LeastTime {
@@ -59,7 +95,6 @@ impl Balancer for LeastTime {
         if n == 0 {
             return None;
         }
-        let now = now_nanos();
         let mut first: Option<usize> = None;
         for _ in 0..DRAWS {
             let i = below(thread_random(), n);
@@ -70,13 +105,13 @@ impl Balancer for LeastTime {
                 first = Some(i);
                 continue;
             };
-            return Some(if score(&backends[i], now) < score(&backends[f], now) {
+            return Some(if lower(load_of(&backends[i]), load_of(&backends[f])) {
                 i
             } else {
                 f
             });
         }
-        Self::scan(backends, usable, now)
+        Self::scan(backends, usable)
     }
 }
 
@@ -100,7 +135,7 @@ mod tests {
     #[test]
     fn a_slow_backend_loses_every_draw_it_is_in() {
         let b = backends(&[1, 1, 1]);
-        let now = now_nanos();
+        let now = crate::balance::peak_ewma::now_nanos();
         b[0].state.latency.observe(Duration::from_millis(2), now);
         b[1].state.latency.observe(Duration::from_millis(40), now);
         b[2].state.latency.observe(Duration::from_millis(2), now);
@@ -112,7 +147,7 @@ mod tests {
     #[test]
     fn unmeasured_backends_are_tried_once_then_wait_for_their_answer() {
         let b = backends(&[1, 1]);
-        let now = now_nanos();
+        let now = crate::balance::peak_ewma::now_nanos();
         b[0].state.latency.observe(Duration::from_millis(2), now);
         // b[1] has no sample and nothing in flight: it wins.
         assert_eq!(LeastTime.pick(&b, IP, &|_| true), Some(1));
@@ -124,7 +159,7 @@ mod tests {
     #[test]
     fn in_flight_and_weight_scale_the_score() {
         let b = backends(&[1, 3]);
-        let now = now_nanos();
+        let now = crate::balance::peak_ewma::now_nanos();
         b[0].state.latency.observe(Duration::from_millis(2), now);
         b[1].state.latency.observe(Duration::from_millis(2), now);
         // b[1]: 2 ms x (2 + 1) / 3 = 2 ms, below b[0]: 2 ms x (1 + 1) / 1 = 4 ms.

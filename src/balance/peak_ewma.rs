@@ -11,10 +11,10 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 /// The time constant of the average and of the decay.
-const DECAY_NANOS: f64 = 10e9;
+pub(crate) const DECAY_NANOS: f64 = 10e9;
 
 /// Nanoseconds since the process started, from a monotonic clock; never 0.
-pub(crate) fn now_nanos() -> u64 {
+pub fn now_nanos() -> u64 {
     static START: LazyLock<Instant> = LazyLock::new(Instant::now);
     START.elapsed().as_nanos() as u64 + 1
 }
@@ -43,6 +43,15 @@ impl PeakEwma {
             cost * weight + rtt * (1.0 - weight)
         };
         self.cost.store(next.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The estimate as of its last sample (ns) and that sample's
+    /// [`now_nanos`]; `None` before the first. Two estimates decayed to the
+    /// same moment compare as `a.0 * e^(a.1 / DECAY)` against the same of
+    /// `b`, whatever the moment: no clock needs reading.
+    pub fn last(&self) -> Option<(f64, u64)> {
+        let stamp = self.stamp.load(Ordering::Relaxed);
+        (stamp != 0).then(|| (f64::from_bits(self.cost.load(Ordering::Relaxed)), stamp))
     }
 
     /// The estimate at `now` in nanoseconds, decayed since the last sample;

@@ -30,15 +30,15 @@ impl Upstream {
     }
 
     /// Records an answer of backend `index` with `status`, whose head came
-    /// `latency` after the backend was chosen: a passive success, a latency
-    /// sample for `least_time`, and for outlier detection a failure when the
-    /// status is 5xx, else the end of a streak.
-    pub(crate) fn record_answer(&self, index: usize, status: u16, latency: Duration) {
+    /// `latency` after its connection was ready (when the request was
+    /// timed): a passive success, a latency sample, and for outlier
+    /// detection a failure when the status is 5xx, else the end of a streak.
+    pub(crate) fn record_answer(&self, index: usize, status: u16, latency: Option<Duration>) {
         let Some(backend) = self.backends.get(index) else {
             return;
         };
         backend.state.passive.record_success();
-        if self.measures_latency() {
+        if let Some(latency) = latency.filter(|_| self.measures_latency()) {
             backend
                 .state
                 .latency
@@ -145,7 +145,7 @@ mod tests {
             "outlier: {consecutive_5xx: 3, ejection: 30s, max_ejected: 50%}",
             &[1, 1, 1],
         );
-        let ms = Duration::from_millis(1);
+        let ms = Some(Duration::from_millis(1));
         u.record_answer(0, 503, ms);
         u.record_answer(0, 500, ms);
         u.record_answer(0, 200, ms);

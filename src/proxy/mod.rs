@@ -388,9 +388,7 @@ impl ProxyHttp for Proxy {
         if !upstream_response.status.is_informational() || upstream_response.status == 101 {
             ctx.backend_answered = true;
             if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {
-                let latency = ctx
-                    .attempt_started
-                    .map_or(Duration::ZERO, |at| at.elapsed());
+                let latency = ctx.attempt_started.map(|at| at.elapsed());
                 upstream.record_answer(index, upstream_response.status.as_u16(), latency);
             }
         }
