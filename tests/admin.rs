@@ -377,3 +377,70 @@ async fn stuck_admin_clients_do_not_slow_the_proxy() {
     );
     drop(stuck);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_caches_and_drains_until_a_reload() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let dir = temp_dir("admin-certs");
+    let (cert, key, _) = common::tls::self_signed_files(&dir, "site", &["shop.test"]);
+    let config = format!(
+        "server:\n  listeners:\n    - address: 127.0.0.1:0\n    - address: 127.0.0.1:0\n      tls:\n        certificates:\n          - {{cert: {}, key: {}}}\n  metrics: 127.0.0.1:0\n  admin: 127.0.0.1:0\n  access_log: off\n  pid_file: {pid}\n  upgrade_sock: {sock}\ncaches:\n  pages: {{memory: 1MiB, default_ttl: {{200: 1h}}}}\nupstreams:\n  app:\n    backends:\n{}routes:\n  - match: {{path_prefix: /}}\n    upstream: app\n    cache: pages\n",
+        cert.display(),
+        key.display(),
+        backend_list(&[&a, &b]),
+        pid = dir.join("tollgate.pid").display(),
+        sock = dir.join("upgrade.sock").display(),
+    );
+    let tollgate = Tollgate::launch_reported(dir.clone(), &config, &[]).await;
+    let api = Api::of(&tollgate, None);
+    let client = reqwest::Client::new();
+    client.get(tollgate.url("/cached")).send().await.unwrap();
+    let status = api.get("/api/status").await;
+    let certificates = status["certificates"].as_array().unwrap();
+    assert!(
+        certificates.iter().any(|c| c["name"] == "shop.test"
+            && c["source"] == "file"
+            && c["expires"].as_f64() > Some(1.7e9)),
+        "{status}"
+    );
+    let caches = status["caches"].as_array().unwrap();
+    assert!(
+        caches.iter().any(|c| c["name"] == "pages"
+            && c["tier"] == "memory"
+            && c["entries"].as_f64() >= Some(1.0)),
+        "{status}"
+    );
+    // A drain lasts until the next reload.
+    let drain = format!("/api/upstreams/app/backends/{}/drain", b.addr);
+    assert_eq!(api.call("POST", &drain, None).await.0, 200);
+    assert_eq!(
+        api.get("/api/upstreams").await["app"]["backends"][1]["state"],
+        "drained"
+    );
+    assert_eq!(api.call("POST", "/api/reload", None).await.0, 200);
+    assert_eq!(
+        api.get("/api/upstreams").await["app"]["backends"][1]["state"],
+        "healthy"
+    );
+    let weight = format!("/api/upstreams/app/backends/{}/weight", a.addr);
+    assert_eq!(
+        api.call("PUT", &weight, Some(r#"{"weight": 2}"#)).await.0,
+        200
+    );
+    assert!(
+        tollgate.stderr().contains(&format!(
+            "admin: backend {} of upstream app set to weight 2 by 127.0.0.1:",
+            a.addr
+        )),
+        "{}",
+        tollgate.stderr()
+    );
+}
+
+#[test]
+fn a_bare_admin_port_is_on_loopback() {
+    let text = "server:\n  listeners:\n    - address: 127.0.0.1:0\n  admin: 9092\nupstreams:\n  app:\n    backends: [{address: 127.0.0.1:9}]\nroutes:\n  - match: {path_prefix: /}\n    upstream: app\n";
+    let check = check_topology(text);
+    assert!(check.ok, "{}", check.output);
+}

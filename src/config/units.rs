@@ -235,6 +235,27 @@ pub(crate) fn opt_socket_addr<'de, D: Deserializer<'de>>(
     socket_addr(de).map(Some)
 }
 
+/// serde adapter: an optional address to listen on where a port alone
+/// (`9092`) means loopback (`127.0.0.1:9092`), as for `server.admin`.
+pub(crate) fn opt_loopback_default_addr<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Port(u16),
+        Text(String),
+    }
+    let text = match Written::deserialize(de)? {
+        Written::Port(port) => return Ok(Some(SocketAddr::from(([127, 0, 0, 1], port)))),
+        Written::Text(text) => text,
+    };
+    match text.trim().parse::<u16>() {
+        Ok(port) => Ok(Some(SocketAddr::from(([127, 0, 0, 1], port)))),
+        Err(_) => parse_socket_addr(&text).map(Some).map_err(D::Error::custom),
+    }
+}
+
 /// serde adapter: a list of IP networks.
 pub(crate) fn ip_nets<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
     let texts = Vec::<String>::deserialize(de)?;

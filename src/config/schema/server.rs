@@ -17,8 +17,9 @@ pub struct ServerConfig {
     /// Prometheus exposition address; `None` turns metrics serving off.
     #[serde(default, deserialize_with = "units::opt_socket_addr")]
     pub metrics: Option<SocketAddr>,
-    /// The admin API and status page; off when `None`.
-    #[serde(default, deserialize_with = "units::opt_socket_addr")]
+    /// The admin API and status page; off when `None`. A port alone is on
+    /// loopback.
+    #[serde(default, deserialize_with = "units::opt_loopback_default_addr")]
     pub admin: Option<SocketAddr>,
     /// A file holding the bearer token the admin API requires (required when
     /// `admin` is not on loopback).
