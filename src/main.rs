@@ -81,6 +81,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
+    if let Some(command @ (Command::Status | Command::Drain { .. } | Command::Undrain { .. })) =
+        &cli.command
+    {
+        return admin_command(command, &cli.conf);
+    }
     let loaded = match tollgate::config::load(&cli.conf) {
         Ok(loaded) => loaded,
         Err(errors) => return invalid(&cli, &errors),
@@ -89,11 +94,6 @@ fn main() -> ExitCode {
         Ok(prepared) => prepared,
         Err(errors) => return invalid(&cli, &errors),
     };
-    match &cli.command {
-        Some(Command::Reload | Command::Upgrade) => {}
-        Some(command) => return admin_command(command, &loaded),
-        None => {}
-    }
     if let Some(command) = &cli.command {
         return signal_running(&cli, command, &loaded);
     }
@@ -148,7 +148,7 @@ fn signal_running(cli: &Cli, command: &Command, loaded: &LoadedConfig) -> ExitCo
 }
 
 /// `status`, `drain` and `undrain`: through the running tollgate's admin API.
-fn admin_command(command: &Command, loaded: &LoadedConfig) -> ExitCode {
+fn admin_command(command: &Command, conf: &std::path::Path) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -160,7 +160,7 @@ fn admin_command(command: &Command, loaded: &LoadedConfig) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let client = tollgate::admin::client::AdminClient::new(&loaded.config.server)?;
+        let client = tollgate::admin::client::AdminClient::from_file(conf)?;
         match command {
             Command::Drain { address, upstream } => {
                 client.drain(address, upstream.as_deref(), true).await

@@ -246,8 +246,20 @@ pub fn metrics() -> &'static Metrics {
 }
 
 /// The default registry in the Prometheus text format.
+/// Run before each scrape: brings state that changes with time alone (an
+/// ejection or a failure period that ran out) into the gauges.
+static BEFORE_SCRAPE: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>> = std::sync::OnceLock::new();
+
+/// Sets what runs before each scrape (once per process).
+pub(crate) fn before_scrape(refresh: Box<dyn Fn() + Send + Sync>) {
+    let _ = BEFORE_SCRAPE.set(refresh);
+}
+
 pub(crate) fn render() -> Vec<u8> {
     let _ = metrics();
+    if let Some(refresh) = BEFORE_SCRAPE.get() {
+        refresh();
+    }
     let mut out = Vec::with_capacity(16 * 1024);
     let families = prometheus::gather();
     // Encoding into a Vec cannot fail on I/O; an encoding error leaves what was written.

@@ -109,10 +109,12 @@ impl Reloader {
             log::warn!("reload: the drains made through the admin API end");
             topology.undrain_all();
         }
+        // The checks first, so that a probe in between records on the
+        // upstreams about to serve. The checker may be gone during shutdown;
+        // nothing is left to update then.
+        let _ = self.plans.send(plans);
         self.topology.store(Arc::new(topology));
         self.certs.replace_files(tables);
-        // The checker may be gone during shutdown; nothing is left to update then.
-        let _ = self.plans.send(plans);
         Ok(())
     }
 

@@ -190,6 +190,8 @@ pub fn build(
         let service = AcmeService::new(acme, Arc::clone(&prepared.certs), http01);
         server.add_service(background_service("acme", service));
     }
+    let scraped = Arc::clone(&topology);
+    crate::metrics::before_scrape(Box::new(move || scraped.load().refresh_backend_gauges()));
     if let Some(address) = reservation.metrics {
         let mut metrics = Service::new("metrics".to_string(), HttpServer::new_app(MetricsEndpoint));
         metrics.threads = Some(1);

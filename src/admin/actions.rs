@@ -57,9 +57,10 @@ impl Admin {
             }
             Err(e) => return not_found(e, name, address),
         };
-        let plans = next.check_plans.clone();
+        // The checks first: a probe that lands in between records on the
+        // upstream that is about to serve.
+        let _ = self.plans.send(next.check_plans.clone());
         self.topology.store(Arc::new(next));
-        let _ = self.plans.send(plans);
         log::warn!("admin: backend {address} of upstream {name} set to weight {weight} by {who}");
         Answer::ok(json!({
             "upstream": name,
@@ -86,6 +87,7 @@ impl Admin {
                     "error": "the topology file is not valid; the running topology is unchanged",
                     "problems": errors.to_string(),
                 }),
+                allow: None,
             },
         }
     }

@@ -2,7 +2,6 @@
 //! tollgate (`server.admin` of the topology file, with its token), from the
 //! terminal.
 
-use crate::config::ServerConfig;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -16,11 +15,44 @@ pub struct AdminClient {
     http: reqwest::Client,
 }
 
+/// The two settings the commands need, read from the topology file alone:
+/// no name is resolved and no certificate read, so the commands work when
+/// the rest of the file would not load (a backend name that no longer
+/// resolves, a key only the service may read).
+#[derive(serde::Deserialize)]
+struct FileSettings {
+    server: AdminSettings,
+}
+
+#[derive(serde::Deserialize)]
+struct AdminSettings {
+    #[serde(
+        default,
+        deserialize_with = "crate::config::units::opt_loopback_default_addr"
+    )]
+    admin: Option<std::net::SocketAddr>,
+    admin_token_file: Option<std::path::PathBuf>,
+}
+
 impl AdminClient {
-    pub fn new(server: &ServerConfig) -> Result<AdminClient, String> {
-        let mut address = server
-            .admin
-            .ok_or("the topology file has no server.admin: the admin API is off")?;
+    /// The admin API that the topology file at `path` names.
+    pub fn from_file(path: &std::path::Path) -> Result<AdminClient, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let settings: FileSettings =
+            serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::new(
+            settings.server.admin,
+            settings.server.admin_token_file.as_deref(),
+        )
+    }
+
+    fn new(
+        admin: Option<std::net::SocketAddr>,
+        token_file: Option<&std::path::Path>,
+    ) -> Result<AdminClient, String> {
+        let mut address =
+            admin.ok_or("the topology file has no server.admin: the admin API is off")?;
         if address.port() == 0 {
             return Err(format!(
                 "server.admin is {address}: write the port the running tollgate listens on \
@@ -33,11 +65,7 @@ impl AdminClient {
                 std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
         }
-        let token = server
-            .admin_token_file
-            .as_deref()
-            .map(super::auth::read_token)
-            .transpose()?;
+        let token = token_file.map(super::auth::read_token).transpose()?;
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .build()

@@ -70,6 +70,7 @@ impl History {
                 seen.push(key);
             }
         }
+        let seen: std::collections::HashSet<(String, String)> = seen.into_iter().collect();
         all.retain(|key, _| seen.contains(key));
     }
 

@@ -106,17 +106,24 @@ impl Admin {
 pub(crate) struct Answer {
     status: u16,
     body: serde_json::Value,
+    /// The `Allow` header of a 405.
+    allow: Option<&'static str>,
 }
 
 impl Answer {
     pub(crate) fn ok(body: serde_json::Value) -> Answer {
-        Answer { status: 200, body }
+        Answer {
+            status: 200,
+            body,
+            allow: None,
+        }
     }
 
     pub(crate) fn error(status: u16, message: impl Into<String>) -> Answer {
         Answer {
             status,
             body: serde_json::json!({ "error": message.into() }),
+            allow: None,
         }
     }
 }
@@ -133,15 +140,25 @@ impl ServeHttp for Admin {
             .client_addr()
             .and_then(|a| a.as_inet().copied())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let answer = match auth::check(session.req_header(), self.token.as_deref()) {
-            Err(why) => Answer::error(401, why),
-            Ok(who) => self.api(session, &path, &format!("{peer} ({who})")).await,
+        let request = session.req_header();
+        let answer = if let Some(why) = auth::cross_site(request, self.token.is_some()) {
+            Answer::error(403, why)
+        } else {
+            match auth::check(request, self.token.as_deref()) {
+                Err(why) => Answer::error(401, why),
+                Ok(who) => self.api(session, &path, &format!("{peer} ({who})")).await,
+            }
         };
         let mut response = respond(
             answer.status,
             "application/json",
             serde_json::to_vec_pretty(&answer.body).unwrap_or_default(),
         );
+        if let Some(allow) = answer.allow {
+            response
+                .headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+        }
         if answer.status == 401 {
             response.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
@@ -177,9 +194,10 @@ impl Admin {
                 }
             }
             ("POST", ["api", "reload"]) => self.reload(who),
-            (_, ["api", ..]) if known_path(&parts) => {
-                Answer::error(405, format!("{method} is not allowed on {path}"))
-            }
+            (_, ["api", ..]) if known_path(&parts) => Answer {
+                allow: Some(allowed(&parts)),
+                ..Answer::error(405, format!("{method} is not allowed on {path}"))
+            },
             _ => Answer::error(404, format!("no such endpoint: {method} {path}")),
         }
     }
@@ -202,6 +220,15 @@ fn known_path(parts: &[&str]) -> bool {
                 "drain" | "undrain" | "weight"
             ]
     )
+}
+
+/// The methods endpoint `parts` answers.
+fn allowed(parts: &[&str]) -> &'static str {
+    match parts {
+        ["api", "reload"] | ["api", "upstreams", _, "backends", _, "drain" | "undrain"] => "POST",
+        ["api", "upstreams", _, "backends", _, "weight"] => "PUT",
+        _ => "GET",
+    }
 }
 
 /// A path segment with its %XX escapes decoded (an IPv6 address may come as
@@ -234,7 +261,7 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Answer> {
             Ok(Some(chunk)) => {
                 body.extend_from_slice(&chunk);
                 if body.len() > MAX_BODY {
-                    return Err(Answer::error(400, "the body is too large"));
+                    return Err(Answer::error(413, "the body is too large"));
                 }
             }
             Ok(None) => return Ok(body),

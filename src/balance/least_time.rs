@@ -2,7 +2,9 @@
 //! score, where the score is the backend's peak-EWMA latency (see
 //! [`super::peak_ewma`]) times its requests in flight plus one, divided by its
 //! weight ("power of two choices", as Finagle and Linkerd balance). A pick
-//! costs two draws and two reads, whatever the size of the pool.
+//! costs two draws and two reads, whatever the size of the pool, unless most
+//! backends are unusable: after eight draws that found fewer than two, it
+//! reads them all.
 //!
 //! A backend with no sample yet scores 0 while it has nothing in flight, so it
 //! is tried at once; with a request in flight and still no answer, it scores

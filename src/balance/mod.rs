@@ -66,7 +66,10 @@ pub struct BackendState {
 
 impl BackendState {
     pub fn new(metrics: BackendMetrics) -> Self {
+        // The series may be left from a backend of the same address before.
         metrics.healthy.set(1);
+        metrics.ejected.set(0);
+        metrics.drained.set(0);
         BackendState {
             in_flight: AtomicI64::new(0),
             counts: AnswerCounts::default(),
@@ -264,7 +267,11 @@ pub struct Upstream {
     /// `slow_start`'s window; `None` when off or under `ip_hash`.
     slow_start: Option<Duration>,
     outlier: Option<OutlierPolicy>,
-    retry_budget: Option<RetryBudget>,
+    /// Held while an ejection is decided, so that concurrent streaks cannot
+    /// together eject more than `max_ejected` (only failures take it).
+    ejecting: std::sync::Mutex<()>,
+    /// Kept across swaps of the topology while `retry_budget` is unchanged.
+    retry_budget: Option<Arc<RetryBudget>>,
     /// `tollgate_upstream_retry_budget_exhausted_total` of this upstream.
     retries_refused: prometheus::IntCounter,
     /// No backend was up at the last pick: every backend is being tried.
@@ -302,7 +309,11 @@ impl Upstream {
             measures_latency: algorithm == Algorithm::LeastTime,
             slow_start: config.slow_start.filter(|_| algorithm != Algorithm::IpHash),
             outlier: config.outlier.as_ref().map(OutlierPolicy::new),
-            retry_budget: config.retry_budget.as_ref().map(RetryBudget::new),
+            ejecting: std::sync::Mutex::new(()),
+            retry_budget: config
+                .retry_budget
+                .as_ref()
+                .map(|budget| Arc::new(RetryBudget::new(budget))),
             retries_refused,
             panicking: std::sync::atomic::AtomicBool::new(false),
             panic_next: std::sync::atomic::AtomicUsize::new(0),
@@ -336,7 +347,7 @@ impl Upstream {
         let start = self.panic_next.fetch_add(1, Ordering::Relaxed);
         let index = (0..count)
             .map(|k| (start + k) % count)
-            .find(|&i| !tried.contains(i))?;
+            .find(|&i| !tried.contains(i) && !self.backends[i].state.is_drained())?;
         if !self.panicking.swap(true, Ordering::Relaxed) {
             log::warn!(
                 "upstream {}: no backend is up; trying all {} anyway (panic mode)",
@@ -414,6 +425,7 @@ impl Upstream {
         // A backend that answers its checks is no longer held out for failures
         // seen on traffic: the check is the fresher news.
         if ok && backend.state.passive.bring_back() && backend.state.active.is_healthy() {
+            backend.state.ramp.begin();
             log::warn!(
                 "backend {} of upstream {} is back in: it passed an active check",
                 backend.label,

@@ -36,11 +36,14 @@ impl PeakEwma {
         let rtt = rtt.as_nanos() as f64;
         let stamp = self.stamp.swap(now, Ordering::Relaxed);
         let cost = f64::from_bits(self.cost.load(Ordering::Relaxed));
-        let next = if stamp == 0 || rtt > cost {
+        // The estimate as a reader sees it now (decayed since the last
+        // sample), then the sample: a peak above it, else blended in.
+        let weight = (-(now.saturating_sub(stamp) as f64) / DECAY_NANOS).exp();
+        let seen = cost * weight;
+        let next = if stamp == 0 || rtt > seen {
             rtt
         } else {
-            let weight = (-(now.saturating_sub(stamp) as f64) / DECAY_NANOS).exp();
-            cost * weight + rtt * (1.0 - weight)
+            seen * weight + rtt * (1.0 - weight)
         };
         self.cost.store(next.to_bits(), Ordering::Relaxed);
     }
@@ -83,10 +86,16 @@ mod tests {
         // A slow answer is the estimate at once.
         ewma.observe(Duration::from_millis(40), SECOND + MS);
         assert_eq!(ewma.cost(SECOND + MS), Some(40e6));
-        // A fast one 1 s later moves it about a tenth of the way (1 - e^-0.1).
+        // A fast one 1 s later: decayed to 40 x e^-0.1 = 36.2 ms, then moved
+        // a tenth of the way (1 - e^-0.1) toward 2 ms: 33 ms.
         ewma.observe(Duration::from_millis(2), 2 * SECOND + MS);
         let cost = ewma.cost(2 * SECOND + MS).unwrap();
-        assert!((35e6..37e6).contains(&cost), "{cost}");
+        assert!((32e6..34e6).contains(&cost), "{cost}");
+        // After 5 s without traffic a fast answer pulls the estimate down,
+        // never up: 33 ms decays to 20 ms, and a 2 ms answer makes it 13 ms.
+        ewma.observe(Duration::from_millis(2), 7 * SECOND + MS);
+        let after_idle = ewma.cost(7 * SECOND + MS).unwrap();
+        assert!((12e6..14e6).contains(&after_idle), "{after_idle}");
     }
 
     #[test]

@@ -80,6 +80,10 @@ impl Upstream {
         if ejection.record_failure() < policy.consecutive || ejection.is_out() {
             return;
         }
+        let _deciding = self.ejecting.lock();
+        if ejection.is_out() {
+            return;
+        }
         let out = self
             .backends
             .iter()
@@ -106,6 +110,18 @@ impl Upstream {
             self.name,
             policy.consecutive
         );
+    }
+
+    /// This upstream with `previous`'s retry budget, when both have the same
+    /// `retry_budget`: a reload, a discovery change or a weight change keeps
+    /// the history of recent requests and retries.
+    pub(crate) fn keeping_budget_of(mut self, previous: Option<&Upstream>) -> Upstream {
+        if let Some(previous) = previous {
+            if previous.config.retry_budget == self.config.retry_budget {
+                self.retry_budget.clone_from(&previous.retry_budget);
+            }
+        }
+        self
     }
 
     /// Counts a request's first attempt toward the retry budget.

@@ -28,6 +28,8 @@ pub struct RequestCtx {
     pub(super) tried: Tried,
     pub(super) retries_left: u32,
     pub(super) in_flight: Option<InFlightGuard>,
+    /// The request has been counted toward its upstream's retry budget.
+    pub(super) budget_counted: bool,
     /// When the current attempt's connection to its backend was ready (set
     /// when the backend is chosen, again once connected); only when the
     /// upstream measures latency.
@@ -74,6 +76,7 @@ impl RequestCtx {
             tried: Tried::default(),
             retries_left: 0,
             in_flight: None,
+            budget_counted: false,
             attempt_started: None,
             backend_answered: false,
             own_status: None,

@@ -34,9 +34,11 @@ pub(super) fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         };
         return Err(Error::explain(ErrorType::HTTPStatus(status), why));
     };
-    if ctx.tried.is_empty() {
+    if !ctx.budget_counted {
+        ctx.budget_counted = true;
         upstream.record_request();
-    } else {
+    }
+    if !ctx.tried.is_empty() {
         crate::metrics::metrics()
             .upstream_retries
             .with_label_values(&[upstream.name.as_str()])

@@ -347,7 +347,7 @@ fn compile_upstream(name: &str, config: &UpstreamConfig, previous: Option<&Upstr
             })
             .collect()
     };
-    Upstream::new(name.to_string(), backends, config)
+    Upstream::new(name.to_string(), backends, config).keeping_budget_of(previous)
 }
 
 /// One backend at `address`, with the live state `previous` had for that address.

@@ -54,7 +54,10 @@ impl Topology {
         }
         let mut backends = before.backends.clone();
         backends[backend].weight = weight;
-        let upstream = Arc::new(Upstream::new(before.name.clone(), backends, &before.config));
+        let upstream = Arc::new(
+            Upstream::new(before.name.clone(), backends, &before.config)
+                .keeping_budget_of(Some(before)),
+        );
         let mut check_plans = self.check_plans.clone();
         check_plans.retain(|plan| !Arc::ptr_eq(&plan.upstream, before));
         if let Some(plan) = check_plan(&upstream, &before.config) {
@@ -63,6 +66,15 @@ impl Topology {
         let mut upstreams = self.upstreams.clone();
         upstreams[index] = upstream;
         Ok(self.with_upstreams(upstreams, check_plans))
+    }
+
+    /// Ends the ejections and failure periods that ran out, and sets every
+    /// backend's state gauges from its state now.
+    pub fn refresh_backend_gauges(&self) {
+        for backend in self.upstreams.iter().flat_map(|u| u.backends.iter()) {
+            let _ = backend.state.is_up();
+            backend.state.refresh_healthy_gauge();
+        }
     }
 
     /// Ends the drains of every backend: a reload or restart forgets what the

@@ -51,7 +51,7 @@ pub struct OutlierConfig {
 }
 
 /// `retry_budget: {ratio: 20%, min_per_second: 10}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBudgetConfig {
     /// Retries allowed as a share of the requests of the last 10 seconds.
