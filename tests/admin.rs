@@ -268,6 +268,12 @@ async fn bad_requests_get_json_errors() {
         ("GET", "/api/nothing".to_string(), None, 404),
         ("GET", "/api/upstreams/nope".to_string(), None, 404),
         ("DELETE", "/api/reload".to_string(), None, 405),
+        (
+            "PUT",
+            weight("app", &a.addr.to_string()),
+            Some(&*"x".repeat(5000)),
+            413,
+        ),
     ];
     for (method, path, body, expected) in cases {
         let (code, answer) = api.call(method, &path, body).await;
@@ -302,6 +308,38 @@ async fn a_token_is_required_when_there_is_one() {
     let page = reqwest::get(format!("{}/", api.base)).await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("<html"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_other_sites_cannot_use_the_api() {
+    let a = Backend::start("a");
+    let tollgate = Tollgate::start_with(&app_body(&[&a], ""), "  admin: 127.0.0.1:0\n").await;
+    let api = Api::of(&tollgate, None);
+    let drain = format!("{}/api/upstreams/app/backends/{}/drain", api.base, a.addr);
+    let client = reqwest::Client::new();
+    let refused = [
+        client.post(&drain).header("Origin", "https://evil.example"),
+        client.post(&drain).header("Sec-Fetch-Site", "cross-site"),
+        // A name rebound to 127.0.0.1 by another site's DNS.
+        client.post(&drain).header("Host", "evil.example"),
+    ];
+    for request in refused {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 403);
+        let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        assert!(body["error"].is_string());
+    }
+    assert_eq!(
+        api.get("/api/upstreams").await["app"]["backends"][0]["state"],
+        "healthy"
+    );
+    let response = client
+        .delete(format!("{}/api/reload", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
 }
 
 #[test]

@@ -200,6 +200,25 @@ mod tests {
     }
 
     #[test]
+    fn panic_mode_leaves_drained_backends_out() {
+        let u = upstream("{}", &[1, 1]);
+        for b in &u.backends {
+            for _ in 0..3 {
+                b.state.active.record(false, 1, 3);
+            }
+        }
+        u.backends[1].state.set_drained(true);
+        let client = IpAddr::from([127, 0, 0, 1]);
+        // Nothing is up: panic mode tries backend 0 only, then nothing.
+        for _ in 0..4 {
+            assert_eq!(u.select(client, &Default::default()), Some(0));
+        }
+        let mut tried = crate::balance::Tried::default();
+        tried.add(0);
+        assert_eq!(u.select(client, &tried), None);
+    }
+
+    #[test]
     fn ip_hash_does_not_ramp() {
         let u = upstream("algorithm: ip_hash\nslow_start: 60s", &[1, 1]);
         assert!(u.slow_start.is_none());
