@@ -6,7 +6,7 @@
 #                         product service on :9001-9002 (Flask, from target/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=target/release
+bin=${TOLLGATE_BIN_DIR:-target/release}   # the tests run it on their debug build
 example=${1:-tollgate}
 pids=()
 cleanup() {
