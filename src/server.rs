@@ -417,17 +417,7 @@ impl ServeHttp for MetricsEndpoint {
                 b"404 Not Found: metrics are at /metrics\n".to_vec(),
             )
         };
-        let mut response = http::Response::new(body);
-        *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(content_type),
-        );
-        let length = response.body().len();
-        response.headers_mut().insert(
-            http::header::CONTENT_LENGTH,
-            http::HeaderValue::from(length),
-        );
-        response
+        let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+        crate::edge::respond::whole_answer(status, content_type, body)
     }
 }

@@ -4,6 +4,7 @@
 //! query over HTTPS, on the TLS listener's port (left out when it is 443).
 
 use crate::acme::challenge::Http01Answers;
+use crate::edge::respond::whole_answer;
 use crate::listen::ByListener;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
@@ -69,17 +70,11 @@ impl ServeHttp for HttpsRedirect {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let req = session.req_header();
         if let Some(key_authorization) = self.http01.answer(req.uri.path()) {
-            let mut response = http::Response::new(key_authorization.into_bytes());
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain"),
+            return whole_answer(
+                http::StatusCode::OK,
+                "text/plain",
+                key_authorization.into_bytes(),
             );
-            let length = response.body().len();
-            response.headers_mut().insert(
-                http::header::CONTENT_LENGTH,
-                http::HeaderValue::from(length),
-            );
-            return response;
         }
         let host = req
             .headers
@@ -87,33 +82,28 @@ impl ServeHttp for HttpsRedirect {
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
         let target = String::from_utf8_lossy(req.raw_path()).into_owned();
-        let mut response = http::Response::new(Vec::new());
         match self
             .location(host, &target)
             .and_then(|l| http::HeaderValue::from_str(&l).ok())
         {
             Some(location) => {
-                *response.status_mut() = session
+                let status = session
                     .server_addr()
                     .and_then(|a| a.as_inet())
                     .and_then(|a| self.statuses.get(a).copied())
                     .unwrap_or(http::StatusCode::PERMANENT_REDIRECT);
+                let mut response = whole_answer(status, "text/plain", Vec::new());
                 response
                     .headers_mut()
                     .insert(http::header::LOCATION, location);
+                response
             }
-            None => {
-                *response.status_mut() = http::StatusCode::BAD_REQUEST;
-                *response.body_mut() =
-                    b"400 Bad Request: a Host header is needed to redirect to HTTPS\n".to_vec();
-            }
+            None => whole_answer(
+                http::StatusCode::BAD_REQUEST,
+                "text/plain",
+                b"400 Bad Request: a Host header is needed to redirect to HTTPS\n".to_vec(),
+            ),
         }
-        let length = response.body().len();
-        response.headers_mut().insert(
-            http::header::CONTENT_LENGTH,
-            http::HeaderValue::from(length),
-        );
-        response
     }
 }
 

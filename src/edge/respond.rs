@@ -5,6 +5,29 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
+/// A whole answer of `status` with `body` of `content_type`, Content-Length
+/// set: for the small services (metrics, admin, HTTPS redirects) that answer
+/// through pingora's `ServeHttp`.
+pub(crate) fn whole_answer(
+    status: http::StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> http::Response<Vec<u8>> {
+    let length = body.len();
+    let mut response = http::Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    headers.insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(length),
+    );
+    response
+}
+
 /// A complete response built once at load; sending it clones the header.
 pub struct DirectResponse {
     header: ResponseHeader,
