@@ -69,8 +69,10 @@ test: lint pydeps
 	$(CARGO) test --all-targets
 
 # Criterion micro-benchmarks, then tollgate side by side with nginx and HAProxy
-# (bench/run.py installs nginx, haproxy and wrk when missing); the table
-# is printed and kept in bench/results/latest.txt, with latest.json and latest.svg.
+# (bench/run.py installs nginx, haproxy and wrk when missing), and in (a) and (e)
+# with the floor, a bare pingora proxy (examples/pingora_floor.rs, built by
+# `build` with the other examples); the table is printed and kept in
+# bench/results/latest.txt, with latest.json and latest.svg.
 BENCH_ARGS ?=
 bench: build
 	$(CARGO) bench --bench hot_path

@@ -4,7 +4,7 @@
 Usage (what `make bench` runs):
 
     python3 bench/run.py --tollgate target/release/tollgate [--rounds 3] [--duration 10]
-                         [--quick] [--pin]
+                         [--quick] [--pin] [--only a,e] [--floor PATH]
 
 One nginx process with one worker serves two backend ports (a 20-byte body at
 /small, a 64 KiB file at /large, a 1 MiB file at /mib). Three proxies, each with
@@ -14,6 +14,12 @@ memory cache and nginx with `proxy_cache` (sendfile on) serve stored answers. wr
 requests/s, latency percentiles and the proxy's CPU time per request are
 printed, with the proxies' memory holding 10,000 idle client connections.
 Results go to bench/results/latest.json and bench/results/latest.svg.
+
+Scenarios (a) and (e) also load the floor: a bare pingora proxy to one fixed
+backend with tollgate's allocator and release profile
+(target/release/examples/pingora-floor, from examples/pingora_floor.rs), and
+tollgate with its production features on (tollgate full), whose CPU time per
+request is checked against the floor's.
 
 Scenario (k) balances over three demo backends instead
 (target/release/examples/tollgate-demo-backend, built by `cargo build --release
@@ -69,8 +75,13 @@ PACKAGES = {
 }
 
 PROXIES = ("tollgate", "nginx", "haproxy")
+# The floor: a bare pingora proxy (examples/pingora_floor.rs), in (a) and (e)
+# beside tollgate, tollgate full, nginx and HAProxy.
+FLOOR = "pingora-floor"
+FLOOR_PROXIES = ("tollgate", "tollgate-full", FLOOR, "nginx", "haproxy")
 LABELS = {
     "tollgate": "tollgate",
+    FLOOR: "pingora floor",
     "nginx": "nginx",
     "haproxy": "HAProxy",
     "tollgate-full": "tollgate full",
@@ -86,6 +97,7 @@ COLORS = {
     "tollgate": "#e8590c",
     "nginx": "#2f9e44",
     "haproxy": "#1c7ed6",
+    FLOOR: "#495057",
     "tollgate-full": "#f5b041",
     "tollgate-cache": "#c2255c",
     "nginx-cache": "#66a80f",
@@ -101,7 +113,15 @@ RATIO_LABELS = {
     ("tollgate-cluster", "tollgate-limit"): "cluster/local",
     ("tollgate-least-time", "tollgate-least-conn"): "time/conn",
     ("tollgate-least-time", "nginx-least-conn"): "tg/nginx",
+    ("tollgate", "nginx"): "tg/nginx",
+    ("tollgate", "haproxy"): "tg/HAProxy",
+    ("tollgate", FLOOR): "tg/floor",
+    ("tollgate-full", FLOOR): "tg-full/floor",
 }
+# The ratio columns of (a) and (e): tollgate's to nginx's and HAProxy's as in
+# the other scenarios, then tollgate's and tollgate full's to the floor's.
+FLOOR_RATIOS = (("tollgate", "nginx"), ("tollgate", "haproxy"), ("tollgate", FLOOR),
+                ("tollgate-full", FLOOR))
 
 # Scenario (k): the demo backends (name, added delay in ms), one 20 times slower.
 SLOW_BACKEND = "slow"
@@ -168,6 +188,9 @@ class Scenario:
     count_backends: bool = False
     # Goals checked on the medians and printed under the scenario's table.
     targets: tuple = ()
+    # The ratio columns, (proxy, other) pairs; by default the first proxy's
+    # ratio to each of the others.
+    ratios: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -181,12 +204,21 @@ class Target:
     text: str
 
 
+# Issue 19's target 1: tollgate with its production features costs at most 5%
+# more CPU per request than the bare pingora proxy.
+FLOOR_TARGETS = (
+    Target("cpu_us_per_request", "tollgate-full", FLOOR, 1.05,
+           "tollgate full CPU/request at most 1.05x the pingora floor's"),
+)
+
 SCENARIOS = (
-    Scenario("a", "/small, keep-alive, 50 connections"),
+    Scenario("a", "/small, keep-alive, 50 connections", proxies=FLOOR_PROXIES,
+             targets=FLOOR_TARGETS, ratios=FLOOR_RATIOS),
     Scenario("b", "/large (64 KiB), keep-alive, 50 connections", path="/large"),
     Scenario("c", "/small, new connection per request, 50 connections", close=True),
     Scenario("d", "/small, keep-alive, 1,000 connections", connections=1000),
-    Scenario("e", "TLS termination (HTTP/1.1), /small, keep-alive, 50 connections", tls=True),
+    Scenario("e", "TLS termination (HTTP/1.1), /small, keep-alive, 50 connections", tls=True,
+             proxies=FLOOR_PROXIES, targets=FLOOR_TARGETS, ratios=FLOOR_RATIOS),
     Scenario(
         "f",
         "tollgate with metrics, JSON access log, health checks, rate limit vs bare (load a)",
@@ -1026,10 +1058,18 @@ def scenarios_run(results):
     return [scenario for scenario in SCENARIOS if scenario.key in results]
 
 
-def table_header(names):
-    """Column headers: each proxy, then the first proxy's ratio to each of the others."""
+def ratio_pairs(scenario):
+    """The (proxy, other) pairs of `scenario`'s ratio columns: its own, or the first proxy's to the others."""
+    return scenario.ratios or tuple((scenario.proxies[0], n) for n in scenario.proxies[1:])
+
+
+def table_header(scenario):
+    """Column headers: each proxy, then one per ratio column."""
+    names = scenario.proxies
     if names == PROXIES:
         return [LABELS[n] for n in names] + ["tg/nginx", "tg/HAProxy"]
+    if scenario.ratios:
+        return [LABELS[n] for n in names] + [RATIO_LABELS[pair] for pair in scenario.ratios]
     short = [LABELS[n].replace("tollgate", "tg") for n in names]
     return short + [RATIO_LABELS.get((names[0], n), f"{short[0].split()[-1]}/{label.split()[-1]}")
                     for n, label in zip(names[1:], short[1:])]
@@ -1071,14 +1111,14 @@ def print_table(results, rss):
     for scenario in scenarios_run(results):
         med = results[scenario.key]["median"]
         names = scenario.proxies
-        header = table_header(names)
+        header = table_header(scenario)
         cell_width = max([14] + [len(cell) + 1 for cell in header])
         print(f"\n({scenario.key}) {scenario.title}")
         print_row("", header, cell_width=cell_width)
         for key, label in scenario_figures(scenario):
             values = [med[n][key] for n in names]
-            print_row(label, [fmt(key, v) for v in values] + [ratio(values[0], v) for v in values[1:]],
-                      cell_width=cell_width)
+            ratios = [ratio(med[a][key], med[b][key]) for a, b in ratio_pairs(scenario)]
+            print_row(label, [fmt(key, v) for v in values] + ratios, cell_width=cell_width)
         print_row("non-2xx (all rounds)", [f"{med[n]['non_2xx']:,}" for n in names], cell_width=cell_width)
         print_row("socket errors (all rounds)", [f"{med[n]['socket_errors']:,}" for n in names],
                   cell_width=cell_width)
@@ -1161,9 +1201,10 @@ def write_svg(path, results, info):
         legend.append(f'<text x="{x + 18}" y="{y + 11}" font-size="12">{html.escape(LABELS[name])}</text>')
         x += entry_w
     notes_y = y + 34
+    threads = "tollgate and the pingora floor" if FLOOR in names else "tollgate"
     lines = [f"({s.key}) {s.title}" for s in scenarios_run(results)] + [
         f"Medians; {info['cpu_model']}, {info['nproc']} cores, Linux {info['kernel']}; "
-        f"nginx and HAProxy with one worker, tollgate with one thread."]
+        f"nginx and HAProxy with one worker, {threads} with one thread."]
     notes = [f'<text x="10" y="{notes_y + 15 * i}" font-size="11">{html.escape(line)}</text>'
              for i, line in enumerate(lines)]
     body = (bar_panel(0, 0, width, panel_h, "Proxy CPU time per request (µs, lower is better)",
@@ -1196,6 +1237,9 @@ def parse_args():
     parser.add_argument("--demo-backend",
                         help="the demo backend of scenario (k) (default: examples/tollgate-demo-backend "
                              "next to the tollgate binary)")
+    parser.add_argument("--floor",
+                        help="the bare pingora proxy of scenarios (a) and (e) (default: "
+                             "examples/pingora-floor next to the tollgate binary)")
     args = parser.parse_args()
     unknown = args.only - {scenario.key for scenario in SCENARIOS}
     if unknown:
@@ -1212,6 +1256,13 @@ def parse_args():
     if args.demo_backend is None:
         args.demo_backend = os.path.join(os.path.dirname(args.tollgate), "examples", "tollgate-demo-backend")
     args.demo_backend = os.path.abspath(args.demo_backend)
+    if args.floor is None:
+        args.floor = os.path.join(os.path.dirname(args.tollgate), "examples", "pingora-floor")
+    args.floor = os.path.abspath(args.floor)
+    wants_floor = any(FLOOR in s.proxies for s in selected_scenarios(args))
+    if wants_floor and not (os.path.isfile(args.floor) and os.access(args.floor, os.X_OK)):
+        parser.error(f"{args.floor} is not an executable "
+                     f"(build it: cargo build --release --examples, or pass --floor)")
     wants_demo = any(set(s.proxies) & set(LEAST_PROXIES) for s in selected_scenarios(args))
     if wants_demo and not (os.path.isfile(args.demo_backend) and os.access(args.demo_backend, os.X_OK)):
         parser.error(f"{args.demo_backend} is not an executable "
@@ -1224,14 +1275,14 @@ def selected_scenarios(args):
     return [scenario for scenario in SCENARIOS if not args.only or scenario.key in args.only]
 
 
-def start_everything(tmp, tollgate, pin, nofile, servers, scenarios, demo_backend):
+def start_everything(tmp, tollgate, pin, nofile, servers, scenarios, demo_backend, floor_bin):
     """Write every configuration, start the backends and the proxies, check their answers.
 
     `nofile` is the descriptor limit the servers inherit. Started servers are
     appended to `servers` as they start (so they are stopped even when a later
-    one fails). The demo backends and the proxies over them (LEAST_PROXIES)
-    start only when one of `scenarios` loads them. Returns (proxies by name,
-    configuration texts).
+    one fails). The demo backends and the proxies over them (LEAST_PROXIES),
+    and the pingora floor (`floor_bin`), start only when one of `scenarios`
+    loads them. Returns (proxies by name, configuration texts).
     """
     os.makedirs(os.path.join(tmp, "www"))
     large_body = os.urandom(LARGE_SIZE)
@@ -1242,18 +1293,21 @@ def start_everything(tmp, tollgate, pin, nofile, servers, scenarios, demo_backen
     bodies = {"/small": SMALL_BODY, "/large": large_body}
     cached_bodies = dict(bodies, **{"/mib": mib_body})
     crt, key, pem = make_certificate(tmp)
-    (b1, b2, tg, tg_tls, ngx, ngx_tls, hap, hap_tls, full, full_metrics, tgc, ngxc,
-     tcl, tll, redis_port, *least_ports) = free_ports(15 + len(DEMO_BACKENDS) + len(LEAST_PROXIES))
+    (b1, b2, tg, tg_tls, ngx, ngx_tls, hap, hap_tls, full, full_tls, full_metrics, tgc, ngxc,
+     tcl, tll, redis_port, floor, floor_tls,
+     *least_ports) = free_ports(18 + len(DEMO_BACKENDS) + len(LEAST_PROXIES))
     backends = (b1, b2)
     demo_ports = least_ports[:len(DEMO_BACKENDS)]
     ltime, lconn, ngxl = least_ports[len(DEMO_BACKENDS):]
     least = any(set(s.proxies) & set(LEAST_PROXIES) for s in scenarios)
+    with_floor = any(FLOOR in s.proxies for s in scenarios)
     configs = {
         "backend.conf": backend_conf(tmp, backends, nofile),
         "nginx.conf": nginx_proxy_conf(tmp, ngx, ngx_tls, backends, crt, key, nofile),
         "haproxy.cfg": haproxy_conf(hap, hap_tls, backends, pem),
         "tollgate.yaml": tollgate_conf(tmp, "tollgate", tg, backends, tls=(tg_tls, crt, key)),
-        "tollgate-full.yaml": tollgate_conf(tmp, "tollgate-full", full, backends, metrics_port=full_metrics),
+        "tollgate-full.yaml": tollgate_conf(tmp, "tollgate-full", full, backends, tls=(full_tls, crt, key),
+                                            metrics_port=full_metrics),
         "tollgate-cache.yaml": tollgate_conf(tmp, "tollgate-cache", tgc, backends, cache=True),
         "nginx-cache.conf": nginx_cache_conf(tmp, ngxc, backends, nofile),
         "tollgate-cluster.yaml": tollgate_conf(tmp, "tollgate-cluster", tcl, backends,
@@ -1268,7 +1322,13 @@ def start_everything(tmp, tollgate, pin, nofile, servers, scenarios, demo_backen
                                                       algorithm="least_connections"),
             "nginx-least-conn.conf": nginx_least_conn_conf(tmp, ngxl, demo_ports, nofile),
         })
+    # The floor has flags, no file: its command line stands in the report's configurations.
+    floor_argv = [floor_bin, "--listen", f"127.0.0.1:{floor}", "--upstream", f"127.0.0.1:{b1}",
+                  "--tls-listen", f"127.0.0.1:{floor_tls}", "--tls-cert", crt, "--tls-key", key,
+                  "--threads", "1"]
     paths = {name: write_file(os.path.join(tmp, name), text) for name, text in configs.items()}
+    if with_floor:
+        configs["pingora-floor"] = " ".join(floor_argv)
     for name in paths:
         if name.startswith("tollgate"):
             check_tollgate_conf(tollgate, paths[name])
@@ -1308,7 +1368,7 @@ def start_everything(tmp, tollgate, pin, nofile, servers, scenarios, demo_backen
               hap, hap_tls),
         Proxy("tollgate-full", server("tollgate-full",
                                       pin_proxy + [tollgate, "-c", paths["tollgate-full.yaml"]],
-                                      signal.SIGINT, tollgate_env), full),
+                                      signal.SIGINT, tollgate_env), full, full_tls),
         Proxy("tollgate-cache", server("tollgate-cache",
                                        pin_proxy + [tollgate, "-c", paths["tollgate-cache.yaml"]],
                                        signal.SIGINT, tollgate_env), tgc),
@@ -1320,6 +1380,8 @@ def start_everything(tmp, tollgate, pin, nofile, servers, scenarios, demo_backen
                                        pin_proxy + [tollgate, "-c", paths["tollgate-limit.yaml"]],
                                        signal.SIGINT, tollgate_env), tll),
     )
+    if with_floor:
+        specs += (Proxy(FLOOR, server(FLOOR, pin_proxy + floor_argv, signal.SIGINT), floor, floor_tls),)
     proxies = {}
     if least:
         names = [name for name, _ in DEMO_BACKENDS]
@@ -1365,7 +1427,7 @@ def run_benchmark(args, tmp, servers):
     info = machine_info(tollgate)
     info["nofile_limit"] = raise_nofile()
     proxies, configs = start_everything(tmp, tollgate, args.pin, info["nofile_limit"], servers,
-                                        selected_scenarios(args), args.demo_backend)
+                                        selected_scenarios(args), args.demo_backend, args.floor)
     lua = write_file(os.path.join(tmp, "report.lua"), WRK_LUA)
     print(f"{info['cpu_model']}, {info['nproc']} cores, Linux {info['kernel']}; "
           f"{args.rounds} round(s) of {args.duration} s per proxy and scenario"
