@@ -27,6 +27,16 @@ Scenario (k) balances over three demo backends instead
 `least_time` against tollgate `least_connections` and nginx `least_conn`, with
 the share of answers the slow backend gave and the issue's two targets checked.
 
+Scenario (l) measures upstream connection reuse: tollgate with two threads
+(pingora keeps one upstream connection pool for the process) against nginx with
+two workers (a keep-alive cache per worker), round robin over 20 ports of a
+second backend nginx that closes connections idle for 5 s. 200 keep-alive
+client connections each send a request after exponentially distributed pauses
+(mean 25 s, so about 8 requests/s in all, a steady Poisson stream with no
+opening burst; this script is the client, not wrk). The backend's stub_status
+`accepts` counter, read before and after each run, gives the new upstream
+connections per 1,000 requests; the target is tollgate at most half of nginx's.
+
 Every server is a child process of this script, with its configuration in a
 temporary directory and on loopback ports picked here; all are stopped by PID at
 the end, on Ctrl-C and on errors. Standard library only.
@@ -35,12 +45,14 @@ the end, on Ctrl-C and on errors. Standard library only.
 import argparse
 import errno
 import html
+import heapq
 import http.client
 import json
 import math
 import os
 import platform
 import resource
+import random
 import selectors
 import shutil
 import signal
@@ -92,6 +104,8 @@ LABELS = {
     "tollgate-least-time": "tollgate least_time",
     "tollgate-least-conn": "tollgate least_conn",
     "nginx-least-conn": "nginx least_conn",
+    "tollgate-2t": "tollgate 2 threads",
+    "nginx-2w": "nginx 2 workers",
 }
 COLORS = {
     "tollgate": "#e8590c",
@@ -106,6 +120,8 @@ COLORS = {
     "tollgate-least-time": "#f08c00",
     "tollgate-least-conn": "#1098ad",
     "nginx-least-conn": "#94d82d",
+    "tollgate-2t": "#d9480f",
+    "nginx-2w": "#2b8a3e",
 }
 # Ratio column headers where "first word / first word" of the labels says too little.
 RATIO_LABELS = {
@@ -114,6 +130,7 @@ RATIO_LABELS = {
     ("tollgate-least-time", "tollgate-least-conn"): "time/conn",
     ("tollgate-least-time", "nginx-least-conn"): "tg/nginx",
     ("tollgate", "nginx"): "tg/nginx",
+    ("tollgate-2t", "nginx-2w"): "tg/nginx",
     ("tollgate", "haproxy"): "tg/HAProxy",
     ("tollgate", FLOOR): "tg/floor",
     ("tollgate-full", FLOOR): "tg-full/floor",
@@ -127,6 +144,12 @@ FLOOR_RATIOS = (("tollgate", "nginx"), ("tollgate", "haproxy"), ("tollgate", FLO
 SLOW_BACKEND = "slow"
 DEMO_BACKENDS = (("fast-1", 2), ("fast-2", 2), (SLOW_BACKEND, 40))
 LEAST_PROXIES = ("tollgate-least-time", "tollgate-least-conn", "nginx-least-conn")
+
+# Scenario (l): 20 backend ports that close connections idle this long, behind
+# tollgate with two threads and nginx with two workers.
+REUSE_BACKENDS = 20
+REUSE_IDLE_S = 5
+REUSE_PROXIES = ("tollgate-2t", "nginx-2w")
 
 # wrk's done() hook: one machine-readable line with the figures we keep.
 WRK_LUA = r"""
@@ -191,6 +214,13 @@ class Scenario:
     # The ratio columns, (proxy, other) pairs; by default the first proxy's
     # ratio to each of the others.
     ratios: tuple = ()
+    # Upstream reuse (l): the proxies balance over the REUSE_BACKENDS ports that
+    # close idle connections; this script loads them itself, each connection
+    # pausing an exponentially distributed time of mean `pause_ms` before every
+    # request (its first too), and the new backend connections are counted.
+    reuse: bool = False
+    # Seconds of load per run at least, whatever --duration (not with --quick).
+    min_duration: int = 0
 
 
 @dataclass(frozen=True)
@@ -263,6 +293,25 @@ SCENARIOS = (
                    "tollgate least_time CPU/request at most tollgate least_connections' + 5%"),
         ),
     ),
+    # 200 connections pausing 25 s on average: ~8 requests/s, so round robin
+    # gives each backend a request every 2.5 s on average in tollgate (one pool
+    # for both threads) and every 5 s within each nginx worker (a pool each):
+    # the backends' 5 s idle timeout falls between the two.
+    Scenario(
+        "l",
+        f"upstream reuse: 200 keep-alive connections at ~8 req/s (25 s mean pauses) over "
+        f"{REUSE_BACKENDS} backends closing idle connections after {REUSE_IDLE_S} s: "
+        f"tollgate 2 threads vs nginx 2 workers",
+        connections=200,
+        pause_ms=25_000,
+        reuse=True,
+        min_duration=30,
+        proxies=REUSE_PROXIES,
+        targets=(
+            Target("new_conns_per_1k", "tollgate-2t", "nginx-2w", 0.5,
+                   "tollgate new upstream connections per 1,000 requests at most half of nginx's"),
+        ),
+    ),
 )
 
 FIGURES = (
@@ -280,11 +329,16 @@ SHARE_FIGURE = ("slow_share_pct", f"% answers from {SLOW_BACKEND}")
 # saw p95 of 13 ms where tollgate's own histogram had 99.4% of answers under
 # 10 ms), which hides a tail that comes from the backends.
 AB_FIGURE = ("p99_ab_us", "p99 latency µs (ab)")
+# (l): connections the backends accepted per 1,000 requests the client completed.
+REUSE_FIGURE = ("new_conns_per_1k", "new upstream conns/1k req")
+FIGURE_LABELS = dict(FIGURES + (SHARE_FIGURE, AB_FIGURE, REUSE_FIGURE))
 
 
 def scenario_figures(scenario):
-    """The figures kept for `scenario`: FIGURES, and the slow backend's share where counted."""
-    return FIGURES + ((SHARE_FIGURE, AB_FIGURE) if scenario.count_backends else ())
+    """The figures kept for `scenario`: FIGURES, the slow backend's share where counted,
+    the new upstream connections where reuse is measured."""
+    return (FIGURES + ((SHARE_FIGURE, AB_FIGURE) if scenario.count_backends else ())
+            + ((REUSE_FIGURE,) if scenario.reuse else ()))
 
 
 # ---------------------------------------------------------------------------
@@ -518,6 +572,8 @@ class Proxy:
     server: Server
     port: int
     tls_port: int = 0
+    # (l): the stub_status port of the backends this proxy balances over.
+    status_port: int = 0
 
     def url(self, scenario):
         """The URL wrk loads for `scenario`."""
@@ -552,11 +608,11 @@ def nginx_temp_paths(tmp, name):
                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
 
 
-def nginx_conf(tmp, name, nofile, http):
-    """A whole nginx configuration with one worker, its pid, error log and temporary
-    files under `tmp` as `name`, no access log, and `http` inside the http block."""
+def nginx_conf(tmp, name, nofile, http, workers=1):
+    """A whole nginx configuration with `workers` worker(s), its pid, error log and
+    temporary files under `tmp` as `name`, no access log, and `http` inside the http block."""
     return f"""
-worker_processes 1;
+worker_processes {workers};
 worker_rlimit_nofile {nofile};
 pid {tmp}/{name}.pid;
 error_log {tmp}/{name}-error.log warn;
@@ -653,6 +709,41 @@ def nginx_least_conn_conf(tmp, port, backends, nofile):
     }}""")
 
 
+def reuse_backend_conf(tmp, ports, status_port, nofile):
+    """nginx backend of (l): one worker, /small on each of `ports`, idle keep-alive
+    connections closed after REUSE_IDLE_S, and stub_status at /status on `status_port`."""
+    servers = "".join(f"""
+    server {{
+        listen 127.0.0.1:{port} backlog=65535;
+        location = /small {{ default_type text/plain; return 200 "{SMALL_BODY.decode()}"; }}
+    }}""" for port in ports)
+    return nginx_conf(tmp, "backend-reuse", nofile, f"""    keepalive_requests 10000000;
+    keepalive_timeout {REUSE_IDLE_S}s;
+{servers}
+    server {{
+        listen 127.0.0.1:{status_port};
+        location = /status {{ stub_status; }}
+    }}""")
+
+
+def nginx_reuse_conf(tmp, port, backends, nofile):
+    """nginx of (l): two workers, round robin, upstream keep-alive (64 idle per worker) as nginx_proxy_conf."""
+    servers = "".join(f"\n        server 127.0.0.1:{b};" for b in backends)
+    return nginx_conf(tmp, "nginx-2w", nofile, f"""    keepalive_requests 10000000;
+    upstream app {{{servers}
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=65535;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}""", workers=2)
+
+
 def haproxy_conf(port, tls_port, backends, pem):
     """HAProxy: one thread, http-reuse always, round robin, TLS with ALPN h2,http/1.1.
 
@@ -688,8 +779,8 @@ backend app
 
 
 def tollgate_conf(tmp, name, port, backends, tls=None, metrics_port=None, cache=False,
-                  limit_scope=None, redis_port=None, algorithm="round_robin"):
-    """tollgate topology: one thread, `algorithm` (round robin) over `backends`.
+                  limit_scope=None, redis_port=None, algorithm="round_robin", threads=1):
+    """tollgate topology: `threads` thread(s), `algorithm` (round robin) over `backends`.
 
     `tls` = (tls_port, cert, key) adds a TLS listener with HTTP/2; `metrics_port`
     turns the production features on: metrics, a JSON access log to a file,
@@ -723,7 +814,7 @@ def tollgate_conf(tmp, name, port, backends, tls=None, metrics_port=None, cache=
     if redis_port:
         logging += f"  cluster: {{redis: 'redis://127.0.0.1:{redis_port}/0', timeout: 50ms}}\n"
     backend_lines = "".join(f"      - address: 127.0.0.1:{b}\n" for b in backends)
-    return (f"server:\n  threads: 1\n  listeners:\n{listeners}{logging}"
+    return (f"server:\n  threads: {threads}\n  listeners:\n{listeners}{logging}"
             f"  pid_file: {tmp}/{name}.pid\n  upgrade_sock: {tmp}/{name}-upgrade.sock\n"
             f"upstreams:\n  app:\n    algorithm: {algorithm}\n    backends:\n{backend_lines}{health}"
             f"{limits}routes:\n  - match: {{path_prefix: /}}\n    upstream: app\n{route_limit}")
@@ -866,9 +957,139 @@ def run_ab(url, connections, duration):
     raise BenchError(f"ab printed no percentiles for {url}:\n{result.stdout}")
 
 
+def percentile(sorted_values, q):
+    """The nearest-rank `q`th percentile of `sorted_values` (0 when empty)."""
+    if not sorted_values:
+        return 0
+    return sorted_values[max(0, min(len(sorted_values), math.ceil(q / 100 * len(sorted_values))) - 1)]
+
+
+def run_paced(port, path, connections, duration, mean_pause_ms, timeout=10):
+    """Load 127.0.0.1:port with `connections` keep-alive connections for `duration` s.
+
+    Each connection sends GET `path` after a pause drawn from an exponential
+    distribution of mean `mean_pause_ms`, its first request too: together a
+    Poisson stream of connections/mean requests per second from the first
+    second on, with none of the burst wrk sends when all its connections open
+    (and none of the timeouts wrk counts on connections pausing longer than its
+    --timeout). A connection the proxy closes is opened again. Returns the
+    figures in run_wrk's shape.
+    """
+    rng = random.Random()
+    mean = mean_pause_ms / 1000
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    errors = {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
+    latencies, received = [], 0
+    sel = selectors.DefaultSelector()
+    conns = [None] * connections  # index -> [socket, buffer, sent at (None while pausing)]
+
+    def connect(i):
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            errors["connect"] += 1
+            conns[i] = None
+            return
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        conns[i] = [s, bytearray(), None]
+        sel.register(s, selectors.EVENT_READ, i)
+
+    def drop(i):
+        sel.unregister(conns[i][0])
+        conns[i][0].close()
+        conns[i] = None
+
+    for i in range(connections):
+        connect(i)
+    start = time.monotonic()  # once every connection is open
+    stop = start + duration
+    schedule = [(start + rng.expovariate(1 / mean), i) for i in range(connections)]
+    heapq.heapify(schedule)
+    in_flight = 0
+    try:
+        while True:
+            now = time.monotonic()
+            while schedule and schedule[0][0] <= now < stop:
+                _, i = heapq.heappop(schedule)
+                if conns[i] is None:
+                    connect(i)
+                    if conns[i] is None:
+                        heapq.heappush(schedule, (now + rng.expovariate(1 / mean), i))
+                        continue
+                try:
+                    conns[i][0].send(request)
+                except OSError:
+                    errors["write"] += 1
+                    drop(i)
+                    heapq.heappush(schedule, (now + rng.expovariate(1 / mean), i))
+                    continue
+                conns[i][2] = now
+                in_flight += 1
+            if now >= stop and in_flight == 0:
+                break
+            if now >= stop + timeout:
+                errors["timeout"] += in_flight
+                break
+            wake = stop + timeout if now >= stop else min(stop, schedule[0][0] if schedule else stop)
+            for key, _ in sel.select(max(0.0, wake - now)):
+                i = key.data
+                conn = conns[i]
+                try:
+                    chunk = conn[0].recv(65536)
+                except OSError:
+                    chunk = b""
+                done = time.monotonic()
+                if not chunk:
+                    # Closed by the proxy: mid-request an error, while pausing a
+                    # keep-alive timeout; either way the next request reconnects.
+                    if conn[2] is not None:
+                        errors["read"] += 1
+                        in_flight -= 1
+                        if done < stop:
+                            heapq.heappush(schedule, (done + rng.expovariate(1 / mean), i))
+                    drop(i)
+                    continue
+                conn[1] += chunk
+                if conn[2] is None or not response_complete(conn[1]):
+                    continue
+                latencies.append(round((done - conn[2]) * 1e6))
+                status = int(bytes(conn[1][9:12]))
+                if status > 399:
+                    errors["status"] += 1
+                received += len(conn[1])
+                conn[1].clear()
+                conn[2] = None
+                in_flight -= 1
+                if done < stop:
+                    heapq.heappush(schedule, (done + rng.expovariate(1 / mean), i))
+    finally:
+        for i in range(connections):
+            if conns[i] is not None:
+                drop(i)
+        sel.close()
+    latencies.sort()
+    return {"requests": len(latencies), "duration_us": round((time.monotonic() - start) * 1e6),
+            "bytes": received, **errors, "p50": percentile(latencies, 50),
+            "p99": percentile(latencies, 99), "p999": percentile(latencies, 99.9),
+            "max": latencies[-1] if latencies else 0}
+
+
+def backend_counters(status_port):
+    """nginx stub_status on `status_port`: (accepts, requests), each counting this read itself."""
+    status, body = http_get(status_port, "/status")
+    lines = body.decode().splitlines()
+    if status != 200 or len(lines) < 3:
+        raise BenchError(f"the backends' stub_status on :{status_port} answered {status}: {body[:200]!r}")
+    accepts, _handled, requests = (int(field) for field in lines[2].split())
+    return accepts, requests
+
+
 def measure(proxy, scenario, duration, lua, pin):
     """One measured run: warm up, then load `proxy` and return its figures for this run."""
     url = proxy.url(scenario)
+    if scenario.reuse:
+        return measure_reuse(proxy, scenario, duration, lua, pin)
     extra = ""
     if scenario.pause_ms:
         extra += f"delay = function() return {scenario.pause_ms} end\n"
@@ -906,6 +1127,51 @@ def measure(proxy, scenario, duration, lua, pin):
         "non_2xx": wrk["status"],
         "socket_errors": {k: wrk[k] for k in ("connect", "read", "write", "timeout")},
         **share,
+    }
+
+
+def measure_reuse(proxy, scenario, duration, lua, pin):
+    """One run of (l): a second of wrk at full speed over REUSE_BACKENDS connections
+    opens connections to every backend, then the paced load; the backends'
+    stub_status counters read around it give the connections the proxy opened to them.
+
+    The warm-up keeps to 20 connections so that neither proxy's pool overflows
+    (pingora keeps 128 idle connections in all, nginx 64 per worker): after a
+    burst of 200, pingora's pool was left with no connection to any backend in
+    about half the runs (each first paced request per backend then connects),
+    a transient this scenario does not measure.
+    """
+    run_wrk(proxy.url(scenario), REUSE_BACKENDS, WARMUP_SECONDS, lua, False, pin)
+    time.sleep(0.5)  # the warm-up's last requests reach the backends before the first count
+    pids = proxy.server.tree()
+    accepts_before, requests_before = backend_counters(proxy.status_port)
+    ticks_before = cpu_ticks(pids)
+    load = run_paced(proxy.port, scenario.path, scenario.connections, duration, scenario.pause_ms)
+    proxy.server.check_alive()
+    ticks = cpu_ticks(pids) - ticks_before
+    accepts_after, requests_after = backend_counters(proxy.status_port)
+    # Each stub_status read is one connection and one request of its own.
+    opened = accepts_after - accepts_before - 1
+    backend_requests = requests_after - requests_before - 1
+    requests = load["requests"]
+    if requests == 0:
+        raise BenchError(f"{proxy.name} completed no request in scenario ({scenario.key})\n"
+                         f"{proxy.server.log_tail()}")
+    seconds = load["duration_us"] / 1e6
+    return {
+        "rps": requests / seconds,
+        "mib_per_s": load["bytes"] / (1 << 20) / seconds,
+        "p50_us": load["p50"],
+        "p99_us": load["p99"],
+        "p999_us": load["p999"],
+        "max_us": load["max"],
+        "cpu_us_per_request": ticks / CLK_TCK * 1e6 / requests,
+        "requests": requests,
+        "non_2xx": load["status"],
+        "socket_errors": {k: load[k] for k in ("connect", "read", "write", "timeout")},
+        "new_upstream_connections": opened,
+        "backend_requests": backend_requests,
+        "new_conns_per_1k": 1000 * opened / requests,
     }
 
 
@@ -1040,6 +1306,8 @@ def fmt(key, value):
         return f"{value:.1f}"
     if key.endswith("_pct"):
         return f"{value:.2f}"
+    if key.endswith("_per_1k"):
+        return f"{value:,.1f}"
     return f"{value:,.0f}"
 
 
@@ -1098,7 +1366,7 @@ def check_targets(scenario, med):
 def print_targets(checks):
     """One line per target: met or not met, with the figures."""
     for check in checks:
-        key, unit = check["figure"], dict(FIGURES).get(check["figure"], check["figure"])
+        key, unit = check["figure"], FIGURE_LABELS.get(check["figure"], check["figure"])
         ratio_text = f"{check['ratio']:.2f}x" if check["ratio"] is not None else "-"
         print(f"  target: {check['target']}: {'met' if check['met'] else 'NOT met'} "
               f"({unit}: {LABELS[check['proxy']]} {fmt(key, check['value'])}, "
@@ -1139,13 +1407,17 @@ def print_table(results, rss):
     print_row("connections dropped", [f"{rss[n]['dropped_connections']:,}" for n in PROXIES])
 
 
-def bar_panel(x0, y0, width, height, title, key, results, log=False):
+def bar_panel(x0, y0, width, height, title, key, results, log=False, skip=()):
     """SVG elements of one grouped bar chart: `key`'s median per scenario and proxy.
 
     With `log`, the value axis is logarithmic (powers of ten), for figures that
-    differ by orders of magnitude between scenarios.
+    differ by orders of magnitude between scenarios. Scenarios whose keys are in
+    `skip` are left out.
     """
-    groups = [(s, [(n, results[s.key]["median"][n][key]) for n in s.proxies]) for s in scenarios_run(results)]
+    groups = [(s, [(n, results[s.key]["median"][n][key]) for n in s.proxies])
+              for s in scenarios_run(results) if s.key not in skip]
+    if not groups:
+        return []
     values = [v for _, bars in groups for _, v in bars]
     if log:
         low = math.floor(math.log10(max(min(values), 1)))
@@ -1202,13 +1474,18 @@ def write_svg(path, results, info):
         x += entry_w
     notes_y = y + 34
     threads = "tollgate and the pingora floor" if FLOOR in names else "tollgate"
+    two = ""
+    idle = tuple(s.key for s in scenarios_run(results) if s.reuse)
+    if idle:
+        two = (" except in (l): two each; (l) is not in the CPU panel (at 8 requests/s its CPU per "
+               "request is mostly the proxies' idle work)")
     lines = [f"({s.key}) {s.title}" for s in scenarios_run(results)] + [
         f"Medians; {info['cpu_model']}, {info['nproc']} cores, Linux {info['kernel']}; "
-        f"nginx and HAProxy with one worker, {threads} with one thread."]
+        f"nginx and HAProxy with one worker, {threads} with one thread{two}."]
     notes = [f'<text x="10" y="{notes_y + 15 * i}" font-size="11">{html.escape(line)}</text>'
              for i, line in enumerate(lines)]
     body = (bar_panel(0, 0, width, panel_h, "Proxy CPU time per request (µs, lower is better)",
-                      "cpu_us_per_request", results)
+                      "cpu_us_per_request", results, skip=idle)
             + bar_panel(0, panel_h, width, panel_h, "p99 latency (µs, log scale, lower is better)", "p99_us",
                         results, log=True)
             + legend + notes)
@@ -1228,7 +1505,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tollgate", required=True, help="the tollgate binary (target/release/tollgate)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per scenario (default 3)")
-    parser.add_argument("--duration", type=int, help="seconds of load per run (default 10)")
+    parser.add_argument("--duration", type=int, help="seconds of load per run (default 10; (l) runs at least 30 unless --quick)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 round of 3 s per scenario")
     parser.add_argument("--pin", action="store_true",
                         help="run the proxy on CPU 1 and wrk on CPU 0 (taskset)")
@@ -1295,11 +1572,13 @@ def start_everything(tmp, tollgate, pin, nofile, servers, scenarios, demo_backen
     crt, key, pem = make_certificate(tmp)
     (b1, b2, tg, tg_tls, ngx, ngx_tls, hap, hap_tls, full, full_tls, full_metrics, tgc, ngxc,
      tcl, tll, redis_port, floor, floor_tls,
-     *least_ports) = free_ports(18 + len(DEMO_BACKENDS) + len(LEAST_PROXIES))
+     *least_ports) = free_ports(18 + len(DEMO_BACKENDS) + len(LEAST_PROXIES) + REUSE_BACKENDS + 3)
     backends = (b1, b2)
     demo_ports = least_ports[:len(DEMO_BACKENDS)]
-    ltime, lconn, ngxl = least_ports[len(DEMO_BACKENDS):]
+    ltime, lconn, ngxl = least_ports[len(DEMO_BACKENDS):len(DEMO_BACKENDS) + len(LEAST_PROXIES)]
+    reuse_status, tg2, ngx2, *reuse_ports = least_ports[len(DEMO_BACKENDS) + len(LEAST_PROXIES):]
     least = any(set(s.proxies) & set(LEAST_PROXIES) for s in scenarios)
+    reuse = any(s.reuse for s in scenarios)
     with_floor = any(FLOOR in s.proxies for s in scenarios)
     configs = {
         "backend.conf": backend_conf(tmp, backends, nofile),
@@ -1321,6 +1600,12 @@ def start_everything(tmp, tollgate, pin, nofile, servers, scenarios, demo_backen
             "tollgate-least-conn.yaml": tollgate_conf(tmp, "tollgate-least-conn", lconn, demo_ports,
                                                       algorithm="least_connections"),
             "nginx-least-conn.conf": nginx_least_conn_conf(tmp, ngxl, demo_ports, nofile),
+        })
+    if reuse:
+        configs.update({
+            "backend-reuse.conf": reuse_backend_conf(tmp, reuse_ports, reuse_status, nofile),
+            "tollgate-2t.yaml": tollgate_conf(tmp, "tollgate-2t", tg2, reuse_ports, threads=2),
+            "nginx-2w.conf": nginx_reuse_conf(tmp, ngx2, reuse_ports, nofile),
         })
     # The floor has flags, no file: its command line stands in the report's configurations.
     floor_argv = [floor_bin, "--listen", f"127.0.0.1:{floor}", "--upstream", f"127.0.0.1:{b1}",
@@ -1359,6 +1644,12 @@ def start_everything(tmp, tollgate, pin, nofile, servers, scenarios, demo_backen
                                            "--name", name, "--delay", str(delay)])
             demo.start([port])
             verify_backend_names(f"demo backend {name}", port, [name], tries=1)
+    if reuse:
+        reuse_backend = server("backend-reuse", nginx_argv(paths["backend-reuse.conf"]))
+        reuse_backend.start(reuse_ports + [reuse_status])
+        for port in reuse_ports:
+            verify_answers(f"backend :{port}", port, {"/small": SMALL_BODY})
+        backend_counters(reuse_status)
 
     specs = (
         Proxy("tollgate", server("tollgate", pin_proxy + [tollgate, "-c", paths["tollgate.yaml"]],
@@ -1394,6 +1685,18 @@ def start_everything(tmp, tollgate, pin, nofile, servers, scenarios, demo_backen
             proxy.server.start([proxy.port])
             verify_backend_names(proxy.name, proxy.port, names)
             proxies[proxy.name] = proxy
+    if reuse:
+        # Not pinned with --pin: two threads or workers on one CPU would not be two.
+        reuse_specs = (
+            Proxy("tollgate-2t", server("tollgate-2t", [tollgate, "-c", paths["tollgate-2t.yaml"]],
+                                        signal.SIGINT, tollgate_env), tg2, status_port=reuse_status),
+            Proxy("nginx-2w", server("nginx-2w", nginx_argv(paths["nginx-2w.conf"])), ngx2,
+                  status_port=reuse_status),
+        )
+        for proxy in reuse_specs:
+            proxy.server.start([proxy.port])
+            verify_answers(proxy.name, proxy.port, {"/small": SMALL_BODY})
+            proxies[proxy.name] = proxy
     for proxy in specs:
         proxy.server.start([proxy.port])
         cached = proxy.name.endswith("-cache")
@@ -1414,6 +1717,9 @@ def print_progress(scenario, round_no, name, run):
             f"p99 {run['p99_us']:>7,} µs  {run['cpu_us_per_request']:6.1f} CPU µs/req")
     if "slow_share_pct" in run:
         line += f"  {run['slow_share_pct']:.2f}% from {SLOW_BACKEND}"
+    if "new_conns_per_1k" in run:
+        line += (f"  {run['new_upstream_connections']:,} new upstream conns for {run['requests']:,} "
+                 f"requests ({run['new_conns_per_1k']:.1f}/1k)")
     if run["non_2xx"]:
         line += f"  non-2xx {run['non_2xx']:,}"
     if any(run["socket_errors"].values()):
@@ -1436,9 +1742,10 @@ def run_benchmark(args, tmp, servers):
     results = {}
     for scenario in selected_scenarios(args):
         runs = {name: [] for name in scenario.proxies}
+        duration = args.duration if args.quick else max(args.duration, scenario.min_duration)
         for round_no in range(1, args.rounds + 1):
             for name in scenario.proxies:
-                run = measure(proxies[name], scenario, args.duration, lua, args.pin)
+                run = measure(proxies[name], scenario, duration, lua, args.pin)
                 runs[name].append(run)
                 print_progress(scenario, round_no, name, run)
         results[scenario.key] = {
@@ -1448,12 +1755,20 @@ def run_benchmark(args, tmp, servers):
             "connection_close": scenario.close,
             "tls": scenario.tls,
             "pause_ms": scenario.pause_ms,
+            "duration_s": duration,
             "rounds": runs,
             "median": {name: median_figures(r, scenario_figures(scenario)) for name, r in runs.items()},
         }
         if scenario.proxies == LEAST_PROXIES:
             results[scenario.key]["demo_backends"] = [{"name": name, "delay_ms": delay}
                                                       for name, delay in DEMO_BACKENDS]
+        if scenario.reuse:
+            results[scenario.key]["reuse"] = {
+                "client": "bench/run.py run_paced: exponential pauses of mean pause_ms, first request too",
+                "backends": REUSE_BACKENDS, "backend_keepalive_timeout_s": REUSE_IDLE_S,
+                "tollgate_threads": 2, "nginx_workers": 2, "nginx_upstream_keepalive": 64,
+                "counted": "backend nginx stub_status accepts/requests, read before and after each run",
+            }
         if scenario.targets:
             results[scenario.key]["targets"] = check_targets(scenario, results[scenario.key]["median"])
 
