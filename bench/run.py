@@ -641,72 +641,60 @@ def backend_conf(tmp, ports, nofile):
 {servers}""")
 
 
+def nginx_balancer_http(port, backends, balance="", http_extra="", server_extra="",
+                        location_extra=""):
+    """The http block of nginx as a proxy: an upstream over `backends` (with the
+    `balance` directive, round robin when empty) keeping 64 idle connections per
+    worker, and a server on `port` proxying every path to it; the `*_extra`
+    lines go into the http block, the server and the location."""
+    servers = "".join(f"\n        server 127.0.0.1:{b};" for b in backends)
+    balance = f"\n        {balance}" if balance else ""
+    return f"""    keepalive_requests 10000000;{http_extra}
+    upstream app {{{balance}{servers}
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=65535;{server_extra}
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";{location_extra}
+        }}
+    }}"""
+
+
 def nginx_proxy_conf(tmp, port, tls_port, backends, crt, key, nofile):
     """nginx as proxy: one worker, upstream keep-alive (64 idle), TLS + HTTP/2 on `tls_port`."""
     if nginx_version() >= (1, 25, 1):
         tls_listen = f"listen 127.0.0.1:{tls_port} ssl backlog=65535;\n        http2 on;"
     else:
         tls_listen = f"listen 127.0.0.1:{tls_port} ssl http2 backlog=65535;"
-    servers = "".join(f"\n        server 127.0.0.1:{b};" for b in backends)
-    return nginx_conf(tmp, "nginx", nofile, f"""    keepalive_requests 10000000;
-    upstream app {{{servers}
-        keepalive 64;
-        keepalive_requests 10000000;
-    }}
-    server {{
-        listen 127.0.0.1:{port} backlog=65535;
+    tls = f"""
         {tls_listen}
         ssl_certificate {crt};
-        ssl_certificate_key {key};
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}""")
+        ssl_certificate_key {key};"""
+    return nginx_conf(tmp, "nginx", nofile, nginx_balancer_http(port, backends, server_extra=tls))
 
 
 def nginx_cache_conf(tmp, port, backends, nofile):
     """nginx with proxy_cache: one worker, every 200 kept an hour on disk (the page
     cache holds it), hits sent with sendfile."""
-    servers = "".join(f"\n        server 127.0.0.1:{b};" for b in backends)
-    return nginx_conf(tmp, "nginx-cache", nofile, f"""    keepalive_requests 10000000;
+    cache_path = f"""
     sendfile on;
     proxy_cache_path {tmp}/nginx-cache levels=1:2 keys_zone=pages:10m max_size=1g
-                     inactive=60m use_temp_path=off;
-    upstream app {{{servers}
-        keepalive 64;
-        keepalive_requests 10000000;
-    }}
-    server {{
-        listen 127.0.0.1:{port} backlog=65535;
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
+                     inactive=60m use_temp_path=off;"""
+    cache = """
             proxy_cache pages;
-            proxy_cache_valid 200 1h;
-        }}
-    }}""")
+            proxy_cache_valid 200 1h;"""
+    return nginx_conf(tmp, "nginx-cache", nofile, nginx_balancer_http(
+        port, backends, http_extra=cache_path, location_extra=cache))
 
 
 def nginx_least_conn_conf(tmp, port, backends, nofile):
     """nginx balancing `least_conn`: one worker, upstream keep-alive (64 idle), for scenario (k)."""
-    servers = "".join(f"\n        server 127.0.0.1:{b};" for b in backends)
-    return nginx_conf(tmp, "nginx-least-conn", nofile, f"""    keepalive_requests 10000000;
-    upstream app {{
-        least_conn;{servers}
-        keepalive 64;
-        keepalive_requests 10000000;
-    }}
-    server {{
-        listen 127.0.0.1:{port} backlog=65535;
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}""")
+    return nginx_conf(tmp, "nginx-least-conn", nofile,
+                      nginx_balancer_http(port, backends, balance="least_conn;"))
 
 
 def reuse_backend_conf(tmp, ports, status_port, nofile):
@@ -728,20 +716,7 @@ def reuse_backend_conf(tmp, ports, status_port, nofile):
 
 def nginx_reuse_conf(tmp, port, backends, nofile):
     """nginx of (l): two workers, round robin, upstream keep-alive (64 idle per worker) as nginx_proxy_conf."""
-    servers = "".join(f"\n        server 127.0.0.1:{b};" for b in backends)
-    return nginx_conf(tmp, "nginx-2w", nofile, f"""    keepalive_requests 10000000;
-    upstream app {{{servers}
-        keepalive 64;
-        keepalive_requests 10000000;
-    }}
-    server {{
-        listen 127.0.0.1:{port} backlog=65535;
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}""", workers=2)
+    return nginx_conf(tmp, "nginx-2w", nofile, nginx_balancer_http(port, backends), workers=2)
 
 
 def haproxy_conf(port, tls_port, backends, pem):
