@@ -100,14 +100,8 @@ impl Reloader {
             }
         }
         let plans = topology.check_plans.clone();
-        if topology
-            .upstreams
-            .iter()
-            .flat_map(|u| u.backends.iter())
-            .any(|b| b.state.is_drained())
-        {
+        if topology.undrain_all() {
             log::warn!("reload: the drains made through the admin API end");
-            topology.undrain_all();
         }
         // The checks first, so that a probe in between records on the
         // upstreams about to serve. The checker may be gone during shutdown;

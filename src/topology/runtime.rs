@@ -78,12 +78,14 @@ impl Topology {
     }
 
     /// Ends the drains of every backend: a reload or restart forgets what the
-    /// admin API changed.
-    pub fn undrain_all(&self) {
+    /// admin API changed. Returns whether any backend was drained.
+    pub fn undrain_all(&self) -> bool {
+        let mut any = false;
         for backend in self.upstreams.iter().flat_map(|u| u.backends.iter()) {
             if backend.state.is_drained() {
-                backend.state.set_drained(false);
+                any |= backend.state.set_drained(false);
             }
         }
+        any
     }
 }
