@@ -1090,18 +1090,26 @@ def measure(proxy, scenario, duration, lua, pin):
             raise BenchError(f"wrk counted no X-Backend answer from {proxy.name} in ({scenario.key})")
         share = {"backends": counts, "slow_share_pct": 100 * counts.get(SLOW_BACKEND, 0) / counted,
                  "p99_ab_us": run_ab(url, scenario.connections, duration)}
+    return {**load_figures(wrk, ticks), **share}
+
+
+def load_figures(load, ticks):
+    """The figures of one run from what its load generator reported (wrk's
+    done() hook, or run_paced, which report the same keys) and the proxy's CPU
+    ticks over it."""
+    requests = load["requests"]
+    seconds = load["duration_us"] / 1e6
     return {
-        "rps": requests / (wrk["duration_us"] / 1e6),
-        "mib_per_s": wrk["bytes"] / (1 << 20) / (wrk["duration_us"] / 1e6),
-        "p50_us": wrk["p50"],
-        "p99_us": wrk["p99"],
-        "p999_us": wrk["p999"],
-        "max_us": wrk["max"],
+        "rps": requests / seconds,
+        "mib_per_s": load["bytes"] / (1 << 20) / seconds,
+        "p50_us": load["p50"],
+        "p99_us": load["p99"],
+        "p999_us": load["p999"],
+        "max_us": load["max"],
         "cpu_us_per_request": ticks / CLK_TCK * 1e6 / requests,
         "requests": requests,
-        "non_2xx": wrk["status"],
-        "socket_errors": {k: wrk[k] for k in ("connect", "read", "write", "timeout")},
-        **share,
+        "non_2xx": load["status"],
+        "socket_errors": {k: load[k] for k in ("connect", "read", "write", "timeout")},
     }
 
 
@@ -1132,18 +1140,8 @@ def measure_reuse(proxy, scenario, duration, lua, pin):
     if requests == 0:
         raise BenchError(f"{proxy.name} completed no request in scenario ({scenario.key})\n"
                          f"{proxy.server.log_tail()}")
-    seconds = load["duration_us"] / 1e6
     return {
-        "rps": requests / seconds,
-        "mib_per_s": load["bytes"] / (1 << 20) / seconds,
-        "p50_us": load["p50"],
-        "p99_us": load["p99"],
-        "p999_us": load["p999"],
-        "max_us": load["max"],
-        "cpu_us_per_request": ticks / CLK_TCK * 1e6 / requests,
-        "requests": requests,
-        "non_2xx": load["status"],
-        "socket_errors": {k: load[k] for k in ("connect", "read", "write", "timeout")},
+        **load_figures(load, ticks),
         "new_upstream_connections": opened,
         "backend_requests": backend_requests,
         "new_conns_per_1k": 1000 * opened / requests,
