@@ -1,7 +1,8 @@
 //! The last minutes of each backend, for the status page's charts: every
-//! [`INTERVAL`] a background service reads each backend's answer counts and
-//! latency estimate and keeps the rates of the interval, [`POINTS`] of them
-//! per backend. Backends that leave the topology leave the history.
+//! [`INTERVAL`] a background service reads each backend's answer counts (its
+//! `tollgate_upstream_requests_total` series) and latency estimate and keeps
+//! the rates of the interval, [`POINTS`] of them per backend. Backends that
+//! leave the topology leave the history.
 
 use crate::topology::Topology;
 use arc_swap::ArcSwap;
@@ -9,7 +10,6 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,12 +43,13 @@ impl History {
         };
         let seconds = elapsed.as_secs_f64().max(1e-3);
         let now = crate::balance::peak_ewma::now_nanos();
+        let totals = answer_totals();
         let mut seen = Vec::new();
         for upstream in &topology.upstreams {
             for backend in &upstream.backends {
                 let key = (upstream.name.clone(), backend.address.to_string());
-                let requests = backend.state.counts.requests.load(Ordering::Relaxed);
-                let errors = backend.state.counts.errors.load(Ordering::Relaxed);
+                let label = (upstream.name.clone(), backend.label.clone());
+                let (requests, errors) = totals.get(&label).copied().unwrap_or((0, 0));
                 let latency = backend.state.latency.cost(now).map(|ns| ns / 1e6);
                 let series = all.entry(key.clone()).or_insert_with(|| Series {
                     last_requests: requests,
@@ -113,6 +114,37 @@ impl History {
             .collect();
         serde_json::json!({ "interval_seconds": INTERVAL.as_secs(), "series": series })
     }
+}
+
+/// Per (upstream, backend label): the answers and failed attempts since start,
+/// and of them the 5xx answers and failed attempts (code `error`), summed
+/// over the codes of `tollgate_upstream_requests_total`.
+fn answer_totals() -> HashMap<(String, String), (u64, u64)> {
+    use prometheus::core::Collector;
+    let mut totals: HashMap<(String, String), (u64, u64)> = HashMap::new();
+    for family in crate::metrics::metrics().upstream_requests.collect() {
+        for series in family.get_metric() {
+            let label = |name: &str| {
+                series
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_string())
+                    .unwrap_or_default()
+            };
+            let code = label("code");
+            let count = series.get_counter().value() as u64;
+            let error = code == "error" || code.starts_with('5');
+            let total = totals
+                .entry((label("upstream"), label("backend")))
+                .or_default();
+            total.0 += count;
+            if error {
+                total.1 += count;
+            }
+        }
+    }
+    totals
 }
 
 fn push<T>(series: &mut VecDeque<T>, value: T) {

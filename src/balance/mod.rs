@@ -49,8 +49,6 @@ pub(crate) trait Balancer: Send + Sync {
 /// The live state of one backend, shared by every request and the health checker.
 pub struct BackendState {
     in_flight: AtomicI64,
-    /// Answers and failed attempts since start, for the admin API's rates.
-    pub counts: AnswerCounts,
     /// Drained through the admin API: no new requests; those in flight finish.
     drained: AtomicBool,
     pub active: ActiveHealth,
@@ -72,7 +70,6 @@ impl BackendState {
         metrics.drained.set(0);
         BackendState {
             in_flight: AtomicI64::new(0),
-            counts: AnswerCounts::default(),
             drained: AtomicBool::new(false),
             active: ActiveHealth::default(),
             passive: PassiveHealth::default(),
@@ -124,12 +121,6 @@ impl BackendState {
         self.metrics.drained.set(i64::from(self.is_drained()));
     }
 
-    /// Counts an attempt that got no answer (connect or transport error).
-    pub(crate) fn count_failure(&self) {
-        self.metrics.requests.inc_error();
-        self.counts.count(None);
-    }
-
     /// Drains the backend (`true`: no new requests) or takes it back.
     /// Returns whether that changed anything.
     pub fn set_drained(&self, drained: bool) -> bool {
@@ -157,24 +148,6 @@ impl BackendState {
             "unhealthy"
         } else {
             "healthy"
-        }
-    }
-}
-
-/// A backend's answers and failed attempts since start.
-#[derive(Debug, Default)]
-pub struct AnswerCounts {
-    /// Answers, whatever their status, and attempts that got none.
-    pub requests: std::sync::atomic::AtomicU64,
-    /// 5xx answers and attempts that got none.
-    pub errors: std::sync::atomic::AtomicU64,
-}
-
-impl AnswerCounts {
-    pub(crate) fn count(&self, status: Option<u16>) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        if status.is_none_or(|s| s >= 500) {
-            self.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

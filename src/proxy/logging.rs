@@ -28,7 +28,6 @@ impl Proxy {
         if ctx.backend_answered && !ctx.buffered {
             if let Some(b) = backend {
                 b.state.metrics.requests.inc(status);
-                b.state.counts.count(Some(status));
             }
         }
         if super::buffering::report(session, ctx) {

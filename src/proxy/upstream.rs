@@ -59,7 +59,7 @@ pub(super) fn connect_failed(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Err
     ctx.in_flight = None;
     if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {
         upstream.record_failure(index);
-        upstream.backends[index].state.count_failure();
+        upstream.backends[index].state.metrics.requests.inc_error();
     }
     let retry = ctx.retries_left > 0 && ctx.upstream().is_some_and(|u| u.may_retry());
     if retry {
@@ -89,7 +89,7 @@ pub(super) fn proxy_failed(
     let from_backend = *e.esource() == ErrorSource::Upstream;
     if from_backend {
         if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {
-            upstream.backends[index].state.count_failure();
+            upstream.backends[index].state.metrics.requests.inc_error();
             if !client_reused {
                 upstream.record_failure(index);
             }
