@@ -8,6 +8,15 @@
 //! allocator as tollgate (mimalloc) and the same release profile, one worker
 //! thread unless `--threads N` says otherwise.
 //!
+//! Two flags add what every production proxy does on each request, in the
+//! plainest way pingora's API offers, to measure what pingora itself charges
+//! for it apart from tollgate's code: `--timeouts` sets read and write
+//! timeouts on the client session and connect, read, write and idle timeouts
+//! on the peer (tollgate's defaults); `--forwarding-headers` sets the four
+//! headers tollgate sets (`X-Forwarded-For`, `X-Real-IP`,
+//! `X-Forwarded-Proto`, `X-Forwarded-Host`), one `insert_header` call each.
+//! `--production` is both.
+//!
 //! `--listen ADDR` serves plain HTTP; `--tls-listen ADDR --tls-cert FILE
 //! --tls-key FILE` adds a TLS listener (pingora's rustls, h2 and HTTP/1.1
 //! offered, as tollgate's listeners in the bench offer them).
@@ -15,29 +24,41 @@
 //!     pingora-floor --listen 127.0.0.1:8080 --upstream 127.0.0.1:9001
 
 use async_trait::async_trait;
+use pingora::http::RequestHeader;
 use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::{HttpPeer, ProxyHttp, Result, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// The same allocator as tollgate's (src/main.rs).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: pingora-floor --listen ADDR --upstream ADDR \
-                     [--tls-listen ADDR --tls-cert FILE --tls-key FILE] [--threads N]";
+                     [--tls-listen ADDR --tls-cert FILE --tls-key FILE] [--threads N] \
+                     [--timeouts] [--forwarding-headers] [--production]";
 
 struct Options {
     listen: Option<String>,
     upstream: SocketAddr,
     tls: Option<(String, String, String)>,
     threads: usize,
+    extras: Extras,
+}
+
+/// The production work `--timeouts` and `--forwarding-headers` add.
+#[derive(Clone, Copy, Default)]
+struct Extras {
+    timeouts: bool,
+    forwarding_headers: bool,
 }
 
 fn parse_args() -> std::result::Result<Options, String> {
     let (mut listen, mut upstream, mut threads) = (None, None, 1);
+    let mut extras = Extras::default();
     let (mut tls_listen, mut tls_cert, mut tls_key) = (None, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -54,6 +75,14 @@ fn parse_args() -> std::result::Result<Options, String> {
                     .ok()
                     .filter(|&n: &usize| n > 0)
                     .ok_or("--threads takes a number of at least 1")?;
+            }
+            "--timeouts" => extras.timeouts = true,
+            "--forwarding-headers" => extras.forwarding_headers = true,
+            "--production" => {
+                extras = Extras {
+                    timeouts: true,
+                    forwarding_headers: true,
+                }
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -79,13 +108,21 @@ fn parse_args() -> std::result::Result<Options, String> {
         upstream,
         tls,
         threads,
+        extras,
     })
 }
 
 /// Every request to the one peer, over plain HTTP.
 struct Floor {
     upstream: SocketAddr,
+    extras: Extras,
 }
+
+/// tollgate's default timeouts (`upstreams.*.timeouts`, `server.client_timeouts`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[async_trait]
 impl ProxyHttp for Floor {
@@ -95,10 +132,44 @@ impl ProxyHttp for Floor {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        if self.extras.timeouts {
+            session.set_read_timeout(Some(READ_TIMEOUT));
+            session.set_write_timeout(Some(WRITE_TIMEOUT));
+            peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+            peer.options.read_timeout = Some(READ_TIMEOUT);
+            peer.options.write_timeout = Some(WRITE_TIMEOUT);
+            peer.options.idle_timeout = Some(IDLE_TIMEOUT);
+        }
+        Ok(Box::new(peer))
+    }
+
+    /// `--forwarding-headers`: the four headers, with the client's address.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        request: &mut RequestHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if !self.extras.forwarding_headers {
+            return Ok(());
+        }
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let host = request.headers.get("host").cloned();
+        request.insert_header("X-Forwarded-For", client.as_str())?;
+        request.insert_header("X-Real-IP", client)?;
+        request.insert_header("X-Forwarded-Proto", "http")?;
+        if let Some(host) = host {
+            request.insert_header("X-Forwarded-Host", host)?;
+        }
+        Ok(())
     }
 }
 
@@ -120,6 +191,7 @@ fn main() -> ExitCode {
         &server.configuration,
         Floor {
             upstream: options.upstream,
+            extras: options.extras,
         },
     );
     if let Some(listen) = &options.listen {
