@@ -149,10 +149,12 @@ const PLAIN_READ_BUFFER: L4BufferSettings = L4BufferSettings {
     write: None,
 };
 
-/// TLS reads one record (up to 16 KiB) at a time; a buffer of one record saves
-/// the small reads without pingora's 64 KiB per connection.
+/// TLS connections read straight into rustls's own record buffer too: a
+/// 16 KiB buffer in front of it cost 13 KB of memory per idle TLS connection
+/// (54.7 against 67.3 KB, 5,000 connections) and saved no instructions on
+/// keep-alive requests (170.6k against 170.9k per request, callgrind).
 const TLS_READ_BUFFER: L4BufferSettings = L4BufferSettings {
-    read: Some(16 * 1024),
+    read: Some(0),
     write: None,
 };
 
