@@ -278,3 +278,161 @@ fn bad_certificates_are_config_errors_naming_the_file() {
     assert!(!ok);
     assert!(text.contains("expired.crt is not valid now"), "{text}");
 }
+
+/// A rustls client connection to `addr` for `name`, trusting `root_pem`,
+/// offering HTTP/1.1 only; reads time out after 100 ms so callers can poll.
+fn http1_tls_client(
+    addr: SocketAddr,
+    root_pem: &str,
+    name: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let connection =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), server_name).unwrap();
+    let socket = std::net::TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    rustls::StreamOwned::new(connection, socket)
+}
+
+/// Reads from `stream` until `count` whole responses arrived, the server
+/// closed, or `timeout` passed: (the text, whether the server closed).
+fn read_tls_responses(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    count: usize,
+    timeout: std::time::Duration,
+) -> (String, bool) {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if std::time::Instant::now() >= deadline {
+                    return (String::from_utf8_lossy(&out).into_owned(), false);
+                }
+            }
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), true),
+        }
+        let text = String::from_utf8_lossy(&out);
+        if text.matches("HTTP/1.1 ").count() >= count && response_complete(&out) {
+            return (text.into_owned(), false);
+        }
+    }
+}
+
+/// An idle TLS connection waits for its next request on the bare stream, as
+/// a plain one does (src/edge/keepalive.rs, src/edge/replay.rs): requests
+/// that start late, arrive in pieces, have a head longer than the first read,
+/// or come two in one write are served whole, and an idle connection closes
+/// after `keepalive`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tls_connections_serve_late_split_long_and_pipelined_requests() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let dir = temp_dir("tls-keepalive");
+    let (cert, key, pem) = certificate(&dir, "a", &["a.test"], -1, 30);
+    let backend = Backend::start("app");
+    let config = format!(
+        "server:
+  listeners:
+    - address: 127.0.0.1:0
+      tls:
+        certificates: [{{cert: {cert}, key: {key}}}]
+  client_timeouts: {{keepalive: 3s}}
+  access_log: off
+{body}",
+        cert = cert.display(),
+        key = key.display(),
+        body = proxy_to(&[backend.addr]),
+    );
+    let tollgate = Tollgate::launch_reported(dir, &config, &[]).await;
+    let mut stream = http1_tls_client(tollgate.addr, &pem, "a.test");
+    let long_wait = Duration::from_secs(5);
+
+    // Silent for a while after the handshake, then a request in two pieces.
+    stream.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stream.write_all(b"GET /first HT").unwrap();
+    stream.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stream.write_all(b"TP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+    let (first, _) = read_tls_responses(&mut stream, 1, long_wait);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(first.contains("\"uri\":\"/first\""), "{first}");
+
+    // A head longer than the 4 KiB first read, over several TLS records.
+    let long = format!(
+        "GET /second HTTP/1.1\r\nHost: a.test\r\nX-Filler: {}\r\n\r\n",
+        "f".repeat(20_000)
+    );
+    stream.write_all(long.as_bytes()).unwrap();
+    let (second, _) = read_tls_responses(&mut stream, 1, long_wait);
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(second.contains("\"uri\":\"/second\""), "{second}");
+
+    // Idle between requests, then one more.
+    std::thread::sleep(Duration::from_millis(500));
+    stream
+        .write_all(b"GET /third HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let (third, _) = read_tls_responses(&mut stream, 1, long_wait);
+    assert!(third.contains("\"uri\":\"/third\""), "{third}");
+
+    // Two requests in one write, so in one TLS record: the first is answered
+    // and the second is too, or the connection closes at once; it never
+    // waits for the keep-alive timeout with bytes it already decrypted.
+    let started = Instant::now();
+    stream
+        .write_all(
+            b"GET /p1 HTTP/1.1\r\nHost: a.test\r\n\r\nGET /p2 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        )
+        .unwrap();
+    let (both, closed) = read_tls_responses(&mut stream, 2, long_wait);
+    assert!(both.contains("\"uri\":\"/p1\""), "{both}");
+    assert!(
+        both.contains("\"uri\":\"/p2\"") || closed,
+        "second pipelined request neither answered nor refused: {both}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // An idle TLS connection is closed after `keepalive` (3 s).
+    let mut idle = http1_tls_client(tollgate.addr, &pem, "a.test");
+    idle.write_all(b"GET /idle HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let (answer, _) = read_tls_responses(&mut idle, 1, long_wait);
+    assert!(answer.contains("\"uri\":\"/idle\""), "{answer}");
+    let (_, closed) = read_tls_responses(&mut idle, 2, Duration::from_secs(6));
+    let waited = started.elapsed();
+    assert!(closed, "idle TLS connection left open");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+}

@@ -8,6 +8,7 @@ pub mod hsts;
 pub mod keepalive;
 pub(crate) mod linger;
 pub mod redirect;
+pub(crate) mod replay;
 pub mod request_body;
 pub mod respond;
 pub mod static_files;
