@@ -48,7 +48,8 @@ pub struct Topology {
     /// Active checks, one per upstream that has a `health_check`.
     pub check_plans: Vec<Arc<CheckPlan>>,
     pub trusted_proxies: TrustedProxies,
-    /// Every header an auth policy may set; removed from every client request.
+    /// Every header an auth policy may set, and those set from client
+    /// certificates; removed from every client request.
     pub identity_headers: Vec<HeaderName>,
     /// The rate limits by name, kept for the next topology to take over.
     rate_limits: BTreeMap<String, Arc<RouteLimit>>,
@@ -156,6 +157,7 @@ impl Topology {
             .auth
             .values()
             .flat_map(|a| a.policy.identity_headers())
+            .chain(crate::edge::client_certs::IDENTITY_HEADERS)
             .collect();
         identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         identity_headers.dedup();
