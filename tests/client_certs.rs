@@ -267,6 +267,7 @@ async fn tollgate_with(
     - address: 127.0.0.1:0
       tls:
         certificates: [{{cert: {cert}, key: {key}}}]
+        http2: true
         client_certificates: {client_certificates}
   metrics: 127.0.0.1:0
   access_log: off
@@ -324,6 +325,36 @@ async fn required_client_certificates_are_verified_in_the_handshake() {
         assert_eq!(
             answer.header("x-client-cert-sha256"),
             Some(good.sha256().as_str())
+        );
+    }
+
+    // Over HTTP/2 too, where every stream of the connection has it.
+    let identity = [&good.cert, &good.key]
+        .map(|f| std::fs::read(f).unwrap())
+        .concat();
+    let h2 = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(server.ca_pem.as_bytes()).unwrap())
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .resolve("localhost", tls)
+        .build()
+        .unwrap();
+    // A body is buffered and proxied by a subrequest, which has it as well.
+    for method in [reqwest::Method::GET, reqwest::Method::POST] {
+        let url = format!("https://localhost:{}/h2", tls.port());
+        let answer = h2
+            .request(method, &url)
+            .body("a body")
+            .header(FORGED[0].0, FORGED[0].1)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+        let seen: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(
+            seen["headers"]["x-client-cert-subject"],
+            "CN=partner-a,O=Partner A"
         );
     }
 
