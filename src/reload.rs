@@ -61,6 +61,11 @@ impl Reloader {
                 .iter()
                 .filter_map(|(name, u)| Some((name, u.discovery.as_ref()?))),
         );
+        // Client CA files are read only at start (the handshakes' verifiers
+        // are fixed then), but one that is not usable fails the reload as it
+        // would fail a restart.
+        crate::server::client_verifiers(&loaded.config)
+            .map_err(|p| loaded.errors(config::Problems(vec![p])))?;
         let _writing = crate::topology::WRITES.lock();
         let current = self.topology.load();
         // A listener that is as it was but for its certificates takes the

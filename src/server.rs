@@ -32,6 +32,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use pingora::tls::ClientCertVerifier;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -51,6 +52,9 @@ pub struct Prepared {
     pub access_log: AccessLog,
     /// The certificates of the TLS listeners.
     pub certs: Arc<CertStore>,
+    /// The client certificate verifier of each listener that has
+    /// `client_certificates` (by listener index).
+    pub client_verifiers: Vec<Option<Arc<dyn ClientCertVerifier>>>,
 }
 
 pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
@@ -70,6 +74,8 @@ pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
     .map_err(|e| loaded.error_at("server.access_log", &e.to_string()))?;
     let tables =
         certificate_tables(config).map_err(|problem| loaded.errors(Problems(vec![problem])))?;
+    let client_verifiers =
+        client_verifiers(config).map_err(|problem| loaded.errors(Problems(vec![problem])))?;
     let listeners = config.server.listeners.iter().map(|l| {
         let acme_names = l.tls.as_ref().map(|t| t.acme.clone()).unwrap_or_default();
         (l.tls.is_some(), acme_names)
@@ -87,7 +93,31 @@ pub fn prepare(loaded: &LoadedConfig) -> Result<Prepared, ConfigErrors> {
         topology,
         access_log,
         certs: Arc::new(certs),
+        client_verifiers,
     })
+}
+
+/// The client certificate verifier of each listener (`None` for those
+/// without `client_certificates`); the problem names the first CA file that
+/// is not usable.
+pub fn client_verifiers(
+    config: &Config,
+) -> Result<Vec<Option<Arc<dyn ClientCertVerifier>>>, crate::config::Problem> {
+    let listeners = config.server.listeners.iter().enumerate();
+    listeners
+        .map(|(i, listener)| {
+            let asked = listener
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_certificates.as_ref());
+            asked
+                .map(|clients| {
+                    let at = format!("server.listeners[{i}].tls.client_certificates");
+                    crate::edge::client_certs::verifier(clients, &at)
+                })
+                .transpose()
+        })
+        .collect()
 }
 
 /// The file certificates of each listener (`None` for plain ones), loaded and
@@ -182,6 +212,7 @@ pub fn build(
         Arc::clone(&topology),
         prepared.access_log,
         (Arc::clone(&prepared.certs), Arc::clone(&http01)),
+        &prepared.client_verifiers,
     )?;
     if let Some(acme) = &config.server.acme {
         let service = AcmeService::new(acme, Arc::clone(&prepared.certs), http01);
@@ -257,7 +288,7 @@ fn add_process_services(
 }
 
 /// The proxy service on every listener (TLS ones with their certificate
-/// resolvers), at the addresses `reservation` holds, and the HTTPS redirect
+/// resolvers and client certificate verifiers), at the addresses `reservation` holds, and the HTTPS redirect
 /// service on `redirect_https` ones.
 fn add_listeners(
     server: &mut Server,
@@ -266,6 +297,7 @@ fn add_listeners(
     topology: Arc<ArcSwap<Topology>>,
     access_log: AccessLog,
     (certs, http01): (Arc<CertStore>, Arc<Http01Answers>),
+    client_verifiers: &[Option<Arc<dyn ClientCertVerifier>>],
 ) -> anyhow::Result<()> {
     let listeners = ListenerRoles::of(config, &reservation.listeners);
     let settings = ProxySettings {
@@ -295,7 +327,8 @@ fn add_listeners(
     let listening = config.server.listeners.iter().zip(&reservation.listeners);
     for (i, (listener, address)) in listening.clone().enumerate() {
         if let Some(tls) = &listener.tls {
-            acceptors.insert(*address, acceptor(certs.resolver(i), tls.http2));
+            let clients = client_verifiers.get(i).cloned().flatten();
+            acceptors.insert(*address, acceptor(certs.resolver(i), tls.http2, clients));
         }
     }
     let mut proxy = Service::new(

@@ -1,13 +1,15 @@
 //! The topology file: schema, loading, and validation with file:line:column errors.
 //!
 //! [`load`] is the only way a [`Config`] is made from a file: its values are
-//! parsed into their types as it is read, backend names are resolved, and every
-//! check in `validate` has passed, so nothing after it parses or checks again.
+//! parsed into their types as it is read, backend names are resolved, upstream
+//! CA files are read, and every check in `validate` has passed, so nothing
+//! after it parses or checks again.
 
 mod error;
 pub mod resolve;
 mod schema;
 mod spans;
+mod trust;
 pub mod types;
 pub mod units;
 mod validate;
@@ -89,6 +91,7 @@ pub fn parse(source: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let spans = Spans::index(source);
     let mut problems = validate::check(&config);
     problems.extend(resolve::resolve_backends(&mut config).0);
+    problems.extend(trust::read_upstream_cas(&mut config).0);
     if !problems.0.is_empty() {
         return Err(located(path, &spans, problems));
     }

@@ -1,7 +1,9 @@
 //! The edge: TLS termination, HTTPS redirects, and answers tollgate writes itself.
 
 pub mod certs;
+pub mod client_certs;
 pub mod compression;
+pub(crate) mod distinguished_name;
 pub mod error_pages;
 pub mod header_rules;
 pub mod hsts;

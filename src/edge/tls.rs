@@ -1,11 +1,14 @@
-//! Certificates from files: loaded and checked at start and on reload (so a
-//! bad one is an error naming its file, not a failed handshake later), and
-//! tabled by the names they answer for. `edge::certs` chooses among them per
-//! handshake; `edge::tls_accept` terminates TLS.
+//! Certificates from files: the ones listeners serve, loaded and checked at
+//! start and on reload (so a bad one is an error naming its file, not a
+//! failed handshake later) and tabled by the names they answer for, and the
+//! CA files client and backend certificates are verified against.
+//! `edge::certs` chooses among served ones per handshake; `edge::tls_accept`
+//! terminates TLS.
 
 use crate::config::Problem;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::CryptoProvider;
+use rustls_pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -111,7 +114,7 @@ pub(crate) fn served_from_pem(
     key_pem: &[u8],
 ) -> Result<ServedCert, (bool, String)> {
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls_pki_types::PrivateKeyDer;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| (false, format!("is not PEM certificates: {e}")))?;
@@ -156,6 +159,25 @@ pub(crate) fn served_from_pem(
         not_before,
         not_after,
     })
+}
+
+/// The certificates of CA file `path` (PEM, one or more), each a valid
+/// X.509 certificate; the error says what is wrong with the file, naming it.
+pub(crate) fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{shown} is not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{shown} holds no PEM certificate"));
+    }
+    for cert in &certs {
+        X509Certificate::from_der(cert.as_ref())
+            .map_err(|e| format!("{shown} holds an invalid X.509 certificate: {e}"))?;
+    }
+    Ok(certs)
 }
 
 /// The DNS names of a certificate: its subjectAltName DNS entries, or its CN.

@@ -6,17 +6,22 @@
 //! needs. A TLS-ALPN-01 handshake is closed once done (the ACME server only
 //! looks at the certificate); every other connection goes on to the wrapped
 //! app as the TLS stream pingora would have made. TLS 1.2 and 1.3 only.
+//! A listener with `client_certificates` asks for a client certificate and
+//! verifies it in the handshake; the identity of a verified one goes with the
+//! stream (see `edge::client_certs`).
 
 use super::certs::{ListenerResolver, ACME_TLS_ALPN};
+use super::client_certs::IdentifyClients;
 use crate::listen::ByListener;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
 use pingora::listeners::ALPN;
 use pingora::protocols::l4::stream::Stream as TcpStream;
+use pingora::protocols::tls::server::handshake_with_callback;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use pingora::tls::{version, ServerConfig};
+use pingora::tls::{version, ClientCertVerifier, ServerConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,13 +29,20 @@ use std::time::Duration;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The acceptor of a TLS listener: its certificates from `resolver`, h2
-/// offered when `http2`.
-pub fn acceptor(resolver: Arc<ListenerResolver>, http2: bool) -> Acceptor {
+/// offered when `http2`, client certificates asked for and checked by
+/// `clients` when it is set.
+pub fn acceptor(
+    resolver: Arc<ListenerResolver>,
+    http2: bool,
+    clients: Option<Arc<dyn ClientCertVerifier>>,
+) -> Acceptor {
     pingora::tls::install_default_crypto_provider();
-    let mut config =
-        ServerConfig::builder_with_protocol_versions(&[&version::TLS12, &version::TLS13])
-            .with_no_client_auth()
-            .with_cert_resolver(resolver);
+    let builder = ServerConfig::builder_with_protocol_versions(&[&version::TLS12, &version::TLS13]);
+    let builder = match clients {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     let mut alpn: Vec<Vec<u8>> = Vec::new();
     if http2 {
         alpn.push(b"h2".to_vec());
@@ -80,7 +92,7 @@ where
         // every connection's future as large, plain ones included.
         let handshake = Box::pin(pingora::prelude::timeout(
             HANDSHAKE_TIMEOUT,
-            acceptor.tls_handshake(*tcp),
+            handshake_with_callback(acceptor, *tcp, &IdentifyClients),
         ));
         let tls = match handshake.await {
             Ok(Ok(tls)) => tls,

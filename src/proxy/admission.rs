@@ -6,6 +6,7 @@
 
 use super::{answer, caching, Proxy, RequestCtx};
 use crate::config::{ErrorBody, RateKey};
+use crate::edge::client_certs::ClientCert;
 use crate::edge::hsts::Hsts;
 use crate::filters::auth::{AuthRequest, Verdict};
 use crate::filters::framing::{self, Framing};
@@ -63,8 +64,8 @@ impl Proxy {
     }
 
     /// Notes what the connection tells about the request: whether it came over TLS
-    /// (arming HSTS where the listener sets it), its peer, and its client (through
-    /// `trusted_proxies`).
+    /// (arming HSTS where the listener sets it), the client certificate it
+    /// verified, its peer, and its client (through `trusted_proxies`).
     pub(super) fn note_connection(
         &self,
         session: &mut Session,
@@ -80,6 +81,11 @@ impl Proxy {
             if let Some(hsts) = session.downstream_modules_ctx.get_mut::<Hsts>() {
                 hsts.set(listener.clone());
             }
+            ctx.client_tls = session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .filter(|tls| ClientCert::of_digest(tls).is_some())
+                .cloned();
         }
         ctx.peer_ip = session
             .client_addr()
@@ -242,6 +248,7 @@ impl Proxy {
                 head,
                 client: ctx.client_ip,
                 path: ctx.forward_path(head.uri.path()),
+                client_cert: ctx.client_cert(),
             };
             match auth.policy.check(&request).await {
                 Verdict::Pass(identity) => ctx.identity = Some(identity),

@@ -21,6 +21,7 @@ use pingora::http::RequestHeader;
 use pingora::modules::http::compression::ResponseCompression;
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
 use pingora::protocols::http::{HttpTask, ServerSession};
+use pingora::protocols::tls::SslDigest;
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -39,6 +40,8 @@ pub(super) struct Handoff {
     peer_ip: IpAddr,
     client_ip: IpAddr,
     https: bool,
+    /// The TLS digest that carries the connection's client certificate.
+    client_tls: Option<Arc<SslDigest>>,
     identity: Option<Identity>,
     rate_limit: Option<(Arc<RouteLimit>, Allowance)>,
     /// The brotli level the main request's module was armed with.
@@ -132,6 +135,7 @@ impl Proxy {
             peer_ip: ctx.peer_ip,
             client_ip: ctx.client_ip,
             https: ctx.https,
+            client_tls: ctx.client_tls.clone(),
             identity: ctx.identity.clone(),
             rate_limit: ctx.rate_limit.clone(),
             brotli: turn_compression_off(session),
@@ -213,6 +217,7 @@ impl Proxy {
         ctx.peer_ip = handoff.peer_ip;
         ctx.client_ip = handoff.client_ip;
         ctx.https = handoff.https;
+        ctx.client_tls = handoff.client_tls.clone();
         ctx.identity = handoff.identity.clone();
         ctx.rate_limit = handoff.rate_limit.clone();
         ctx.topology = Some(Arc::clone(&topology));

@@ -145,6 +145,9 @@ pub(super) fn variance_of(
     if let Some(identity) = &ctx.identity {
         sent.extend(identity.headers.iter().cloned());
     }
+    if let Some(cert) = ctx.client_cert() {
+        sent.extend(cert.headers());
+    }
     for (name, value) in [
         (X_FORWARDED_PROTO, forwarded.0),
         (X_FORWARDED_HOST, forwarded.1),

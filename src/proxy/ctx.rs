@@ -1,10 +1,12 @@
 //! What tollgate knows about one request, from its head to its log line.
 
 use crate::balance::{InFlightGuard, Tried, Upstream};
+use crate::edge::client_certs::ClientCert;
 use crate::filters::auth::Identity;
 use crate::filters::rate_limit::{Allowance, RouteLimit};
 use crate::router::RouteId;
 use crate::topology::{Route, Topology};
+use pingora::protocols::tls::SslDigest;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,6 +44,9 @@ pub struct RequestCtx {
     pub(super) identity: Option<Identity>,
     /// The request came over TLS.
     pub(super) https: bool,
+    /// The TLS digest of a connection whose client sent a verified
+    /// certificate (see [`RequestCtx::client_cert`]).
+    pub(super) client_tls: Option<Arc<SslDigest>>,
     /// Request body bytes read so far.
     pub(super) body_bytes: u64,
     /// The route's rate limit and what it allowed, for the RateLimit-* headers.
@@ -82,6 +87,7 @@ impl RequestCtx {
             own_status: None,
             identity: None,
             https: false,
+            client_tls: None,
             body_bytes: 0,
             rate_limit: None,
             purge: false,
@@ -105,6 +111,11 @@ impl RequestCtx {
 
     pub(super) fn own_status(&self) -> Option<u16> {
         self.own_status
+    }
+
+    /// The verified client certificate of the request's connection.
+    pub(super) fn client_cert(&self) -> Option<&ClientCert> {
+        ClientCert::of_digest(self.client_tls.as_deref()?)
     }
 
     /// The path to forward: the normalized one, or `received` when that is it.

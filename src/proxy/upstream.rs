@@ -133,7 +133,8 @@ pub(super) fn proxy_failed(
 }
 
 /// The head the backend is sent: X-Forwarded-For/-Proto/-Host and X-Real-IP; no
-/// identity header but those the request's auth policy set; the path in
+/// identity header but those the request's auth policy set and the
+/// `X-Client-Cert-*` of its connection's client certificate; the path in
 /// origin-form as `request_path` forwards it, without the prefix when the route
 /// strips one.
 pub(super) fn prepare_request(
@@ -160,6 +161,11 @@ pub(super) fn prepare_request(
     if let Some(identity) = &ctx.identity {
         for (name, value) in &identity.headers {
             upstream_request.insert_header(name.clone(), value.clone())?;
+        }
+    }
+    if let Some(cert) = ctx.client_cert() {
+        for (name, value) in cert.headers() {
+            upstream_request.insert_header(name, value)?;
         }
     }
     if let Some(route) = ctx.route() {

@@ -48,7 +48,8 @@ pub struct Topology {
     /// Active checks, one per upstream that has a `health_check`.
     pub check_plans: Vec<Arc<CheckPlan>>,
     pub trusted_proxies: TrustedProxies,
-    /// Every header an auth policy may set; removed from every client request.
+    /// Every header an auth policy may set, and those set from client
+    /// certificates; removed from every client request.
     pub identity_headers: Vec<HeaderName>,
     /// The rate limits by name, kept for the next topology to take over.
     rate_limits: BTreeMap<String, Arc<RouteLimit>>,
@@ -156,6 +157,7 @@ impl Topology {
             .auth
             .values()
             .flat_map(|a| a.policy.identity_headers())
+            .chain(crate::edge::client_certs::IDENTITY_HEADERS)
             .collect();
         identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         identity_headers.dedup();
@@ -365,6 +367,9 @@ fn compile_backend(
     if let Some(tls) = tls {
         peer.options.verify_cert = tls.verify;
         peer.options.verify_hostname = tls.verify;
+        // Instead of the system's CAs; health probes clone these options.
+        peer.options.ca = tls.ca_roots.clone();
+        peer.group_key = trust_group(tls.ca_roots.as_deref());
     }
     peer.options.connection_timeout = Some(config.timeouts.connect);
     peer.options.read_timeout = Some(config.timeouts.read);
@@ -389,6 +394,22 @@ fn compile_backend(
         state,
         peer,
     }
+}
+
+/// The connection-pool group of peers that trust `roots` (0: the system's
+/// CAs). pingora's pool keys connections without their CAs, so without it a
+/// connection verified against one upstream's private CA could be reused by
+/// an upstream that does not trust that CA.
+fn trust_group(roots: Option<&pingora::protocols::tls::CaType>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Some(roots) = roots else {
+        return 0;
+    };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for root in roots {
+        root.borrow_raw_cert().hash(&mut hasher);
+    }
+    hasher.finish().max(1)
 }
 
 fn check_plan(upstream: &Arc<Upstream>, config: &UpstreamConfig) -> Option<CheckPlan> {

@@ -11,6 +11,7 @@ use crate::edge::request_body::{check_temp_dir, temp_dir_or_default};
 use crate::edge::static_files::StaticFiles;
 use crate::filters::auth::api_keys::ApiKeys;
 use crate::filters::auth::basic::BasicAuth;
+use crate::filters::auth::client_cert::ClientCertAuth;
 use crate::filters::auth::forward::{self, ForwardAuth};
 use crate::filters::auth::jwt::{JwtAuth, JwtKeys};
 use crate::filters::auth::AuthPolicy;
@@ -129,10 +130,15 @@ fn read_policy(name: &str, config: &AuthPolicyConfig) -> Result<AuthPolicy, Prob
             .map(|b| AuthPolicy::Basic(Box::new(b)))
             .map_err(|e| Problem::at(format!("{at}.basic.users_file"), e));
     }
+    if let Some(client_cert) = &config.client_cert {
+        return Ok(AuthPolicy::ClientCert(ClientCertAuth::new(
+            &client_cert.subjects,
+        )));
+    }
     // Validation refuses a policy of no kind.
     Err(Problem::at(
         at,
-        "an auth policy has exactly one of `forward`, `jwt`, `api_keys` or `basic`",
+        "an auth policy has exactly one of `forward`, `jwt`, `api_keys`, `basic` or `client_cert`",
     ))
 }
 
@@ -144,5 +150,6 @@ fn error_body(config: &AuthPolicyConfig) -> ErrorBody {
         .or(config.jwt.as_ref().map(|j| j.error_body))
         .or(config.api_keys.as_ref().map(|k| k.error_body))
         .or(config.basic.as_ref().map(|b| b.error_body))
+        .or(config.client_cert.as_ref().map(|c| c.error_body))
         .unwrap_or_default()
 }

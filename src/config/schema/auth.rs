@@ -1,4 +1,5 @@
-//! `auth:`: the policies routes name, one of forward, jwt, api_keys or basic each.
+//! `auth:`: the policies routes name, one of forward, jwt, api_keys, basic or
+//! client_cert each.
 
 use super::defaults;
 use crate::config::types::{HeaderName, JwtAlgorithm};
@@ -8,7 +9,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// One authentication policy: exactly one of `forward`, `jwt`, `api_keys`, `basic`.
+/// One authentication policy: exactly one of `forward`, `jwt`, `api_keys`,
+/// `basic`, `client_cert`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthPolicyConfig {
@@ -16,6 +18,7 @@ pub struct AuthPolicyConfig {
     pub jwt: Option<JwtConfig>,
     pub api_keys: Option<ApiKeysConfig>,
     pub basic: Option<BasicAuthConfig>,
+    pub client_cert: Option<ClientCertAuthConfig>,
 }
 
 /// Ask an auth service about each request, like nginx `auth_request`.
@@ -124,6 +127,18 @@ pub struct BasicAuthConfig {
     pub realm: Option<String>,
     /// The upstream request header that carries the user name (none when absent).
     pub user_header: Option<HeaderName>,
+    #[serde(default)]
+    pub error_body: ErrorBody,
+}
+
+/// Admit the clients whose TLS client certificate (verified by the listener's
+/// `client_certificates`) has one of the listed subjects.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertAuthConfig {
+    /// Subjects as tollgate writes them in `X-Client-Cert-Subject` (RFC 4514:
+    /// `CN=partner-a,O=Partner A`).
+    pub subjects: Vec<String>,
     #[serde(default)]
     pub error_body: ErrorBody,
 }

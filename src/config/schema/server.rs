@@ -226,6 +226,9 @@ pub struct ListenerConfig {
     pub redirect_status: http::StatusCode,
     /// Terminate TLS on this listener.
     pub tls: Option<ListenerTlsConfig>,
+    /// Never valid here: client certificates are asked for in the TLS
+    /// handshake, under `tls:`. Read only to say so at its line.
+    pub client_certificates: Option<ClientCertificatesConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -243,6 +246,20 @@ pub struct ListenerTlsConfig {
     pub http2: bool,
     /// Strict-Transport-Security on every answer of this listener.
     pub hsts: Option<HstsConfig>,
+    /// Ask clients for certificates (mTLS), verified against a CA of its own.
+    pub client_certificates: Option<ClientCertificatesConfig>,
+}
+
+/// `tls.client_certificates: {ca, required}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificatesConfig {
+    /// PEM certificates of the CAs client certificates must chain to.
+    pub ca: PathBuf,
+    /// Fail the handshake of a client without a valid certificate (default);
+    /// `false` lets a client that sends none through, unauthenticated.
+    #[serde(default = "defaults::yes")]
+    pub required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -67,9 +67,16 @@ pub struct RetryBudgetConfig {
 pub struct UpstreamTlsConfig {
     /// The name sent by SNI and checked against the backends' certificates.
     pub sni: Option<String>,
-    /// Check the certificate against the system's CAs and `sni` (default true).
+    /// Check the certificate against the system's CAs (or `ca`) and `sni`
+    /// (default true).
     #[serde(default = "defaults::verify")]
     pub verify: bool,
+    /// PEM certificates of the CAs trusted for the backends instead of the
+    /// system's (an internal PKI).
+    pub ca: Option<std::path::PathBuf>,
+    /// The certificates of `ca`, read when the file was loaded.
+    #[serde(skip)]
+    pub ca_roots: Option<std::sync::Arc<pingora::protocols::tls::CaType>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

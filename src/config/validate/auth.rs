@@ -10,12 +10,27 @@ pub(super) fn check(name: &str, policy: &AuthPolicyConfig, problems: &mut Proble
     let kinds = usize::from(policy.forward.is_some())
         + usize::from(policy.jwt.is_some())
         + usize::from(policy.api_keys.is_some())
-        + usize::from(policy.basic.is_some());
+        + usize::from(policy.basic.is_some())
+        + usize::from(policy.client_cert.is_some());
     if kinds != 1 {
         problems.push(
             at.clone(),
-            "an auth policy has exactly one of `forward`, `jwt`, `api_keys` or `basic`",
+            "an auth policy has exactly one of `forward`, `jwt`, `api_keys`, `basic` or `client_cert`",
         );
+    }
+    if let Some(client_cert) = &policy.client_cert {
+        let cat = format!("{at}.client_cert");
+        if client_cert.subjects.is_empty() {
+            problems.push(
+                format!("{cat}.subjects"),
+                "list at least one subject (`CN=partner-a,O=Partner A`)",
+            );
+        }
+        for (i, subject) in client_cert.subjects.iter().enumerate() {
+            if let Err(e) = crate::edge::client_certs::check_subject(subject) {
+                problems.push(format!("{cat}.subjects[{i}]"), e);
+            }
+        }
     }
     if let Some(basic) = &policy.basic {
         check_basic(&format!("{at}.basic"), basic, problems);
@@ -28,7 +43,8 @@ pub(super) fn check(name: &str, policy: &AuthPolicyConfig, problems: &mut Proble
     }
 }
 
-/// Header names an auth policy may set: not framing, routing or hop-by-hop ones.
+/// Header names an auth policy may set: not framing, routing or hop-by-hop
+/// ones, nor those tollgate sets from the client certificate.
 fn check_identity_header(at: String, header: &HeaderName, problems: &mut Problems) {
     const RESERVED: [&str; 10] = [
         "host",
@@ -42,7 +58,13 @@ fn check_identity_header(at: String, header: &HeaderName, problems: &mut Problem
         "proxy-connection",
         "authorization",
     ];
-    if RESERVED.contains(&header.name().as_str()) {
+    let name = header.name();
+    if crate::edge::client_certs::IDENTITY_HEADERS.contains(name) {
+        problems.push(
+            at,
+            format!("`{header}` is set by tollgate, from the client certificate"),
+        );
+    } else if RESERVED.contains(&name.as_str()) {
         problems.push(at, format!("`{header}` cannot carry an identity"));
     }
 }

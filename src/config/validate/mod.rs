@@ -22,8 +22,20 @@ pub fn check(config: &Config) -> Problems {
     for (name, upstream) in &config.upstreams {
         upstream::check(name, upstream, &mut problems);
     }
+    let asks_client_certs = config.server.listeners.iter().any(|l| {
+        l.tls
+            .as_ref()
+            .is_some_and(|t| t.client_certificates.is_some())
+    });
     for (name, policy) in &config.auth {
         auth::check(name, policy, &mut problems);
+        if policy.client_cert.is_some() && !asks_client_certs {
+            problems.push(
+                format!("auth.{name}.client_cert"),
+                "client_cert needs a TLS listener with `client_certificates`: no listener asks \
+                 clients for a certificate",
+            );
+        }
     }
     for (name, limit) in &config.rate_limits {
         if ![429, 503].contains(&limit.status.as_u16()) {

@@ -100,6 +100,14 @@ fn check_listener(at: &str, listener: &ListenerConfig, has_tls: bool, problems: 
             "redirect_https needs a listener with `tls`",
         );
     }
+    if listener.client_certificates.is_some() {
+        let message = if listener.tls.is_some() {
+            "client certificates are asked for in the TLS handshake: move `client_certificates` under `tls:`"
+        } else {
+            "client certificates need TLS: this listener is plain; put `client_certificates` under the `tls:` of a TLS listener"
+        };
+        problems.push(format!("{at}.client_certificates"), message);
+    }
     if let Some(tls) = &listener.tls {
         if tls.certificates.is_empty() && tls.acme.is_empty() {
             problems.push(

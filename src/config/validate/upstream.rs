@@ -46,6 +46,13 @@ pub(super) fn check(name: &str, upstream: &UpstreamConfig, problems: &mut Proble
                 "verify needs `sni`, the name certificates are checked against",
             );
         }
+        if !tls.verify && tls.ca.is_some() {
+            problems.push(
+                format!("{at}.tls.ca"),
+                "`ca` is what certificates are verified against, and `verify` is false: \
+                 remove one of them",
+            );
+        }
     }
     if upstream.passive.max_fails > 0 && upstream.passive.fail_timeout.is_zero() {
         problems.push(

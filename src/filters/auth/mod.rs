@@ -9,6 +9,7 @@
 
 pub mod api_keys;
 pub mod basic;
+pub mod client_cert;
 pub mod forward;
 pub mod jwt;
 
@@ -30,7 +31,7 @@ pub struct Identity {
 /// Why a request was refused: the `reason` label of `tollgate_auth_rejections_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
-    /// No token or key in the request.
+    /// No token, key or client certificate in the request.
     MissingCredentials,
     /// A token that is malformed, wrongly signed, or for another issuer/audience.
     InvalidToken,
@@ -40,6 +41,8 @@ pub enum RejectReason {
     InvalidKey,
     /// A user name and password that are not in the users file.
     InvalidCredentials,
+    /// A client certificate whose subject a `client_cert` policy does not list.
+    UnlistedSubject,
     /// The auth service answered 401.
     Denied,
     /// The auth service answered 403.
@@ -56,6 +59,7 @@ impl RejectReason {
             RejectReason::ExpiredToken => "expired_token",
             RejectReason::InvalidKey => "invalid_key",
             RejectReason::InvalidCredentials => "invalid_credentials",
+            RejectReason::UnlistedSubject => "unlisted_subject",
             RejectReason::Denied => "denied",
             RejectReason::Forbidden => "forbidden",
             RejectReason::Unavailable => "unavailable",
@@ -135,6 +139,8 @@ pub(crate) struct AuthRequest<'a> {
     /// The path the request was routed on, as it is forwarded (see
     /// `filters::request_path`), without the query.
     pub path: &'a str,
+    /// The client certificate its connection verified.
+    pub client_cert: Option<&'a crate::edge::client_certs::ClientCert>,
 }
 
 /// One configured policy.
@@ -143,6 +149,7 @@ pub enum AuthPolicy {
     Jwt(jwt::JwtAuth),
     ApiKeys(api_keys::ApiKeys),
     Basic(Box<basic::BasicAuth>),
+    ClientCert(client_cert::ClientCertAuth),
 }
 
 impl AuthPolicy {
@@ -153,6 +160,7 @@ impl AuthPolicy {
             AuthPolicy::Jwt(j) => j.check(req.head),
             AuthPolicy::ApiKeys(k) => k.check(req.head),
             AuthPolicy::Basic(b) => b.check(req.head).await,
+            AuthPolicy::ClientCert(c) => c.check(req.client_cert),
         }
     }
 
@@ -163,6 +171,8 @@ impl AuthPolicy {
             AuthPolicy::Jwt(j) => j.identity_headers(),
             AuthPolicy::ApiKeys(_) => Vec::new(),
             AuthPolicy::Basic(b) => b.identity_headers(),
+            // Its headers are the certificate's, stripped from every request.
+            AuthPolicy::ClientCert(_) => Vec::new(),
         }
     }
 }
