@@ -1173,17 +1173,19 @@ def response_complete(buf):
     return len(buf) >= head_end + 4 + length
 
 
-def open_idle_connections(port, count, batch=500, timeout=30):
+def open_idle_connections(port, count, tls_context=None, batch=500, timeout=60):
     """Open `count` keep-alive connections to 127.0.0.1:port, each after one answered GET /small.
 
-    Non-blocking sockets and a selector, `batch` connections at a time; returns the
-    open sockets. Raises BenchError when a connection fails or is not answered 200.
+    Over TLS (HTTP/1.1) when `tls_context` is given. Non-blocking sockets and a
+    selector, `batch` connections at a time; returns the open sockets. Raises
+    BenchError when a connection fails or is not answered 200.
     """
     request = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     sel = selectors.DefaultSelector()
     opened = []
     try:
         for first in range(0, count, batch):
+            # socket -> [phase, answer so far]; phase is "connect", "handshake" or "answer".
             pending = {}
             for _ in range(min(batch, count - first)):
                 s = socket.socket()
@@ -1192,7 +1194,7 @@ def open_idle_connections(port, count, batch=500, timeout=30):
                 if err not in (0, errno.EINPROGRESS):
                     s.close()
                     raise BenchError(f"connection {len(opened)} to :{port} failed: {os.strerror(err)}")
-                pending[s] = bytearray()
+                pending[s] = ["connect", bytearray()]
                 opened.append(s)
                 sel.register(s, selectors.EVENT_WRITE)
             deadline = time.monotonic() + timeout
@@ -1202,23 +1204,7 @@ def open_idle_connections(port, count, batch=500, timeout=30):
                                      f"unanswered after {timeout} s")
                 for key, _ in sel.select(timeout=1):
                     s = key.fileobj
-                    if key.events == selectors.EVENT_WRITE:
-                        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                        if err:
-                            raise BenchError(f"connection to :{port} failed: {os.strerror(err)}")
-                        s.send(request)
-                        sel.modify(s, selectors.EVENT_READ)
-                        continue
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        raise BenchError(f"an idle connection to :{port} was closed before its answer")
-                    buf = pending[s]
-                    buf += chunk
-                    if response_complete(buf):
-                        if not buf.startswith(b"HTTP/1.1 200"):
-                            raise BenchError(f"idle connection to :{port} answered {bytes(buf[:40])!r}")
-                        sel.unregister(s)
-                        del pending[s]
+                    step_idle_connection(sel, s, pending, opened, tls_context, request, port)
         return opened
     except BaseException:
         for s in opened:
@@ -1226,6 +1212,53 @@ def open_idle_connections(port, count, batch=500, timeout=30):
         raise
     finally:
         sel.close()
+
+
+def step_idle_connection(sel, s, pending, opened, tls_context, request, port):
+    """One step of open_idle_connections for socket `s`, ready for its selector event."""
+    phase, buf = pending[s]
+    if phase == "connect":
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise BenchError(f"connection to :{port} failed: {os.strerror(err)}")
+        if tls_context is None:
+            s.send(request)
+            pending[s][0] = "answer"
+            sel.modify(s, selectors.EVENT_READ)
+            return
+        sel.unregister(s)
+        wrapped = tls_context.wrap_socket(s, server_hostname="localhost", do_handshake_on_connect=False)
+        del pending[s]
+        opened[opened.index(s)] = wrapped
+        s = wrapped
+        pending[s] = ["handshake", buf]
+        sel.register(s, selectors.EVENT_WRITE)
+        phase = "handshake"
+    if phase == "handshake":
+        try:
+            s.do_handshake()
+        except ssl.SSLWantReadError:
+            sel.modify(s, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            sel.modify(s, selectors.EVENT_WRITE)
+            return
+        s.send(request)
+        pending[s][0] = "answer"
+        sel.modify(s, selectors.EVENT_READ)
+        return
+    try:
+        chunk = s.recv(65536)
+    except ssl.SSLWantReadError:
+        return
+    if not chunk:
+        raise BenchError(f"an idle connection to :{port} was closed before its answer")
+    buf += chunk
+    if response_complete(buf):
+        if not buf.startswith(b"HTTP/1.1 200"):
+            raise BenchError(f"idle connection to :{port} answered {bytes(buf[:40])!r}")
+        sel.unregister(s)
+        del pending[s]
 
 
 def count_closed(socks):
@@ -1242,31 +1275,39 @@ def measure_rss(proxy):
     """RSS of a freshly restarted proxy (KiB, process and children summed).
 
     Read idle, while holding 10,000 idle keep-alive client connections, and 1 s
-    after they closed. The restart keeps the memory the allocators retained from
-    the load runs out of the figures.
+    after they closed; then, restarted again, the same with 10,000 idle
+    HTTP/1.1 connections over TLS (`tls_` keys). The restarts keep the memory
+    the allocators retained from the load runs (and from the plain
+    connections) out of the figures.
     """
-    proxy.server.restart([proxy.port])
-    time.sleep(1)
-    idle = rss_kib(proxy.server.tree())
-    socks = open_idle_connections(proxy.port, IDLE_CONNECTIONS)
-    try:
+    figures = {"connections": IDLE_CONNECTIONS}
+    tls_context = ssl.create_default_context()
+    tls_context.check_hostname = False
+    tls_context.verify_mode = ssl.CERT_NONE
+    tls_context.set_alpn_protocols(["http/1.1"])
+    for prefix, port, context in (("", proxy.port, None), ("tls_", proxy.tls_port, tls_context)):
+        proxy.server.restart([proxy.port, proxy.tls_port])
         time.sleep(1)
-        held = rss_kib(proxy.server.tree())
-        dropped = count_closed(socks)
-    finally:
-        for s in socks:
-            s.close()
-    time.sleep(1)
-    after = rss_kib(proxy.server.tree())
-    return {
-        "idle_kib": idle,
-        "connections": IDLE_CONNECTIONS,
-        "with_connections_kib": held,
-        "after_close_kib": after,
-        "bytes_per_connection": (held - idle) * 1024 / IDLE_CONNECTIONS,
-        "dropped_connections": dropped,
-        "pids": len(proxy.server.pids),
-    }
+        idle = rss_kib(proxy.server.tree())
+        figures["pids"] = len(proxy.server.pids)
+        socks = open_idle_connections(port, IDLE_CONNECTIONS, context)
+        try:
+            time.sleep(1)
+            held = rss_kib(proxy.server.tree())
+            dropped = count_closed(socks)
+        finally:
+            for s in socks:
+                s.close()
+        time.sleep(1)
+        after = rss_kib(proxy.server.tree())
+        figures.update({
+            f"{prefix}idle_kib": idle,
+            f"{prefix}with_connections_kib": held,
+            f"{prefix}after_close_kib": after,
+            f"{prefix}bytes_per_connection": (held - idle) * 1024 / IDLE_CONNECTIONS,
+            f"{prefix}dropped_connections": dropped,
+        })
+    return figures
 
 
 # ---------------------------------------------------------------------------
@@ -1366,18 +1407,35 @@ def print_table(results, rss):
         print_targets(results[scenario.key].get("targets", []))
 
     print(f"\nMemory: RSS in KiB (process + children) of each proxy restarted fresh: idle, holding "
-          f"{IDLE_CONNECTIONS:,} idle keep-alive connections, and after closing them")
+          f"{IDLE_CONNECTIONS:,} idle keep-alive connections, and after closing them; plain HTTP, "
+          f"then HTTP/1.1 over TLS")
     print_row("", [LABELS[n] for n in PROXIES] + ["tg/nginx", "tg/HAProxy"])
-    rows = (
-        ("idle_kib", "RSS idle KiB"),
-        ("with_connections_kib", f"RSS {IDLE_CONNECTIONS:,} conns KiB"),
-        ("after_close_kib", "RSS after closing KiB"),
-        ("bytes_per_connection", "bytes per connection"),
-    )
-    for key, label in rows:
-        values = [rss[n][key] for n in PROXIES]
-        print_row(label, [fmt(key, v) for v in values] + [ratio(values[0], v) for v in values[1:]])
-    print_row("connections dropped", [f"{rss[n]['dropped_connections']:,}" for n in PROXIES])
+    for prefix, kind in (("", "plain"), ("tls_", "TLS")):
+        rows = (
+            ("idle_kib", f"{kind}: RSS idle KiB"),
+            ("with_connections_kib", f"{kind}: RSS {IDLE_CONNECTIONS:,} conns"),
+            ("after_close_kib", f"{kind}: RSS after closing"),
+            ("bytes_per_connection", f"{kind}: bytes per conn"),
+        )
+        for key, label in rows:
+            values = [rss[n][prefix + key] for n in PROXIES]
+            print_row(label, [fmt(key, v) for v in values] + [ratio(values[0], v) for v in values[1:]])
+        print_row(f"{kind}: conns dropped", [f"{rss[n][prefix + 'dropped_connections']:,}" for n in PROXIES])
+    for check in memory_targets(rss):
+        print(f"  target: {check['text']}: {'met' if check['met'] else 'NOT met'} "
+              f"(tollgate {check['value']:,.0f} bytes, limit {check['limit']:,})")
+
+
+def memory_targets(rss):
+    """Issue 19's target 3 on tollgate's figures: at most 8 KB per idle plain
+    connection and 16 KB per idle TLS connection."""
+    checks = []
+    for key, limit, text in (("bytes_per_connection", 8192, "tollgate at most 8 KB per idle plain connection"),
+                             ("tls_bytes_per_connection", 16384,
+                              "tollgate at most 16 KB per idle TLS connection")):
+        value = rss["tollgate"][key]
+        checks.append({"text": text, "value": value, "limit": limit, "met": value <= limit})
+    return checks
 
 
 def bar_panel(x0, y0, width, height, title, key, results, log=False, skip=()):
@@ -1749,13 +1807,16 @@ def run_benchmark(args, tmp, servers):
     for name in PROXIES:
         rss[name] = measure_rss(proxies[name])
         print(f"  RSS {LABELS[name]:<9} idle {rss[name]['idle_kib']:,} KiB, "
-              f"with {IDLE_CONNECTIONS:,} connections {rss[name]['with_connections_kib']:,} KiB", flush=True)
+              f"with {IDLE_CONNECTIONS:,} connections {rss[name]['with_connections_kib']:,} KiB, "
+              f"with {IDLE_CONNECTIONS:,} TLS connections {rss[name]['tls_with_connections_kib']:,} KiB",
+              flush=True)
     return {
         "machine": info,
         "settings": {"rounds": args.rounds, "duration_s": args.duration, "warmup_s": WARMUP_SECONDS,
                      "pin": args.pin, "quick": args.quick, "wrk": "wrk -t2 --timeout 10s --latency"},
         "scenarios": results,
         "rss": rss,
+        "memory_targets": memory_targets(rss),
         "configs": configs,
     }
 
