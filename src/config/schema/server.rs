@@ -226,6 +226,10 @@ pub struct ListenerConfig {
     pub redirect_status: http::StatusCode,
     /// Terminate TLS on this listener.
     pub tls: Option<ListenerTlsConfig>,
+    /// A plain listener that also serves cleartext HTTP/2 with prior
+    /// knowledge (gRPC), beside HTTP/1.1, on the same port.
+    #[serde(default)]
+    pub h2c: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
