@@ -3,6 +3,7 @@
 pub mod certs;
 pub mod compression;
 pub mod error_pages;
+pub mod grpc;
 pub mod header_rules;
 pub mod hsts;
 pub mod keepalive;

@@ -106,6 +106,7 @@ impl Rejection {
             body: self.body,
             close: false,
             linger: false,
+            grpc_code: None,
         }
     }
 
