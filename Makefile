@@ -72,9 +72,10 @@ test: lint pydeps
 # (bench/run.py installs nginx, haproxy and wrk when missing), and in (a) and (e)
 # with the floor, a bare pingora proxy (examples/pingora_floor.rs, built by
 # `build` with the other examples); the table is printed and kept in
-# bench/results/latest.txt, with latest.json and latest.svg.
+# bench/results/latest.txt, with latest.json and latest.svg. Scenario (m) runs
+# the tests' Python gRPC server, from the virtualenv of `pydeps`, and h2load.
 BENCH_ARGS ?=
-bench: build
+bench: build pydeps
 	$(CARGO) bench --bench hot_path
 	mkdir -p bench/results
 	bash -o pipefail -c 'python3 bench/run.py --tollgate target/release/tollgate $(BENCH_ARGS) | tee bench/results/latest.txt'

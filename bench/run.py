@@ -37,6 +37,16 @@ opening burst; this script is the client, not wrk). The backend's stub_status
 `accepts` counter, read before and after each run, gives the new upstream
 connections per 1,000 requests; the target is tollgate at most half of nginx's.
 
+Scenario (m) makes gRPC unary calls over cleartext HTTP/2 (h2c) with h2load
+(Debian's nghttp2-client; a fixed request: the 5-byte gRPC prefix and a
+20-byte message, `content-type: application/grpc`, `te: trailers`) to a Python
+grpcio server (tests/python/grpc_server.py, from the virtualenv `make pydeps`
+builds in target/python): direct, through tollgate (`h2c: true` listener,
+`protocol: h2c` upstream) and through nginx `grpc_pass` (upstream keep-alive).
+It reports calls/s, latency percentiles from h2load's per-request log, and
+CPU per call of the proxy (direct: of the gRPC server itself); the target is
+tollgate's CPU per call at most nginx's.
+
 Every server is a child process of this script, with its configuration in a
 temporary directory and on loopback ports picked here; all are stopped by PID at
 the end, on Ctrl-C and on errors. Standard library only.
@@ -84,6 +94,7 @@ PACKAGES = {
     "openssl": "openssl",
     "taskset": "util-linux",
     "redis-server": "redis-server",
+    "h2load": "nghttp2-client",
 }
 
 PROXIES = ("tollgate", "nginx", "haproxy")
@@ -106,6 +117,9 @@ LABELS = {
     "nginx-least-conn": "nginx least_conn",
     "tollgate-2t": "tollgate 2 threads",
     "nginx-2w": "nginx 2 workers",
+    "grpc-direct": "direct (no proxy)",
+    "tollgate-grpc": "tollgate h2c",
+    "nginx-grpc": "nginx grpc_pass",
 }
 COLORS = {
     "tollgate": "#e8590c",
@@ -122,6 +136,9 @@ COLORS = {
     "nginx-least-conn": "#94d82d",
     "tollgate-2t": "#d9480f",
     "nginx-2w": "#2b8a3e",
+    "grpc-direct": "#868e96",
+    "tollgate-grpc": "#e8590c",
+    "nginx-grpc": "#2f9e44",
 }
 # Ratio column headers where "first word / first word" of the labels says too little.
 RATIO_LABELS = {
@@ -131,6 +148,8 @@ RATIO_LABELS = {
     ("tollgate-least-time", "nginx-least-conn"): "tg/nginx",
     ("tollgate", "nginx"): "tg/nginx",
     ("tollgate-2t", "nginx-2w"): "tg/nginx",
+    ("tollgate-grpc", "nginx-grpc"): "tg/nginx",
+    ("tollgate-grpc", "grpc-direct"): "tg/direct",
     ("tollgate", "haproxy"): "tg/HAProxy",
     ("tollgate", FLOOR): "tg/floor",
     ("tollgate-full", FLOOR): "tg-full/floor",
@@ -150,6 +169,18 @@ LEAST_PROXIES = ("tollgate-least-time", "tollgate-least-conn", "nginx-least-conn
 REUSE_BACKENDS = 20
 REUSE_IDLE_S = 5
 REUSE_PROXIES = ("tollgate-2t", "nginx-2w")
+
+# Scenario (m): gRPC unary calls to the Python grpcio server of the tests,
+# direct and through tollgate and nginx; h2load's connections and the streams
+# each keeps open at once.
+GRPC_PROXIES = ("tollgate-grpc", "nginx-grpc", "grpc-direct")
+GRPC_METHOD = "/tollgate.test.Echo/Bench"  # answers its request as it is
+GRPC_MESSAGE = SMALL_BODY
+GRPC_STREAMS = 10
+REPO_DIR = os.path.dirname(BENCH_DIR)
+GRPC_PYTHON = os.path.join(REPO_DIR, "target", "python", "bin", "python3")
+GRPC_SERVER = os.path.join(REPO_DIR, "tests", "python", "grpc_server.py")
+GRPC_CLIENT = os.path.join(REPO_DIR, "tests", "python", "grpc_client.py")
 
 # wrk's done() hook: one machine-readable line with the figures we keep.
 WRK_LUA = r"""
@@ -221,6 +252,8 @@ class Scenario:
     reuse: bool = False
     # Seconds of load per run at least, whatever --duration (not with --quick).
     min_duration: int = 0
+    # gRPC unary calls (GRPC_METHOD) with h2load over h2c instead of wrk.
+    grpc: bool = False
 
 
 @dataclass(frozen=True)
@@ -310,6 +343,21 @@ SCENARIOS = (
         targets=(
             Target("new_conns_per_1k", "tollgate-2t", "nginx-2w", 0.5,
                    "tollgate new upstream connections per 1,000 requests at most half of nginx's"),
+        ),
+    ),
+    # (m): `connections` h2load connections, GRPC_STREAMS calls in flight on each.
+    Scenario(
+        "m",
+        f"gRPC unary calls over h2c ({len(GRPC_MESSAGE)}-byte message), 10 connections x "
+        f"{GRPC_STREAMS} streams, Python grpcio server: tollgate vs nginx grpc_pass vs direct "
+        f"(direct: the server's own CPU)",
+        connections=10,
+        proxies=GRPC_PROXIES,
+        grpc=True,
+        ratios=(("tollgate-grpc", "nginx-grpc"), ("tollgate-grpc", "grpc-direct")),
+        targets=(
+            Target("cpu_us_per_request", "tollgate-grpc", "nginx-grpc", 1.0,
+                   "tollgate CPU per gRPC call at most nginx grpc_pass's"),
         ),
     ),
 )
@@ -576,7 +624,9 @@ class Proxy:
     status_port: int = 0
 
     def url(self, scenario):
-        """The URL wrk loads for `scenario`."""
+        """The URL wrk (h2load for gRPC) loads for `scenario`."""
+        if scenario.grpc:
+            return f"http://127.0.0.1:{self.port}{GRPC_METHOD}"
         if scenario.tls:
             return f"https://127.0.0.1:{self.tls_port}{scenario.path}"
         return f"http://127.0.0.1:{self.port}{scenario.path}"
@@ -717,6 +767,32 @@ def reuse_backend_conf(tmp, ports, status_port, nofile):
 def nginx_reuse_conf(tmp, port, backends, nofile):
     """nginx of (l): two workers, round robin, upstream keep-alive (64 idle per worker) as nginx_proxy_conf."""
     return nginx_conf(tmp, "nginx-2w", nofile, nginx_balancer_http(port, backends), workers=2)
+
+
+def nginx_grpc_conf(tmp, port, backend, nofile):
+    """nginx as a gRPC proxy: one worker, h2c on `port`, `grpc_pass` to the gRPC
+    server on `backend` with upstream keep-alive (64 idle)."""
+    return nginx_conf(tmp, "nginx-grpc", nofile, f"""    keepalive_requests 10000000;
+    http2_max_requests 10000000;
+    upstream grpc_app {{
+        server 127.0.0.1:{backend};
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} http2 backlog=65535;
+        location / {{ grpc_pass grpc://grpc_app; }}
+    }}""")
+
+
+def tollgate_grpc_conf(tmp, port, backend):
+    """tollgate as a gRPC proxy: one thread, an `h2c: true` listener on `port`,
+    one `protocol: h2c` upstream: the gRPC server on `backend`."""
+    return (f"server:\n  threads: 1\n  listeners:\n    - address: 127.0.0.1:{port}\n      h2c: true\n"
+            f"  access_log: off\n  pid_file: {tmp}/tollgate-grpc.pid\n"
+            f"  upgrade_sock: {tmp}/tollgate-grpc-upgrade.sock\n"
+            f"upstreams:\n  grpc:\n    protocol: h2c\n    backends:\n      - address: 127.0.0.1:{backend}\n"
+            f"routes:\n  - match: {{path_prefix: /}}\n    upstream: grpc\n")
 
 
 def haproxy_conf(port, tls_port, backends, pem):
@@ -873,6 +949,51 @@ def verify_answers(name, port, bodies, tls_port=0, cafile=None):
             raise BenchError(f"{name}: the TLS listener does not speak HTTP/2 (ALPN h2)")
 
 
+def verify_grpc(name, port):
+    """Raise BenchError unless a gRPC client's GRPC_METHOD call on `port` ends OK
+    with its message back (the tests' client, tests/python/grpc_client.py)."""
+    argv = [GRPC_PYTHON, GRPC_CLIENT, f"127.0.0.1:{port}", GRPC_METHOD, GRPC_MESSAGE.decode()]
+    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=30)
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    messages = [line["message"] for line in lines if "message" in line]
+    outcome = next((line for line in lines if "code" in line), {})
+    if outcome.get("code") != "OK" or messages != [GRPC_MESSAGE.decode()]:
+        raise BenchError(f"{name}: the gRPC call {GRPC_METHOD} on 127.0.0.1:{port} failed:\n"
+                         f"{result.stdout}")
+
+
+def start_grpc(tmp, tollgate, pin, nofile, server, ports):
+    """Scenario (m): the gRPC server, tollgate and nginx in front of it, each
+    checked with a gRPC call. `server` makes a registered Server; `ports` are
+    the server's, tollgate's and nginx's. Returns (proxies by name, configurations)."""
+    if not os.access(GRPC_PYTHON, os.X_OK):
+        raise BenchError(f"{GRPC_PYTHON} is missing: `make pydeps` installs grpcio for scenario (m)")
+    backend, tg, ngx = ports
+    configs = {
+        "tollgate-grpc.yaml": tollgate_grpc_conf(tmp, tg, backend),
+        "nginx-grpc.conf": nginx_grpc_conf(tmp, ngx, backend, nofile),
+    }
+    paths = {name: write_file(os.path.join(tmp, name), text) for name, text in configs.items()}
+    check_tollgate_conf(tollgate, paths["tollgate-grpc.yaml"])
+    pin_proxy = ["taskset", "-c", "1"] if pin else []
+    grpc_argv = [GRPC_PYTHON, GRPC_SERVER, "--listen", f"127.0.0.1:{backend}", "--name", "bench"]
+    configs["grpc-server"] = " ".join(grpc_argv)
+    proxies = {
+        "grpc-direct": Proxy("grpc-direct", server("grpc-direct", grpc_argv), backend),
+        "tollgate-grpc": Proxy("tollgate-grpc", server(
+            "tollgate-grpc", pin_proxy + [tollgate, "-c", paths["tollgate-grpc.yaml"]],
+            signal.SIGINT, dict(os.environ, RUST_LOG="warn")), tg),
+        "nginx-grpc": Proxy("nginx-grpc", server("nginx-grpc", pin_proxy + [
+            "nginx", "-e", "stderr", "-c", paths["nginx-grpc.conf"], "-p", tmp, "-g", "daemon off;"]),
+            ngx),
+    }
+    for proxy in proxies.values():
+        proxy.server.start([proxy.port])
+        verify_grpc(proxy.name, proxy.port)
+    return proxies, configs
+
+
 def verify_backend_names(name, port, names, tries=12):
     """Raise BenchError unless `tries` GETs of /small answer 200 with an X-Backend among `names`."""
     for _ in range(tries):
@@ -915,6 +1036,76 @@ def run_wrk(url, connections, duration, lua, close, pin):
     if figures is None:
         raise BenchError(f"wrk printed no result for {url}:\n{result.stdout}")
     return figures
+
+
+def grpc_request_body(tmp):
+    """The file h2load sends as every call's body: GRPC_MESSAGE as one gRPC
+    message (not compressed, 4-byte big-endian length, the bytes)."""
+    path = os.path.join(tmp, "grpc-request.bin")
+    with open(path, "wb") as f:
+        f.write(b"\0" + len(GRPC_MESSAGE).to_bytes(4, "big") + GRPC_MESSAGE)
+    return path
+
+
+def run_h2load(url, connections, duration, body, log_path, pin):
+    """Unary gRPC calls with h2load for `duration` s: `connections` connections,
+    GRPC_STREAMS calls in flight on each, the request `body`; the same figures
+    as WRK_LUA's line, latency percentiles from the per-request log. `bytes`
+    is the DATA received: gRPC messages, none in tollgate's own errors."""
+    argv = (["taskset", "-c", "0"] if pin else []) + [
+        "h2load", "-t1", f"-c{connections}", f"-m{GRPC_STREAMS}", f"-D{duration}",
+        "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers",
+        f"--log-file={log_path}", url]
+    try:
+        result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"h2load against {url} did not finish within {duration + 60} s")
+    figures = {}
+    for line in result.stdout.splitlines():
+        words = line.replace(",", "").split()
+        if line.startswith("finished in"):
+            text = words[2]
+            figures["duration_us"] = (float(text[:-2]) * 1e3 if text.endswith("ms")
+                                      else float(text.rstrip("s")) * 1e6)
+        elif line.startswith("requests:"):
+            done, succeeded, errored, timeout = (int(words[i]) for i in (5, 7, 11, 13))
+            figures.update(requests=succeeded, read=errored + done - succeeded, timeout=timeout)
+        elif line.startswith("status codes:"):
+            figures["status"] = sum(int(words[i]) for i in (4, 6, 8))
+        elif line.startswith("traffic:"):
+            figures["bytes"] = int(words[words.index("data") - 1].strip("()"))
+    if len(figures) < 6:
+        raise BenchError(f"h2load printed no result for {url}:\n{result.stdout}")
+    with open(log_path) as log:
+        durations = sorted(int(line.split("\t")[2]) for line in log if line.strip())
+    if not durations:
+        raise BenchError(f"h2load logged no call to {url}")
+    figures.update(connect=0, write=0, p50=percentile(durations, 50), p99=percentile(durations, 99),
+                   p999=percentile(durations, 99.9), max=durations[-1])
+    return figures
+
+
+def measure_grpc(proxy, scenario, duration, lua, pin):
+    """One run of (m): a second of calls to warm up, then the measured calls;
+    every call must have had its message back (a gRPC error has none)."""
+    body = grpc_request_body(os.path.dirname(lua))
+    log = os.path.join(os.path.dirname(lua), "h2load.log")
+    url = proxy.url(scenario)
+    run_h2load(url, scenario.connections, WARMUP_SECONDS, body, log, pin)
+    pids = proxy.server.tree()
+    ticks_before = cpu_ticks(pids)
+    load = run_h2load(url, scenario.connections, duration, body, log, pin)
+    proxy.server.check_alive()
+    ticks = cpu_ticks(pids) - ticks_before
+    if load["requests"] == 0:
+        raise BenchError(f"{proxy.name} completed no call in scenario ({scenario.key})\n"
+                         f"{proxy.server.log_tail()}")
+    framed = len(GRPC_MESSAGE) + 5
+    if load["bytes"] < framed * load["requests"]:
+        raise BenchError(f"{proxy.name}: {load['requests']:,} calls answered but only "
+                         f"{load['bytes'] // framed:,} messages came back: gRPC errors")
+    return load_figures(load, ticks)
 
 
 def run_ab(url, connections, duration):
@@ -1065,6 +1256,8 @@ def measure(proxy, scenario, duration, lua, pin):
     url = proxy.url(scenario)
     if scenario.reuse:
         return measure_reuse(proxy, scenario, duration, lua, pin)
+    if scenario.grpc:
+        return measure_grpc(proxy, scenario, duration, lua, pin)
     extra = ""
     if scenario.pause_ms:
         extra += f"delay = function() return {scenario.pause_ms} end\n"
@@ -1602,8 +1795,8 @@ def start_everything(tmp, tollgate, pin, nofile, servers, scenarios, demo_backen
     cached_bodies = dict(bodies, **{"/mib": mib_body})
     crt, key, pem = make_certificate(tmp)
     (b1, b2, tg, tg_tls, ngx, ngx_tls, hap, hap_tls, full, full_tls, full_metrics, tgc, ngxc,
-     tcl, tll, redis_port, floor, floor_tls,
-     *least_ports) = free_ports(18 + len(DEMO_BACKENDS) + len(LEAST_PROXIES) + REUSE_BACKENDS + 3)
+     tcl, tll, redis_port, floor, floor_tls, grpc_backend, grpc_tg, grpc_ngx,
+     *least_ports) = free_ports(21 + len(DEMO_BACKENDS) + len(LEAST_PROXIES) + REUSE_BACKENDS + 3)
     backends = (b1, b2)
     demo_ports = least_ports[:len(DEMO_BACKENDS)]
     ltime, lconn, ngxl = least_ports[len(DEMO_BACKENDS):len(DEMO_BACKENDS) + len(LEAST_PROXIES)]
@@ -1739,6 +1932,11 @@ def start_everything(tmp, tollgate, pin, nofile, servers, scenarios, demo_backen
     status, _ = http_get(full_metrics, "/metrics")
     if status != 200:
         raise BenchError(f"tollgate full: the metrics endpoint answered {status}")
+    if any(s.grpc for s in scenarios):
+        grpc_proxies, grpc_configs = start_grpc(tmp, tollgate, pin, nofile, server,
+                                                (grpc_backend, grpc_tg, grpc_ngx))
+        proxies.update(grpc_proxies)
+        configs.update(grpc_configs)
     return proxies, configs
 
 

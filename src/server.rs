@@ -26,8 +26,10 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::{HttpServer, ServeHttp};
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::ServerSession;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -334,7 +336,7 @@ fn add_listeners(
     let mut proxy = Service::new(
         "proxy".to_string(),
         TlsTerminating::new(
-            LeanKeepalive::new(http_proxy, config.server.client_timeouts.keepalive),
+            lean_keepalive(http_proxy, config, &reservation.listeners),
             acceptors,
         ),
     );
@@ -362,6 +364,29 @@ fn add_listeners(
         server.add_service(redirects);
     }
     Ok(())
+}
+
+/// The proxy app in [`LeanKeepalive`], with cleartext HTTP/2 on the `h2c`
+/// listeners among the ones at `addresses` (one per listener).
+fn lean_keepalive(
+    mut http_proxy: HttpProxy<Proxy>,
+    config: &Config,
+    addresses: &[SocketAddr],
+) -> LeanKeepalive<HttpProxy<Proxy>> {
+    let mut h2c = ByListener::default();
+    for (listener, address) in config.server.listeners.iter().zip(addresses) {
+        if listener.h2c {
+            h2c.insert(*address, ());
+        }
+    }
+    if config.server.listeners.iter().any(|l| l.h2c) {
+        // Only the connections `LeanKeepalive` finds starting with HTTP/2's
+        // preface, on `h2c` listeners, reach pingora's own h2c detection.
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        http_proxy.server_options = Some(options);
+    }
+    LeanKeepalive::new(http_proxy, config.server.client_timeouts.keepalive, h2c)
 }
 
 /// Sends `signal` (SIGHUP: reload, SIGUSR2: upgrade) to the tollgate in

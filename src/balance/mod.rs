@@ -5,6 +5,7 @@
 //! passive state does not hold it failed, and the request has not tried it already.
 //! Algorithms only ever return usable backends.
 
+mod grpc_probe;
 pub mod health;
 pub mod ip_hash;
 pub mod least_conn;

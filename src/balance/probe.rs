@@ -1,7 +1,8 @@
 //! Active health probes, run by pingora's own health checks (`HttpHealthCheck`,
-//! `TcpHealthCheck`) with each backend's own peer: a probe connects exactly as
+//! `TcpHealthCheck`) or tollgate's gRPC one (`grpc_probe`) with each backend's own peer: a probe connects exactly as
 //! traffic does, TLS, SNI and certificate verification included.
 
+use super::grpc_probe::GrpcHealthCheck;
 use crate::balance::Backend;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::upstreams::peer::{BasicPeer, HttpPeer, PeerOptions};
@@ -21,6 +22,9 @@ pub enum ProbeKind {
         /// Accepted statuses; any 2xx when `None`.
         expect_status: Option<Vec<u16>>,
     },
+    /// Healthy when the standard gRPC health service says `SERVING` for
+    /// `service` (see `grpc_probe`).
+    Grpc { service: String },
 }
 
 /// The probes of one upstream's backends, one check per backend.
@@ -73,6 +77,11 @@ fn check_of(
     timeout: Duration,
 ) -> Box<dyn HealthCheck + Send + Sync> {
     let options = probe_options(backend, timeout);
+    if let ProbeKind::Grpc { service } = kind {
+        let mut peer = backend.peer.clone();
+        peer.options = options;
+        return Box::new(GrpcHealthCheck::new(peer, service, &backend.label));
+    }
     let ProbeKind::Http {
         path,
         host,

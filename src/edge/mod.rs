@@ -5,6 +5,7 @@ pub mod client_certs;
 pub mod compression;
 pub(crate) mod distinguished_name;
 pub mod error_pages;
+pub mod grpc;
 pub mod header_rules;
 pub mod hsts;
 pub mod keepalive;

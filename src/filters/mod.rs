@@ -21,6 +21,9 @@ pub struct Answer {
     /// Before closing, read and discard the rest of the request body for a
     /// while (lingering close), so a client still sending it reads the answer.
     pub linger: bool,
+    /// The gRPC status a gRPC call gets instead of the one `status` maps to
+    /// (see `edge::grpc`).
+    pub grpc_code: Option<crate::edge::grpc::GrpcCode>,
 }
 
 impl Answer {
@@ -43,6 +46,7 @@ impl Answer {
             body: Bytes::from(body),
             close: false,
             linger: false,
+            grpc_code: None,
         }
     }
 

@@ -260,6 +260,8 @@ impl RouteLimit {
             "429 Too Many Requests"
         };
         let mut answer = Answer::text(status, message);
+        // Whichever status the limit answers with, to gRPC it is exhausted quota.
+        answer.grpc_code = Some(crate::edge::grpc::GrpcCode::ResourceExhausted);
         answer.headers.extend([
             (
                 http::header::RETRY_AFTER,

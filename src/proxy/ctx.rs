@@ -58,6 +58,33 @@ pub struct RequestCtx {
     pub(super) buffered: bool,
     /// What the origin's 304 to a revalidation said of its time.
     pub(super) validation: Option<ValidationHead>,
+    /// Set when the request is a gRPC call (see `edge::grpc`).
+    pub(super) grpc: Option<GrpcCall>,
+}
+
+/// What tollgate heeds of a gRPC call.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct GrpcCall {
+    /// The call's `grpc-timeout`, from when its head was read.
+    pub(super) deadline: Option<std::time::Duration>,
+    /// The client sent `TE: trailers`, which goes on to the backend.
+    pub(super) takes_trailers: bool,
+    /// The deadline, shorter than the upstream's read timeout, is the
+    /// current attempt's read timeout: its expiry is the client's limit, not
+    /// the backend's failure.
+    pub(super) deadline_bound: bool,
+}
+
+impl GrpcCall {
+    /// The call of a request with `headers`; `None` for a request that is not one.
+    pub(super) fn of(headers: &http::HeaderMap) -> Option<GrpcCall> {
+        use crate::edge::grpc;
+        grpc::is_grpc(headers).then(|| GrpcCall {
+            deadline: grpc::deadline(headers),
+            takes_trailers: grpc::takes_trailers(headers),
+            deadline_bound: false,
+        })
+    }
 }
 
 /// The `Date` and `Age` of a 304 to a revalidation.
@@ -93,6 +120,7 @@ impl RequestCtx {
             purge: false,
             buffered: false,
             validation: None,
+            grpc: None,
         }
     }
 

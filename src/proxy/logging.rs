@@ -20,7 +20,13 @@ impl Proxy {
     /// cache's metrics and reports to its main request, which does the rest.
     pub(super) fn log_request(&self, session: &Session, ctx: &RequestCtx) {
         let status = match (ctx.backend_answered, session.response_written()) {
-            (_, Some(resp)) => resp.status.as_u16(),
+            // tollgate's own answer to a gRPC call is a 200 on the wire; it
+            // counts as the status it stands for (see `answer::send`).
+            (false, Some(resp)) => match (ctx.grpc, ctx.own_status()) {
+                (Some(_), Some(own)) => own,
+                _ => resp.status.as_u16(),
+            },
+            (true, Some(resp)) => resp.status.as_u16(),
             (false, None) => ctx.own_status().unwrap_or(CLIENT_CLOSED),
             (true, None) => CLIENT_CLOSED,
         };

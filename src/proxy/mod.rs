@@ -220,6 +220,7 @@ impl ProxyHttp for Proxy {
         if let Some(taken_over) = self.take_over(session, ctx).await {
             return taken_over;
         }
+        ctx.grpc = ctx::GrpcCall::of(&session.req_header().headers);
         if let Some(key_authorization) = self.acme_answer(session) {
             return answer::send(session, ctx, key_authorization).await;
         }
@@ -468,7 +469,9 @@ impl ProxyHttp for Proxy {
     ) -> FailToProxy {
         if session.response_written().is_some() {
             // Part of an answer is out: a new one cannot follow it, and the
-            // closed connection tells the client it is cut short.
+            // closed connection tells the client it is cut short; a gRPC call
+            // over HTTP/2 is ended with its status in trailers instead.
+            answer::end_grpc_stream(session, ctx, e).await;
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,

@@ -49,7 +49,30 @@ pub(super) fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     let backend = &upstream.backends[index];
     ctx.in_flight = Some(InFlightGuard::new(&backend.state));
     ctx.attempt_started = upstream.measures_latency().then(Instant::now);
-    Ok(Box::new(backend.peer.clone()))
+    let mut peer = Box::new(backend.peer.clone());
+    bound_by_deadline(ctx, &mut peer);
+    Ok(peer)
+}
+
+/// Makes what is left of a gRPC call's deadline the attempt's read timeout
+/// when it is shorter than the upstream's, so that the call fails with a
+/// deadline (504, gRPC 4) the moment its client gives up on it.
+fn bound_by_deadline(ctx: &mut RequestCtx, peer: &mut HttpPeer) {
+    let Some(call) = ctx.grpc.as_mut() else {
+        return;
+    };
+    let Some(deadline) = call.deadline else {
+        return;
+    };
+    // A deadline run out already still gets a moment: pingora takes a zero
+    // timeout as none.
+    let left = deadline
+        .saturating_sub(ctx.started.elapsed())
+        .max(std::time::Duration::from_millis(1));
+    call.deadline_bound = peer.options.read_timeout.is_none_or(|read| left < read);
+    if call.deadline_bound {
+        peer.options.read_timeout = Some(left);
+    }
 }
 
 /// A connection to the chosen backend failed: counts it against the backend and,
@@ -87,7 +110,15 @@ pub(super) fn proxy_failed(
 ) -> Box<Error> {
     let mut e = e.more_context(format!("Peer: {peer}"));
     let from_backend = *e.esource() == ErrorSource::Upstream;
-    if from_backend {
+    // A gRPC call's own deadline ran out: the client's limit, not a failure
+    // of the backend's.
+    let client_deadline = matches!(e.etype(), ErrorType::ReadTimedout)
+        && ctx.grpc.is_some_and(|call| call.deadline_bound);
+    if from_backend && client_deadline {
+        if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {
+            upstream.backends[index].state.metrics.requests.inc_error();
+        }
+    } else if from_backend {
         if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {
             upstream.backends[index].state.metrics.requests.inc_error();
             if !client_reused {
@@ -171,6 +202,10 @@ pub(super) fn prepare_request(
     if let Some(route) = ctx.route() {
         route.request_headers.apply_to_request(upstream_request)?;
     }
+    // gRPC needs `TE: trailers` end to end; pingora strips TE as hop-by-hop.
+    if ctx.grpc.is_some_and(|call| call.takes_trailers) {
+        upstream_request.insert_header(http::header::TE, "trailers")?;
+    }
     rewrite_target(ctx, upstream_request)
 }
 
@@ -200,7 +235,18 @@ fn rewrite_target(ctx: &RequestCtx, upstream_request: &mut RequestHeader) -> Res
     let raw = upstream_request.raw_path();
     let origin_form = raw.starts_with(b"/") || raw == b"*";
     if forward != received || !origin_form {
+        // An HTTP/2 client's authority is in the target, not in a Host
+        // header: kept as Host, which pingora makes an HTTP/2 backend's
+        // `:authority` again.
         let target = [forward.as_bytes(), raw_query(raw)].concat();
+        if !upstream_request.headers.contains_key(http::header::HOST) {
+            if let Some(authority) = upstream_request.uri.authority() {
+                let host = http::HeaderValue::from_str(authority.as_str()).map_err(|e| {
+                    Error::because(ErrorType::HTTPStatus(400), "invalid authority", e)
+                })?;
+                upstream_request.insert_header(http::header::HOST, host)?;
+            }
+        }
         upstream_request
             .set_raw_path(&target)
             .map_err(|e| Error::because(ErrorType::HTTPStatus(400), "invalid forwarded path", e))?;

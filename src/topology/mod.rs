@@ -352,6 +352,10 @@ fn compile_upstream(name: &str, config: &UpstreamConfig, previous: Option<&Upstr
     Upstream::new(name.to_string(), backends, config).keeping_budget_of(previous)
 }
 
+/// How many requests tollgate sends at once over one HTTP/2 connection to a
+/// backend before it opens another (servers commonly allow 100 to 250).
+const H2_STREAMS_PER_CONNECTION: usize = 100;
+
 /// One backend at `address`, with the live state `previous` had for that address.
 fn compile_backend(
     upstream: &str,
@@ -375,6 +379,12 @@ fn compile_backend(
     peer.options.read_timeout = Some(config.timeouts.read);
     peer.options.write_timeout = Some(config.timeouts.write);
     peer.options.idle_timeout = Some(config.timeouts.idle);
+    if config.protocol.is_http2() {
+        // HTTP/2 only (ALPN `h2` over TLS; prior knowledge in cleartext), many
+        // requests at once over each connection.
+        peer.options.set_http_version(2, 2);
+        peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+    }
     let state = match previous {
         Some(before) => match before.backends.iter().find(|old| old.address == address) {
             Some(old) => Arc::clone(&old.state),
@@ -414,13 +424,16 @@ fn trust_group(roots: Option<&pingora::protocols::tls::CaType>) -> u64 {
 
 fn check_plan(upstream: &Arc<Upstream>, config: &UpstreamConfig) -> Option<CheckPlan> {
     let hc = config.health_check.as_ref()?;
-    let kind = match &hc.http {
-        Some(http) => ProbeKind::Http {
+    let kind = match (&hc.http, &hc.grpc) {
+        (Some(http), _) => ProbeKind::Http {
             path: http.path.clone(),
             host: http.host.clone(),
             expect_status: http.expect_status.clone(),
         },
-        None => ProbeKind::Tcp,
+        (None, Some(grpc)) => ProbeKind::Grpc {
+            service: grpc.service.clone(),
+        },
+        (None, None) => ProbeKind::Tcp,
     };
     Some(CheckPlan {
         upstream: Arc::clone(upstream),

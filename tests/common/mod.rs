@@ -217,6 +217,14 @@ impl Backend {
         command
     }
 
+    /// Sends `signal` to the process (`SIGSTOP`: it hangs, its sockets open).
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("backend running").id() as i32;
+        // SAFETY: kill(2) on a child process this harness started and still owns.
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(result, 0, "kill({pid}, {signal})");
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

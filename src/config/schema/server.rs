@@ -229,6 +229,10 @@ pub struct ListenerConfig {
     /// Never valid here: client certificates are asked for in the TLS
     /// handshake, under `tls:`. Read only to say so at its line.
     pub client_certificates: Option<ClientCertificatesConfig>,
+    /// A plain listener that also serves cleartext HTTP/2 with prior
+    /// knowledge (gRPC), beside HTTP/1.1, on the same port.
+    #[serde(default)]
+    pub h2c: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

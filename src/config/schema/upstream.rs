@@ -26,6 +26,10 @@ pub struct UpstreamConfig {
     pub timeouts: TimeoutsConfig,
     /// HTTPS to the backends (and their health checks); plain HTTP when absent.
     pub tls: Option<UpstreamTlsConfig>,
+    /// The HTTP version spoken to the backends: HTTP/1.1 (default), HTTP/2
+    /// over TLS, or cleartext HTTP/2 with prior knowledge.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
     /// A new or recovered backend's share of traffic ramps up over this.
     #[serde(default, deserialize_with = "units::opt_duration")]
     pub slow_start: Option<Duration>,
@@ -79,6 +83,26 @@ pub struct UpstreamTlsConfig {
     pub ca_roots: Option<std::sync::Arc<pingora::protocols::tls::CaType>>,
 }
 
+/// `protocol: h1 | h2 | h2c`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, over TLS when the upstream has `tls`.
+    #[default]
+    H1,
+    /// HTTP/2 over TLS (ALPN `h2`); needs `tls`.
+    H2,
+    /// Cleartext HTTP/2 with prior knowledge; not with `tls`.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// Whether the backends are spoken to in HTTP/2.
+    pub fn is_http2(self) -> bool {
+        self != UpstreamProtocol::H1
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
@@ -107,6 +131,8 @@ pub struct BackendConfig {
 pub struct HealthCheckConfig {
     pub http: Option<HttpProbeConfig>,
     pub tcp: Option<TcpProbeConfig>,
+    /// The standard gRPC health service (`grpc.health.v1.Health/Check`).
+    pub grpc: Option<GrpcProbeConfig>,
     #[serde(
         default = "defaults::check_interval",
         deserialize_with = "units::duration"
@@ -141,6 +167,15 @@ pub struct HttpProbeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpProbeConfig {}
+
+/// `grpc: {service: ""}`: healthy when the backend's health service says
+/// `SERVING` for `service` (`""`: the server as a whole).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcProbeConfig {
+    #[serde(default)]
+    pub service: String,
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -94,6 +94,18 @@ fn check_listener(at: &str, listener: &ListenerConfig, has_tls: bool, problems: 
             ),
         );
     }
+    if listener.h2c && listener.tls.is_some() {
+        problems.push(
+            format!("{at}.h2c"),
+            "h2c is for plain listeners: a TLS listener offers HTTP/2 with `tls.http2: true`",
+        );
+    }
+    if listener.h2c && listener.redirect_https {
+        problems.push(
+            format!("{at}.h2c"),
+            "a redirect_https listener only redirects: it does not serve h2c",
+        );
+    }
     if listener.redirect_https && !has_tls {
         problems.push(
             format!("{at}.redirect_https"),

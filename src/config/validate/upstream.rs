@@ -1,7 +1,7 @@
 //! Checks of `upstreams:`.
 
 use super::{check_name, check_positive, Problems, MAX_WEIGHT};
-use crate::config::schema::{HealthCheckConfig, UpstreamConfig};
+use crate::config::schema::{HealthCheckConfig, UpstreamConfig, UpstreamProtocol};
 
 pub(super) fn check(name: &str, upstream: &UpstreamConfig, problems: &mut Problems) {
     let at = format!("upstreams.{name}");
@@ -38,7 +38,14 @@ pub(super) fn check(name: &str, upstream: &UpstreamConfig, problems: &mut Proble
     }
     if let Some(hc) = &upstream.health_check {
         check_health(&format!("{at}.health_check"), hc, problems);
+        if hc.grpc.is_some() && !upstream.protocol.is_http2() {
+            problems.push(
+                format!("{at}.health_check.grpc"),
+                "gRPC is HTTP/2: a gRPC health check needs `protocol: h2` (TLS) or `h2c`",
+            );
+        }
     }
+    check_protocol(&at, upstream, problems);
     if let Some(tls) = &upstream.tls {
         if tls.verify && tls.sni.as_deref().is_none_or(str::is_empty) {
             problems.push(
@@ -74,6 +81,23 @@ pub(super) fn check(name: &str, upstream: &UpstreamConfig, problems: &mut Proble
     );
 }
 
+/// `protocol` against `tls`: `h2` is HTTP/2 over TLS, `h2c` cleartext HTTP/2.
+fn check_protocol(at: &str, upstream: &UpstreamConfig, problems: &mut Problems) {
+    match (upstream.protocol, upstream.tls.is_some()) {
+        (UpstreamProtocol::H2c, true) => problems.push(
+            format!("{at}.protocol"),
+            "h2c is cleartext HTTP/2 and cannot be used with `tls`: \
+             write `protocol: h2` for HTTP/2 over TLS, or remove `tls`",
+        ),
+        (UpstreamProtocol::H2, false) => problems.push(
+            format!("{at}.protocol"),
+            "h2 is HTTP/2 over TLS and needs `tls`: \
+             write `protocol: h2c` for cleartext HTTP/2, or add `tls`",
+        ),
+        _ => {}
+    }
+}
+
 /// `slow_start`, `outlier` and `retry_budget`.
 fn check_traffic(at: &str, upstream: &UpstreamConfig, problems: &mut Problems) {
     if let Some(window) = upstream.slow_start {
@@ -102,8 +126,12 @@ fn check_traffic(at: &str, upstream: &UpstreamConfig, problems: &mut Problems) {
 }
 
 fn check_health(hat: &str, hc: &HealthCheckConfig, problems: &mut Problems) {
-    if hc.http.is_some() == hc.tcp.is_some() {
-        problems.push(hat, "a health check has exactly one of `http` or `tcp`");
+    let kinds = [hc.http.is_some(), hc.tcp.is_some(), hc.grpc.is_some()];
+    if kinds.into_iter().filter(|&given| given).count() != 1 {
+        problems.push(
+            hat,
+            "a health check has exactly one of `http`, `tcp` or `grpc`",
+        );
     }
     if let Some(statuses) = hc.http.as_ref().and_then(|h| h.expect_status.as_ref()) {
         if statuses.is_empty() {

@@ -110,6 +110,7 @@ impl Rejection {
             body: self.body,
             close: false,
             linger: false,
+            grpc_code: None,
         }
     }
 
