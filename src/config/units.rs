@@ -282,6 +282,14 @@ impl<'de> Deserialize<'de> for WrittenNet {
     }
 }
 
+/// A list of networks (see [`ip_nets`]) where leaving the key out means
+/// something else than an empty list.
+pub(crate) fn opt_ip_nets<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Option<Vec<ipnet::IpNet>>, D::Error> {
+    ip_nets(de).map(Some)
+}
+
 /// Visits a map in the order the file writes it, making each entry with `entry`.
 fn ordered_entries<'de, D, T>(
     de: D,

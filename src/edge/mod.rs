@@ -7,6 +7,7 @@ pub mod header_rules;
 pub mod hsts;
 pub mod keepalive;
 pub(crate) mod linger;
+pub mod proxy_protocol;
 pub mod redirect;
 pub mod request_body;
 pub mod respond;
