@@ -547,6 +547,14 @@ async fn malformed_and_stalled_headers_are_closed_and_counted() {
     }
     assert!(setup.rejected_reaches(setup.v2, "malformed", 6.0).await);
     assert!(setup.rejected_reaches(setup.v1, "malformed", 3.0).await);
+    // The first of them is in the log at warn, for the operator.
+    let warned = format!("WARN  tollgate::edge::proxy_protocol] PROXY protocol listener {}: closed the connection of 127.0.0.1:", setup.v2);
+    let log = setup.tollgate.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&warned) && l.contains("(malformed;")),
+        "no warning `{warned}` in:\n{log}"
+    );
     // A header of the other version.
     closed_unanswered(setup.v2, b"PROXY TCP4 1.2.3.4 127.0.0.1 1 2\r\n", false);
     closed_unanswered(setup.v1, &whole, false);

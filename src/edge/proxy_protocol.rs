@@ -31,6 +31,7 @@ use ppp::{v1, v2, HeaderResult, PartialResult};
 use prometheus::IntCounter;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -87,14 +88,23 @@ impl Rejection {
     }
 }
 
+/// How often a listener's refusals are logged at `warn` (the rest at `debug`):
+/// a load balancer that sends no header, or the wrong version, shows in the
+/// log at once without a line for every connection.
+const WARN_INTERVAL_SECS: u64 = 60;
+
 /// What a listener with `proxy_protocol` accepts, with its counters resolved.
 pub struct ListenerPolicy {
+    /// The listener's address, as its `listener` label has it.
+    listener: String,
     accepted: ProxyProtocol,
     /// The peers that may connect; `None` for any peer.
     from: Option<Vec<IpNet>>,
     /// The `tollgate_proxy_protocol_rejected_total` counter of each
     /// [`Rejection`], in [`Rejection::ALL`]'s order.
     rejected: [IntCounter; Rejection::ALL.len()],
+    /// When a refusal was last logged at `warn`, in seconds since the epoch.
+    last_warned: AtomicU64,
 }
 
 impl ListenerPolicy {
@@ -104,9 +114,11 @@ impl ListenerPolicy {
     pub fn new(listener: &str, accepted: ProxyProtocol, from: Option<Vec<IpNet>>) -> Self {
         let family = &crate::metrics::metrics().proxy_protocol_rejected;
         ListenerPolicy {
+            listener: listener.to_string(),
             accepted,
             from,
             rejected: Rejection::ALL.map(|r| family.with_label_values(&[listener, r.label()])),
+            last_warned: AtomicU64::new(0),
         }
     }
 
@@ -123,6 +135,37 @@ impl ListenerPolicy {
         if let Some(counter) = self.rejected.get(why as usize) {
             counter.inc();
         }
+    }
+
+    /// Counts the connection of `peer` closed for `why`, and logs it: at
+    /// `warn` once a minute at most (never for `closed`, which port probes
+    /// cause), else at `debug`. Returns `None`, the connection's end.
+    fn refuse(&self, why: Rejection, peer: Option<SocketAddr>) -> Option<Stream> {
+        self.count(why);
+        let peer = peer.map_or_else(|| "an unknown peer".to_string(), |p| p.to_string());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_warned.load(Ordering::Relaxed);
+        let warn = why != Rejection::Closed
+            && now >= last + WARN_INTERVAL_SECS
+            && self
+                .last_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        let level = if warn {
+            log::Level::Warn
+        } else {
+            log::Level::Debug
+        };
+        log::log!(
+            level,
+            "PROXY protocol listener {}: closed the connection of {peer} ({}; counted in \
+             tollgate_proxy_protocol_rejected_total, logged at warn once a minute)",
+            self.listener,
+            why.label()
+        );
+        None
     }
 }
 
@@ -283,16 +326,8 @@ impl<A> ProxyHeaderReading<A> {
             .as_ref()
             .and_then(|d| d.peer_addr().and_then(PeerAddr::as_inet).copied());
         let local = digest.as_ref().and_then(|d| d.local_addr().cloned());
-        let refuse = |why: Rejection| {
-            policy.count(why);
-            log::debug!(
-                "PROXY protocol: closed the connection of {peer:?}: {}",
-                why.label()
-            );
-            None
-        };
         if !peer.is_some_and(|p| policy.allows(p.ip())) {
-            return refuse(Rejection::PeerNotAllowed);
+            return policy.refuse(Rejection::PeerNotAllowed, peer);
         }
         // A PROXY protocol listener is a TCP one: any other stream is closed.
         let mut tcp = stream.into_any().downcast::<TcpStream>().ok()?;
@@ -301,8 +336,8 @@ impl<A> ProxyHeaderReading<A> {
         match read.await {
             Ok(Ok(Some(client))) => name_client(&mut tcp, client, local),
             Ok(Ok(None)) => {}
-            Ok(Err(why)) => return refuse(why),
-            Err(_) => return refuse(Rejection::Timeout),
+            Ok(Err(why)) => return policy.refuse(why, peer),
+            Err(_) => return policy.refuse(Rejection::Timeout, peer),
         }
         Some(tcp)
     }
