@@ -512,6 +512,36 @@ mod tests {
     }
 
     #[test]
+    fn random_bytes_never_panic_the_parser() {
+        // xorshift64: the same inputs on every run.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let starts: [&[u8]; 6] = [
+            b"",
+            V2_SIGNATURE,
+            b"\r\n\r\n\0\r\nQUIT\n\x21\x11",
+            b"\r\n\r\n\0\r\nQUIT\n\x21\x31",
+            b"PROXY TCP4 ",
+            b"PROXY TCP6 ::1 ",
+        ];
+        for round in 0..20_000 {
+            let mut input = starts[round % starts.len()].to_vec();
+            let len = usize::try_from(next() % 300).unwrap();
+            input.extend((0..len).map(|_| next().to_le_bytes()[0]));
+            for accepted in [V1, V2, Any] {
+                for cut in [input.len() / 2, input.len()] {
+                    let _ = parse(&input[..cut], accepted);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn each_rejection_has_its_own_counter() {
         for (slot, why) in Rejection::ALL.iter().enumerate() {
             assert_eq!(*why as usize, slot, "{why:?}");
