@@ -15,7 +15,10 @@ naming a client of its own (as an NLB or HAProxy `send-proxy-v2` sends it), a
 warm-up, the counts dumped, then --requests requests over 10 new connections
 (header included), counts dumped again: instructions per request, connections
 opened and their headers read included. Arms alternate for --rounds rounds;
-the medians are printed with the difference. `--baseline` adds an arm with
+the medians are printed with the difference. Scenario `keepalive` is the A/B
+the PROXY protocol is held to (--requests / 10 requests on each connection);
+scenario `new` opens a connection for every request, so its difference is
+what reading one header costs. `--baseline` adds an arm with
 another tollgate binary (a build before the PROXY protocol, say) and the
 protocol off, to show the cost of the code path itself on listeners without it.
 
@@ -78,30 +81,32 @@ def v2_header(client_index, port):
     return b"\r\n\r\n\0\r\nQUIT\n\x21\x11" + struct.pack("!H", len(addresses)) + addresses
 
 
-def load(port, requests, proxy_protocol):
-    """`requests` GETs over CONNECTIONS new keep-alive connections (each opened
-    with a PROXY v2 header when `proxy_protocol`); returns how many were answered."""
-    socks = []
-    for i in range(CONNECTIONS):
-        s = socket.create_connection(("127.0.0.1", port), timeout=60)
-        if proxy_protocol:
-            s.sendall(v2_header(i, port))
-        socks.append(s)
+def load(port, requests, proxy_protocol, per_connection):
+    """`requests` GETs, CONNECTIONS at a time, over connections that each carry
+    `per_connection` of them (opened with a PROXY v2 header when
+    `proxy_protocol`); returns how many were answered."""
     request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
     done = 0
     while done < requests:
+        socks = []
+        for i in range(CONNECTIONS):
+            s = socket.create_connection(("127.0.0.1", port), timeout=60)
+            if proxy_protocol:
+                s.sendall(v2_header(i, port))
+            socks.append(s)
+        for _ in range(per_connection):
+            for s in socks:
+                s.sendall(request)
+            for s in socks:
+                answer = b""
+                while not answer.endswith(BODY):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise SystemExit("tollgate closed a keep-alive connection")
+                    answer += chunk
+            done += CONNECTIONS
         for s in socks:
-            s.sendall(request)
-        for s in socks:
-            answer = b""
-            while not answer.endswith(BODY):
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise SystemExit("tollgate closed a keep-alive connection")
-                answer += chunk
-        done += CONNECTIONS
-    for s in socks:
-        s.close()
+            s.close()
     return done
 
 
@@ -123,7 +128,7 @@ def config(tmp, port, backend, proxy_protocol):
             f"routes:\n  - match: {{path_prefix: /}}\n    upstream: app\n")
 
 
-def measure(tollgate, backend_port, proxy_protocol, requests):
+def measure(tollgate, backend_port, proxy_protocol, requests, per_connection):
     """Instructions per request of one callgrind run of `tollgate`."""
     tmp = tempfile.mkdtemp(prefix="tollgate-pp-bench-")
     port = free_port()
@@ -136,10 +141,10 @@ def measure(tollgate, backend_port, proxy_protocol, requests):
     try:
         if not wait_port(port, 120):
             raise SystemExit(f"tollgate did not listen on {port}")
-        load(port, max(200, requests // 4), proxy_protocol)
+        load(port, max(200, requests // 4), proxy_protocol, per_connection)
         time.sleep(0.5)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
-        n = load(port, requests, proxy_protocol)
+        n = load(port, requests, proxy_protocol, per_connection)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
         deadline = time.time() + 30
         while time.time() < deadline and not os.path.exists(f"{out}.2"):
@@ -167,38 +172,59 @@ def ensure_valgrind():
             raise SystemExit("apt-get failed: install valgrind and run again")
 
 
+SCENARIOS = {
+    # name: (description, requests per connection; None: all of a run's on one each)
+    "keepalive": ("keep-alive", None),
+    "new": ("a new connection per request", 1),
+}
+
+
+def run_scenario(args, backend_port, name):
+    label, per_connection = SCENARIOS[name]
+    per_connection = per_connection or args.requests // CONNECTIONS
+    arms = [("off", args.tollgate, False), ("v2", args.tollgate, True)]
+    if args.baseline:
+        arms.insert(0, ("baseline (other binary), off", args.baseline, False))
+    runs = {arm: [] for arm, _, _ in arms}
+    for round_no in range(1, args.rounds + 1):
+        for arm, binary, proxy_protocol in arms:
+            per = measure(binary, backend_port, proxy_protocol, args.requests, per_connection)
+            runs[arm].append(per)
+            print(f"{label}, round {round_no}: proxy_protocol {arm}: {per:,.0f} instructions/request",
+                  flush=True)
+    medians = {arm: statistics.median(values) for arm, values in runs.items()}
+    print(f"\nPROXY protocol A/B, {label}: {CONNECTIONS} connections at a time, {per_connection} "
+          f"request(s) each, {args.requests} requests, median of {args.rounds} "
+          f"(callgrind instructions per request):")
+    for arm, value in medians.items():
+        spread = f"{min(runs[arm]):,.0f}-{max(runs[arm]):,.0f}"
+        print(f"  {arm:32} {value:10,.0f}  ({spread})")
+    difference = medians["v2"] - medians["off"]
+    print(f"  v2 - off: {difference:+,.0f} per request ({difference / medians['off']:+.2%})\n", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tollgate", required=True)
     parser.add_argument("--baseline", help="another tollgate binary, run with the protocol off")
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scenarios", default="keepalive,new",
+                        help="keepalive (the A/B), new (a new connection per request: the header's own cost)")
     args = parser.parse_args()
+    names = args.scenarios.split(",")
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {unknown}: expected {', '.join(SCENARIOS)}")
     ensure_valgrind()
     backend_port = free_port()
     backend = http.server.ThreadingHTTPServer(("127.0.0.1", backend_port), Backend)
     threading.Thread(target=backend.serve_forever, daemon=True).start()
-    arms = [("off", args.tollgate, False), ("v2", args.tollgate, True)]
-    if args.baseline:
-        arms.insert(0, ("baseline (other binary), off", args.baseline, False))
-    runs = {name: [] for name, _, _ in arms}
     try:
-        for round_no in range(1, args.rounds + 1):
-            for name, binary, proxy_protocol in arms:
-                per = measure(binary, backend_port, proxy_protocol, args.requests)
-                runs[name].append(per)
-                print(f"round {round_no}: proxy_protocol {name}: {per:,.0f} instructions/request", flush=True)
+        for name in names:
+            run_scenario(args, backend_port, name)
     finally:
         backend.shutdown()
-    medians = {name: statistics.median(values) for name, values in runs.items()}
-    print(f"\nPROXY protocol A/B, keep-alive, {CONNECTIONS} connections x {args.requests // CONNECTIONS} "
-          f"requests, median of {args.rounds} (callgrind instructions per request):")
-    for name, value in medians.items():
-        spread = f"{min(runs[name]):,.0f}-{max(runs[name]):,.0f}"
-        print(f"  {name:32} {value:10,.0f}  ({spread})")
-    difference = medians["v2"] - medians["off"]
-    print(f"  v2 - off: {difference:+,.0f} per request ({difference / medians['off']:+.2%}); "
-          f"{difference * args.requests / CONNECTIONS:+,.0f} per connection if all of it were the header")
     return 0
 
 
