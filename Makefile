@@ -10,11 +10,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # full-disk tests mount a small tmpfs in a mount namespace of their own, the
 # basic-auth tests write their users file with Apache's htpasswd, the ACME
 # tests run Pebble and pebble-challtestsrv (one package), the cluster tests Redis,
-# the discovery tests dnsmasq, the status page test headless Chromium.
+# the discovery tests dnsmasq, the status page test headless Chromium, the PROXY
+# protocol tests HAProxy (the real sender of PROXY headers in front of tollgate).
 BUILD_NEEDS := cmake:cmake cc:build-essential c++:g++ pkg-config:pkg-config python3:python3 openssl:openssl \
   promtool:prometheus systemd-analyze:systemd cloud-init:cloud-init unshare:util-linux mount:mount \
   htpasswd:apache2-utils pebble:pebble redis-server:redis-server dnsmasq:dnsmasq-base \
-  chromium:chromium
+  chromium:chromium haproxy:haproxy
 
 # Backend frameworks the tests run for real (Flask, Starlette on uvicorn), from
 # PyPI into a virtualenv of their own; Debian's python3 needs python3-venv for it.
@@ -74,11 +75,15 @@ test: lint pydeps
 # `build` with the other examples); the table is printed and kept in
 # bench/results/latest.txt, with latest.json and latest.svg. Scenario (m) runs
 # the tests' Python gRPC server, from the virtualenv of `pydeps`, and h2load.
+# Last, the PROXY protocol A/B: instructions per request under callgrind,
+# proxy_protocol v2 against off, on keep-alive connections
+# (bench/proxy_protocol.py).
 BENCH_ARGS ?=
 bench: build pydeps
 	$(CARGO) bench --bench hot_path
 	mkdir -p bench/results
 	bash -o pipefail -c 'python3 bench/run.py --tollgate target/release/tollgate $(BENCH_ARGS) | tee bench/results/latest.txt'
+	python3 bench/proxy_protocol.py --tollgate target/release/tollgate
 
 # The README's request-path table: tollgate and nginx in front of Flask and Starlette.
 path-table: build pydeps

@@ -178,6 +178,11 @@ impl<T> ByListener<T> {
         }
     }
 
+    /// Whether no listener has a value.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.any_address.is_empty()
+    }
+
     /// The value of the listener a connection whose local address is
     /// `local` came in on.
     pub fn get(&self, local: &SocketAddr) -> Option<&T> {

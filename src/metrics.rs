@@ -38,6 +38,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: prometheus::Gauge,
     pub tls_certificate_expiry: IntGaugeVec,
+    pub proxy_protocol_rejected: IntCounterVec,
     pub acme_orders: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
@@ -182,6 +183,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_tls_certificate_expiry_timestamp_seconds",
             "When each served certificate expires (Unix time), by DNS name and source (file, acme).",
             &["name", "source"]
+        )
+        .registered(),
+        proxy_protocol_rejected: register_int_counter_vec!(
+            "tollgate_proxy_protocol_rejected_total",
+            "Connections of a proxy_protocol listener closed unserved, by reason (malformed, wrong_version, timeout, closed, peer_not_allowed).",
+            &["listener", "reason"]
         )
         .registered(),
         acme_orders: register_int_counter_vec!(

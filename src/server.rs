@@ -12,6 +12,7 @@ use crate::discovery::DiscoveryService;
 use crate::edge::certs::CertStore;
 use crate::edge::compression::CompressionPolicy;
 use crate::edge::keepalive::LeanKeepalive;
+use crate::edge::proxy_protocol::{self, ProxyHeaderReading};
 use crate::edge::redirect::HttpsRedirect;
 use crate::edge::request_body::{temp_dir_or_default, BufferLimits};
 use crate::edge::tls::CertTable;
@@ -333,20 +334,28 @@ fn add_listeners(
             acceptors.insert(*address, acceptor(certs.resolver(i), tls.http2, clients));
         }
     }
+    // The PROXY protocol header comes first on a connection: read before TLS.
+    let proxy_headers = || proxy_protocol::policies(listening.clone().map(|(l, a)| (l, *a)));
     let mut proxy = Service::new(
         "proxy".to_string(),
-        TlsTerminating::new(
-            lean_keepalive(http_proxy, config, &reservation.listeners),
-            acceptors,
+        ProxyHeaderReading::new(
+            TlsTerminating::new(
+                lean_keepalive(http_proxy, config, &reservation.listeners),
+                acceptors,
+            ),
+            proxy_headers(),
         ),
     );
     let mut redirects = Service::new(
         "https redirect".to_string(),
-        HttpServer::new_app(HttpsRedirect::new(
-            listeners.https_port.unwrap_or(DEFAULT_HTTPS_PORT),
-            listeners.redirect_statuses,
-            Arc::clone(&http01),
-        )),
+        ProxyHeaderReading::new(
+            HttpServer::new_app(HttpsRedirect::new(
+                listeners.https_port.unwrap_or(DEFAULT_HTTPS_PORT),
+                listeners.redirect_statuses,
+                Arc::clone(&http01),
+            )),
+            proxy_headers(),
+        ),
     );
     redirects.threads = Some(1);
     for (listener, address) in listening {

@@ -256,13 +256,38 @@ pub(crate) fn opt_loopback_default_addr<'de, D: Deserializer<'de>>(
     }
 }
 
-/// serde adapter: a list of IP networks.
+/// serde adapter: a list of IP networks, a bad one reported at its own line.
 pub(crate) fn ip_nets<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
-    let texts = Vec::<String>::deserialize(de)?;
-    texts
-        .iter()
-        .map(|t| parse_ip_net(t).map_err(D::Error::custom))
-        .collect()
+    let nets = Vec::<WrittenNet>::deserialize(de)?;
+    Ok(nets.into_iter().map(|WrittenNet(net)| net).collect())
+}
+
+/// One network of a list, parsed while the parser is at its node (so that
+/// the error carries the node's position, not the enclosing map's).
+struct WrittenNet(ipnet::IpNet);
+
+impl<'de> Deserialize<'de> for WrittenNet {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Net;
+        impl serde::de::Visitor<'_> for Net {
+            type Value = WrittenNet;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an IP or CIDR, e.g. `10.0.0.0/8`")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<WrittenNet, E> {
+                parse_ip_net(text).map(WrittenNet).map_err(E::custom)
+            }
+        }
+        de.deserialize_str(Net)
+    }
+}
+
+/// A list of networks (see [`ip_nets`]) where leaving the key out means
+/// something else than an empty list.
+pub(crate) fn opt_ip_nets<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Option<Vec<ipnet::IpNet>>, D::Error> {
+    ip_nets(de).map(Some)
 }
 
 /// Visits a map in the order the file writes it, making each entry with `entry`.

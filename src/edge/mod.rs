@@ -10,6 +10,7 @@ pub mod header_rules;
 pub mod hsts;
 pub mod keepalive;
 pub(crate) mod linger;
+pub mod proxy_protocol;
 pub mod redirect;
 pub(crate) mod replay;
 pub mod request_body;

@@ -233,6 +233,30 @@ pub struct ListenerConfig {
     /// knowledge (gRPC), beside HTTP/1.1, on the same port.
     #[serde(default)]
     pub h2c: bool,
+    /// Whether every connection begins with a PROXY protocol header naming
+    /// the client, and of which version.
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    /// The peers that may connect (and so send a header); any peer when
+    /// `None`. Others are closed.
+    #[serde(default, deserialize_with = "units::opt_ip_nets")]
+    pub proxy_protocol_from: Option<Vec<ipnet::IpNet>>,
+}
+
+/// A listener's `proxy_protocol`: which PROXY protocol headers its
+/// connections must begin with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocol {
+    /// No header: the peer is the client.
+    #[default]
+    Off,
+    /// The text header (`PROXY TCP4 ...`).
+    V1,
+    /// The binary header (what an AWS NLB sends).
+    V2,
+    /// Either.
+    Any,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -1,7 +1,7 @@
 //! Checks of `server:`.
 
 use super::{check_positive, Problems};
-use crate::config::schema::{AcmeChallenge, ListenerConfig, ServerConfig};
+use crate::config::schema::{AcmeChallenge, ListenerConfig, ProxyProtocol, ServerConfig};
 use std::collections::HashSet;
 
 pub(super) fn check(server: &ServerConfig, problems: &mut Problems) {
@@ -120,6 +120,7 @@ fn check_listener(at: &str, listener: &ListenerConfig, has_tls: bool, problems: 
         };
         problems.push(format!("{at}.client_certificates"), message);
     }
+    check_proxy_protocol(at, listener, problems);
     if let Some(tls) = &listener.tls {
         if tls.certificates.is_empty() && tls.acme.is_empty() {
             problems.push(
@@ -142,6 +143,25 @@ fn check_listener(at: &str, listener: &ListenerConfig, has_tls: bool, problems: 
                 "must be more than 0 with include_subdomains or preload",
             );
         }
+    }
+}
+
+/// `proxy_protocol_from` against `proxy_protocol`.
+fn check_proxy_protocol(at: &str, listener: &ListenerConfig, problems: &mut Problems) {
+    let Some(from) = &listener.proxy_protocol_from else {
+        return;
+    };
+    if listener.proxy_protocol == ProxyProtocol::Off {
+        problems.push(
+            format!("{at}.proxy_protocol_from"),
+            "has no effect without `proxy_protocol` (v1, v2 or any) on the listener",
+        );
+    } else if from.is_empty() {
+        problems.push(
+            format!("{at}.proxy_protocol_from"),
+            "an empty list lets no peer connect: list the load balancers' networks, \
+             or leave the key out to accept a header from any peer",
+        );
     }
 }
 
