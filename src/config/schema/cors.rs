@@ -45,6 +45,9 @@ pub enum CorsOrigin {
     /// `*`: every origin.
     Any,
     Listed(Origin),
+    /// Not an origin, and why: reported by validation at the entry's own line
+    /// (serde would name only the list's), so never in a loaded config.
+    Invalid(String),
 }
 
 impl<'de> Deserialize<'de> for CorsOrigin {
@@ -53,9 +56,7 @@ impl<'de> Deserialize<'de> for CorsOrigin {
         if text == "*" {
             return Ok(CorsOrigin::Any);
         }
-        Origin::parse(&text)
-            .map(CorsOrigin::Listed)
-            .map_err(D::Error::custom)
+        Ok(Origin::parse(&text).map_or_else(CorsOrigin::Invalid, CorsOrigin::Listed))
     }
 }
 

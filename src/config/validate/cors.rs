@@ -16,8 +16,13 @@ pub(super) fn check(at: &str, route: &RouteConfig, cors: &CorsConfig, problems: 
         );
     }
     for (i, origin) in cors.origins.iter().enumerate() {
-        if *origin != CorsOrigin::Any {
-            continue;
+        match origin {
+            CorsOrigin::Any => {}
+            CorsOrigin::Listed(_) => continue,
+            CorsOrigin::Invalid(why) => {
+                problems.push(format!("{at_cors}.origins[{i}]"), why.as_str());
+                continue;
+            }
         }
         if cors.origins.len() > 1 {
             problems.push(

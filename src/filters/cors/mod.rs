@@ -98,7 +98,7 @@ impl Cors {
                     .iter()
                     .filter_map(|o| match o {
                         CorsOrigin::Listed(origin) => Some(origin.clone()),
-                        CorsOrigin::Any => None,
+                        CorsOrigin::Any | CorsOrigin::Invalid(_) => None,
                     })
                     .collect(),
             )
