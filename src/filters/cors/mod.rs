@@ -19,8 +19,9 @@
 //!
 //! CORS is not access control: a request from an origin not listed is still
 //! served (browsers are what withhold the answer from the page).
-//! Every header value is built at load; a request allocates at most the
-//! echoed `Origin` (a reference-counted copy of the request's value).
+//! Every header value is built at load; the echoed `Origin` is a clone of the
+//! request's own value (reference-counted bytes, not a copy), so a request
+//! allocates nothing here.
 
 mod origin;
 
