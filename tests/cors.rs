@@ -275,6 +275,20 @@ async fn actual_answers_get_the_policy_headers_and_vary_added_to_the_backend_s()
     .await;
     assert_eq!(all(&headers, "vary"), ["origin"]);
 
+    // A request with a body, buffered before it goes on (request_buffering):
+    // its answer is relayed with the same headers.
+    let posted = reqwest::Client::new()
+        .post(tollgate.url("/open/upload?acao=*"))
+        .header("origin", APP)
+        .body("a body to buffer")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    assert_eq!(all(posted.headers(), "access-control-allow-origin"), [APP]);
+    assert_eq!(all(posted.headers(), "vary"), ["Origin"]);
+    assert_eq!(backend.last("/open/upload?acao=*").method, "POST");
+
     // tollgate's own 502 for a dead backend carries the allow headers.
     let (status, headers) = send(&tollgate, Method::POST, "/dead/", &[("origin", APP)]).await;
     assert_eq!(status, 502);
