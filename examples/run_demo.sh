@@ -47,6 +47,8 @@ Stop a backend (kill the tollgate-demo-backend on :9002) and keep curling: no er
   curl http://127.0.0.1:8080/public/product/all                                      # public
   curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8080/protected/product/1/  # admin: 200
   curl -i http://127.0.0.1:8080/protected/product/1/                                 # 401 {"message": "Unauthorized"}
+  curl -i -X OPTIONS -H "Origin: http://localhost:3000" -H "Access-Control-Request-Method: GET" \
+      -H "Access-Control-Request-Headers: authorization" http://127.0.0.1:8080/protected/product/1/   # CORS preflight: 204
   (log in as gues / gues-password for a 403 from the product service)'
     ;;
   *)

@@ -287,3 +287,88 @@ async fn auth_service_down_slow_or_wrong_means_503() {
     );
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_app_on_its_own_origin_may_call_the_api() {
+    const APP: &str = "http://localhost:3000";
+    let gw = gateway().await;
+    let client = reqwest::Client::new();
+    // The browser's preflight for a GET with the bearer token: answered by
+    // tollgate, the auth service and the products not asked.
+    for _ in 0..3 {
+        let preflight = client
+            .request(
+                reqwest::Method::OPTIONS,
+                gw.tollgate.url("/protected/product/1/"),
+            )
+            .header("Origin", APP)
+            .header("Access-Control-Request-Method", "GET")
+            .header("Access-Control-Request-Headers", "authorization")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(preflight.status(), 204);
+        let headers = preflight.headers();
+        assert_eq!(headers["access-control-allow-origin"], APP);
+        assert_eq!(headers["access-control-allow-headers"], "Authorization");
+        assert_eq!(headers["access-control-max-age"], "600");
+    }
+    let metrics = gw.tollgate.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tollgate_upstream_requests_total",
+            &[("upstream", "products")]
+        ),
+        None,
+        "a preflight reached the products"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tollgate_auth_rejections_total",
+            &[("policy", "users")]
+        ),
+        None,
+        "a preflight was put to the auth policy"
+    );
+    // The real request: the app reads the answer, and the 401 without a token.
+    let admin = login(&gw, "admin", "admin-password").await;
+    let answer = client
+        .get(gw.tollgate.url("/protected/product/1/"))
+        .header("Origin", APP)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["access-control-allow-origin"], APP);
+    assert_eq!(
+        answer.headers()["access-control-expose-headers"],
+        "RateLimit-Remaining, Retry-After"
+    );
+    assert!(answer
+        .headers()
+        .get_all("vary")
+        .iter()
+        .any(|v| v == "Origin"));
+    let refused = client
+        .get(gw.tollgate.url("/protected/product/1/"))
+        .header("Origin", APP)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["access-control-allow-origin"], APP);
+    // Another site's pages get no allow header.
+    let elsewhere = client
+        .get(gw.tollgate.url("/public/product/all"))
+        .header("Origin", "https://elsewhere.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 200);
+    assert!(!elsewhere
+        .headers()
+        .contains_key("access-control-allow-origin"));
+}

@@ -1,9 +1,12 @@
 //! A route's `request_headers` and `response_headers`: headers removed, then
 //! set. Response rules run in a downstream module, so every answer of the
 //! route gets them (proxied, cached, static, direct and tollgate's own), as
-//! HSTS does; `request_filter` arms it with the route's rules.
+//! HSTS does; `request_filter` arms it with the route's rules, and with its
+//! CORS policy (see `filters::cors`), whose headers that module sets after
+//! the rules.
 
 use crate::config::HeaderRulesConfig;
+use crate::filters::cors::{Cors, CorsRequest};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -57,16 +60,24 @@ impl HeaderRules {
     }
 }
 
-/// The per-request module: applies the armed route's response rules.
+/// The per-request module: applies the armed route's response rules, then
+/// its CORS policy.
 #[derive(Default)]
 pub(crate) struct ResponseHeaderRules {
     rules: Option<Arc<HeaderRules>>,
+    cors: Option<(Arc<Cors>, CorsRequest)>,
 }
 
 impl ResponseHeaderRules {
     /// The rules this request's answers get; call once the route is known.
     pub fn arm(&mut self, rules: Arc<HeaderRules>) {
         self.rules = Some(rules);
+    }
+
+    /// The CORS policy this request's answers get, with what the policy
+    /// judged the request to be; call once the route is known.
+    pub fn arm_cors(&mut self, cors: Arc<Cors>, request: CorsRequest) {
+        self.cors = Some((cors, request));
     }
 }
 
@@ -77,8 +88,11 @@ impl HttpModule for ResponseHeaderRules {
         resp: &mut ResponseHeader,
         _end_of_stream: bool,
     ) -> pingora::Result<()> {
-        match &self.rules {
-            Some(rules) => rules.apply_to_response(resp),
+        if let Some(rules) = &self.rules {
+            rules.apply_to_response(resp)?;
+        }
+        match &self.cors {
+            Some((cors, request)) => cors.apply(request, resp),
             None => Ok(()),
         }
     }

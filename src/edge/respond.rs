@@ -78,14 +78,16 @@ impl DirectResponse {
     }
 }
 
-/// Writes `header` with `body` (Content-Length set here); HEAD gets the header only.
-/// The connection stays open.
+/// Writes `header` with `body` (Content-Length set here, except on a 204,
+/// which has none); HEAD gets the header only. The connection stays open.
 pub(crate) async fn send_answer(
     session: &mut Session,
     mut header: ResponseHeader,
     body: Bytes,
 ) -> pingora::Result<()> {
-    header.set_content_length(body.len())?;
+    if header.status != http::StatusCode::NO_CONTENT {
+        header.set_content_length(body.len())?;
+    }
     let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();
     session
         .write_response_header(Box::new(header), head_only)

@@ -2,6 +2,7 @@
 //! pass or returns the [`Answer`] the client gets instead; the proxy sends it.
 
 pub mod auth;
+pub mod cors;
 pub mod framing;
 pub mod rate_limit;
 pub mod request_head;

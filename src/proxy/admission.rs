@@ -9,6 +9,7 @@ use crate::config::{ErrorBody, RateKey};
 use crate::edge::client_certs::ClientCert;
 use crate::edge::hsts::Hsts;
 use crate::filters::auth::{AuthRequest, Verdict};
+use crate::filters::cors::Cors;
 use crate::filters::framing::{self, Framing};
 use crate::filters::rate_limit::{ceil_secs, RouteLimit};
 use crate::filters::request_head;
@@ -167,13 +168,16 @@ impl Proxy {
     /// Whether `route` lets the request in, in this order: the client's address
     /// (403), a PURGE from a client the route's cache does not allow it from
     /// (403), the announced body size (413, connection closed), the rate limit
-    /// and the auth policy (429 or 503, 401, 403, 503). Also applies the client
-    /// timeouts. Returns the answer of a request that is stopped.
+    /// and the auth policy (429 or 503, 401, 403, 503). A CORS `preflight` is
+    /// answered (204) instead of the rate limit and auth; it is counted
+    /// against the limit only with `cors.count_preflights`. Also applies the
+    /// client timeouts. Returns the answer of a request that is stopped.
     pub(super) async fn admission(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         route: &Route,
+        preflight: bool,
     ) -> Option<Answer> {
         if !route.allows_client(ctx.client_ip) {
             return Some(Answer::text(StatusCode::FORBIDDEN, "403 Forbidden"));
@@ -191,6 +195,9 @@ impl Proxy {
         }
         if let Some(too_large) = self.apply_client_limits(session) {
             return Some(too_large);
+        }
+        if preflight {
+            return Some(self.answer_preflight(session, ctx, route).await);
         }
         self.authorize(session, ctx, route).await.err()
     }
@@ -273,6 +280,28 @@ impl Proxy {
             count_against(limit, route, ctx, headers).await?;
         }
         Ok(())
+    }
+
+    /// The answer to a CORS preflight of `route`: 204 (its headers are the
+    /// policy's, see `filters::cors`), or the rate limit's refusal when the
+    /// route counts preflights and the bucket is empty. Never runs auth.
+    async fn answer_preflight(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+    ) -> Answer {
+        let counted = route
+            .rate_limit
+            .as_ref()
+            .filter(|_| route.cors.as_ref().is_some_and(|c| c.counts_preflights()));
+        if let Some(limit) = counted {
+            let headers = &session.req_header().headers;
+            if let Err(refused) = count_against(limit, route, ctx, headers).await {
+                return refused;
+            }
+        }
+        Cors::preflight_answer()
     }
 }
 

@@ -158,16 +158,32 @@ fn ready_upstream(ctx: &mut RequestCtx, upstream: usize) {
         .map_or(0, |u| u.retries);
 }
 
-/// Arms the module that gives every answer of `route` its `response_headers`.
-fn arm_response_headers(session: &mut Session, route: &Route) {
-    if let Some(rules) = &route.response_headers {
-        if let Some(module) = session
-            .downstream_modules_ctx
-            .get_mut::<ResponseHeaderRules>()
-        {
+/// Arms the module that gives every answer of `route` its `response_headers`
+/// and CORS headers. Returns whether the request is a CORS preflight of the
+/// route, which tollgate answers itself (see `admission`).
+fn arm_response_headers(session: &mut Session, route: &Route) -> bool {
+    if route.response_headers.is_none() && route.cors.is_none() {
+        return false;
+    }
+    let cors = route
+        .cors
+        .as_ref()
+        .map(|cors| (Arc::clone(cors), cors.judge(session.req_header())));
+    let preflight = cors
+        .as_ref()
+        .is_some_and(|(_, judged)| judged.is_preflight());
+    if let Some(module) = session
+        .downstream_modules_ctx
+        .get_mut::<ResponseHeaderRules>()
+    {
+        if let Some(rules) = &route.response_headers {
             module.arm(Arc::clone(rules));
         }
+        if let Some((cors, judged)) = cors {
+            module.arm_cors(cors, judged);
+        }
     }
+    preflight
 }
 
 #[async_trait]
@@ -234,8 +250,8 @@ impl ProxyHttp for Proxy {
             Routed::Route(id) => &topology.routes[id],
             Routed::Answer(answered) => return answer::send(session, ctx, answered).await,
         };
-        arm_response_headers(session, route);
-        if let Some(stopped) = self.admission(session, ctx, route).await {
+        let preflight = arm_response_headers(session, route);
+        if let Some(stopped) = self.admission(session, ctx, route, preflight).await {
             return answer::send(session, ctx, stopped).await;
         }
         if self.act(session, ctx, route).await? {

@@ -23,6 +23,7 @@ use crate::edge::header_rules::HeaderRules;
 use crate::edge::respond::DirectResponse;
 use crate::edge::static_files::StaticFiles;
 use crate::filters::auth::AuthPolicy;
+use crate::filters::cors::Cors;
 use crate::filters::rate_limit::RouteLimit;
 use crate::forwarding::TrustedProxies;
 use crate::metrics::{BackendMetrics, RouteMetrics, NO_UPSTREAM};
@@ -102,6 +103,8 @@ pub struct Route {
     pub response_headers: Option<Arc<HeaderRules>>,
     /// Bodies of tollgate's own answers on this route, by status.
     pub error_pages: ErrorPages,
+    /// The route's CORS policy, when it has `cors:`.
+    pub cors: Option<Arc<Cors>>,
     /// Client networks allowed (empty: all) and denied, checked before anything else.
     pub allow: Vec<ipnet::IpNet>,
     pub deny: Vec<ipnet::IpNet>,
@@ -507,6 +510,7 @@ fn compile_route(
             .filter(|rules| !rules.is_empty())
             .map(Arc::new),
         error_pages: ErrorPages::default(),
+        cors: config.cors.as_ref().map(|c| Arc::new(Cors::new(c))),
         allow: config.allow.clone(),
         deny: config.deny.clone(),
     }

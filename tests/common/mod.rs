@@ -5,6 +5,7 @@
 //! Waits are on conditions with deadlines, never fixed sleeps.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod origin;
 pub mod tls;
 

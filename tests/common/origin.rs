@@ -4,7 +4,8 @@
 //!
 //! Query parameters: `cc` (Cache-Control), `expires=SECS` (Expires that far
 //! ahead, with Date), `age=SECS`, `etag=TAG`, `lm=1` (a fixed Last-Modified),
-//! `vary=NAMES`, `cookie=1` (Set-Cookie), `status=CODE`, `delay=MS`,
+//! `vary=NAMES`, `cookie=1` (Set-Cookie), `acao=ORIGIN` (the origin's own
+//! Access-Control-Allow-Origin), `status=CODE`, `delay=MS`,
 //! `size=BYTES` (a body of that many bytes), `chunked=1` (no Content-Length),
 //! `gzip=1` (gzip the body for clients that accept it, with
 //! `Vary: Accept-Encoding`), `ct=TYPE`, `v=TEXT` (goes into the body). The
@@ -219,6 +220,9 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Body> {
     }
     if let Some(vary) = q.get("vary") {
         builder = builder.header("vary", vary.as_str());
+    }
+    if let Some(origin) = q.get("acao") {
+        builder = builder.header("access-control-allow-origin", origin.as_str());
     }
     if q.contains_key("cookie") {
         builder = builder.header("set-cookie", format!("session={count}"));

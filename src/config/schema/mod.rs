@@ -5,6 +5,7 @@
 
 mod auth;
 mod cache;
+mod cors;
 pub mod defaults;
 mod route;
 mod server;
@@ -12,6 +13,7 @@ mod upstream;
 
 pub use auth::*;
 pub use cache::*;
+pub use cors::*;
 pub use route::*;
 pub use server::*;
 pub use upstream::*;

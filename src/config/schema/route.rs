@@ -48,6 +48,9 @@ pub struct RouteConfig {
     /// Headers set on and removed from every answer of the route.
     #[serde(default)]
     pub response_headers: HeaderRulesConfig,
+    /// Cross-origin requests from browsers: preflights answered here, the
+    /// `Access-Control-*` headers of every answer (see `filters::cors`).
+    pub cors: Option<super::CorsConfig>,
     /// Files that replace the body of tollgate's own answers of these statuses.
     #[serde(default, deserialize_with = "units::status_paths")]
     pub error_pages: Vec<(http::StatusCode, PathBuf)>,

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cache;
+mod cors;
 mod routes;
 mod server;
 mod upstream;

@@ -46,6 +46,9 @@ pub(super) fn check(config: &Config, problems: &mut Problems) {
         if let Some(arms) = &route.split {
             check_split(&at, config, arms, problems);
         }
+        if let Some(cors) = &route.cors {
+            super::cors::check(&at, route, cors, problems);
+        }
     }
 }
 
