@@ -216,6 +216,7 @@ impl Cors {
             body: bytes::Bytes::new(),
             close: false,
             linger: false,
+            grpc_code: None,
         }
     }
 }
