@@ -385,25 +385,6 @@ routes:
     )
 }
 
-/// Asserts `tollgate -t` refuses `contents` at `line` saying `words`.
-fn assert_refused_at(contents: &str, line: usize, words: &[&str]) {
-    let checked = check_topology(contents);
-    assert!(!checked.ok, "accepted:\n{contents}\n{}", checked.output);
-    let located = format!("{}:{line}:", checked.file);
-    assert!(
-        checked.output.contains(&located),
-        "expected `{located}` in:\n{}",
-        checked.output
-    );
-    for word in words {
-        assert!(
-            checked.output.contains(word),
-            "expected `{word}` in:\n{}",
-            checked.output
-        );
-    }
-}
-
 #[test]
 fn bad_cors_is_refused_at_its_line() {
     let valid = with_cors("      origins: [https://app.example.com]\n      max_age: 1h\n");

@@ -653,23 +653,7 @@ fn h2c_with_tls_and_other_mismatches_are_config_errors() {
 "
         )
     };
-    let refused = |contents: &str, line: usize, words: &[&str]| {
-        let result = check_topology(contents);
-        assert!(!result.ok, "accepted:\n{contents}");
-        let at = format!("{}:{line}:", result.file);
-        assert!(
-            result.output.contains(&at),
-            "expected {at} in:\n{}",
-            result.output
-        );
-        for word in words {
-            assert!(
-                result.output.contains(word),
-                "expected `{word}` in:\n{}",
-                result.output
-            );
-        }
-    };
+    let refused = assert_refused_at;
     refused(
         &file("    protocol: h2c\n    tls: {sni: rpc.internal}\n", ""),
         7,

@@ -182,25 +182,6 @@ async fn a_private_ca_verifies_traffic_and_health_checks() {
     assert_eq!(probes(&tollgate, "internal", "failure").await, 0.0);
 }
 
-/// Asserts that `tollgate -t` refuses `contents` at `line` with `words`.
-fn assert_refused_at(contents: &str, line: usize, words: &[&str]) {
-    let result = check_topology(contents);
-    assert!(!result.ok, "accepted:\n{contents}\n{}", result.output);
-    let located = format!("{}:{line}:", result.file);
-    assert!(
-        result.output.contains(&located),
-        "expected `{located}` in:\n{}",
-        result.output
-    );
-    for w in words {
-        assert!(
-            result.output.contains(w),
-            "expected `{w}` in:\n{}",
-            result.output
-        );
-    }
-}
-
 #[test]
 fn bad_upstream_ca_settings_are_errors_at_their_line() {
     let dir = temp_dir("upstream-ca-check");

@@ -787,6 +787,26 @@ pub fn response_complete(bytes: &[u8]) -> bool {
     bytes.len() >= head_end + 4 + length
 }
 
+/// Asserts that `tollgate -t` refuses `contents` with an error at `line` of
+/// the file (`FILE:LINE:`) whose text has every one of `words`.
+pub fn assert_refused_at(contents: &str, line: usize, words: &[&str]) {
+    let result = check_topology(contents);
+    assert!(!result.ok, "accepted:\n{contents}\n{}", result.output);
+    let located = format!("{}:{line}:", result.file);
+    assert!(
+        result.output.contains(&located),
+        "expected `{located}` in:\n{}",
+        result.output
+    );
+    for word in words {
+        assert!(
+            result.output.contains(word),
+            "expected `{word}` in:\n{}",
+            result.output
+        );
+    }
+}
+
 /// What `tollgate -t` said about a topology file.
 pub struct CheckResult {
     /// Exit status 0.
