@@ -11,13 +11,15 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::path::Path;
+use tollgate::balance::hash_key::RequestParts;
 use tollgate::balance::Tried;
 use tollgate::config;
 use tollgate::topology::{Resources, Topology};
 
 const SERVER: &str = "server:\n  listeners:\n    - address: 127.0.0.1:8080\n  access_log: off\n";
 
-/// A topology with one upstream of `n` backends under `algorithm`, and `routes`
+/// A topology with one upstream of `n` backends under `algorithm` (which may
+/// carry more keys of the upstream: `hash\n    hash_key: ...`), and `routes`
 /// routes over hosts and path prefixes.
 fn topology_source(algorithm: &str, backends: usize, routes: usize) -> String {
     let mut text =
@@ -53,9 +55,37 @@ fn compile(source: &str) -> Topology {
     Topology::compile(&loaded.config, resources, None)
 }
 
+/// The algorithms picked from, as the bench names them and as written.
+const ALGORITHMS: [(&str, &str); 6] = [
+    ("round_robin", "round_robin"),
+    ("ip_hash", "ip_hash"),
+    ("hash_header", "hash\n    hash_key: header:X-User"),
+    ("hash_cookie", "hash\n    hash_key: cookie:sid"),
+    ("least_connections", "least_connections"),
+    ("least_time", "least_time"),
+];
+
 fn picks(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick");
-    for algorithm in ["round_robin", "ip_hash", "least_connections", "least_time"] {
+    // A browser's request head: the key among other headers and cookies.
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in [
+        ("host", "app.example.com"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101",
+        ),
+        ("accept", "text/html,application/xhtml+xml"),
+        ("accept-language", "en-US,en;q=0.5"),
+        ("x-user", "user-4711"),
+        (
+            "cookie",
+            "theme=dark; _ga=GA1.2.123456789.1700000000; sid=4f1c2e9a7b",
+        ),
+    ] {
+        headers.append(name, http::HeaderValue::from_static(value));
+    }
+    for (label, algorithm) in ALGORITHMS {
         for n in [3usize, 100, 1000] {
             let topology = compile(&topology_source(algorithm, n, 1));
             let upstream = &topology.upstreams[0];
@@ -68,12 +98,16 @@ fn picks(c: &mut Criterion) {
             }
             let tried = Tried::default();
             let mut client: u32 = 0x0a00_0001;
-            group.bench_function(BenchmarkId::new(algorithm, n), |b| {
+            group.bench_function(BenchmarkId::new(label, n), |b| {
                 b.iter(|| {
                     client = client.wrapping_mul(2_654_435_761).wrapping_add(1);
-                    black_box(
-                        upstream.select(black_box(IpAddr::from(client.to_be_bytes())), &tried),
-                    )
+                    let request = RequestParts {
+                        client: black_box(IpAddr::from(client.to_be_bytes())),
+                        headers: black_box(&headers),
+                        path: "/api/items/42",
+                        query: b"",
+                    };
+                    black_box(upstream.select(&request, &tried))
                 })
             });
         }
