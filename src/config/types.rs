@@ -188,8 +188,20 @@ impl fmt::Display for HashKey {
 }
 
 impl<'de> Deserialize<'de> for HashKey {
+    /// Parses the key inside the scalar's visitor, so that serde_yaml reports
+    /// a bad key at its own line and column rather than at its mapping's.
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        HashKey::parse(&String::deserialize(de)?).map_err(D::Error::custom)
+        struct Key;
+        impl serde::de::Visitor<'_> for Key {
+            type Value = HashKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a hash key: client_ip, header:NAME, cookie:NAME, path or uri")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<HashKey, E> {
+                HashKey::parse(text).map_err(E::custom)
+            }
+        }
+        de.deserialize_str(Key)
     }
 }
 
