@@ -129,6 +129,27 @@ mod tests {
     }
 
     #[test]
+    fn ip_hash_is_hash_by_client_ip() {
+        use crate::balance::{hash_key::RequestParts, Upstream};
+        let upstream = |yaml: &str| {
+            let config: crate::config::UpstreamConfig = serde_yaml::from_str(yaml).unwrap();
+            Upstream::new("t".into(), backends(&[1, 2, 1, 1]), &config)
+        };
+        let ip_hash = upstream("algorithm: ip_hash");
+        let hash = upstream("algorithm: hash\nhash_key: client_ip");
+        let headers = http::HeaderMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..500u32 {
+            let client = std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes());
+            let request = RequestParts::of_client(client, &headers);
+            let picked = ip_hash.select(&request, &Default::default());
+            assert_eq!(picked, hash.select(&request, &Default::default()));
+            seen.insert(picked);
+        }
+        assert_eq!(seen.len(), 4);
+    }
+
+    #[test]
     fn no_key_goes_round_robin() {
         let b = backends(&[1, 1, 1]);
         let h = ConsistentHash::new(&b);
