@@ -1,8 +1,8 @@
 //! `algorithm: hash` over real backends: each `hash_key` form keeps a key on
 //! its backend (across reloads too) and spreads keys over the backends; a
 //! request without the key goes round robin; a down backend's keys move and
-//! come back; adding or removing one backend moves about 1/N of the keys; and
-//! a bad `hash_key` is refused at its line.
+//! come back, as do a drained backend's; adding or removing one backend moves
+//! about 1/N of the keys; and a bad `hash_key` is refused at its line.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -299,6 +299,69 @@ async fn a_down_backends_keys_move_to_the_others_and_come_back() {
     );
     let back = users_backends(&tollgate, &keys).await;
     assert_eq!(back, before, "keys did not return to their backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_backends_keys_move_and_come_back_when_undrained() {
+    let backends = [
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    ];
+    let all: Vec<&Backend> = backends.iter().collect();
+    let tollgate = Tollgate::start_with(
+        &hashing_body(&all, "cookie:sid", ""),
+        "  admin: 127.0.0.1:0\n",
+    )
+    .await;
+    let admin = format!("http://{}", tollgate.reported("server.admin"));
+    let client = reqwest::Client::new();
+    let sessions: Vec<String> = (0..60).map(|i| format!("sid=s{i}")).collect();
+    let assignment = || async {
+        let mut seen = Vec::new();
+        for cookie in &sessions {
+            seen.push(backend_of(&client, &tollgate, "/", &[("Cookie", cookie)]).await);
+        }
+        seen
+    };
+    let before = assignment().await;
+    assert!(
+        before.iter().any(|b| b == "b"),
+        "no session on b: {before:?}"
+    );
+    let upstreams: serde_json::Value = client
+        .get(format!("{admin}/api/upstreams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(upstreams["app"]["algorithm"], "hash");
+    assert_eq!(upstreams["app"]["hash_key"], "cookie:sid");
+
+    let action = |verb: &'static str| {
+        let url = format!(
+            "{admin}/api/upstreams/app/backends/{}/{verb}",
+            backends[1].addr
+        );
+        let client = client.clone();
+        async move {
+            let response = client.post(url).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{verb}");
+        }
+    };
+    action("drain").await;
+    let drained = assignment().await;
+    for (was, now) in before.iter().zip(&drained) {
+        if was == "b" {
+            assert_ne!(now, "b", "a session stayed on the drained backend");
+        } else {
+            assert_eq!(now, was, "a session moved though its backend is in");
+        }
+    }
+    action("undrain").await;
+    assert_eq!(assignment().await, before, "sessions did not come back");
 }
 
 /// The share of `keys` whose backend differs between `before` and `after`,
