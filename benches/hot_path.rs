@@ -104,6 +104,8 @@ fn picks(c: &mut Criterion) {
                     let request = RequestParts {
                         client: black_box(IpAddr::from(client.to_be_bytes())),
                         headers: black_box(&headers),
+                        identity: &[],
+                        stripped: &[],
                         path: "/api/items/42",
                         query: b"",
                     };

@@ -1,5 +1,6 @@
 //! `algorithm: hash` over real backends: each `hash_key` form keeps a key on
-//! its backend (across reloads too) and spreads keys over the backends; a
+//! its backend (across reloads too) and spreads keys over the backends (a
+//! header an auth policy sets is read as the backend gets it); a
 //! request without the key goes round robin; a down backend's keys move and
 //! come back, as do a drained backend's; adding or removing one backend moves
 //! about 1/N of the keys; and a bad `hash_key` is refused at its line.
@@ -362,6 +363,62 @@ async fn a_drained_backends_keys_move_and_come_back_when_undrained() {
     }
     action("undrain").await;
     assert_eq!(assignment().await, before, "sessions did not come back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_the_auth_policy_sets_is_the_key_and_a_forged_one_is_none() {
+    let backends = [
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    ];
+    let all: Vec<&Backend> = backends.iter().collect();
+    let dir = temp_dir("htpasswd");
+    let names: Vec<String> = (0..24).map(|i| format!("staff{i}")).collect();
+    let lines: Vec<String> = names
+        .iter()
+        .map(|name| htpasswd_line("-B", name, "pw"))
+        .collect();
+    let users_file = write_file(&dir, "htpasswd", &(lines.join("\n") + "\n"));
+    let body = hashing_body(&all, "header:X-User", "").replace(
+        "routes:\n  - match: {path_prefix: /}\n    upstream: app\n",
+        &format!(
+            "auth:\n  staff:\n    basic:\n      users_file: {}\n      user_header: X-User\nroutes:\n  - match: {{path_prefix: /staff/}}\n    upstream: app\n    auth: staff\n  - match: {{path_prefix: /}}\n    upstream: app\n",
+            users_file.display()
+        ),
+    );
+    let tollgate = Tollgate::start(&body).await;
+    let client = reqwest::Client::new();
+    let mut staff_backends = HashSet::new();
+    for name in &names {
+        let mut seen = HashSet::new();
+        for forged in ["someone", "else", "entirely"] {
+            let response = client
+                .get(tollgate.url("/staff/x"))
+                .basic_auth(name, Some("pw"))
+                .header("X-User", forged)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let backend = response.headers().get("x-backend").cloned().unwrap();
+            seen.insert(backend.to_str().unwrap().to_string());
+        }
+        assert_eq!(
+            seen.len(),
+            1,
+            "{name} moved with the X-User it forged: {seen:?}"
+        );
+        staff_backends.extend(seen);
+    }
+    assert_eq!(staff_backends.len(), 3, "24 users over 3 backends");
+
+    // Without auth, a client's X-User never reaches a backend: it is no key.
+    let mut open = HashSet::new();
+    for _ in 0..3 {
+        open.insert(backend_of(&client, &tollgate, "/open", &[("X-User", "staff1")]).await);
+    }
+    assert_eq!(open.len(), 3, "a forged X-User chose the backend: {open:?}");
 }
 
 /// The share of `keys` whose backend differs between `before` and `after`,

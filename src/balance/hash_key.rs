@@ -2,12 +2,15 @@
 //! consistent ring of [`super::hash`], without allocating: header and cookie
 //! values, the path and the query are hashed as the bytes the request holds.
 //!
-//! An absent or empty key is no key: the request goes round robin (as nginx's
-//! `hash` does with an empty key).
+//! A header is read as the backend will get it: a header the route's auth
+//! policy sets (`copy_headers`, `claims_to_headers`, `user_header`) is its
+//! value, and a client's header of a name tollgate strips (any identity header)
+//! is no key. An absent or empty key is no key: the request goes round robin
+//! (as nginx's `hash` does with an empty key).
 
 use crate::config::HashKey;
 use crate::forwarding::canonical_ip;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
 /// The parts of one request a hash key is read from.
@@ -16,6 +19,12 @@ pub struct RequestParts<'a> {
     /// The client address (after `trusted_proxies`).
     pub client: IpAddr,
     pub headers: &'a HeaderMap,
+    /// The headers the request's auth policy set for the backend, which take
+    /// the place of the client's.
+    pub identity: &'a [(HeaderName, HeaderValue)],
+    /// Names whose client values never reach a backend (every header an auth
+    /// policy or a client certificate may set).
+    pub stripped: &'a [HeaderName],
     /// The normalized path the request was routed on.
     pub path: &'a str,
     /// The query with its `?` as the client sent it; empty when there is none.
@@ -28,6 +37,8 @@ impl<'a> RequestParts<'a> {
         RequestParts {
             client,
             headers,
+            identity: &[],
+            stripped: &[],
             path: "/",
             query: b"",
         }
@@ -74,14 +85,7 @@ impl HashKey {
                 IpAddr::V4(v4) => hasher.write(&v4.octets()),
                 IpAddr::V6(v6) => hasher.write(&v6.octets()),
             },
-            HashKey::Header(name) => hasher.write(
-                request
-                    .headers
-                    .get_all(name)
-                    .iter()
-                    .map(|value| value.as_bytes())
-                    .find(|value| !value.is_empty())?,
-            ),
+            HashKey::Header(name) => hasher.write(header_value(request, name)?),
             HashKey::Cookie(name) => hasher.write(cookie_value(request.headers, name)?),
             HashKey::Path => hasher.write(request.path.as_bytes()),
             HashKey::Uri => {
@@ -91,6 +95,22 @@ impl HashKey {
         }
         Some(hasher.finish())
     }
+}
+
+/// The value of header `name` the backend gets: the auth policy's, else the
+/// client's first non-empty one unless tollgate strips that header.
+fn header_value<'r>(request: &RequestParts<'r>, name: &HeaderName) -> Option<&'r [u8]> {
+    let value = match request.identity.iter().find(|(set, _)| set == name) {
+        Some((_, value)) => Some(value.as_bytes()),
+        None if request.stripped.contains(name) => None,
+        None => request
+            .headers
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .find(|value| !value.is_empty()),
+    };
+    value.filter(|value| !value.is_empty())
 }
 
 /// The first non-empty value of cookie `name` in the request's `Cookie`
@@ -163,6 +183,8 @@ mod tests {
         let request = RequestParts {
             client: IpAddr::from([10, 0, 0, 7]),
             headers: &headers,
+            identity: &[],
+            stripped: &[],
             path: "/a/b",
             query: b"?x=1",
         };
@@ -196,6 +218,28 @@ mod tests {
         headers.insert("x-user", HeaderValue::from_static(""));
         let request = RequestParts::of_client(IpAddr::from([10, 0, 0, 7]), &headers);
         assert_eq!(key("header:X-User").hash_of(&request, b""), None);
+        // A header the auth policy sets is its value; a stripped one is none.
+        let identity = [(
+            HeaderName::from_static("x-user"),
+            HeaderValue::from_static("bob"),
+        )];
+        let stripped = [
+            HeaderName::from_static("x-user"),
+            HeaderName::from_static("x-role"),
+        ];
+        let mut forged = HeaderMap::new();
+        forged.insert("x-user", HeaderValue::from_static("forged"));
+        forged.insert("x-role", HeaderValue::from_static("forged"));
+        let authed = RequestParts {
+            identity: &identity,
+            stripped: &stripped,
+            ..RequestParts::of_client(request.client, &forged)
+        };
+        assert_eq!(
+            key("header:X-User").hash_of(&authed, b""),
+            Some(hash(b"bob"))
+        );
+        assert_eq!(key("header:X-Role").hash_of(&authed, b""), None);
         // A salt makes another hash of the same key.
         assert_ne!(
             key("path").hash_of(&request, b"s"),

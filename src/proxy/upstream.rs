@@ -58,6 +58,14 @@ pub(super) fn request_parts<'a>(head: &'a RequestHeader, ctx: &'a RequestCtx) ->
     RequestParts {
         client: ctx.client_ip,
         headers: &head.headers,
+        identity: ctx
+            .identity
+            .as_ref()
+            .map_or(&[], |identity| &identity.headers),
+        stripped: ctx
+            .topology
+            .as_ref()
+            .map_or(&[], |topology| &topology.identity_headers),
         path: ctx.forward_path(head.uri.path()),
         query: raw_query(head.raw_path()),
     }
