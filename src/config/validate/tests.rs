@@ -356,6 +356,12 @@ const HASHING_RULES: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "    backends:\n      - address: 127.0.0.1:19001\n",
+        "    algorithm: hash\n    hash_key: header:X-Client-Cert-Sha256\n    backends:\n      - address: 127.0.0.1:19001\n",
+        "upstreams.app.hash_key",
+        "x-client-cert-sha256 is set from the connection's client certificate",
+    ),
+    (
+        "    backends:\n      - address: 127.0.0.1:19001\n",
         "    algorithm: ip_hash\n    slow_start: 30s\n    backends:\n      - address: 127.0.0.1:19001\n",
         "upstreams.app.slow_start",
         "ip_hash does not ramp",

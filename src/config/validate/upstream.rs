@@ -2,6 +2,7 @@
 
 use super::{check_name, check_positive, Problems, MAX_WEIGHT};
 use crate::config::schema::{Algorithm, HealthCheckConfig, UpstreamConfig};
+use crate::config::HashKey;
 
 pub(super) fn check(name: &str, upstream: &UpstreamConfig, problems: &mut Problems) {
     let at = format!("upstreams.{name}");
@@ -84,6 +85,17 @@ fn check_hashing(at: &str, upstream: &UpstreamConfig, problems: &mut Problems) {
             format!("{at}.algorithm"),
             "algorithm hash needs `hash_key`: client_ip, header:NAME, cookie:NAME, path or uri",
         ),
+        (Algorithm::Hash, Some(HashKey::Header(name)))
+            if crate::edge::client_certs::IDENTITY_HEADERS.contains(name) =>
+        {
+            problems.push(
+                format!("{at}.hash_key"),
+                format!(
+                    "{name} is set from the connection's client certificate, not read from \
+                     requests, so it is never a hash key"
+                ),
+            )
+        }
         (Algorithm::Hash, Some(_)) | (_, None) => {}
         (Algorithm::IpHash, Some(_)) => problems.push(
             format!("{at}.hash_key"),
