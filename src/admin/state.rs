@@ -5,7 +5,6 @@
 use super::history::{round, History};
 use super::{Admin, Answer};
 use crate::balance::{Backend, Upstream};
-use crate::config::Algorithm;
 use crate::metrics::metrics;
 use crate::topology::{RouteAction, Topology};
 use prometheus::core::Collector;
@@ -49,12 +48,7 @@ pub(super) fn upstream(topology: &Topology, history: &History, name: &str) -> An
 }
 
 fn upstream_json(upstream: &Upstream, history: &History) -> Value {
-    let algorithm = match upstream.config.algorithm {
-        Algorithm::RoundRobin => "round_robin",
-        Algorithm::IpHash => "ip_hash",
-        Algorithm::LeastConnections => "least_connections",
-        Algorithm::LeastTime => "least_time",
-    };
+    let algorithm = upstream.config.algorithm.name();
     let backends: Vec<Value> = upstream
         .backends
         .iter()
@@ -62,6 +56,7 @@ fn upstream_json(upstream: &Upstream, history: &History) -> Value {
         .collect();
     json!({
         "algorithm": algorithm,
+        "hash_key": upstream.config.ring_key().map(|key| key.to_string()),
         "discovered": upstream.config.discovery.is_some(),
         "backends": backends,
     })

@@ -17,7 +17,6 @@
 
 use super::sampling::{splitmix64, AliasTable};
 use super::{Backend, Balancer};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Pools up to this size are scanned in full on every pick.
@@ -108,7 +107,7 @@ impl Balancer for LeastConnections {
     fn pick(
         &self,
         backends: &[Backend],
-        _client: IpAddr,
+        _key: Option<u64>,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
         match &self.sampler {
@@ -130,24 +129,22 @@ mod tests {
     fn prefers_fewest_in_flight_per_weight() {
         let b = backends(&[1, 1, 2]);
         let lc = LeastConnections::new(&b);
-        let ip = IpAddr::from([127, 0, 0, 1]);
         let _g0 = InFlightGuard::new(&b[0].state);
         let _g2a = InFlightGuard::new(&b[2].state);
         // loads: a=1/1, b=0/1, c=1/2 -> b
-        assert_eq!(lc.pick(&b, ip, &|_| true), Some(1));
+        assert_eq!(lc.pick(&b, None, &|_| true), Some(1));
         let _g1 = InFlightGuard::new(&b[1].state);
         let _g1b = InFlightGuard::new(&b[1].state);
         // a=1, b=2, c=0.5 -> c
-        assert_eq!(lc.pick(&b, ip, &|_| true), Some(2));
+        assert_eq!(lc.pick(&b, None, &|_| true), Some(2));
     }
 
     #[test]
     fn ties_rotate() {
         let b = backends(&[1, 1, 1]);
         let lc = LeastConnections::new(&b);
-        let ip = IpAddr::from([127, 0, 0, 1]);
         let picks: Vec<_> = (0..6)
-            .map(|_| lc.pick(&b, ip, &|_| true).unwrap())
+            .map(|_| lc.pick(&b, None, &|_| true).unwrap())
             .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
     }
@@ -167,12 +164,11 @@ mod tests {
     fn large_pools_pick_the_less_loaded_of_two_draws() {
         let b = backends(&[1; 100]);
         let lc = LeastConnections::new(&b);
-        let ip = IpAddr::from([127, 0, 0, 1]);
         // Half the pool is busy: a pick lands on an idle backend unless both draws
         // were busy (about 1 in 4).
         let _busy: Vec<_> = (0..50).map(|i| InFlightGuard::new(&b[i].state)).collect();
         let idle = (0..4000)
-            .filter(|_| lc.pick(&b, ip, &|_| true).is_some_and(|i| i >= 50))
+            .filter(|_| lc.pick(&b, None, &|_| true).is_some_and(|i| i >= 50))
             .count();
         assert!((2800..3200).contains(&idle), "{idle} of 4000 picks idle");
     }
@@ -181,15 +177,14 @@ mod tests {
     fn large_pools_honour_usable_and_fall_back_to_a_scan() {
         let b = backends(&[1; 100]);
         let lc = LeastConnections::new(&b);
-        let ip = IpAddr::from([127, 0, 0, 1]);
         for _ in 0..200 {
-            let pick = lc.pick(&b, ip, &|i| i % 10 == 3).unwrap();
+            let pick = lc.pick(&b, None, &|i| i % 10 == 3).unwrap();
             assert_eq!(pick % 10, 3);
         }
         // One usable backend: the draws rarely find it, the scan always does.
         for _ in 0..50 {
-            assert_eq!(lc.pick(&b, ip, &|i| i == 77), Some(77));
+            assert_eq!(lc.pick(&b, None, &|i| i == 77), Some(77));
         }
-        assert_eq!(lc.pick(&b, ip, &|_| false), None);
+        assert_eq!(lc.pick(&b, None, &|_| false), None);
     }
 }

@@ -14,7 +14,6 @@
 use super::peak_ewma::DECAY_NANOS;
 use super::sampling::{below, thread_random};
 use super::{Backend, Balancer};
-use std::net::IpAddr;
 
 /// Draws at random before falling back to a full scan.
 const DRAWS: usize = 8;
@@ -90,7 +89,7 @@ impl Balancer for LeastTime {
     fn pick(
         &self,
         backends: &[Backend],
-        _client: IpAddr,
+        _key: Option<u64>,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
         let n = backends.len();
@@ -124,12 +123,10 @@ mod tests {
     use crate::balance::InFlightGuard;
     use std::time::Duration;
 
-    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
     fn shares(b: &[Backend], picks: usize) -> Vec<usize> {
         let mut counts = vec![0; b.len()];
         for _ in 0..picks {
-            counts[LeastTime.pick(b, IP, &|_| true).unwrap()] += 1;
+            counts[LeastTime.pick(b, None, &|_| true).unwrap()] += 1;
         }
         counts
     }
@@ -152,10 +149,10 @@ mod tests {
         let now = crate::balance::peak_ewma::now_nanos();
         b[0].state.latency.observe(Duration::from_millis(2), now);
         // b[1] has no sample and nothing in flight: it wins.
-        assert_eq!(LeastTime.pick(&b, IP, &|_| true), Some(1));
+        assert_eq!(LeastTime.pick(&b, None, &|_| true), Some(1));
         // With a request in flight and no answer yet, it loses to a measured one.
         let _waiting = InFlightGuard::new(&b[1].state);
-        assert_eq!(LeastTime.pick(&b, IP, &|_| true), Some(0));
+        assert_eq!(LeastTime.pick(&b, None, &|_| true), Some(0));
     }
 
     #[test]
@@ -167,19 +164,19 @@ mod tests {
         // b[1]: 2 ms x (2 + 1) / 3 = 2 ms, below b[0]: 2 ms x (1 + 1) / 1 = 4 ms.
         let _busy0 = InFlightGuard::new(&b[0].state);
         let _busy1: Vec<_> = (0..2).map(|_| InFlightGuard::new(&b[1].state)).collect();
-        assert_eq!(LeastTime.pick(&b, IP, &|_| true), Some(1));
+        assert_eq!(LeastTime.pick(&b, None, &|_| true), Some(1));
         let _more1: Vec<_> = (0..4).map(|_| InFlightGuard::new(&b[1].state)).collect();
         // Now b[1] is 2 ms x (6 + 1) / 3, about 4.7 ms: above b[0]'s 4 ms.
-        assert_eq!(LeastTime.pick(&b, IP, &|_| true), Some(0));
+        assert_eq!(LeastTime.pick(&b, None, &|_| true), Some(0));
     }
 
     #[test]
     fn usable_is_honoured_and_a_lone_backend_is_found() {
         let b = backends(&[1; 50]);
         for _ in 0..100 {
-            assert_eq!(LeastTime.pick(&b, IP, &|i| i == 37), Some(37));
+            assert_eq!(LeastTime.pick(&b, None, &|i| i == 37), Some(37));
         }
-        assert_eq!(LeastTime.pick(&b, IP, &|_| false), None);
-        assert_eq!(LeastTime.pick(&[], IP, &|_| true), None);
+        assert_eq!(LeastTime.pick(&b, None, &|_| false), None);
+        assert_eq!(LeastTime.pick(&[], None, &|_| true), None);
     }
 }

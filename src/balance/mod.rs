@@ -6,8 +6,9 @@
 //! Algorithms only ever return usable backends.
 
 mod grpc_probe;
+pub mod hash;
+pub mod hash_key;
 pub mod health;
-pub mod ip_hash;
 pub mod least_conn;
 pub mod least_time;
 pub mod outlier;
@@ -19,15 +20,16 @@ pub(crate) mod sampling;
 pub mod slow_start;
 mod traffic;
 
-use crate::config::{Algorithm, PassiveConfig, UpstreamConfig};
+use crate::config::{Algorithm, HashKey, PassiveConfig, UpstreamConfig};
 use crate::metrics::BackendMetrics;
+use hash_key::{KeyHasher, RequestParts};
 use health::{ActiveHealth, PassiveHealth};
 use outlier::{Ejection, OutlierPolicy};
 use peak_ewma::PeakEwma;
 use pingora::upstreams::peer::HttpPeer;
 use retry_budget::RetryBudget;
 use slow_start::Ramp;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,11 +37,13 @@ use std::time::Duration;
 /// A balancing algorithm over the backends of one upstream.
 pub(crate) trait Balancer: Send + Sync {
     /// Returns the index of a backend for which `usable` is true, or `None` when
-    /// there is none. `client` is the client address (after trusted proxies).
+    /// there is none. `key` is the hash of the request's key on an upstream
+    /// that hashes (`ip_hash`, `hash`), `None` elsewhere and for a request
+    /// without the key.
     fn pick(
         &self,
         backends: &[Backend],
-        client: IpAddr,
+        key: Option<u64>,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize>;
 
@@ -231,6 +235,9 @@ pub struct Upstream {
     pub name: String,
     pub backends: Vec<Backend>,
     balancer: Box<dyn Balancer>,
+    /// What the balancer hashes (`ip_hash`: the client address; `hash`: its
+    /// `hash_key`); `None` for the algorithms that do not hash.
+    key: Option<HashKey>,
     /// The config it was compiled from (for runtime weight changes).
     pub config: Arc<UpstreamConfig>,
     /// Other backends tried when connecting fails.
@@ -238,7 +245,7 @@ pub struct Upstream {
     pub passive: PassiveConfig,
     /// Answers feed each backend's latency estimate (`least_time`).
     measures_latency: bool,
-    /// `slow_start`'s window; `None` when off or under `ip_hash`.
+    /// `slow_start`'s window; `None` when off or under `ip_hash` or `hash`.
     slow_start: Option<Duration>,
     outlier: Option<OutlierPolicy>,
     /// Held while an ejection is decided, so that concurrent streaks cannot
@@ -262,7 +269,7 @@ impl Upstream {
         let algorithm = config.algorithm;
         let balancer: Box<dyn Balancer> = match algorithm {
             Algorithm::RoundRobin => Box::new(round_robin::RoundRobin::new(&backends)),
-            Algorithm::IpHash => Box::new(ip_hash::IpHash::new(&backends)),
+            Algorithm::IpHash | Algorithm::Hash => Box::new(hash::ConsistentHash::new(&backends)),
             Algorithm::LeastConnections => Box::new(least_conn::LeastConnections::new(&backends)),
             Algorithm::LeastTime => Box::new(least_time::LeastTime),
         };
@@ -277,11 +284,12 @@ impl Upstream {
             name,
             backends,
             balancer,
+            key: config.ring_key().cloned(),
             retries: config.retries,
             config: Arc::new(config.clone()),
             passive: config.passive.clone(),
             measures_latency: algorithm == Algorithm::LeastTime,
-            slow_start: config.slow_start.filter(|_| algorithm != Algorithm::IpHash),
+            slow_start: config.slow_start.filter(|_| config.ring_key().is_none()),
             outlier: config.outlier.as_ref().map(OutlierPolicy::new),
             ejecting: std::sync::Mutex::new(()),
             retry_budget: config
@@ -295,15 +303,17 @@ impl Upstream {
         }
     }
 
-    /// Chooses a backend for `client` that is up and not in `tried`. When no
+    /// Chooses a backend for `request` that is up and not in `tried`; on an
+    /// upstream that hashes, by the request's key (round robin without it). When no
     /// backend of the upstream is up at all, every backend is tried anyway, as if
     /// all were up ("panic mode", as Envoy has it): a backend that is back before
     /// its checks say so then answers, instead of the whole upstream refusing.
     /// In panic mode the backends are taken in turn, whatever the algorithm.
-    pub fn select(&self, client: IpAddr, tried: &Tried) -> Option<usize> {
+    pub fn select(&self, request: &RequestParts<'_>, tried: &Tried) -> Option<usize> {
         let usable = |i: usize| !tried.contains(i) && self.backends[i].state.is_up();
-        if let Some(index) = self.balancer.pick(&self.backends, client, &usable) {
-            let index = self.ramped(index, client, &usable);
+        let key = self.key.as_ref().and_then(|k| k.hash_of(request, b""));
+        if let Some(index) = self.balancer.pick(&self.backends, key, &usable) {
+            let index = self.ramped(index, key, &usable);
             if self.panicking.swap(false, Ordering::Relaxed) {
                 log::warn!(
                     "upstream {}: a backend is up again, panic mode ends",
@@ -440,16 +450,9 @@ impl Upstream {
 /// A 64-bit hash with good spread for short keys (FNV-1a, then the murmur3 finalizer).
 /// Stable across runs and builds, so consistent-hash rings are reproducible.
 pub(crate) fn hash64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
+    let mut hasher = KeyHasher::new();
+    hasher.write(bytes);
+    hasher.finish()
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 
 use super::{Backend, Balancer};
 use arc_swap::ArcSwap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -29,7 +28,7 @@ impl Balancer for RoundRobin {
     fn pick(
         &self,
         _backends: &[Backend],
-        _client: IpAddr,
+        _key: Option<u64>,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
         let schedule = self.schedule.load();
@@ -106,9 +105,8 @@ mod tests {
     use crate::balance::test_support::backends;
 
     fn picks(rr: &RoundRobin, b: &[Backend], n: usize) -> String {
-        let ip = IpAddr::from([127, 0, 0, 1]);
         (0..n)
-            .map(|_| (b'a' + rr.pick(b, ip, &|_| true).unwrap() as u8) as char)
+            .map(|_| (b'a' + rr.pick(b, None, &|_| true).unwrap() as u8) as char)
             .collect()
     }
 
@@ -139,8 +137,7 @@ mod tests {
     fn skips_unusable_and_returns_none_when_nothing_is_usable() {
         let b = backends(&[1, 1]);
         let rr = RoundRobin::new(&b);
-        let ip = IpAddr::from([127, 0, 0, 1]);
-        assert_eq!(rr.pick(&b, ip, &|i| i == 1), Some(1));
-        assert_eq!(rr.pick(&b, ip, &|_| false), None);
+        assert_eq!(rr.pick(&b, None, &|i| i == 1), Some(1));
+        assert_eq!(rr.pick(&b, None, &|_| false), None);
     }
 }

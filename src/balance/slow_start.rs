@@ -6,9 +6,9 @@
 //!
 //! It works the same way for every algorithm that ramps: when the balancer
 //! picks a ramping backend, the pick is kept with the backend's share as
-//! chance, and otherwise made again without it. `ip_hash` does not ramp:
-//! moving a client off its backend and back would break the stickiness
-//! that is its point. The backends of a process that just started do not
+//! chance, and otherwise made again without it. `ip_hash` and `hash` do not
+//! ramp: moving a key off its backend and back would break the stickiness
+//! that is their point. The backends of a process that just started do not
 //! ramp either: there is no other backend to send their traffic to.
 
 use super::health::now_millis;

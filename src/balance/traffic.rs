@@ -4,7 +4,6 @@
 
 use super::sampling::{chance, thread_random};
 use super::Upstream;
-use std::net::IpAddr;
 use std::time::Duration;
 
 impl Upstream {
@@ -14,7 +13,7 @@ impl Upstream {
     pub(super) fn ramped(
         &self,
         index: usize,
-        client: IpAddr,
+        key: Option<u64>,
         usable: &dyn Fn(usize) -> bool,
     ) -> usize {
         let Some(window) = self.slow_start else {
@@ -25,7 +24,7 @@ impl Upstream {
             return index;
         }
         self.balancer
-            .pick(&self.backends, client, &|i| i != index && usable(i))
+            .pick(&self.backends, key, &|i| i != index && usable(i))
             .unwrap_or(index)
     }
 
@@ -147,8 +146,10 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::hash_key::RequestParts;
     use crate::balance::test_support::backends;
     use crate::config::UpstreamConfig;
+    use std::net::IpAddr;
 
     fn upstream(yaml: &str, weights: &[u32]) -> Upstream {
         let config: UpstreamConfig = serde_yaml::from_str(yaml).unwrap();
@@ -190,9 +191,10 @@ mod tests {
     fn slow_start_thins_a_ramping_backends_picks() {
         let u = upstream("slow_start: 60s", &[1, 1]);
         u.backends[1].state.ramp.begin();
-        let client = IpAddr::from([127, 0, 0, 1]);
+        let headers = http::HeaderMap::new();
+        let client = RequestParts::of_client(IpAddr::from([127, 0, 0, 1]), &headers);
         let picks = (0..2000)
-            .filter(|_| u.select(client, &Default::default()) == Some(1))
+            .filter(|_| u.select(&client, &Default::default()) == Some(1))
             .count();
         // At the first share its weight counts as 0.1 against the other's 1:
         // 0.1 / 1.1 of the picks, about 182 of 2000 (round robin gives it 1000).
@@ -208,20 +210,27 @@ mod tests {
             }
         }
         u.backends[1].state.set_drained(true);
-        let client = IpAddr::from([127, 0, 0, 1]);
+        let headers = http::HeaderMap::new();
+        let client = RequestParts::of_client(IpAddr::from([127, 0, 0, 1]), &headers);
         // Nothing is up: panic mode tries backend 0 only, then nothing.
         for _ in 0..4 {
-            assert_eq!(u.select(client, &Default::default()), Some(0));
+            assert_eq!(u.select(&client, &Default::default()), Some(0));
         }
         let mut tried = crate::balance::Tried::default();
         tried.add(0);
-        assert_eq!(u.select(client, &tried), None);
+        assert_eq!(u.select(&client, &tried), None);
     }
 
     #[test]
-    fn ip_hash_does_not_ramp() {
+    fn hashing_does_not_ramp() {
         let u = upstream("algorithm: ip_hash\nslow_start: 60s", &[1, 1]);
         assert!(u.slow_start.is_none());
+        let u = upstream(
+            "algorithm: hash\nhash_key: header:X-User\nslow_start: 60s",
+            &[1, 1],
+        );
+        assert!(u.slow_start.is_none());
+        assert!(upstream("slow_start: 60s", &[1, 1]).slow_start.is_some());
     }
 
     #[test]

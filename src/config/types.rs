@@ -1,6 +1,6 @@
 //! Values of the topology file that are parsed into their own types when the file
 //! is read, so that nothing after loading parses or checks them again: host
-//! patterns, route paths, rate-limit keys, JWT algorithms and header names.
+//! patterns, route paths, rate-limit and hash keys, JWT algorithms and header names.
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
@@ -120,6 +120,94 @@ impl<'de> Deserialize<'de> for RateKey {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
         RateKey::parse(&String::deserialize(de)?).map_err(D::Error::custom)
     }
+}
+
+/// What `algorithm: hash` hashes onto the upstream's consistent ring
+/// (`hash_key`). `ip_hash` is `hash` with [`HashKey::ClientIp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client address (after `trusted_proxies`), as `ip_hash` hashes it.
+    ClientIp,
+    /// The first non-empty value of a request header.
+    Header(http::HeaderName),
+    /// The first non-empty value of a cookie of the `Cookie` header;
+    /// cookie names are case-sensitive.
+    Cookie(Box<str>),
+    /// The normalized path the request was routed on (before `strip_prefix`).
+    Path,
+    /// That path and the query as the client sent it (`/a?b=1`).
+    Uri,
+}
+
+impl HashKey {
+    const EXPECTED: &'static str = "expected client_ip, header:NAME, cookie:NAME, path or uri";
+
+    pub fn parse(text: &str) -> Result<HashKey, String> {
+        match text {
+            "client_ip" => return Ok(HashKey::ClientIp),
+            "path" => return Ok(HashKey::Path),
+            "uri" => return Ok(HashKey::Uri),
+            _ => {}
+        }
+        if let Some(name) = text.strip_prefix("header:") {
+            if name.is_empty() {
+                return Err("`header:` needs a header name, e.g. `header:X-User`".into());
+            }
+            return http::HeaderName::from_bytes(name.as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| format!("invalid header name `{name}` in hash_key"));
+        }
+        if let Some(name) = text.strip_prefix("cookie:") {
+            if name.is_empty() {
+                return Err("`cookie:` needs a cookie name, e.g. `cookie:session`".into());
+            }
+            // RFC 6265 4.1.1: a cookie name is an RFC 9110 token.
+            if !name.bytes().all(is_token_byte) {
+                return Err(format!(
+                    "invalid cookie name `{name}` in hash_key: a name is letters, digits \
+                     and !#$%&'*+-.^_`|~"
+                ));
+            }
+            return Ok(HashKey::Cookie(name.into()));
+        }
+        Err(format!("invalid hash_key `{text}`: {}", Self::EXPECTED))
+    }
+}
+
+impl fmt::Display for HashKey {
+    /// As it is written in the file (a header name in lower case).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashKey::ClientIp => f.write_str("client_ip"),
+            HashKey::Header(name) => write!(f, "header:{name}"),
+            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
+            HashKey::Path => f.write_str("path"),
+            HashKey::Uri => f.write_str("uri"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HashKey {
+    /// Parses the key inside the scalar's visitor, so that serde_yaml reports
+    /// a bad key at its own line and column rather than at its mapping's.
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl serde::de::Visitor<'_> for Key {
+            type Value = HashKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a hash key: client_ip, header:NAME, cookie:NAME, path or uri")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<HashKey, E> {
+                HashKey::parse(text).map_err(E::custom)
+            }
+        }
+        de.deserialize_str(Key)
+    }
+}
+
+/// An RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// The two kinds of JWT algorithm, which take different keys.
@@ -289,6 +377,36 @@ mod tests {
         );
         for bad in ["", "a b", "example.com:80", "a.*.com", ".example.com", "*."] {
             assert!(HostPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hash_keys() {
+        assert_eq!(HashKey::parse("client_ip"), Ok(HashKey::ClientIp));
+        assert_eq!(HashKey::parse("path"), Ok(HashKey::Path));
+        assert_eq!(HashKey::parse("uri"), Ok(HashKey::Uri));
+        let header = HashKey::parse("header:X-User").unwrap();
+        assert_eq!(
+            header,
+            HashKey::Header(http::HeaderName::from_static("x-user"))
+        );
+        assert_eq!(header.to_string(), "header:x-user");
+        let cookie = HashKey::parse("cookie:Session_ID").unwrap();
+        assert_eq!(cookie, HashKey::Cookie("Session_ID".into()));
+        assert_eq!(cookie.to_string(), "cookie:Session_ID");
+        for (bad, says) in [
+            ("ip", "invalid hash_key `ip`: expected client_ip"),
+            ("Path", "invalid hash_key"),
+            ("header", "invalid hash_key"),
+            ("header:", "needs a header name"),
+            ("header:X User", "invalid header name `X User`"),
+            ("cookie:", "needs a cookie name"),
+            ("cookie:a=b", "invalid cookie name `a=b`"),
+            ("cookie:a;b", "invalid cookie name"),
+            ("query", "invalid hash_key"),
+        ] {
+            let err = HashKey::parse(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
         }
     }
 

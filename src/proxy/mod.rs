@@ -134,7 +134,7 @@ impl Proxy {
                 // The subrequest of a buffered request keeps its main request's arm.
                 let arm = match ctx.arm {
                     Some(arm) => arm,
-                    None => split.choose(&session.req_header().headers, ctx.client_ip),
+                    None => split.choose(&upstream::request_parts(session.req_header(), ctx)),
                 };
                 let Some(chosen) = split.arms().get(arm) else {
                     return Error::e_explain(ErrorType::InternalError, "no such arm of the split");
@@ -333,10 +333,10 @@ impl ProxyHttp for Proxy {
     /// `upstream::choose_peer`).
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        upstream::choose_peer(ctx)
+        upstream::choose_peer(session, ctx)
     }
 
     /// Counts the failure against the backend and, while `retries` allow, asks

@@ -2,6 +2,7 @@
 //! (passive health, retries), and the request head the backend is sent.
 
 use super::RequestCtx;
+use crate::balance::hash_key::RequestParts;
 use crate::balance::InFlightGuard;
 use crate::filters::request_path;
 use crate::forwarding::set_forwarded_headers;
@@ -15,7 +16,7 @@ use std::time::Instant;
 /// A usable backend of the request's upstream that it has not tried yet. Errors
 /// with 503 when the upstream has no backend to offer, 502 when every one was
 /// tried.
-pub(super) fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+pub(super) fn choose_peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     let topology = ctx
         .topology
         .clone()
@@ -26,7 +27,7 @@ pub(super) fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "route has no upstream"))?;
     // Release the previous attempt's count before choosing again.
     ctx.in_flight = None;
-    let Some(index) = upstream.select(ctx.client_ip, &ctx.tried) else {
+    let Some(index) = upstream.select(&request_parts(session.req_header(), ctx), &ctx.tried) else {
         let (status, why) = if ctx.tried.is_empty() {
             (503, "no healthy backend")
         } else {
@@ -72,6 +73,24 @@ fn bound_by_deadline(ctx: &mut RequestCtx, peer: &mut HttpPeer) {
     call.deadline_bound = peer.options.read_timeout.is_none_or(|read| left < read);
     if call.deadline_bound {
         peer.options.read_timeout = Some(left);
+    }
+}
+
+/// What a hash key of the request `head` is read from.
+pub(super) fn request_parts<'a>(head: &'a RequestHeader, ctx: &'a RequestCtx) -> RequestParts<'a> {
+    RequestParts {
+        client: ctx.client_ip,
+        headers: &head.headers,
+        identity: ctx
+            .identity
+            .as_ref()
+            .map_or(&[], |identity| &identity.headers),
+        stripped: ctx
+            .topology
+            .as_ref()
+            .map_or(&[], |topology| &topology.identity_headers),
+        path: ctx.forward_path(head.uri.path()),
+        query: raw_query(head.raw_path()),
     }
 }
 

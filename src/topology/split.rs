@@ -6,14 +6,12 @@
 //! and a smooth weighted schedule of the arms. Choosing an arm reads these
 //! and bumps one atomic counter: no allocation, no lock.
 
-use crate::balance::hash64;
+use crate::balance::hash_key::RequestParts;
 use crate::balance::round_robin::smooth_schedule;
-use crate::config::{Algorithm, SplitArmConfig, UpstreamConfig};
-use crate::forwarding::canonical_ip;
+use crate::config::{HashKey, SplitArmConfig, UpstreamConfig};
 use crate::metrics::RouteMetrics;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The compiled `split` of one route.
@@ -25,9 +23,10 @@ pub struct Split {
     schedule: Box<[u32]>,
     /// The next slot of `schedule` for requests chosen by weight.
     next: AtomicUsize,
-    /// An arm's upstream balances by `ip_hash`: the weighted choice follows
-    /// the client address, so a client keeps its arm (and so its backend).
-    sticky: bool,
+    /// The key of the first arm (in order) whose upstream hashes (`ip_hash`:
+    /// the client address; `hash`: its `hash_key`): the weighted choice
+    /// follows it, so a key keeps its arm (and so its backend).
+    sticky: Option<HashKey>,
 }
 
 /// One arm of a split.
@@ -63,10 +62,11 @@ impl Split {
         if schedule.is_empty() {
             return None;
         }
-        let sticky = known.iter().any(|arm| {
+        let sticky = known.iter().find_map(|arm| {
             upstreams
                 .get(&arm.upstream)
-                .is_some_and(|u| u.algorithm == Algorithm::IpHash)
+                .and_then(|u| u.ring_key())
+                .cloned()
         });
         let arms = known
             .iter()
@@ -97,25 +97,27 @@ impl Split {
         &self.arms
     }
 
-    /// The index of the arm a request goes to, given its headers and its
-    /// client address (after `trusted_proxies`):
+    /// The index of the arm `request` goes to:
     /// - the first arm, in order, whose `when_header` the request carries;
-    /// - else, when the split is sticky, the arm of the client address's
-    ///   slot in the schedule: the same client always gets the same arm, and
-    ///   over many clients each arm gets its weight's share;
+    /// - else, when the split is sticky and the request has its key, the arm
+    ///   of the key's slot in the schedule: the same key always gets the
+    ///   same arm, and over many keys each arm gets its weight's share;
     /// - else the next arm of the schedule: over `k` rounds of the schedule
     ///   each arm gets exactly `k * weight / gcd` requests.
     ///
     /// Always an index into [`Split::arms`]; allocates nothing, locks nothing.
-    pub fn choose(&self, headers: &HeaderMap, client: IpAddr) -> usize {
-        if let Some(claimed) = self.arms.iter().position(|arm| arm.claims(headers)) {
+    pub fn choose(&self, request: &RequestParts<'_>) -> usize {
+        if let Some(claimed) = self.arms.iter().position(|arm| arm.claims(request.headers)) {
             return claimed;
         }
         let len = self.schedule.len();
-        let slot = if self.sticky {
-            client_slot(client, len)
-        } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % len
+        let sticky = self
+            .sticky
+            .as_ref()
+            .and_then(|key| key.hash_of(request, STICKY_SALT));
+        let slot = match sticky {
+            Some(hash) => ((u128::from(hash) * len as u128) >> 64) as usize,
+            None => self.next.fetch_add(1, Ordering::Relaxed) % len,
         };
         self.schedule[slot] as usize
     }
@@ -134,34 +136,22 @@ impl Arm {
     }
 }
 
-/// Prefixed to the client address before hashing, so that the arm a client
-/// gets does not decide where it lands on the `ip_hash` ring of the arm's
-/// upstream (which hashes the bare address): without it the clients of an arm
-/// would all hash to one stretch of the ring, and so to a few backends.
-const STICKY_SALT: u8 = 0x5a;
-
-/// The slot of `client` in a schedule of `len` slots: the address's hash
-/// scaled onto `0..len`, so that clients spread over the slots evenly.
-fn client_slot(client: IpAddr, len: usize) -> usize {
-    let mut key = [STICKY_SALT; 17];
-    let used = match canonical_ip(client) {
-        IpAddr::V4(v4) => {
-            key[1..5].copy_from_slice(&v4.octets());
-            5
-        }
-        IpAddr::V6(v6) => {
-            key[1..].copy_from_slice(&v6.octets());
-            17
-        }
-    };
-    let hash = hash64(&key[..used]);
-    ((u128::from(hash) * len as u128) >> 64) as usize
-}
+/// Hashed before the key, so that the arm a key gets does not decide where
+/// it lands on the ring of the arm's upstream (which hashes the bare key):
+/// without it the keys of an arm would all hash to one stretch of the ring,
+/// and so to a few backends. The key's hash is scaled onto the schedule's
+/// slots, so that keys spread over them evenly.
+const STICKY_SALT: &[u8] = &[0x5a];
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::types::HeaderName as ConfigHeaderName;
+    use std::net::IpAddr;
+
+    fn choose(s: &Split, headers: &HeaderMap, client: IpAddr) -> usize {
+        s.choose(&RequestParts::of_client(client, headers))
+    }
 
     fn arm(upstream: &str, weight: u32, when: &[(&str, &str)]) -> SplitArmConfig {
         SplitArmConfig {
@@ -178,15 +168,16 @@ mod tests {
     }
 
     fn split(arms: &[SplitArmConfig], ip_hash: bool) -> Split {
+        split_over(arms, if ip_hash { "algorithm: ip_hash\n" } else { "" })
+    }
+
+    /// A split over upstreams a, b and c, each with `balancing` written.
+    fn split_over(arms: &[SplitArmConfig], balancing: &str) -> Split {
         let index: HashMap<&str, usize> = [("a", 0), ("b", 1), ("c", 2)].into_iter().collect();
         let mut upstreams = BTreeMap::new();
         for name in ["a", "b", "c"] {
-            let text = if ip_hash {
-                "algorithm: ip_hash\nbackends: [{address: 127.0.0.1:1}]"
-            } else {
-                "backends: [{address: 127.0.0.1:1}]"
-            };
-            upstreams.insert(name.to_string(), serde_yaml::from_str(text).unwrap());
+            let text = format!("{balancing}backends: [{{address: 127.0.0.1:1}}]");
+            upstreams.insert(name.to_string(), serde_yaml::from_str(&text).unwrap());
         }
         Split::compile("t", arms, &index, &upstreams).unwrap()
     }
@@ -207,13 +198,13 @@ mod tests {
         );
         let none = HeaderMap::new();
         let client = IpAddr::from([127, 0, 0, 1]);
-        let picks: Vec<usize> = (0..1000).map(|_| s.choose(&none, client)).collect();
+        let picks: Vec<usize> = (0..1000).map(|_| choose(&s, &none, client)).collect();
         assert!(picks.iter().all(|&p| p == 0));
         let mut marked = HeaderMap::new();
         marked.insert("x-canary", HeaderValue::from_static("1"));
-        assert_eq!(s.choose(&marked, client), 1);
+        assert_eq!(choose(&s, &marked, client), 1);
         marked.insert("x-canary", HeaderValue::from_static("2"));
-        assert_eq!(s.choose(&marked, client), 0, "not the exact value");
+        assert_eq!(choose(&s, &marked, client), 0, "not the exact value");
 
         let s = split(
             &[arm("a", 3, &[]), arm("b", 1, &[]), arm("c", 1, &[])],
@@ -221,7 +212,7 @@ mod tests {
         );
         let mut counts = [0; 3];
         for _ in 0..500 {
-            counts[s.choose(&none, client)] += 1;
+            counts[choose(&s, &none, client)] += 1;
         }
         assert_eq!(counts, [300, 100, 100]);
     }
@@ -238,10 +229,10 @@ mod tests {
         );
         let mut headers = HeaderMap::new();
         headers.insert("x-a", HeaderValue::from_static("1"));
-        assert_eq!(s.choose(&headers, IpAddr::from([127, 0, 0, 1])), 2);
+        assert_eq!(choose(&s, &headers, IpAddr::from([127, 0, 0, 1])), 2);
         headers.append("x-b", HeaderValue::from_static("0"));
         headers.append("x-b", HeaderValue::from_static("2"));
-        assert_eq!(s.choose(&headers, IpAddr::from([127, 0, 0, 1])), 1);
+        assert_eq!(choose(&s, &headers, IpAddr::from([127, 0, 0, 1])), 1);
     }
 
     #[test]
@@ -254,11 +245,13 @@ mod tests {
         let mut in_a = 0;
         let mut a_in_upper_ring = 0;
         for &client in &clients {
-            let first = s.choose(&none, client);
-            assert!((0..5).all(|_| s.choose(&none, client) == first));
+            let first = choose(&s, &none, client);
+            assert!((0..5).all(|_| choose(&s, &none, client) == first));
             if first == 0 {
                 in_a += 1;
-                let ring = crate::balance::ip_hash::client_hash(client);
+                let ring = crate::config::HashKey::ClientIp
+                    .hash_of(&RequestParts::of_client(client, &none), b"")
+                    .unwrap();
                 a_in_upper_ring += usize::from(ring >> 63 == 1);
             }
         }
@@ -271,8 +264,33 @@ mod tests {
         );
         let mapped = "::ffff:10.0.0.7".parse().unwrap();
         assert_eq!(
-            s.choose(&none, mapped),
-            s.choose(&none, IpAddr::from([10, 0, 0, 7]))
+            choose(&s, &none, mapped),
+            choose(&s, &none, IpAddr::from([10, 0, 0, 7]))
         );
+    }
+
+    #[test]
+    fn over_hash_upstreams_the_choice_follows_the_hash_key() {
+        let s = split_over(
+            &[arm("a", 1, &[]), arm("b", 1, &[])],
+            "algorithm: hash\nhash_key: header:X-User\n",
+        );
+        let client = IpAddr::from([127, 0, 0, 1]);
+        let mut in_a = 0;
+        for user in 0..2000 {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "x-user",
+                HeaderValue::from_str(&format!("u{user}")).unwrap(),
+            );
+            let first = choose(&s, &headers, client);
+            assert!((0..5).all(|_| choose(&s, &headers, client) == first));
+            in_a += usize::from(first == 0);
+        }
+        assert!((850..1150).contains(&in_a), "{in_a} of 2000 in a");
+        // Without the key: the weighted turns.
+        let none = HeaderMap::new();
+        let turns: Vec<usize> = (0..4).map(|_| choose(&s, &none, client)).collect();
+        assert_eq!(turns, [0, 1, 0, 1]);
     }
 }

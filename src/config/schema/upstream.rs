@@ -11,6 +11,8 @@ use std::time::Duration;
 pub struct UpstreamConfig {
     #[serde(default)]
     pub algorithm: Algorithm,
+    /// What `algorithm: hash` hashes; only with that algorithm.
+    pub hash_key: Option<crate::config::HashKey>,
     /// The backends, when not discovered.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -37,6 +39,19 @@ pub struct UpstreamConfig {
     pub outlier: Option<OutlierConfig>,
     /// Retries limited to a share of recent requests.
     pub retry_budget: Option<RetryBudgetConfig>,
+}
+
+impl UpstreamConfig {
+    /// What the upstream hashes onto its consistent ring: the client address
+    /// under `ip_hash`, `hash_key` under `hash`; `None` for the algorithms
+    /// that do not hash.
+    pub fn ring_key(&self) -> Option<&crate::config::HashKey> {
+        match self.algorithm {
+            Algorithm::IpHash => Some(&crate::config::HashKey::ClientIp),
+            Algorithm::Hash => self.hash_key.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// `outlier: {consecutive_5xx: 5, ejection: 30s, max_ejected: 50%}`.
@@ -108,10 +123,26 @@ impl UpstreamProtocol {
 pub enum Algorithm {
     #[default]
     RoundRobin,
+    /// `hash` with `hash_key: client_ip`.
     IpHash,
+    /// A consistent ring over `hash_key`.
+    Hash,
     LeastConnections,
     /// Power of two choices scored by peak-EWMA latency times requests in flight.
     LeastTime,
+}
+
+impl Algorithm {
+    /// The algorithm as it is written in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::IpHash => "ip_hash",
+            Algorithm::Hash => "hash",
+            Algorithm::LeastConnections => "least_connections",
+            Algorithm::LeastTime => "least_time",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -328,6 +328,66 @@ const RULES: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
+/// `hash_key` with `algorithm: hash`, and the features that do not go with it.
+const HASHING_RULES: &[(&str, &str, &str, &str)] = &[
+    (
+        "    backends:\n      - address: 127.0.0.1:19001\n",
+        "    algorithm: hash\n    backends:\n      - address: 127.0.0.1:19001\n",
+        "upstreams.app.algorithm",
+        "algorithm hash needs `hash_key`",
+    ),
+    (
+        "    backends:\n      - address: 127.0.0.1:19001\n",
+        "    hash_key: path\n    backends:\n      - address: 127.0.0.1:19001\n",
+        "upstreams.app.hash_key",
+        "only with `algorithm: hash`, and this upstream's algorithm is round_robin",
+    ),
+    (
+        "    backends:\n      - address: 127.0.0.1:19001\n",
+        "    algorithm: ip_hash\n    hash_key: path\n    backends:\n      - address: 127.0.0.1:19001\n",
+        "upstreams.app.hash_key",
+        "ip_hash always hashes the client address",
+    ),
+    (
+        "    backends:\n      - address: 127.0.0.1:19001\n",
+        "    algorithm: hash\n    hash_key: cookie:sid\n    slow_start: 30s\n    backends:\n      - address: 127.0.0.1:19001\n",
+        "upstreams.app.slow_start",
+        "hash does not ramp",
+    ),
+    (
+        "    backends:\n      - address: 127.0.0.1:19001\n",
+        "    algorithm: hash\n    hash_key: header:X-Client-Cert-Sha256\n    backends:\n      - address: 127.0.0.1:19001\n",
+        "upstreams.app.hash_key",
+        "x-client-cert-sha256 is set from the connection's client certificate",
+    ),
+    (
+        "    backends:\n      - address: 127.0.0.1:19001\n",
+        "    algorithm: ip_hash\n    slow_start: 30s\n    backends:\n      - address: 127.0.0.1:19001\n",
+        "upstreams.app.slow_start",
+        "ip_hash does not ramp",
+    ),
+];
+
+#[test]
+fn hash_keys_go_with_algorithm_hash() {
+    for (from, to, node, words) in HASHING_RULES {
+        let said = problems_of(from, to);
+        assert!(
+            said.contains(&format!("{node}: ")) && said.contains(words),
+            "{from} -> {to}: expected `{node}: ...{words}...` in:\n{said}"
+        );
+    }
+    for key in ["client_ip", "header:X-User", "cookie:sid", "path", "uri"] {
+        let said = problems_of(
+            "    backends:\n      - address: 127.0.0.1:19001\n",
+            &format!(
+                "    algorithm: hash\n    hash_key: \"{key}\"\n    backends:\n      - address: 127.0.0.1:19001\n"
+            ),
+        );
+        assert_eq!(said, "", "{key}");
+    }
+}
+
 #[test]
 fn each_rule_names_its_node() {
     for (from, to, node, words) in RULES {
@@ -376,6 +436,11 @@ fn values_with_a_syntax_are_refused_as_they_are_read() {
             "invalid host",
         ),
         ("key: client_ip,", "key: cookie,", "invalid rate limit key"),
+        (
+            "    backends:\n      - address: 127.0.0.1:19001\n",
+            "    algorithm: hash\n    hash_key: session\n    backends:\n      - address: 127.0.0.1:19001\n",
+            "invalid hash_key `session`: expected client_ip, header:NAME, cookie:NAME, path or uri",
+        ),
         (
             "algorithms: [HS256]",
             "algorithms: [none]",

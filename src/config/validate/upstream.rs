@@ -1,7 +1,8 @@
 //! Checks of `upstreams:`.
 
 use super::{check_name, check_positive, Problems, MAX_WEIGHT};
-use crate::config::schema::{HealthCheckConfig, UpstreamConfig, UpstreamProtocol};
+use crate::config::schema::{Algorithm, HealthCheckConfig, UpstreamConfig, UpstreamProtocol};
+use crate::config::HashKey;
 
 pub(super) fn check(name: &str, upstream: &UpstreamConfig, problems: &mut Problems) {
     let at = format!("upstreams.{name}");
@@ -67,6 +68,7 @@ pub(super) fn check(name: &str, upstream: &UpstreamConfig, problems: &mut Proble
             "must be more than 0 when max_fails is set",
         );
     }
+    check_hashing(&at, upstream, problems);
     check_traffic(&at, upstream, problems);
     let t = &upstream.timeouts;
     check_positive(
@@ -98,17 +100,57 @@ fn check_protocol(at: &str, upstream: &UpstreamConfig, problems: &mut Problems) 
     }
 }
 
+/// `hash_key` goes with `algorithm: hash`, and `hash` needs one: an operator
+/// who forgot the key would otherwise get the client address silently, which
+/// behind a NAT or another proxy sends everyone to one backend.
+fn check_hashing(at: &str, upstream: &UpstreamConfig, problems: &mut Problems) {
+    match (upstream.algorithm, &upstream.hash_key) {
+        (Algorithm::Hash, None) => problems.push(
+            format!("{at}.algorithm"),
+            "algorithm hash needs `hash_key`: client_ip, header:NAME, cookie:NAME, path or uri",
+        ),
+        (Algorithm::Hash, Some(HashKey::Header(name)))
+            if crate::edge::client_certs::IDENTITY_HEADERS.contains(name) =>
+        {
+            problems.push(
+                format!("{at}.hash_key"),
+                format!(
+                    "{name} is set from the connection's client certificate, not read from \
+                     requests, so it is never a hash key"
+                ),
+            )
+        }
+        (Algorithm::Hash, Some(_)) | (_, None) => {}
+        (Algorithm::IpHash, Some(_)) => problems.push(
+            format!("{at}.hash_key"),
+            "ip_hash always hashes the client address: for another key write \
+             `algorithm: hash`, or remove hash_key",
+        ),
+        (other, Some(_)) => problems.push(
+            format!("{at}.hash_key"),
+            format!(
+                "hash_key is read only with `algorithm: hash`, and this upstream's \
+                 algorithm is {}",
+                other.name()
+            ),
+        ),
+    }
+}
+
 /// `slow_start`, `outlier` and `retry_budget`.
 fn check_traffic(at: &str, upstream: &UpstreamConfig, problems: &mut Problems) {
     if let Some(window) = upstream.slow_start {
         if window.is_zero() {
             problems.push(format!("{at}.slow_start"), "must be more than 0");
         }
-        if upstream.algorithm == crate::config::Algorithm::IpHash {
+        if upstream.ring_key().is_some() {
+            let algorithm = upstream.algorithm.name();
             problems.push(
                 format!("{at}.slow_start"),
-                "ip_hash does not ramp (a client would move off its backend and back): \
-                 remove slow_start or choose another algorithm",
+                format!(
+                    "{algorithm} does not ramp (a key would move off its backend and back): \
+                     remove slow_start or choose another algorithm"
+                ),
             );
         }
     }
