@@ -18,6 +18,7 @@ use crate::edge::tls::CertTable;
 use crate::edge::tls_accept::{acceptor, TlsTerminating};
 use crate::listen::{ByListener, Reservation};
 use crate::notify::Readiness;
+use crate::observe::request_id::RequestIds;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::reload::{ReloadOnHangup, Reloader};
 use crate::topology::{Resources, Topology};
@@ -300,6 +301,7 @@ fn add_listeners(
     client_verifiers: &[Option<Arc<dyn ClientCertVerifier>>],
 ) -> anyhow::Result<()> {
     let listeners = ListenerRoles::of(config, &reservation.listeners);
+    let request_ids = config.server.request_id.as_ref().map(RequestIds::new);
     let settings = ProxySettings {
         tls_listeners: listeners.tls_headers,
         max_request_body: config.server.max_request_body,
@@ -318,6 +320,7 @@ fn add_listeners(
             memory: usize::try_from(config.server.request_buffer_memory).unwrap_or(usize::MAX),
             temp_dir: temp_dir_or_default(config.server.temp_dir.as_deref()),
         },
+        request_ids: request_ids.clone(),
     };
     let http_proxy = pingora::proxy::http_proxy(
         &server.configuration,
@@ -344,6 +347,7 @@ fn add_listeners(
             listeners.https_port.unwrap_or(DEFAULT_HTTPS_PORT),
             listeners.redirect_statuses,
             Arc::clone(&http01),
+            request_ids,
         )),
     );
     redirects.threads = Some(1);

@@ -58,6 +58,8 @@ pub struct RequestCtx {
     pub(super) buffered: bool,
     /// What the origin's 304 to a revalidation said of its time.
     pub(super) validation: Option<ValidationHead>,
+    /// The request's ID, with `server.request_id` (see `observe::request_id`).
+    pub(super) request_id: Option<http::HeaderValue>,
 }
 
 /// The `Date` and `Age` of a 304 to a revalidation.
@@ -93,6 +95,7 @@ impl RequestCtx {
             purge: false,
             buffered: false,
             validation: None,
+            request_id: None,
         }
     }
 

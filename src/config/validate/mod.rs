@@ -3,6 +3,7 @@
 
 mod auth;
 mod cache;
+mod request_id;
 mod routes;
 mod server;
 mod upstream;
@@ -71,6 +72,7 @@ pub fn check(config: &Config) -> Problems {
     }
     cache::check(&config.caches, &mut problems);
     routes::check(config, &mut problems);
+    request_id::check(config, &mut problems);
     problems
 }
 
