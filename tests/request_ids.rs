@@ -252,10 +252,12 @@ async fn the_auth_service_is_sent_the_id_which_is_no_credential_nor_cache_key() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tollgates_own_answers_carry_an_id_and_log_it() {
+async fn tollgates_own_answers_and_files_carry_an_id_and_log_it() {
     let backend = Backend::start("app");
     let dead = DeadAddress::new();
     let auth_down = DeadAddress::new();
+    let files = temp_dir("ids-static");
+    write_file(&files, "a.txt", "a file\n");
     let body = format!(
         "upstreams:
   app:
@@ -278,7 +280,9 @@ routes:
   - {{match: {{path_prefix: /auth/}}, upstream: app, auth: down}}
   - {{match: {{path: /ok}}, respond: {{status: 200, body: ok}}}}
   - {{match: {{path: /old}}, redirect: {{to: /new, status: 301}}}}
+  - {{match: {{path_prefix: /files/}}, static: {{root: {files}}}, strip_prefix: true}}
 ",
+        files = files.display(),
         backend = backend.addr,
         dead = dead.addr,
         auth_down = auth_down.addr,
@@ -314,6 +318,8 @@ routes:
         (auth(true), 503),
         (client.get(tollgate.url("/ok")), 200),
         (client.get(tollgate.url("/old")), 301),
+        (client.get(tollgate.url("/files/a.txt")), 200),
+        (client.get(tollgate.url("/files/missing.txt")), 404),
         (client.get(tollgate.url("/app/a%2Fb")), 400),
         (
             client.post(tollgate.url("/app/")).body(vec![b'x'; 4096]),
