@@ -16,6 +16,7 @@ pub mod forwarding;
 pub mod listen;
 pub mod metrics;
 pub mod notify;
+pub mod observe;
 pub mod pid_file;
 pub mod proxy;
 pub mod reload;

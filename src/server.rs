@@ -19,6 +19,7 @@ use crate::edge::tls::CertTable;
 use crate::edge::tls_accept::{acceptor, TlsTerminating};
 use crate::listen::{ByListener, Reservation};
 use crate::notify::Readiness;
+use crate::observe::request_id::RequestIds;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::reload::{ReloadOnHangup, Reloader};
 use crate::topology::{Resources, Topology};
@@ -303,25 +304,8 @@ fn add_listeners(
     client_verifiers: &[Option<Arc<dyn ClientCertVerifier>>],
 ) -> anyhow::Result<()> {
     let listeners = ListenerRoles::of(config, &reservation.listeners);
-    let settings = ProxySettings {
-        tls_listeners: listeners.tls_headers,
-        max_request_body: config.server.max_request_body,
-        client_timeouts: config.server.client_timeouts.clone(),
-        compression: config
-            .server
-            .compression
-            .as_ref()
-            .map(CompressionPolicy::new),
-        encoded_slashes: config.server.encoded_slashes,
-        underscores_in_headers: config.server.underscores_in_headers,
-        http01: config.server.acme.as_ref().map(|_| Arc::clone(&http01)),
-        buffering_default: config.server.request_buffering,
-        buffer_limits: BufferLimits {
-            max_body: config.server.max_request_body,
-            memory: usize::try_from(config.server.request_buffer_memory).unwrap_or(usize::MAX),
-            temp_dir: temp_dir_or_default(config.server.temp_dir.as_deref()),
-        },
-    };
+    let request_ids = config.server.request_id.as_ref().map(RequestIds::new);
+    let settings = proxy_settings(config, listeners.tls_headers, &http01, request_ids.clone());
     let http_proxy = pingora::proxy::http_proxy(
         &server.configuration,
         Proxy::new(topology, access_log, settings),
@@ -353,6 +337,7 @@ fn add_listeners(
                 listeners.https_port.unwrap_or(DEFAULT_HTTPS_PORT),
                 listeners.redirect_statuses,
                 Arc::clone(&http01),
+                request_ids,
             )),
             proxy_headers(),
         ),
@@ -373,6 +358,37 @@ fn add_listeners(
         server.add_service(redirects);
     }
     Ok(())
+}
+
+/// The proxy's settings from the `server:` section: the TLS listeners (with
+/// their HSTS value), limits, timeouts, compression, request paths, buffering
+/// and request IDs.
+fn proxy_settings(
+    config: &Config,
+    tls_listeners: ByListener<Option<http::HeaderValue>>,
+    http01: &Arc<Http01Answers>,
+    request_ids: Option<RequestIds>,
+) -> ProxySettings {
+    ProxySettings {
+        tls_listeners,
+        max_request_body: config.server.max_request_body,
+        client_timeouts: config.server.client_timeouts.clone(),
+        compression: config
+            .server
+            .compression
+            .as_ref()
+            .map(CompressionPolicy::new),
+        encoded_slashes: config.server.encoded_slashes,
+        underscores_in_headers: config.server.underscores_in_headers,
+        http01: config.server.acme.as_ref().map(|_| Arc::clone(http01)),
+        buffering_default: config.server.request_buffering,
+        buffer_limits: BufferLimits {
+            max_body: config.server.max_request_body,
+            memory: usize::try_from(config.server.request_buffer_memory).unwrap_or(usize::MAX),
+            temp_dir: temp_dir_or_default(config.server.temp_dir.as_deref()),
+        },
+        request_ids,
+    }
 }
 
 /// The proxy app in [`LeanKeepalive`], with cleartext HTTP/2 on the `h2c`

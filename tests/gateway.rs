@@ -372,3 +372,24 @@ async fn the_web_app_on_its_own_origin_may_call_the_api() {
         .headers()
         .contains_key("access-control-allow-origin"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_of_the_gateway_carries_a_request_id() {
+    let gw = gateway().await;
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for (path, status) in [("/public/product/all", 200), ("/protected/product/1/", 401)] {
+        let answer = client.get(gw.tollgate.url(path)).send().await.unwrap();
+        assert_eq!(answer.status(), status, "{path}");
+        let id = answer.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{path}: {id}"
+        );
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1]);
+}

@@ -48,6 +48,8 @@ pub(crate) struct AccessEntry<'a> {
     pub request_headers: &'a http::HeaderMap,
     /// The answer's headers, when one was sent.
     pub response_headers: Option<&'a http::HeaderMap>,
+    /// The request's ID, with `server.request_id`.
+    pub request_id: Option<&'a str>,
 }
 
 pub struct AccessLog {
@@ -256,6 +258,10 @@ fn json_line(e: &AccessEntry<'_>) -> String {
     json_str(&mut s, e.referer);
     s.push_str(",\"user_agent\":");
     json_str(&mut s, e.user_agent);
+    if let Some(id) = e.request_id {
+        s.push_str(",\"request_id\":");
+        json_str(&mut s, id);
+    }
     s.push_str("}\n");
     s
 }
@@ -284,7 +290,9 @@ fn json_str(out: &mut String, text: &str) {
     out.push('"');
 }
 
-/// nginx's `combined`: client - - [time] "request" status bytes "referer" "agent".
+/// nginx's `combined`: client - - [time] "request" status bytes "referer" "agent",
+/// and with `server.request_id` the ID in quotes at the end, as nginx users
+/// add `"$request_id"` to theirs.
 fn combined_line(e: &AccessEntry<'_>) -> String {
     let mut s = String::with_capacity(256);
     let _ = write!(s, "{} - - [", e.client);
@@ -310,7 +318,13 @@ fn combined_line(e: &AccessEntry<'_>) -> String {
             e.user_agent
         },
     );
-    s.push_str("\"\n");
+    s.push('"');
+    if let Some(id) = e.request_id {
+        s.push_str(" \"");
+        quoted_part(&mut s, id);
+        s.push('"');
+    }
+    s.push('\n');
     s
 }
 
@@ -354,6 +368,7 @@ mod tests {
             user_agent: "curl/8\n",
             request_headers: &EMPTY,
             response_headers: None,
+            request_id: None,
         }
     }
 
@@ -368,6 +383,23 @@ mod tests {
         assert_eq!(v["uri"], "/a?b=\"c\"");
         assert_eq!(v["user_agent"], "curl/8\n");
         assert_eq!(v["duration_ms"], 1.5);
+    }
+
+    #[test]
+    fn lines_carry_the_request_id_when_there_is_one() {
+        let json: serde_json::Value = serde_json::from_str(&json_line(&entry())).unwrap();
+        assert!(json.get("request_id").is_none());
+        let with_id = AccessEntry {
+            request_id: Some("0af7651916cd43dd8448eb211c80319c"),
+            ..entry()
+        };
+        let json: serde_json::Value = serde_json::from_str(&json_line(&with_id)).unwrap();
+        assert_eq!(json["request_id"], "0af7651916cd43dd8448eb211c80319c");
+        let line = combined_line(&with_id);
+        assert!(
+            line.ends_with("\"curl/8\\x0A\" \"0af7651916cd43dd8448eb211c80319c\"\n"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! path as routed), `args`, `server_protocol`, `status`, `body_bytes_sent`,
 //! `bytes_sent`, `request_time` (seconds, millisecond precision), `host`,
 //! `http_NAME` (a request header, `-` for `_`), `sent_http_NAME` (a response
-//! header), `upstream_addr` (the backend), and tollgate's `route` and `upstream`.
+//! header), `upstream_addr` (the backend), `request_id` (with `server.request_id`),
+//! and tollgate's `route` and `upstream`.
 //! `${name}` may be written for `$name`.
 
 use super::{push_int, push_padded3, push_time, quoted_part, AccessEntry, TimeFormat};
@@ -49,6 +50,7 @@ enum Var {
     Http(HeaderName),
     SentHttp(HeaderName),
     UpstreamAddr,
+    RequestId,
     Route,
     Upstream,
 }
@@ -76,6 +78,7 @@ impl Var {
             "request_time" => Var::RequestTime,
             "host" => Var::Host,
             "upstream_addr" => Var::UpstreamAddr,
+            "request_id" => Var::RequestId,
             "route" => Var::Route,
             "upstream" => Var::Upstream,
             _ => {
@@ -193,6 +196,7 @@ fn push_var(s: &mut String, var: &Var, e: &AccessEntry<'_>) {
         Var::Http(name) => push_value(s, &header(Some(e.request_headers), name)),
         Var::SentHttp(name) => push_value(s, &header(e.response_headers, name)),
         Var::UpstreamAddr => push_value(s, if e.backend == "-" { "" } else { e.backend }),
+        Var::RequestId => push_value(s, e.request_id.unwrap_or_default()),
         Var::Route => push_value(s, e.route),
         Var::Upstream => push_value(s, e.upstream),
     }
@@ -227,17 +231,19 @@ mod tests {
             user_agent: "curl/8 \"x\"",
             request_headers: &request_headers,
             response_headers: Some(&response_headers),
+            request_id: Some("0af7651916cd43dd8448eb211c80319c"),
         };
         let t = Template::parse(
             "$remote_addr \"$request\" $status ${body_bytes_sent} $request_time $uri?$args \
              \"$http_x_forwarded_for\" \"$http_user_agent\" $http_referer $sent_http_content_type \
-             $upstream_addr $route $upstream $host",
+             $upstream_addr $route $upstream $host $request_id",
         )
         .unwrap();
         assert_eq!(
             t.line(&entry),
             "127.0.0.2 \"GET /a%2e/b?x=1 HTTP/1.1\" 404 12 1.234 /a./b?x=1 \"203.0.113.7\" \
-             \"curl/8 \\x22x\\x22\" - text/plain 127.0.0.1:9001 0:/ app shop.example\n"
+             \"curl/8 \\x22x\\x22\" - text/plain 127.0.0.1:9001 0:/ app shop.example \
+             0af7651916cd43dd8448eb211c80319c\n"
         );
     }
 

@@ -6,6 +6,7 @@
 use crate::acme::challenge::Http01Answers;
 use crate::edge::respond::whole_answer;
 use crate::listen::ByListener;
+use crate::observe::request_id::RequestIds;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
@@ -21,6 +22,8 @@ pub(crate) struct HttpsRedirect {
     statuses: ByListener<http::StatusCode>,
     /// ACME HTTP-01 requests are answered, not redirected.
     http01: Arc<Http01Answers>,
+    /// `server.request_id`: each answer carries the request's ID.
+    request_ids: Option<RequestIds>,
 }
 
 impl HttpsRedirect {
@@ -29,11 +32,13 @@ impl HttpsRedirect {
         https_port: u16,
         statuses: ByListener<http::StatusCode>,
         http01: Arc<Http01Answers>,
+        request_ids: Option<RequestIds>,
     ) -> Self {
         HttpsRedirect {
             https_port: (https_port != HTTPS_DEFAULT_PORT).then_some(https_port),
             statuses,
             http01,
+            request_ids,
         }
     }
 
@@ -67,7 +72,21 @@ fn host_without_port(host: &str) -> Option<&str> {
 
 #[async_trait]
 impl ServeHttp for HttpsRedirect {
+    /// The answer (see [`HttpsRedirect::answer`]), with the request's ID when
+    /// `server.request_id` is set.
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let mut response = self.answer(session);
+        if let Some(ids) = &self.request_ids {
+            let (id, _) = ids.choose(&session.req_header().headers, ids.trusts_incoming());
+            response.headers_mut().insert(ids.header().clone(), id);
+        }
+        response
+    }
+}
+
+impl HttpsRedirect {
+    /// The key authorization of an ACME HTTP-01 request, else the redirect.
+    fn answer(&self, session: &ServerSession) -> http::Response<Vec<u8>> {
         let req = session.req_header();
         if let Some(key_authorization) = self.http01.answer(req.uri.path()) {
             return whole_answer(
@@ -113,7 +132,7 @@ mod tests {
 
     #[test]
     fn locations() {
-        let r = HttpsRedirect::new(443, Default::default(), Default::default());
+        let r = HttpsRedirect::new(443, Default::default(), Default::default(), None);
         assert_eq!(
             r.location("example.com", "/a?b=c").as_deref(),
             Some("https://example.com/a?b=c")
@@ -122,7 +141,7 @@ mod tests {
             r.location("example.com:80", "/").as_deref(),
             Some("https://example.com/")
         );
-        let r = HttpsRedirect::new(8443, Default::default(), Default::default());
+        let r = HttpsRedirect::new(8443, Default::default(), Default::default(), None);
         assert_eq!(
             r.location("[::1]:8080", "/x").as_deref(),
             Some("https://[::1]:8443/x")

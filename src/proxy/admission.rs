@@ -256,6 +256,12 @@ impl Proxy {
                 client: ctx.client_ip,
                 path: ctx.forward_path(head.uri.path()),
                 client_cert: ctx.client_cert(),
+                request_id: self
+                    .settings
+                    .request_ids
+                    .as_ref()
+                    .map(|ids| ids.header())
+                    .zip(ctx.request_id.as_ref()),
             };
             match auth.policy.check(&request).await {
                 Verdict::Pass(identity) => ctx.identity = Some(identity),

@@ -60,6 +60,8 @@ pub struct RequestCtx {
     pub(super) validation: Option<ValidationHead>,
     /// Set when the request is a gRPC call (see `edge::grpc`).
     pub(super) grpc: Option<GrpcCall>,
+    /// The request's ID, with `server.request_id` (see `observe::request_id`).
+    pub(super) request_id: Option<http::HeaderValue>,
 }
 
 /// What tollgate heeds of a gRPC call.
@@ -121,6 +123,7 @@ impl RequestCtx {
             buffered: false,
             validation: None,
             grpc: None,
+            request_id: None,
         }
     }
 

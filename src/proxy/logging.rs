@@ -77,6 +77,7 @@ impl Proxy {
             user_agent: header(http::header::USER_AGENT),
             request_headers: &req.headers,
             response_headers: session.response_written().map(|r| &r.headers),
+            request_id: ctx.request_id.as_ref().and_then(|id| id.to_str().ok()),
         });
     }
 }

@@ -32,6 +32,7 @@ use crate::edge::hsts::HstsBuilder;
 use crate::edge::request_body::BufferLimits;
 use crate::filters::request_path;
 use crate::forwarding::strip_response_hop_by_hop;
+use crate::observe::request_id::{RequestIdHeader, RequestIds};
 use crate::topology::{Route, RouteAction, Topology};
 use admission::Routed;
 use arc_swap::ArcSwap;
@@ -72,6 +73,8 @@ pub struct ProxySettings {
     pub buffering_default: bool,
     /// The bounds of buffered request bodies.
     pub buffer_limits: BufferLimits,
+    /// `server.request_id`, when set.
+    pub request_ids: Option<RequestIds>,
 }
 
 impl Proxy {
@@ -193,8 +196,10 @@ impl ProxyHttp for Proxy {
     /// Registers the downstream modules every answer passes through: pingora's
     /// response compression, on at the configured level when `server.compression`
     /// is set (each answer is then checked by [`CompressionPolicy::check_response`]),
-    /// `Hsts`, which `request_filter` arms on TLS listeners that set `hsts`, and
-    /// the route's `response_headers`, which it arms once the route is known.
+    /// `Hsts`, which `request_filter` arms on TLS listeners that set `hsts`,
+    /// the route's `response_headers`, which it arms once the route is known,
+    /// and with `server.request_id` the request's ID, armed by
+    /// `early_request_filter` (after the route's rules, which cannot remove it).
     fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
         let level = self
             .settings
@@ -206,18 +211,31 @@ impl ProxyHttp for Proxy {
         );
         modules.add_module(Box::new(HstsBuilder));
         modules.add_module(Box::new(ResponseHeaderRulesBuilder));
+        if let Some(ids) = &self.settings.request_ids {
+            modules.add_module(Box::new(ids.module()));
+        }
         if self.settings.compression.is_some() {
             modules.add_module(Box::new(BrotliCompressionBuilder));
         }
     }
 
-    /// Runs before pingora's modules see the request: hands brotli to our own
-    /// module rather than pingora's (see `edge::compression`).
+    /// Runs before pingora's modules see the request, and before anything of
+    /// tollgate's: gives the request its ID (see `observe::request_id`), so
+    /// that every answer, the backend and the log see it; hands brotli to our
+    /// own module rather than pingora's (see `edge::compression`).
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(ids) = &self.settings.request_ids {
+            let subrequest = session.subrequest_ctx.is_some();
+            let id = ids.assign(session.req_header_mut(), subrequest)?;
+            if let Some(module) = session.downstream_modules_ctx.get_mut::<RequestIdHeader>() {
+                module.arm(id.clone());
+            }
+            ctx.request_id = Some(id);
+        }
         if let Some(compression) = &self.settings.compression {
             compression.route_brotli(session);
         }

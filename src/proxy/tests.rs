@@ -55,6 +55,7 @@ fn proxy() -> Proxy {
                 memory: 512,
                 temp_dir: std::env::temp_dir(),
             },
+            request_ids: None,
         },
     )
 }

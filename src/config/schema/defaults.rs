@@ -122,6 +122,13 @@ pub(crate) fn api_key_header() -> crate::config::types::HeaderName {
     crate::config::types::HeaderName::known(http::HeaderName::from_static("x-api-key"), "X-API-Key")
 }
 
+pub(crate) fn request_id_header() -> crate::config::types::HeaderName {
+    crate::config::types::HeaderName::known(
+        http::HeaderName::from_static("x-request-id"),
+        "X-Request-Id",
+    )
+}
+
 pub(crate) fn cache_memory() -> u64 {
     64 << 20
 }

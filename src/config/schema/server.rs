@@ -2,6 +2,7 @@
 //! start; a reload compares them with the running ones and says what changed.
 
 use super::defaults;
+use crate::config::types::HeaderName;
 use crate::config::units;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -79,6 +80,21 @@ pub struct ServerConfig {
     pub acme: Option<AcmeConfig>,
     /// What several tollgate instances share.
     pub cluster: Option<ClusterConfig>,
+    /// An ID on every request and answer, and in the access log; none when
+    /// absent.
+    pub request_id: Option<RequestIdConfig>,
+}
+
+/// `server.request_id: {header, trust_incoming}` (see `observe::request_id`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestIdConfig {
+    /// The header the ID travels in, to backends and on answers.
+    #[serde(default = "defaults::request_id_header")]
+    pub header: HeaderName,
+    /// Keep a well-formed ID the client sent instead of replacing it.
+    #[serde(default)]
+    pub trust_incoming: bool,
 }
 
 /// `server.cluster`: the store `scope: cluster` rate limits share.

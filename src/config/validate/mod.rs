@@ -4,6 +4,7 @@
 mod auth;
 mod cache;
 mod cors;
+mod request_id;
 mod routes;
 mod server;
 mod upstream;
@@ -72,6 +73,7 @@ pub fn check(config: &Config) -> Problems {
     }
     cache::check(&config.caches, &mut problems);
     routes::check(config, &mut problems);
+    request_id::check(config, &mut problems);
     problems
 }
 

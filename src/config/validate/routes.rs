@@ -118,7 +118,7 @@ fn check_action(at: &str, route: &RouteConfig, problems: &mut Problems) {
 
 /// Headers that frame a message or belong to one connection: never set or
 /// removed by a rule.
-const FRAMING: [&str; 8] = [
+pub(super) const FRAMING: [&str; 8] = [
     "content-length",
     "transfer-encoding",
     "connection",
@@ -129,7 +129,7 @@ const FRAMING: [&str; 8] = [
     "proxy-connection",
 ];
 /// Headers tollgate writes itself on the request a backend gets.
-const FORWARDING: [&str; 4] = [
+pub(super) const FORWARDING: [&str; 4] = [
     "x-forwarded-for",
     "x-real-ip",
     "x-forwarded-proto",

@@ -326,6 +326,24 @@ const RULES: &[(&str, &str, &str, &str)] = &[
         "routes[2].cache",
         "only a route with an `upstream`",
     ),
+    (
+        "  metrics: 127.0.0.1:19091\n",
+        "  metrics: 127.0.0.1:19091\n  request_id: {header: Content-Type}\n",
+        "server.request_id.header",
+        "meaning of its own",
+    ),
+    (
+        "  metrics: 127.0.0.1:19091\n",
+        "  metrics: 127.0.0.1:19091\n  request_id: {header: X-Forwarded-For}\n",
+        "server.request_id.header",
+        "meaning of its own",
+    ),
+    (
+        "  metrics: 127.0.0.1:19091\n",
+        "  metrics: 127.0.0.1:19091\n  request_id: {header: X-User}\n",
+        "server.request_id.header",
+        "identity header of auth policy `users`",
+    ),
 ];
 
 /// `hash_key` with `algorithm: hash`, and the features that do not go with it.
@@ -397,6 +415,36 @@ fn each_rule_names_its_node() {
             "{from} -> {to}: expected `{node}: ...{words}...` in:\n{said}"
         );
     }
+}
+
+#[test]
+fn the_request_id_header_is_left_to_server_request_id() {
+    let on = (
+        "  metrics: 127.0.0.1:19091\n",
+        "  metrics: 127.0.0.1:19091\n  request_id: {}\n",
+    );
+    assert_eq!(problems_of_all(&[on]), "", "the header has a default");
+    let said = problems_of_all(&[
+        on,
+        (
+            "    cache: pages\n",
+            "    cache: pages\n    request_headers: {remove: [x-request-id]}\n    response_headers: {set: {X-Request-Id: a}}\n",
+        ),
+    ]);
+    for node in [
+        "routes[0].request_headers.remove",
+        "routes[0].response_headers.set",
+    ] {
+        assert!(
+            said.contains(&format!("{node}: `")) && said.contains("carries the request ID"),
+            "{node} in:\n{said}"
+        );
+    }
+    let renamed = problems_of(
+        "  metrics: 127.0.0.1:19091\n",
+        "  metrics: 127.0.0.1:19091\n  request_id: {header: X-Trace, trust_incoming: true}\n",
+    );
+    assert_eq!(renamed, "");
 }
 
 #[test]

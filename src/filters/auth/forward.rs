@@ -2,7 +2,9 @@
 //! request is asked about at the auth service with the client's credentials (its
 //! Authorization header, or with `token_query` its bearer token in a query
 //! parameter of the URL), the `pass_headers` it has, and
-//! X-Forwarded-Method/-Uri/-For/-Host.
+//! X-Forwarded-Method/-Uri/-For/-Host; with `server.request_id`, the request's
+//! ID in its header, so the service's log lines match tollgate's. The ID is
+//! never a credential, nor part of the cache key, even in `pass_headers`.
 //!
 //! - A request that carries none of the headers the auth service would be sent
 //!   (Authorization, `pass_headers`) gets 401 at once; the service is not asked.
@@ -93,19 +95,23 @@ impl ForwardAuth {
         self.copy_headers.iter().cloned().chain(from_json).collect()
     }
 
-    /// The credential headers of `req` that go to the auth service: its
-    /// Authorization (unless the token goes in the query) and `pass_headers`.
+    /// The credential headers of `request` that go to the auth service: its
+    /// Authorization (unless the token goes in the query) and `pass_headers`,
+    /// but for its request ID's.
     fn sent_headers<'r>(
         &'r self,
-        req: &'r RequestHeader,
+        request: &AuthRequest<'r>,
     ) -> impl Iterator<Item = (&'r HeaderName, &'r HeaderValue)> {
+        let req = request.head;
         let authorization = match self.token_query {
             None => req.headers.get(AUTHORIZATION).map(|v| (&AUTHORIZATION, v)),
             Some(_) => None,
         };
+        let id_header = request.request_id.map(|(name, _)| name);
         let passed = self
             .pass_headers
             .iter()
+            .filter(move |name| Some(*name) != id_header)
             .filter_map(|name| req.headers.get(name).map(|v| (name, v)));
         authorization.into_iter().chain(passed)
     }
@@ -128,14 +134,14 @@ impl ForwardAuth {
         let req = request.head;
         let token_url = self.url_for(req);
         let has_token = self.token_query.is_some() && token_url.is_some();
-        if !has_token && self.sent_headers(req).next().is_none() {
+        if !has_token && self.sent_headers(request).next().is_none() {
             return Verdict::Reject(Rejection::unauthorized(
                 RejectReason::MissingCredentials,
                 "401 Unauthorized: credentials are needed\n",
             ));
         }
         let url = token_url.unwrap_or_else(|| self.url.clone());
-        let credentials = self.cache.as_ref().map(|_| self.credentials(req));
+        let credentials = self.cache.as_ref().map(|_| self.credentials(request));
         if let (Some((_, cache)), Some(key)) = (&self.cache, &credentials) {
             if let (Some(hit), _) = cache.get(key) {
                 if *hit.credentials == **key {
@@ -150,8 +156,11 @@ impl ForwardAuth {
             .header("X-Forwarded-Method", req.method.as_str())
             .header("X-Forwarded-Uri", forwarded_uri(request))
             .header("X-Forwarded-For", request.client.to_string());
-        for (name, value) in self.sent_headers(req) {
+        for (name, value) in self.sent_headers(request) {
             ask = ask.header(name.clone(), value.clone());
+        }
+        if let Some((name, id)) = request.request_id {
+            ask = ask.header(name.clone(), id.clone());
         }
         if let Some(host) = req.headers.get(http::header::HOST) {
             ask = ask.header("X-Forwarded-Host", host.clone());
@@ -191,13 +200,14 @@ impl ForwardAuth {
     }
 
     /// The values of everything sent that identifies the client: the cache key.
-    fn credentials(&self, req: &RequestHeader) -> Vec<u8> {
+    fn credentials(&self, request: &AuthRequest<'_>) -> Vec<u8> {
+        let req = request.head;
         let mut key = Vec::new();
         if self.token_query.is_some() {
             key.extend_from_slice(bearer_token(req).unwrap_or_default().as_bytes());
             key.push(0);
         }
-        for (name, value) in self.sent_headers(req) {
+        for (name, value) in self.sent_headers(request) {
             key.extend_from_slice(name.as_str().as_bytes());
             key.push(b':');
             key.extend_from_slice(value.as_bytes());

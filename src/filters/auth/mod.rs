@@ -142,6 +142,8 @@ pub(crate) struct AuthRequest<'a> {
     pub path: &'a str,
     /// The client certificate its connection verified.
     pub client_cert: Option<&'a crate::edge::client_certs::ClientCert>,
+    /// The request's ID and its header, with `server.request_id`.
+    pub request_id: Option<(&'a HeaderName, &'a HeaderValue)>,
 }
 
 /// One configured policy.
