@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,51 +17,20 @@ use std::sync::Arc;
 /// `session=banned` gets 451, `session=teapot` 418, anything else 401. Counts
 /// the requests it gets.
 fn auth_service() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let asked = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&asked);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            counter.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let mut seen = serde_json::Map::new();
-                for (name, value) in head.lines().skip(1).filter_map(|l| l.split_once(':')) {
-                    seen.insert(name.trim().to_ascii_lowercase(), Value::from(value.trim()));
-                }
-                let cookie = seen.get("cookie").and_then(Value::as_str).unwrap_or("");
-                let (status, body) = match cookie {
-                    "session=good" => (
-                        "200 OK",
-                        json!({"user": {"name": "cookie-user", "groups": ["a", "b"]}, "seen": seen}),
-                    ),
-                    "session=banned" => (
-                        "451 Unavailable For Legal Reasons",
-                        json!({"why": "banned"}),
-                    ),
-                    "session=teapot" => ("418 I'm a teapot", json!({})),
-                    _ => ("401 Unauthorized", json!({"why": "no session"})),
-                };
-                let body = body.to_string();
-                let answer = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(answer.as_bytes());
-            });
-        }
-    });
-    (addr, asked)
+    head_answering_service(
+        |seen| match seen.get("cookie").and_then(Value::as_str).unwrap_or("") {
+            "session=good" => (
+                "200 OK",
+                json!({"user": {"name": "cookie-user", "groups": ["a", "b"]}, "seen": seen}),
+            ),
+            "session=banned" => (
+                "451 Unavailable For Legal Reasons",
+                json!({"why": "banned"}),
+            ),
+            "session=teapot" => ("418 I'm a teapot", json!({})),
+            _ => ("401 Unauthorized", json!({"why": "no session"})),
+        },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,6 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -142,44 +141,13 @@ async fn incoming_ids_are_kept_only_when_trusted_and_well_formed() {
 /// A forward-auth service: `Cookie: session=good` passes with
 /// `{"seen": {the headers it got}}`, anything else gets 401. Counts requests.
 fn auth_service() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let asked = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&asked);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            counter.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let mut seen = serde_json::Map::new();
-                for (name, value) in head.lines().skip(1).filter_map(|l| l.split_once(':')) {
-                    seen.insert(name.trim().to_ascii_lowercase(), Value::from(value.trim()));
-                }
-                let good = seen.get("cookie").and_then(Value::as_str) == Some("session=good");
-                let (status, body) = if good {
-                    ("200 OK", serde_json::json!({ "seen": seen }))
-                } else {
-                    ("401 Unauthorized", serde_json::json!({}))
-                };
-                let body = body.to_string();
-                let answer = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(answer.as_bytes());
-            });
+    head_answering_service(|seen| {
+        if seen.get("cookie").and_then(Value::as_str) == Some("session=good") {
+            ("200 OK", serde_json::json!({ "seen": seen }))
+        } else {
+            ("401 Unauthorized", serde_json::json!({}))
         }
-    });
-    (addr, asked)
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -787,6 +787,52 @@ pub fn response_complete(bytes: &[u8]) -> bool {
     bytes.len() >= head_end + 4 + length
 }
 
+/// A counting HTTP service on a free loopback port, a thread per connection:
+/// it reads each request's head, puts its headers (names lower-cased) in a
+/// JSON map, and answers `answer(&map)`, a status line's text and a JSON
+/// body, with `Connection: close`. Returns its address and the number of
+/// connections it got.
+pub fn head_answering_service(
+    answer: fn(&serde_json::Map<String, serde_json::Value>) -> (&'static str, serde_json::Value),
+) -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&asked);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let mut seen = serde_json::Map::new();
+                for (name, value) in head.lines().skip(1).filter_map(|l| l.split_once(':')) {
+                    seen.insert(
+                        name.trim().to_ascii_lowercase(),
+                        serde_json::Value::from(value.trim()),
+                    );
+                }
+                let (status, body) = answer(&seen);
+                let body = body.to_string();
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes());
+            });
+        }
+    });
+    (addr, asked)
+}
+
 /// Asserts that `tollgate -t` refuses `contents` with an error at `line` of
 /// the file (`FILE:LINE:`) whose text has every one of `words`.
 pub fn assert_refused_at(contents: &str, line: usize, words: &[&str]) {
