@@ -9,6 +9,7 @@
 //! and keeps across a binary upgrade.
 
 use crate::config::Config;
+use pingora::protocols::GetSocketDigest;
 use std::net::SocketAddr;
 use tokio::net::TcpSocket;
 
@@ -189,6 +190,14 @@ impl<T> ByListener<T> {
         self.exact
             .get(local)
             .or_else(|| self.any_address.get(&local.port()))
+    }
+
+    /// The value of the listener `stream` came in on, by the local address
+    /// in its socket digest; `None` for a stream without one.
+    pub fn of_stream<S: GetSocketDigest + ?Sized>(&self, stream: &S) -> Option<&T> {
+        let digest = stream.get_socket_digest()?;
+        let local = digest.local_addr()?.as_inet()?;
+        self.get(local)
     }
 }
 

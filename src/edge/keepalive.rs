@@ -23,7 +23,7 @@ use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::tls::TlsStream;
-use pingora::protocols::{GetSocketDigest, Stream, ALPN, IO};
+use pingora::protocols::{Stream, ALPN, IO};
 use pingora::server::ShutdownWatch;
 use tokio::io::ReadBuf;
 use tokio::sync::watch;
@@ -111,10 +111,7 @@ where
 
     /// Whether `stream` came in on an `h2c` listener.
     fn serves_h2c(&self, stream: &TcpStream) -> bool {
-        stream
-            .get_socket_digest()
-            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
-            .is_some_and(|local| self.h2c.get(&local).is_some())
+        self.h2c.of_stream(stream).is_some()
     }
 
     /// Waits up to `limit` for the first bytes of a request on `stream` and

@@ -360,11 +360,7 @@ where
         let policy = if self.listeners.is_empty() {
             None
         } else {
-            let digest = stream.get_socket_digest();
-            let local = digest
-                .as_ref()
-                .and_then(|d| d.local_addr()?.as_inet().copied());
-            local.and_then(|a| self.listeners.get(&a))
+            self.listeners.of_stream(&*stream)
         };
         let stream = match policy {
             Some(policy) => self.accept(policy, stream).await?,

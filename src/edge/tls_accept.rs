@@ -81,10 +81,7 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let local = stream
-            .get_socket_digest()
-            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        let Some(acceptor) = local.and_then(|a| self.acceptors.get(&a)) else {
+        let Some(acceptor) = self.acceptors.of_stream(&*stream) else {
             return self.app.process_new(stream, shutdown).await;
         };
         let tcp = stream.into_any().downcast::<TcpStream>().ok()?;
