@@ -39,6 +39,8 @@ pub struct Metrics {
     pub config_last_reload_success: prometheus::Gauge,
     pub tls_certificate_expiry: IntGaugeVec,
     pub proxy_protocol_rejected: IntCounterVec,
+    pub tracing_spans_exported: prometheus::IntCounter,
+    pub tracing_spans_dropped: IntCounterVec,
     pub acme_orders: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
@@ -189,6 +191,17 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_proxy_protocol_rejected_total",
             "Connections of a proxy_protocol listener closed unserved, by reason (malformed, wrong_version, timeout, closed, peer_not_allowed).",
             &["listener", "reason"]
+        )
+        .registered(),
+        tracing_spans_exported: prometheus::register_int_counter!(
+            "tollgate_tracing_spans_exported_total",
+            "Spans the OTLP collector accepted."
+        )
+        .registered(),
+        tracing_spans_dropped: register_int_counter_vec!(
+            "tollgate_tracing_spans_dropped_total",
+            "Spans lost, by reason (queue_full: the exporter was behind; export_failed: the collector refused or could not be reached).",
+            &["reason"]
         )
         .registered(),
         acme_orders: register_int_counter_vec!(

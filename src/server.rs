@@ -20,6 +20,7 @@ use crate::edge::tls_accept::{acceptor, TlsTerminating};
 use crate::listen::{ByListener, Reservation};
 use crate::notify::Readiness;
 use crate::observe::request_id::RequestIds;
+use crate::observe::tracing::Tracer;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::reload::{ReloadOnHangup, Reloader};
 use crate::topology::{Resources, Topology};
@@ -305,7 +306,11 @@ fn add_listeners(
 ) -> anyhow::Result<()> {
     let listeners = ListenerRoles::of(config, &reservation.listeners);
     let request_ids = config.server.request_id.as_ref().map(RequestIds::new);
-    let settings = proxy_settings(config, listeners.tls_headers, &http01, request_ids.clone());
+    let mut settings = proxy_settings(config, listeners.tls_headers, &http01, request_ids.clone());
+    settings.tracer = match &config.server.tracing {
+        Some(tracing) => Some(Tracer::start(tracing).context("server.tracing")?),
+        None => None,
+    };
     let http_proxy = pingora::proxy::http_proxy(
         &server.configuration,
         Proxy::new(topology, access_log, settings),
@@ -388,6 +393,7 @@ fn proxy_settings(
             temp_dir: temp_dir_or_default(config.server.temp_dir.as_deref()),
         },
         request_ids,
+        tracer: None,
     }
 }
 

@@ -50,6 +50,8 @@ pub(crate) struct AccessEntry<'a> {
     pub response_headers: Option<&'a http::HeaderMap>,
     /// The request's ID, with `server.request_id`.
     pub request_id: Option<&'a str>,
+    /// The request's trace ID, with `server.tracing`.
+    pub trace_id: Option<&'a str>,
 }
 
 pub struct AccessLog {
@@ -262,6 +264,10 @@ fn json_line(e: &AccessEntry<'_>) -> String {
         s.push_str(",\"request_id\":");
         json_str(&mut s, id);
     }
+    if let Some(id) = e.trace_id {
+        s.push_str(",\"trace_id\":");
+        json_str(&mut s, id);
+    }
     s.push_str("}\n");
     s
 }
@@ -292,7 +298,7 @@ fn json_str(out: &mut String, text: &str) {
 
 /// nginx's `combined`: client - - [time] "request" status bytes "referer" "agent",
 /// and with `server.request_id` the ID in quotes at the end, as nginx users
-/// add `"$request_id"` to theirs.
+/// add `"$request_id"` to theirs, then with `server.tracing` the trace ID.
 fn combined_line(e: &AccessEntry<'_>) -> String {
     let mut s = String::with_capacity(256);
     let _ = write!(s, "{} - - [", e.client);
@@ -320,6 +326,11 @@ fn combined_line(e: &AccessEntry<'_>) -> String {
     );
     s.push('"');
     if let Some(id) = e.request_id {
+        s.push_str(" \"");
+        quoted_part(&mut s, id);
+        s.push('"');
+    }
+    if let Some(id) = e.trace_id {
         s.push_str(" \"");
         quoted_part(&mut s, id);
         s.push('"');
@@ -369,6 +380,7 @@ mod tests {
             request_headers: &EMPTY,
             response_headers: None,
             request_id: None,
+            trace_id: None,
         }
     }
 
@@ -389,15 +401,21 @@ mod tests {
     fn lines_carry_the_request_id_when_there_is_one() {
         let json: serde_json::Value = serde_json::from_str(&json_line(&entry())).unwrap();
         assert!(json.get("request_id").is_none());
+        assert!(json.get("trace_id").is_none());
         let with_id = AccessEntry {
             request_id: Some("0af7651916cd43dd8448eb211c80319c"),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
             ..entry()
         };
         let json: serde_json::Value = serde_json::from_str(&json_line(&with_id)).unwrap();
         assert_eq!(json["request_id"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(json["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         let line = combined_line(&with_id);
         assert!(
-            line.ends_with("\"curl/8\\x0A\" \"0af7651916cd43dd8448eb211c80319c\"\n"),
+            line.ends_with(
+                "\"curl/8\\x0A\" \"0af7651916cd43dd8448eb211c80319c\" \
+                 \"4bf92f3577b34da6a3ce929d0e0e4736\"\n"
+            ),
             "{line}"
         );
     }

@@ -421,6 +421,13 @@ pub(crate) fn http_url<'de, D: Deserializer<'de>>(de: D) -> Result<reqwest::Url,
         })
 }
 
+/// serde adapter: an optional [`http_url`].
+pub(crate) fn opt_http_url<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Option<reqwest::Url>, D::Error> {
+    http_url(de).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,6 +56,8 @@ pub(super) struct Outcome {
     backend: Option<usize>,
     backend_answered: bool,
     own_status: Option<u16>,
+    /// The upstream timings of the main request's span, when it is recorded.
+    timings: Option<crate::observe::tracing::UpstreamTimings>,
 }
 
 /// Whether pingora should give `session` a subrequest spawner: a request
@@ -146,6 +148,9 @@ impl Proxy {
         ctx.upstream = reported.upstream;
         ctx.backend = reported.backend;
         ctx.backend_answered = reported.backend_answered;
+        if let (Some(timings), Some(trace)) = (reported.timings, &mut ctx.trace) {
+            trace.timings = Some(timings);
+        }
         ctx.buffered = true;
         if relayed? {
             if let Some(status) = reported.own_status {
@@ -283,6 +288,7 @@ pub(super) fn report(session: &Session, ctx: &RequestCtx) -> bool {
             backend: ctx.backend,
             backend_answered: ctx.backend_answered,
             own_status: ctx.own_status(),
+            timings: ctx.trace.as_ref().and_then(|t| t.timings),
         };
     }
     true

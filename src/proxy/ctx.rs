@@ -62,6 +62,8 @@ pub struct RequestCtx {
     pub(super) grpc: Option<GrpcCall>,
     /// The request's ID, with `server.request_id` (see `observe::request_id`).
     pub(super) request_id: Option<http::HeaderValue>,
+    /// The request's trace, with `server.tracing` (see `observe::tracing`).
+    pub(super) trace: Option<crate::observe::tracing::RequestTrace>,
 }
 
 /// What tollgate heeds of a gRPC call.
@@ -124,6 +126,7 @@ impl RequestCtx {
             validation: None,
             grpc: None,
             request_id: None,
+            trace: None,
         }
     }
 
@@ -147,6 +150,13 @@ impl RequestCtx {
     /// The verified client certificate of the request's connection.
     pub(super) fn client_cert(&self) -> Option<&ClientCert> {
         ClientCert::of_digest(self.client_tls.as_deref()?)
+    }
+
+    /// The upstream timings of the request's span, when it is recorded.
+    pub(super) fn trace_timings(
+        &mut self,
+    ) -> Option<&mut crate::observe::tracing::UpstreamTimings> {
+        self.trace.as_mut()?.timings()
     }
 
     /// The path to forward: the normalized one, or `received` when that is it.

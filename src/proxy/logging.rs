@@ -3,6 +3,7 @@
 use super::{Proxy, RequestCtx};
 use crate::access_log::AccessEntry;
 use crate::metrics::{RouteMetrics, NO_UPSTREAM};
+use crate::observe::tracing::SpanFacts;
 use pingora::proxy::Session;
 use std::sync::LazyLock;
 
@@ -78,7 +79,20 @@ impl Proxy {
             request_headers: &req.headers,
             response_headers: session.response_written().map(|r| &r.headers),
             request_id: ctx.request_id.as_ref().and_then(|id| id.to_str().ok()),
+            trace_id: ctx.trace.as_ref().and_then(|t| t.trace_id_text()),
         });
+        if let (Some(tracer), Some(trace)) = (&self.settings.tracer, &ctx.trace) {
+            tracer.finish(trace, || SpanFacts {
+                method: req.method.clone(),
+                path: req.uri.path().to_string(),
+                status,
+                topology: ctx.topology.clone(),
+                route: ctx.route,
+                arm: ctx.arm,
+                upstream: ctx.upstream,
+                backend: ctx.backend,
+            });
+        }
     }
 }
 

@@ -75,6 +75,8 @@ pub struct ProxySettings {
     pub buffer_limits: BufferLimits,
     /// `server.request_id`, when set.
     pub request_ids: Option<RequestIds>,
+    /// `server.tracing`, when set.
+    pub tracer: Option<crate::observe::tracing::Tracer>,
 }
 
 impl Proxy {
@@ -221,8 +223,9 @@ impl ProxyHttp for Proxy {
 
     /// Runs before pingora's modules see the request, and before anything of
     /// tollgate's: gives the request its ID (see `observe::request_id`), so
-    /// that every answer, the backend and the log see it; hands brotli to our
-    /// own module rather than pingora's (see `edge::compression`).
+    /// that every answer, the backend and the log see it, and its trace (see
+    /// `observe::tracing`), whose `traceparent` the backend gets; hands
+    /// brotli to our own module rather than pingora's (see `edge::compression`).
     async fn early_request_filter(
         &self,
         session: &mut Session,
@@ -235,6 +238,10 @@ impl ProxyHttp for Proxy {
                 module.arm(id.clone());
             }
             ctx.request_id = Some(id);
+        }
+        if let Some(tracer) = &self.settings.tracer {
+            let subrequest = session.subrequest_ctx.is_some();
+            ctx.trace = Some(tracer.begin(session.req_header_mut(), subrequest)?);
         }
         if let Some(compression) = &self.settings.compression {
             compression.route_brotli(session);
@@ -382,7 +389,8 @@ impl ProxyHttp for Proxy {
     }
 
     /// Restarts the attempt's clock once its connection is ready, so that a
-    /// latency sample is the backend's answer time, not the connect time.
+    /// latency sample is the backend's answer time, not the connect time;
+    /// notes the time for the request's span.
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
@@ -394,6 +402,9 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if ctx.attempt_started.is_some() {
             ctx.attempt_started = Some(std::time::Instant::now());
+        }
+        if let Some(timings) = ctx.trace_timings() {
+            timings.connected();
         }
         Ok(())
     }
@@ -422,6 +433,9 @@ impl ProxyHttp for Proxy {
         caching::note_validation(session, ctx, upstream_response);
         if !upstream_response.status.is_informational() || upstream_response.status == 101 {
             ctx.backend_answered = true;
+            if let Some(timings) = ctx.trace_timings() {
+                timings.first_byte();
+            }
             if let (Some(upstream), Some(index)) = (ctx.upstream(), ctx.backend) {
                 let latency = ctx.attempt_started.map(|at| at.elapsed());
                 upstream.record_answer(index, upstream_response.status.as_u16(), latency);

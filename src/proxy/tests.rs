@@ -56,6 +56,7 @@ fn proxy() -> Proxy {
                 temp_dir: std::env::temp_dir(),
             },
             request_ids: None,
+            tracer: None,
         },
     )
 }

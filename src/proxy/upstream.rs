@@ -50,6 +50,9 @@ pub(super) fn choose_peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box
     let backend = &upstream.backends[index];
     ctx.in_flight = Some(InFlightGuard::new(&backend.state));
     ctx.attempt_started = upstream.measures_latency().then(Instant::now);
+    if let Some(timings) = ctx.trace_timings() {
+        timings.asked();
+    }
     let mut peer = Box::new(backend.peer.clone());
     bound_by_deadline(ctx, &mut peer);
     Ok(peer)

@@ -129,6 +129,16 @@ pub(crate) fn request_id_header() -> crate::config::types::HeaderName {
     )
 }
 
+pub(crate) fn trace_service_name() -> String {
+    "tollgate".to_string()
+}
+pub(crate) fn trace_sample() -> crate::config::Percent {
+    crate::config::Percent::from_share(1.0)
+}
+pub(crate) fn trace_queue() -> usize {
+    4096
+}
+
 pub(crate) fn cache_memory() -> u64 {
     64 << 20
 }

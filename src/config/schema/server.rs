@@ -83,6 +83,30 @@ pub struct ServerConfig {
     /// An ID on every request and answer, and in the access log; none when
     /// absent.
     pub request_id: Option<RequestIdConfig>,
+    /// W3C trace context on every request, spans to an OpenTelemetry
+    /// collector; none when absent (incoming `traceparent` then passes as is).
+    pub tracing: Option<TracingConfig>,
+}
+
+/// `server.tracing: {otlp, service_name, sample, queue}` (see `observe::tracing`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP address (`http://host:4318`, spans are
+    /// posted to its `/v1/traces`, or to the path written); without it trace
+    /// context is still continued and passed on, and no span is exported.
+    #[serde(default, deserialize_with = "units::opt_http_url")]
+    pub otlp: Option<reqwest::Url>,
+    /// `service.name` of tollgate's spans.
+    #[serde(default = "defaults::trace_service_name")]
+    pub service_name: String,
+    /// Share of new traces recorded; a request with a `traceparent` follows
+    /// its sampled flag instead.
+    #[serde(default = "defaults::trace_sample")]
+    pub sample: crate::config::Percent,
+    /// Finished spans waiting for the exporter before new ones are dropped.
+    #[serde(default = "defaults::trace_queue")]
+    pub queue: usize,
 }
 
 /// `server.request_id: {header, trust_incoming}` (see `observe::request_id`).

@@ -41,6 +41,14 @@ pub(super) fn check(server: &ServerConfig, problems: &mut Problems) {
             problems.push("server.cluster.timeout", "must be more than 0");
         }
     }
+    if let Some(tracing) = &server.tracing {
+        if tracing.queue == 0 {
+            problems.push("server.tracing.queue", "must be at least 1");
+        }
+        if tracing.service_name.trim().is_empty() {
+            problems.push("server.tracing.service_name", "must not be empty");
+        }
+    }
     let t = &server.client_timeouts;
     check_positive(
         "server.client_timeouts",

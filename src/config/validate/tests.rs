@@ -340,6 +340,12 @@ const RULES: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "  metrics: 127.0.0.1:19091\n",
+        "  metrics: 127.0.0.1:19091\n  tracing: {queue: 0}\n",
+        "server.tracing.queue",
+        "at least 1",
+    ),
+    (
+        "  metrics: 127.0.0.1:19091\n",
         "  metrics: 127.0.0.1:19091\n  request_id: {header: X-User}\n",
         "server.request_id.header",
         "identity header of auth policy `users`",
@@ -508,6 +514,16 @@ fn values_with_a_syntax_are_refused_as_they_are_read() {
             "url: \"http://127.0.0.1:7000/check\"",
             "url: \"ftp://x/\"",
             "invalid url",
+        ),
+        (
+            "  metrics: 127.0.0.1:19091\n",
+            "  metrics: 127.0.0.1:19091\n  tracing: {otlp: \"127.0.0.1 4318\"}\n",
+            "invalid url `127.0.0.1 4318`",
+        ),
+        (
+            "  metrics: 127.0.0.1:19091\n",
+            "  metrics: 127.0.0.1:19091\n  tracing: {sample: often}\n",
+            "invalid percentage `often`",
         ),
         ("rate: 10/s", "rate: 10", "rate"),
         (
