@@ -84,6 +84,7 @@ bench: build pydeps
 	mkdir -p bench/results
 	bash -o pipefail -c 'python3 bench/run.py --tollgate target/release/tollgate $(BENCH_ARGS) | tee bench/results/latest.txt'
 	python3 bench/proxy_protocol.py --tollgate target/release/tollgate
+	python3 bench/tracing.py --tollgate target/release/tollgate
 
 # The README's request-path table: tollgate and nginx in front of Flask and Starlette.
 path-table: build pydeps
