@@ -62,6 +62,9 @@ pub struct RequestCtx {
     pub(super) grpc: Option<GrpcCall>,
     /// The request's ID, with `server.request_id` (see `observe::request_id`).
     pub(super) request_id: Option<http::HeaderValue>,
+    /// The request's copy for the route's mirror, while its body is read
+    /// (see `mirroring`).
+    pub(super) mirror: Option<crate::mirror::MirrorCopy>,
 }
 
 /// What tollgate heeds of a gRPC call.
@@ -124,6 +127,7 @@ impl RequestCtx {
             validation: None,
             grpc: None,
             request_id: None,
+            mirror: None,
         }
     }
 
