@@ -103,14 +103,14 @@ impl MirrorCopy {
             ticket.settle(Outcome::Failed);
             return;
         };
-        if framed || !body.is_empty() {
-            if head
+        let framing = framed || !body.is_empty();
+        if framing
+            && head
                 .insert_header(header::CONTENT_LENGTH, body.len())
                 .is_err()
-            {
-                ticket.settle(Outcome::Failed);
-                return;
-            }
+        {
+            ticket.settle(Outcome::Failed);
+            return;
         }
         send::spawn(ticket, Arc::clone(upstream), index, head, Bytes::from(body));
     }

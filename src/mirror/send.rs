@@ -22,7 +22,7 @@ const MAX_INTERIM: usize = 8;
 
 /// Sends `head` and `body` to backend `index` of `upstream` from a new
 /// task, and settles `ticket` with what became of it. The exchange counts
-/// as the backend's traffic: in its in-flight count, in
+/// as the backend's traffic: in its in-flight count (from this call on), in
 /// `tollgate_upstream_requests_total`, and for its passive health, outlier
 /// detection and latency. It is cut off at the mirror's `timeout`.
 pub(super) fn spawn(
@@ -32,12 +32,17 @@ pub(super) fn spawn(
     head: Box<RequestHeader>,
     body: Bytes,
 ) {
+    let Some(in_flight) = upstream
+        .backends
+        .get(index)
+        .map(|b| InFlightGuard::new(&b.state))
+    else {
+        ticket.settle(Outcome::Failed);
+        return;
+    };
     tokio::spawn(async move {
-        let Some(backend) = upstream.backends.get(index) else {
-            ticket.settle(Outcome::Failed);
-            return;
-        };
-        let _in_flight = InFlightGuard::new(&backend.state);
+        let _in_flight = in_flight;
+        let backend = &upstream.backends[index];
         let started = Instant::now();
         let timeout = ticket.mirror().timeout;
         let outcome = match tokio::time::timeout(timeout, exchange(&backend.peer, head, body)).await
