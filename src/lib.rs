@@ -15,6 +15,7 @@ pub mod filters;
 pub mod forwarding;
 pub mod listen;
 pub mod metrics;
+pub mod mirror;
 pub mod notify;
 pub mod observe;
 pub mod pid_file;

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub backend_drained: IntGaugeVec,
     pub auth_rejections: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    pub mirror_requests: IntCounterVec,
     pub rate_limit_store_errors: IntCounterVec,
     pub discovery_failures: IntCounterVec,
     pub cache_lookups: IntCounterVec,
@@ -208,6 +209,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_acme_orders_total",
             "ACME certificate orders by result (issued, failed).",
             &["result"]
+        )
+        .registered(),
+        mirror_requests: register_int_counter_vec!(
+            "tollgate_mirror_requests_total",
+            "Copies of a route's requests for its mirror upstream, by result (sent: the mirror answered; failed: no answer; dropped: not sent).",
+            &["route", "upstream", "result"]
         )
         .registered(),
         rate_limit_store_errors: register_int_counter_vec!(

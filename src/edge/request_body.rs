@@ -98,6 +98,11 @@ impl BufferedBody {
         self.len == 0
     }
 
+    /// The body's pieces, when it is all in memory.
+    pub fn in_memory(&self) -> Option<&[Bytes]> {
+        self.file.is_none().then_some(self.memory.as_slice())
+    }
+
     /// Whether part of the body is in a file.
     pub fn spilled(&self) -> bool {
         self.file.is_some()

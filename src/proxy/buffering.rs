@@ -127,6 +127,7 @@ impl Proxy {
             Err(refused) => return answer::send(session, ctx, refused).await,
         };
         ctx.body_bytes = body.len();
+        super::mirroring::feed_buffered(session, ctx, &body);
         let head = buffered_head(session.req_header(), body.len()).await?;
         let outcome = Arc::new(Mutex::new(Outcome::default()));
         let handoff = Handoff {

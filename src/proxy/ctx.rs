@@ -64,6 +64,9 @@ pub struct RequestCtx {
     pub(super) request_id: Option<http::HeaderValue>,
     /// The request's trace, with `server.tracing` (see `observe::tracing`).
     pub(super) trace: Option<crate::observe::tracing::RequestTrace>,
+    /// The request's copy for the route's mirror, while its body is read
+    /// (see `mirroring`).
+    pub(super) mirror: Option<crate::mirror::MirrorCopy>,
 }
 
 /// What tollgate heeds of a gRPC call.
@@ -127,6 +130,7 @@ impl RequestCtx {
             grpc: None,
             request_id: None,
             trace: None,
+            mirror: None,
         }
     }
 

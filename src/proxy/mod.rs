@@ -20,6 +20,7 @@ mod buffering;
 mod caching;
 mod ctx;
 mod logging;
+mod mirroring;
 mod upstream;
 
 pub use ctx::RequestCtx;
@@ -282,6 +283,7 @@ impl ProxyHttp for Proxy {
         if self.act(session, ctx, route).await? {
             return Ok(true);
         }
+        mirroring::begin(session, ctx, route);
         self.proxy_buffered(session, ctx).await
     }
 
@@ -445,12 +447,14 @@ impl ProxyHttp for Proxy {
     }
 
     /// Counts the request body as it streams; a body without Content-Length that
-    /// grows past `max_request_body` ends the request with 413.
+    /// grows past `max_request_body` ends the request with 413. Tees the body
+    /// into the request's mirror copy, if it has one (see `mirroring`); the
+    /// body goes on to the backend as it came.
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(chunk) = body {
@@ -461,6 +465,9 @@ impl ProxyHttp for Proxy {
                     "request body larger than max_request_body",
                 ));
             }
+        }
+        if ctx.mirror.is_some() {
+            mirroring::tee(session, ctx, body.as_deref(), end_of_stream);
         }
         Ok(())
     }

@@ -27,6 +27,7 @@ pub(super) fn choose_peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "route has no upstream"))?;
     // Release the previous attempt's count before choosing again.
     ctx.in_flight = None;
+    super::mirroring::restart(ctx);
     let Some(index) = upstream.select(&request_parts(session.req_header(), ctx), &ctx.tried) else {
         let (status, why) = if ctx.tried.is_empty() {
             (503, "no healthy backend")

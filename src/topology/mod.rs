@@ -27,6 +27,7 @@ use crate::filters::cors::Cors;
 use crate::filters::rate_limit::RouteLimit;
 use crate::forwarding::TrustedProxies;
 use crate::metrics::{BackendMetrics, RouteMetrics, NO_UPSTREAM};
+use crate::mirror::Mirror;
 use crate::router::Router;
 use bytes::Bytes;
 use http::header::HeaderName;
@@ -105,6 +106,8 @@ pub struct Route {
     pub error_pages: ErrorPages,
     /// The route's CORS policy, when it has `cors:`.
     pub cors: Option<Arc<Cors>>,
+    /// Where copies of the route's requests go, when it has `mirror:`.
+    pub mirror: Option<Arc<Mirror>>,
     /// Client networks allowed (empty: all) and denied, checked before anything else.
     pub allow: Vec<ipnet::IpNet>,
     pub deny: Vec<ipnet::IpNet>,
@@ -197,6 +200,7 @@ impl Topology {
                 .as_ref()
                 .and_then(|n| caches.get(n))
                 .map(|cache| (Arc::clone(cache), LookupCounters::new(&route.label)));
+            route.mirror = compile_mirror(&route.label, route_config, &upstream_index, previous);
             routes.push(route);
         }
         let router = Router::new(
@@ -511,9 +515,26 @@ fn compile_route(
             .map(Arc::new),
         error_pages: ErrorPages::default(),
         cors: config.cors.as_ref().map(|c| Arc::new(Cors::new(c))),
+        mirror: None,
         allow: config.allow.clone(),
         deny: config.deny.clone(),
     }
+}
+
+/// The mirror of route `label` of `config`, when it has one; it keeps the
+/// places of copies in flight of the same route of `previous`.
+fn compile_mirror(
+    label: &str,
+    config: &RouteConfig,
+    upstreams: &HashMap<&str, usize>,
+    previous: Option<&Topology>,
+) -> Option<Arc<Mirror>> {
+    let mirror = config.mirror.as_ref()?;
+    let upstream = *upstreams.get(mirror.upstream.as_str())?;
+    let before = previous
+        .and_then(|p| p.routes.iter().find(|r| r.label == label))
+        .and_then(|r| r.mirror.as_deref());
+    Some(Arc::new(Mirror::compile(label, mirror, upstream, before)))
 }
 
 /// The answer of a `respond` or `redirect` route.

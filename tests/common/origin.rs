@@ -9,7 +9,8 @@
 //! `size=BYTES` (a body of that many bytes), `chunked=1` (no Content-Length),
 //! `gzip=1` (gzip the body for clients that accept it, with
 //! `Vary: Accept-Encoding`), `ct=TYPE`, `v=TEXT` (goes into the body). The
-//! body is otherwise `PATH?QUERY #N`, N counting the requests for it. A
+//! body is otherwise `PATH?QUERY #N`, N counting the requests for it, and
+//! `X-Origin` names an origin started with a name. A
 //! request whose `If-None-Match` matches the ETag, or with `If-Modified-Since`
 //! when `lm=1`, gets 304.
 
@@ -34,10 +35,13 @@ pub struct Seen {
     pub method: String,
     pub target: String,
     pub headers: http::HeaderMap,
+    /// The request body, read whole before the answer.
+    pub body: Bytes,
 }
 
 #[derive(Default)]
 struct State {
+    name: String,
     hits: Mutex<HashMap<String, usize>>,
     seen: Mutex<Vec<Seen>>,
     failing: AtomicBool,
@@ -51,11 +55,29 @@ pub struct Origin {
 
 impl Origin {
     pub async fn start() -> Origin {
+        Self::start_named("").await
+    }
+
+    /// An origin whose answers carry `X-Origin: NAME` (none when `name` is empty).
+    pub async fn start_named(name: &str) -> Origin {
+        Self::serve(name, false).await
+    }
+
+    /// As [`Origin::start_named`], speaking cleartext HTTP/2 only (prior
+    /// knowledge, as an `h2c` backend does).
+    pub async fn start_h2c_named(name: &str) -> Origin {
+        Self::serve(name, true).await
+    }
+
+    async fn serve(name: &str, h2c: bool) -> Origin {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind origin");
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State::default());
+        let state = Arc::new(State {
+            name: name.to_string(),
+            ..State::default()
+        });
         let shared = Arc::clone(&state);
         let accepting = tokio::spawn(async move {
             loop {
@@ -69,9 +91,16 @@ impl Origin {
                         async move { Ok::<_, Infallible>(answer(&state, request).await) }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
+                    if h2c {
+                        let executor = hyper_util::rt::TokioExecutor::new();
+                        let _ = hyper::server::conn::http2::Builder::new(executor)
+                            .serve_connection(io, service)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await;
+                    }
                 });
             }
         });
@@ -182,10 +211,17 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Body> {
         *n += 1;
         *n
     };
+    let (parts, incoming) = request.into_parts();
+    let body = incoming
+        .collect()
+        .await
+        .map_or(Bytes::new(), |b| b.to_bytes());
+    let request = Request::from_parts(parts, ());
     state.seen.lock().unwrap().push(Seen {
         method: request.method().to_string(),
         target: target.clone(),
         headers: request.headers().clone(),
+        body,
     });
     let q = query_map(request.uri().query().unwrap_or(""));
     if let Some(delay) = q.get("delay").and_then(|d| d.parse().ok()) {
@@ -198,6 +234,9 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Body> {
             .unwrap();
     }
     let mut builder = Response::builder();
+    if !state.name.is_empty() {
+        builder = builder.header("x-origin", state.name.as_str());
+    }
     let now = SystemTime::now();
     builder = builder.header("date", httpdate::fmt_http_date(now));
     if let Some(cc) = q.get("cc") {

@@ -170,3 +170,15 @@ pub fn retry_ratio() -> crate::config::Percent {
 pub fn retry_min_per_second() -> u32 {
     10
 }
+pub(crate) fn mirror_percent() -> crate::config::Percent {
+    crate::config::Percent::from_share(1.0)
+}
+pub(crate) fn mirror_max_body() -> u64 {
+    64 << 10
+}
+pub(crate) fn mirror_max_in_flight() -> u32 {
+    100
+}
+pub(crate) fn mirror_timeout() -> Duration {
+    Duration::from_secs(10)
+}

@@ -51,6 +51,9 @@ pub struct RouteConfig {
     /// Cross-origin requests from browsers: preflights answered here, the
     /// `Access-Control-*` headers of every answer (see `filters::cors`).
     pub cors: Option<super::CorsConfig>,
+    /// Copies of a share of the route's requests, sent to another upstream
+    /// in the background (see `mirror`).
+    pub mirror: Option<super::MirrorConfig>,
     /// Files that replace the body of tollgate's own answers of these statuses.
     #[serde(default, deserialize_with = "units::status_paths")]
     pub error_pages: Vec<(http::StatusCode, PathBuf)>,

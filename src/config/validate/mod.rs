@@ -4,6 +4,7 @@
 mod auth;
 mod cache;
 mod cors;
+mod mirror;
 mod request_id;
 mod routes;
 mod server;

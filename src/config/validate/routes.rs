@@ -49,6 +49,9 @@ pub(super) fn check(config: &Config, problems: &mut Problems) {
         if let Some(cors) = &route.cors {
             super::cors::check(&at, route, cors, problems);
         }
+        if let Some(mirror) = &route.mirror {
+            super::mirror::check(&at, config, route, mirror, problems);
+        }
     }
 }
 
