@@ -9,6 +9,7 @@ use crate::admin::Admin;
 use crate::balance::health::HealthChecker;
 use crate::config::{Config, ConfigErrors, LoadedConfig, Problems};
 use crate::discovery::DiscoveryService;
+use crate::edge::answer_headers::ListenerHeaders;
 use crate::edge::certs::CertStore;
 use crate::edge::compression::CompressionPolicy;
 use crate::edge::keepalive::LeanKeepalive;
@@ -388,7 +389,7 @@ fn add_listeners(
 /// and request IDs.
 fn proxy_settings(
     config: &Config,
-    tls_listeners: ByListener<Option<http::HeaderValue>>,
+    tls_listeners: ByListener<ListenerHeaders>,
     http01: &Arc<Http01Answers>,
     request_ids: Option<RequestIds>,
 ) -> ProxySettings {
@@ -456,8 +457,8 @@ pub fn signal_running(loaded: &LoadedConfig, signal: libc::c_int) -> anyhow::Res
 
 /// What the listeners of a config ask of the proxy.
 struct ListenerRoles {
-    /// TLS listeners by address, with their Strict-Transport-Security value.
-    tls_headers: ByListener<Option<http::HeaderValue>>,
+    /// TLS listeners by address, with the headers of their answers.
+    tls_headers: ByListener<ListenerHeaders>,
     /// The port HTTPS redirects point to: the first TLS listener's.
     https_port: Option<u16>,
     any_redirect: bool,
@@ -486,7 +487,11 @@ impl ListenerRoles {
                     }
                     http::HeaderValue::from_str(&value).ok()
                 });
-                tls_headers.insert(address, hsts);
+                let alt_svc = listener
+                    .http3
+                    .as_ref()
+                    .and_then(|_| ListenerHeaders::alt_svc(address.port()));
+                tls_headers.insert(address, ListenerHeaders { hsts, alt_svc });
             }
         }
         ListenerRoles {

@@ -4,17 +4,25 @@ One mode per use:
 
   h3_client.py ADDR requests FILE   [--ca PEM] [--server-name NAME]
       FILE is a JSON list of {"method", "path", "headers": [[k, v]], "body"};
-      all are sent at once, each on its own stream of ONE connection. Prints a
+      all are sent at once, each on its own stream of ONE connection (one
+      after the other with --sequential). Prints a
       JSON object: {"responses": [{"status", "headers", "body", "stream_id"}
       or {"error"}], "elapsed_ms", "connections": 1}.
 
   h3_client.py ADDR load SECONDS   [--concurrency C] [--connections K] [--path P]
       K connections, C requests in flight on each, for SECONDS (or until the
       file given by --stop-file exists). A GOAWAY (RFC 9114 5.2) moves the
-      client to a new connection; a request the server's GOAWAY says it did
-      not process is sent again, as the RFC lets a client do. Prints
+      client to a new connection; a request the server did not process (still
+      waiting when it closes with H3_NO_ERROR after its GOAWAY) counts as
+      "retried", as the RFC lets a client send it again. Prints
       {"ok", "failed", "retried", "errors", "seconds", "goaways",
        "connections", "statuses"}.
+
+  h3_client.py ADDR flood COUNT
+      COUNT connection attempts' first (Initial) packets from one UDP socket,
+      never followed up: handshakes the server holds open until they time
+      out, as a flood of Initials from spoofed addresses makes it. Prints
+      {"sent"}.
 
 The server's certificate is checked against --ca (default: not checked).
 """
@@ -29,7 +37,6 @@ import time
 
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.buffer import Buffer
 from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
@@ -37,15 +44,19 @@ from aioquic.quic.events import ConnectionTerminated, StreamReset
 
 
 class GoawayH3Connection(H3Connection):
-    """aioquic's HTTP/3 connection, noting the server's GOAWAY stream id."""
+    """aioquic's HTTP/3 connection, noting the server's GOAWAY (aioquic reads
+    past it: its payload, the id of the first request not processed, is not
+    kept)."""
 
-    goaway_id = None
+    goaway = False
 
-    def _handle_control_frame(self, frame_type, frame_data):
+    def _check_control_frame_type(self, frame_type):
+        super()._check_control_frame_type(frame_type)
         if frame_type == FrameType.GOAWAY:
-            self.goaway_id = Buffer(data=frame_data).pull_uint_var()
-            return
-        super()._handle_control_frame(frame_type, frame_data)
+            self.goaway = True
+
+
+H3_NO_ERROR = 0x100
 
 
 class Refused(Exception):
@@ -64,7 +75,8 @@ class Client(QuicConnectionProtocol):
         if isinstance(event, ConnectionTerminated):
             for stream_id, (future, _) in list(self.streams.items()):
                 if not future.done():
-                    future.set_exception(self.lost(stream_id, f"connection closed: {event.reason_phrase or event.error_code}"))
+                    why = f"connection closed: {event.reason_phrase or event.error_code}"
+                    future.set_exception(self.lost(stream_id, why, event.error_code))
             self.streams.clear()
             if not self.closed.done():
                 self.closed.set_result(True)
@@ -77,9 +89,11 @@ class Client(QuicConnectionProtocol):
         for h3_event in self.http.handle_event(event):
             self.http_event(h3_event)
 
-    def lost(self, stream_id, why):
-        goaway = self.http.goaway_id
-        if goaway is not None and stream_id >= goaway:
+    def lost(self, stream_id, why, error_code=None):
+        # After its GOAWAY, a server that closes with H3_NO_ERROR has finished
+        # every request it processed: the ones still waiting were not (what the
+        # GOAWAY's id would say).
+        if self.http.goaway and error_code == H3_NO_ERROR:
             return Refused(why)
         return RuntimeError(why)
 
@@ -102,15 +116,14 @@ class Client(QuicConnectionProtocol):
 
     @property
     def usable(self):
-        return not self.closed.done() and self.http.goaway_id is None
+        return not self.closed.done() and not self.http.goaway
 
     async def request(self, method, path, headers=(), body=b""):
         if not self.usable:
             raise Refused("connection going away")
         stream_id = self._quic.get_next_available_stream_id()
-        host = self._quic.configuration.server_name or "localhost"
         head = [(b":method", method.encode()), (b":scheme", b"https"),
-                (b":authority", host.encode()), (b":path", path.encode())]
+                (b":authority", self.authority.encode()), (b":path", path.encode())]
         head += [(k.lower().encode(), v.encode()) for k, v in headers]
         future = asyncio.get_event_loop().create_future()
         self.streams[stream_id] = (future, {"body": b"", "stream_id": stream_id})
@@ -131,10 +144,27 @@ def configuration(args):
     return config
 
 
+class Opened:
+    """A connection to ADDR, its requests' :authority the server name and port
+    (as HTTP/2 clients send it)."""
+
+    def __init__(self, args):
+        host, port = args.addr.rsplit(":", 1)
+        self.authority = f"{args.server_name}:{port}"
+        self.inner = connect(host.strip("[]"), int(port), configuration=configuration(args),
+                             create_protocol=Client, wait_connected=True)
+
+    async def __aenter__(self):
+        client = await self.inner.__aenter__()
+        client.authority = self.authority
+        return client
+
+    async def __aexit__(self, *exc):
+        return await self.inner.__aexit__(*exc)
+
+
 def opened(args):
-    host, port = args.addr.rsplit(":", 1)
-    return connect(host.strip("[]"), int(port), configuration=configuration(args),
-                   create_protocol=Client, wait_connected=True)
+    return Opened(args)
 
 
 def shown(response):
@@ -148,7 +178,14 @@ async def run_requests(args):
     with open(args.target) as f:
         requests = json.load(f)
     started = time.monotonic()
-    async with opened(args) as client:
+    # Held: the connection closes when this context is dropped.
+    context = opened(args)
+    try:
+        client = await asyncio.wait_for(context.__aenter__(), args.connect_timeout)
+    except Exception as e:
+        print(json.dumps({"error": f"connect: {type(e).__name__}: {e}"}))
+        return
+    try:
         async def one(r):
             body = r.get("body", "").encode()
             try:
@@ -156,7 +193,12 @@ async def run_requests(args):
                                                   r.get("headers", []), body))
             except Exception as e:  # reported, not raised: the test decides
                 return {"error": f"{type(e).__name__}: {e}"}
-        responses = await asyncio.gather(*(one(r) for r in requests))
+        if args.sequential:
+            responses = [await one(r) for r in requests]
+        else:
+            responses = await asyncio.gather(*(one(r) for r in requests))
+    finally:
+        await context.__aexit__(None, None, None)
     print(json.dumps({"responses": responses,
                       "elapsed_ms": (time.monotonic() - started) * 1000.0,
                       "connections": 1}))
@@ -182,7 +224,7 @@ class Load:
                 async with opened(self.args) as client:
                     self.connections += 1
                     await asyncio.gather(*(self.loop(client) for _ in range(self.args.concurrency)))
-                    if client.http.goaway_id is not None:
+                    if client.http.goaway:
                         self.goaways += 1
             except Refused:
                 self.retried += 1
@@ -221,10 +263,26 @@ async def run_load(args):
                       "statuses": load.statuses}))
 
 
+async def run_flood(args):
+    import socket
+    from aioquic.quic.connection import QuicConnection
+    host, port = args.addr.rsplit(":", 1)
+    target = (host.strip("[]"), int(port))
+    sock = socket.socket(socket.AF_INET6 if ":" in target[0] else socket.AF_INET, socket.SOCK_DGRAM)
+    sent = 0
+    for _ in range(int(args.target)):
+        connection = QuicConnection(configuration=configuration(args))
+        connection.connect(target, now=time.time())
+        for data, _ in connection.datagrams_to_send(now=time.time()):
+            sock.sendto(data, target)
+        sent += 1
+    print(json.dumps({"sent": sent}))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("addr")
-    parser.add_argument("mode", choices=["requests", "load"])
+    parser.add_argument("mode", choices=["requests", "load", "flood"])
     parser.add_argument("target", help="requests: a JSON file; load: seconds")
     parser.add_argument("--ca")
     parser.add_argument("--server-name", default="localhost")
@@ -232,8 +290,10 @@ def main():
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--path", default="/")
     parser.add_argument("--stop-file")
+    parser.add_argument("--sequential", action="store_true")
+    parser.add_argument("--connect-timeout", type=float, default=10.0)
     args = parser.parse_args()
-    run = run_requests if args.mode == "requests" else run_load
+    run = {"requests": run_requests, "load": run_load, "flood": run_flood}[args.mode]
     asyncio.run(run(args))
 
 
