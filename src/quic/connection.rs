@@ -24,6 +24,11 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a connection's packet counts reach the metrics while it is open.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long a closing connection waits, beyond four round trips, for what
+/// it has sent to arrive before it closes; and the longest it waits.
+const DRAIN_MARGIN: Duration = Duration::from_millis(100);
+const MAX_DRAIN: Duration = Duration::from_secs(2);
+
 /// HTTP/3's code for a connection closed with nothing wrong (RFC 9114 8.1).
 const H3_NO_ERROR: u32 = 0x100;
 
@@ -134,10 +139,14 @@ async fn serve_requests(
             _ = tick.tick() => stats.report(connection, state),
         }
     }
+    while requests.join_next().await.is_some() {}
     if closing {
+        // Closing drops what is not yet sent: let the GOAWAY and the last
+        // answers reach the client first (or the client close first).
+        let drain = (connection.rtt() * 4 + DRAIN_MARGIN).min(MAX_DRAIN);
+        let _ = tokio::time::timeout(drain, connection.closed()).await;
         connection.close(H3_NO_ERROR.into(), b"");
     }
-    while requests.join_next().await.is_some() {}
 }
 
 /// Reads one request's head and hands the request to the proxy.
