@@ -4,10 +4,19 @@
 //! answering: no packet meets a closed port. The old process sends every
 //! connection a GOAWAY when its handover ends and serves their requests in
 //! flight to their end, while new connections go to the new process.
+//!
+//! The handover begins with the SIGQUIT that makes pingora pass its sockets
+//! ([`started`]): from then on, the old process leaves new connections to
+//! the new one and sends its own a GOAWAY at once, so that it stops reading
+//! the shared socket as early as it can. Packets are not routed by
+//! connection ID between the two: while both read the socket, a packet of
+//! one's connection read by the other is dropped (and sent again by its
+//! sender).
 
 use pingora::server::ListenFds;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd};
+use tokio::signal::unix::{signal, SignalKind};
 
 /// The key of a listener's UDP socket in pingora's table of listening fds
 /// (TCP sockets are keyed by their bare address).
@@ -40,4 +49,19 @@ pub(super) fn socket(
         }
     }
     Ok(socket)
+}
+
+/// Resolves when a binary upgrade's handover begins (SIGQUIT, on which
+/// pingora passes the listening sockets to the new process); never, when
+/// the signal cannot be watched.
+pub(super) async fn started() {
+    match signal(SignalKind::quit()) {
+        Ok(mut quit) => {
+            quit.recv().await;
+        }
+        Err(e) => {
+            log::warn!("cannot watch SIGQUIT; HTTP/3 connections drain at shutdown only: {e}");
+            std::future::pending::<()>().await;
+        }
+    }
 }

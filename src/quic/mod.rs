@@ -244,23 +244,46 @@ impl Service for QuicService {
     }
 }
 
-/// Takes `endpoint`'s new connections until shutdown; then refuses new ones
-/// and waits for the open ones to finish theirs.
+/// Takes `endpoint`'s new connections until shutdown (then refuses new
+/// ones) or until a binary upgrade's handover begins (then leaves new ones
+/// to the new process: their first packet is ignored, and its retransmission
+/// may reach the new process, which reads the same socket); either way every
+/// connection gets a GOAWAY and the loop waits for them to finish. On a
+/// handover the endpoint stops reading the socket as soon as its last
+/// connection has closed.
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     state: Arc<ListenerState>,
     mut shutdown: ShutdownWatch,
 ) {
+    let (closing, closing_watch) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
+    let mut handover = std::pin::pin!(handover::started());
+    let mut handing_over = false;
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if let Some(connecting) = admit(incoming, &state) {
-                    connections.spawn(connection::serve(connecting, Arc::clone(&state), shutdown.clone()));
+                if handing_over {
+                    incoming.ignore();
+                } else if let Some(connecting) = admit(incoming, &state) {
+                    let serving = connection::serve(connecting, Arc::clone(&state), closing_watch.clone());
+                    connections.spawn(serving);
                 }
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(_) = connections.join_next(), if !connections.is_empty() => {
+                if handing_over && connections.is_empty() {
+                    break;
+                }
+            }
+            () = &mut handover, if !handing_over => {
+                log::info!("HTTP/3 on {}: handing over to the new process", state.address);
+                handing_over = true;
+                let _ = closing.send(true);
+                if connections.is_empty() {
+                    break;
+                }
+            }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     break;
@@ -268,7 +291,10 @@ async fn accept_loop(
             }
         }
     }
-    endpoint.set_server_config(None);
+    let _ = closing.send(true);
+    if !handing_over {
+        endpoint.set_server_config(None);
+    }
     while connections.join_next().await.is_some() {}
     // Let the last CONNECTION_CLOSE frames go out.
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
