@@ -77,7 +77,9 @@ test: lint pydeps
 # the tests' Python gRPC server, from the virtualenv of `pydeps`, and h2load.
 # Last, the PROXY protocol A/B: instructions per request under callgrind,
 # proxy_protocol v2 against off, on keep-alive connections
-# (bench/proxy_protocol.py).
+# (bench/proxy_protocol.py). Then HTTP/3 against HTTP/2 on the same route:
+# requests/s and tollgate's CPU per request, h2load against the tests' aioquic
+# client (bench/http3.py, bench/results/http3.txt).
 BENCH_ARGS ?=
 bench: build pydeps
 	$(CARGO) bench --bench hot_path
@@ -85,6 +87,7 @@ bench: build pydeps
 	bash -o pipefail -c 'python3 bench/run.py --tollgate target/release/tollgate $(BENCH_ARGS) | tee bench/results/latest.txt'
 	python3 bench/proxy_protocol.py --tollgate target/release/tollgate
 	python3 bench/tracing.py --tollgate target/release/tollgate
+	python3 bench/http3.py --tollgate target/release/tollgate
 
 # The README's request-path table: tollgate and nginx in front of Flask and Starlette.
 path-table: build pydeps

@@ -20,6 +20,7 @@ pub mod notify;
 pub mod observe;
 pub mod pid_file;
 pub mod proxy;
+pub mod quic;
 pub mod reload;
 pub mod router;
 pub mod server;

@@ -27,6 +27,10 @@ pub struct Reservation {
     pub admin: Option<SocketAddr>,
     /// Held until pingora listens; dropping them frees nothing pingora needs.
     held: Vec<TcpSocket>,
+    /// The UDP socket of each `http3` listener (`None` for the others, and
+    /// in a process that takes its sockets over), bound at the listener's
+    /// address and port; the QUIC service takes them.
+    udp: Vec<Option<std::net::UdpSocket>>,
 }
 
 impl Reservation {
@@ -48,11 +52,28 @@ impl Reservation {
             .collect::<Result<Vec<_>, _>>()?;
         let metrics = config.server.metrics.map(&mut hold).transpose()?;
         let admin = config.server.admin.map(&mut hold).transpose()?;
+        let udp = config
+            .server
+            .listeners
+            .iter()
+            .zip(&listeners)
+            .map(|(listener, &bound)| {
+                listener
+                    .http3
+                    .as_ref()
+                    .map(|_| {
+                        std::net::UdpSocket::bind(bound)
+                            .map_err(|e| format!("cannot listen on UDP {bound} (http3): {e}"))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Reservation {
             listeners,
             metrics,
             admin,
             held,
+            udp,
         })
     }
 
@@ -84,7 +105,15 @@ impl Reservation {
             metrics: config.server.metrics.map(|m| bound("server.metrics", m)),
             admin: config.server.admin.map(|a| bound("server.admin", a)),
             held: Vec::new(),
+            udp: Vec::new(),
         }
+    }
+
+    /// The UDP socket reserved for each listener (by index; `None` for
+    /// listeners without `http3` and in a process that takes its sockets
+    /// over), taken out of the reservation.
+    pub fn take_udp(&mut self) -> Vec<Option<std::net::UdpSocket>> {
+        std::mem::take(&mut self.udp)
     }
 
     /// The value of [`BOUND_ADDRESSES`] for a process that takes over these.

@@ -43,6 +43,11 @@ pub struct Metrics {
     pub tracing_spans_exported: prometheus::IntCounter,
     pub tracing_spans_dropped: IntCounterVec,
     pub acme_orders: IntCounterVec,
+    pub requests_by_protocol: IntCounterVec,
+    pub quic_connections: IntGaugeVec,
+    pub quic_handshakes: IntCounterVec,
+    pub quic_packets_sent: IntCounterVec,
+    pub quic_packets_lost: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -215,6 +220,36 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_mirror_requests_total",
             "Copies of a route's requests for its mirror upstream, by result (sent: the mirror answered; failed: no answer; dropped: not sent).",
             &["route", "upstream", "result"]
+        )
+        .registered(),
+        requests_by_protocol: register_int_counter_vec!(
+            "tollgate_requests_by_protocol_total",
+            "Answered requests by the protocol the client spoke (http/1.1, h2, h3).",
+            &["protocol"]
+        )
+        .registered(),
+        quic_connections: register_int_gauge_vec!(
+            "tollgate_quic_connections",
+            "QUIC (HTTP/3) connections open, by listener.",
+            &["listener"]
+        )
+        .registered(),
+        quic_handshakes: register_int_counter_vec!(
+            "tollgate_quic_handshakes_total",
+            "QUIC connection attempts by result (success, failure, timeout, retry, refused).",
+            &["listener", "result"]
+        )
+        .registered(),
+        quic_packets_sent: register_int_counter_vec!(
+            "tollgate_quic_packets_sent_total",
+            "QUIC packets sent to clients, by listener.",
+            &["listener"]
+        )
+        .registered(),
+        quic_packets_lost: register_int_counter_vec!(
+            "tollgate_quic_packets_lost_total",
+            "QUIC packets sent to clients and declared lost (their data is sent again in new packets), by listener.",
+            &["listener"]
         )
         .registered(),
         rate_limit_store_errors: register_int_counter_vec!(

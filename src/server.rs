@@ -9,6 +9,7 @@ use crate::admin::Admin;
 use crate::balance::health::HealthChecker;
 use crate::config::{Config, ConfigErrors, LoadedConfig, Problems};
 use crate::discovery::DiscoveryService;
+use crate::edge::answer_headers::ListenerHeaders;
 use crate::edge::certs::CertStore;
 use crate::edge::compression::CompressionPolicy;
 use crate::edge::keepalive::LeanKeepalive;
@@ -22,6 +23,7 @@ use crate::notify::Readiness;
 use crate::observe::request_id::RequestIds;
 use crate::observe::tracing::Tracer;
 use crate::proxy::{Proxy, ProxySettings};
+use crate::quic::QuicService;
 use crate::reload::{ReloadOnHangup, Reloader};
 use crate::topology::{Resources, Topology};
 use crate::upgrade::{Launch, Upgrader};
@@ -193,7 +195,7 @@ pub fn build(
     loaded: &LoadedConfig,
     prepared: Prepared,
     options: StartOptions,
-    reservation: Reservation,
+    mut reservation: Reservation,
 ) -> anyhow::Result<Server> {
     let config = &loaded.config;
     let opt = Opt {
@@ -210,7 +212,7 @@ pub fn build(
     if let Some(cluster) = &config.server.cluster {
         crate::cluster::init(cluster).map_err(|e| anyhow::anyhow!(e))?;
     }
-    add_listeners(
+    let http_proxy = add_listeners(
         &mut server,
         config,
         &reservation,
@@ -219,6 +221,8 @@ pub fn build(
         (Arc::clone(&prepared.certs), Arc::clone(&http01)),
         &prepared.client_verifiers,
     )?;
+    let certs = &prepared.certs;
+    add_quic(&mut server, config, &mut reservation, certs, http_proxy)?;
     if let Some(acme) = &config.server.acme {
         let service = AcmeService::new(acme, Arc::clone(&prepared.certs), http01);
         server.add_service(background_service("acme", service));
@@ -268,6 +272,23 @@ pub fn build(
     Ok(server)
 }
 
+/// The HTTP/3 service of the `http3` listeners (none when there is none),
+/// serving with `http_proxy` on the UDP sockets `reservation` holds.
+fn add_quic(
+    server: &mut Server,
+    config: &Config,
+    reservation: &mut Reservation,
+    certs: &Arc<CertStore>,
+    http_proxy: Arc<HttpProxy<Proxy>>,
+) -> anyhow::Result<()> {
+    let udp = reservation.take_udp();
+    let quic = QuicService::new(config, &reservation.listeners, udp, certs, http_proxy)?;
+    if let Some(quic) = quic {
+        server.add_service(quic);
+    }
+    Ok(())
+}
+
 /// The services of the process itself: binary upgrades on SIGUSR2, and the
 /// readiness notice once every address is listened on.
 fn add_process_services(
@@ -294,7 +315,8 @@ fn add_process_services(
 
 /// The proxy service on every listener (TLS ones with their certificate
 /// resolvers and client certificate verifiers), at the addresses `reservation` holds, and the HTTPS redirect
-/// service on `redirect_https` ones.
+/// service on `redirect_https` ones. Returns the proxy app they serve with,
+/// for the HTTP/3 listeners to serve with too.
 fn add_listeners(
     server: &mut Server,
     config: &Config,
@@ -303,7 +325,7 @@ fn add_listeners(
     access_log: AccessLog,
     (certs, http01): (Arc<CertStore>, Arc<Http01Answers>),
     client_verifiers: &[Option<Arc<dyn ClientCertVerifier>>],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Arc<HttpProxy<Proxy>>> {
     let listeners = ListenerRoles::of(config, &reservation.listeners);
     let request_ids = config.server.request_id.as_ref().map(RequestIds::new);
     let mut settings = proxy_settings(config, listeners.tls_headers, &http01, request_ids.clone());
@@ -311,10 +333,12 @@ fn add_listeners(
         Some(tracing) => Some(Tracer::start(tracing).context("server.tracing")?),
         None => None,
     };
-    let http_proxy = pingora::proxy::http_proxy(
+    let mut http_proxy = pingora::proxy::http_proxy(
         &server.configuration,
         Proxy::new(topology, access_log, settings),
     );
+    h2c_options(&mut http_proxy, config);
+    let http_proxy = Arc::new(http_proxy);
     let mut acceptors = ByListener::default();
     let listening = config.server.listeners.iter().zip(&reservation.listeners);
     for (i, (listener, address)) in listening.clone().enumerate() {
@@ -329,7 +353,7 @@ fn add_listeners(
         "proxy".to_string(),
         ProxyHeaderReading::new(
             TlsTerminating::new(
-                lean_keepalive(http_proxy, config, &reservation.listeners),
+                lean_keepalive(Arc::clone(&http_proxy), config, &reservation.listeners),
                 acceptors,
             ),
             proxy_headers(),
@@ -362,7 +386,7 @@ fn add_listeners(
     if listeners.any_redirect {
         server.add_service(redirects);
     }
-    Ok(())
+    Ok(http_proxy)
 }
 
 /// The proxy's settings from the `server:` section: the TLS listeners (with
@@ -370,7 +394,7 @@ fn add_listeners(
 /// and request IDs.
 fn proxy_settings(
     config: &Config,
-    tls_listeners: ByListener<Option<http::HeaderValue>>,
+    tls_listeners: ByListener<ListenerHeaders>,
     http01: &Arc<Http01Answers>,
     request_ids: Option<RequestIds>,
 ) -> ProxySettings {
@@ -397,10 +421,21 @@ fn proxy_settings(
     }
 }
 
+/// Turns pingora's own h2c detection on when some listener has `h2c`.
+fn h2c_options(http_proxy: &mut HttpProxy<Proxy>, config: &Config) {
+    if config.server.listeners.iter().any(|l| l.h2c) {
+        // Only the connections `LeanKeepalive` finds starting with HTTP/2's
+        // preface, on `h2c` listeners, reach pingora's own h2c detection.
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        http_proxy.server_options = Some(options);
+    }
+}
+
 /// The proxy app in [`LeanKeepalive`], with cleartext HTTP/2 on the `h2c`
 /// listeners among the ones at `addresses` (one per listener).
 fn lean_keepalive(
-    mut http_proxy: HttpProxy<Proxy>,
+    http_proxy: Arc<HttpProxy<Proxy>>,
     config: &Config,
     addresses: &[SocketAddr],
 ) -> LeanKeepalive<HttpProxy<Proxy>> {
@@ -409,13 +444,6 @@ fn lean_keepalive(
         if listener.h2c {
             h2c.insert(*address, ());
         }
-    }
-    if config.server.listeners.iter().any(|l| l.h2c) {
-        // Only the connections `LeanKeepalive` finds starting with HTTP/2's
-        // preface, on `h2c` listeners, reach pingora's own h2c detection.
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        http_proxy.server_options = Some(options);
     }
     LeanKeepalive::new(http_proxy, config.server.client_timeouts.keepalive, h2c)
 }
@@ -435,8 +463,8 @@ pub fn signal_running(loaded: &LoadedConfig, signal: libc::c_int) -> anyhow::Res
 
 /// What the listeners of a config ask of the proxy.
 struct ListenerRoles {
-    /// TLS listeners by address, with their Strict-Transport-Security value.
-    tls_headers: ByListener<Option<http::HeaderValue>>,
+    /// TLS listeners by address, with the headers of their answers.
+    tls_headers: ByListener<ListenerHeaders>,
     /// The port HTTPS redirects point to: the first TLS listener's.
     https_port: Option<u16>,
     any_redirect: bool,
@@ -465,7 +493,11 @@ impl ListenerRoles {
                     }
                     http::HeaderValue::from_str(&value).ok()
                 });
-                tls_headers.insert(address, hsts);
+                let alt_svc = listener
+                    .http3
+                    .as_ref()
+                    .and_then(|_| ListenerHeaders::alt_svc(address.port()));
+                tls_headers.insert(address, ListenerHeaders { hsts, alt_svc });
             }
         }
         ListenerRoles {

@@ -141,7 +141,16 @@ routes:
         keys = keys.display(),
         cache = dir.join("cache").display()
     );
-    let tollgate = Tollgate::start(&body).await;
+    // A second listener, TLS with http3, for the QUIC metrics.
+    let (cert, key, _) = tls::self_signed_files(&dir, "edge", &["localhost"]);
+    let config = format!(
+        "server:\n  threads: 2\n  listeners:\n    - address: 127.0.0.1:0\n    - address: 127.0.0.1:0\n      http3: true\n      tls: {{certificates: [{{cert: {cert}, key: {key}}}]}}\n  metrics: 127.0.0.1:0\n  access_log: off\n  pid_file: {pid}\n  upgrade_sock: {sock}\n  grace_period: 1s\n{body}",
+        cert = cert.display(),
+        key = key.display(),
+        pid = dir.join("tollgate.pid").display(),
+        sock = dir.join("upgrade.sock").display(),
+    );
+    let tollgate = Tollgate::launch_reported(temp_dir("tollgate"), &config, &[]).await;
     traffic(&tollgate, 10).await;
     let client = reqwest::Client::new();
     for path in [

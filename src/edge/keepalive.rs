@@ -94,9 +94,9 @@ where
 {
     /// Wraps `app`; idle connections wait `keepalive` for their next request.
     /// Connections to the listeners in `h2c` may speak HTTP/2 instead.
-    pub fn new(app: A, keepalive: Duration, h2c: ByListener<()>) -> Self {
+    pub fn new(app: Arc<A>, keepalive: Duration, h2c: ByListener<()>) -> Self {
         LeanKeepalive {
-            app: Arc::new(app),
+            app,
             keepalive,
             closing: watch::Sender::new(false),
             h2c,

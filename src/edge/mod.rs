@@ -1,5 +1,6 @@
 //! The edge: TLS termination, HTTPS redirects, and answers tollgate writes itself.
 
+pub mod answer_headers;
 pub mod certs;
 pub mod client_certs;
 pub mod compression;
@@ -7,7 +8,6 @@ pub(crate) mod distinguished_name;
 pub mod error_pages;
 pub mod grpc;
 pub mod header_rules;
-pub mod hsts;
 pub mod keepalive;
 pub(crate) mod linger;
 pub mod proxy_protocol;

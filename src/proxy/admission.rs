@@ -6,8 +6,8 @@
 
 use super::{answer, caching, Proxy, RequestCtx};
 use crate::config::{ErrorBody, RateKey};
+use crate::edge::answer_headers::AnswerHeaders;
 use crate::edge::client_certs::ClientCert;
-use crate::edge::hsts::Hsts;
 use crate::filters::auth::{AuthRequest, Verdict};
 use crate::filters::cors::Cors;
 use crate::filters::framing::{self, Framing};
@@ -79,8 +79,9 @@ impl Proxy {
             .and_then(|local| self.settings.tls_listeners.get(local))
         {
             ctx.https = true;
-            if let Some(hsts) = session.downstream_modules_ctx.get_mut::<Hsts>() {
-                hsts.set(listener.clone());
+            let over_tcp = !session.as_ref().is_custom();
+            if let Some(headers) = session.downstream_modules_ctx.get_mut::<AnswerHeaders>() {
+                headers.set(listener, over_tcp);
             }
             ctx.client_tls = session
                 .digest()

@@ -5,6 +5,7 @@ use crate::access_log::AccessEntry;
 use crate::metrics::{RouteMetrics, NO_UPSTREAM};
 use crate::observe::tracing::SpanFacts;
 use pingora::proxy::Session;
+use prometheus::IntCounter;
 use std::sync::LazyLock;
 
 /// Status logged when the client went away before an answer (nginx's convention).
@@ -12,6 +13,22 @@ const CLIENT_CLOSED: u16 = 499;
 
 /// Metrics of requests that matched no route.
 static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new("-", NO_UPSTREAM));
+
+/// `tollgate_requests_by_protocol_total` of HTTP/1.x, HTTP/2 and HTTP/3.
+static BY_PROTOCOL: LazyLock<[IntCounter; 3]> = LazyLock::new(|| {
+    let family = &crate::metrics::metrics().requests_by_protocol;
+    ["http/1.1", "h2", "h3"].map(|protocol| family.with_label_values(&[protocol]))
+});
+
+/// Counts an answered request under the protocol its client spoke.
+fn count_protocol(version: http::Version) {
+    let slot = match version {
+        http::Version::HTTP_2 => 1,
+        http::Version::HTTP_3 => 2,
+        _ => 0,
+    };
+    BY_PROTOCOL[slot].inc();
+}
 
 impl Proxy {
     /// Counts the request in its route's and backend's metrics and writes its
@@ -54,6 +71,7 @@ impl Proxy {
         route_metrics.duration.observe(elapsed.as_secs_f64());
 
         let req = session.req_header();
+        count_protocol(req.version);
         let header = |name: http::header::HeaderName| {
             req.headers
                 .get(name)

@@ -27,9 +27,9 @@ pub use ctx::RequestCtx;
 
 use crate::access_log::AccessLog;
 use crate::config::{ClientTimeoutsConfig, EncodedSlashes, UnderscoreHeaders};
+use crate::edge::answer_headers::AnswerHeadersBuilder;
 use crate::edge::compression::{BrotliCompressionBuilder, CompressionPolicy};
 use crate::edge::header_rules::{ResponseHeaderRules, ResponseHeaderRulesBuilder};
-use crate::edge::hsts::HstsBuilder;
 use crate::edge::request_body::BufferLimits;
 use crate::filters::request_path;
 use crate::forwarding::strip_response_hop_by_hop;
@@ -61,7 +61,7 @@ pub struct Proxy {
 pub struct ProxySettings {
     /// TLS listeners by local address, with the Strict-Transport-Security value
     /// each adds to its answers.
-    pub tls_listeners: crate::listen::ByListener<Option<http::HeaderValue>>,
+    pub tls_listeners: crate::listen::ByListener<crate::edge::answer_headers::ListenerHeaders>,
     pub max_request_body: u64,
     pub client_timeouts: ClientTimeoutsConfig,
     pub compression: Option<CompressionPolicy>,
@@ -199,7 +199,8 @@ impl ProxyHttp for Proxy {
     /// Registers the downstream modules every answer passes through: pingora's
     /// response compression, on at the configured level when `server.compression`
     /// is set (each answer is then checked by [`CompressionPolicy::check_response`]),
-    /// `Hsts`, which `request_filter` arms on TLS listeners that set `hsts`,
+    /// `AnswerHeaders`, which `request_filter` arms on TLS listeners (HSTS,
+    /// and Alt-Svc on `http3` ones),
     /// the route's `response_headers`, which it arms once the route is known,
     /// and with `server.request_id` the request's ID, armed by
     /// `early_request_filter` (after the route's rules, which cannot remove it).
@@ -212,7 +213,7 @@ impl ProxyHttp for Proxy {
         modules.add_module(
             pingora::modules::http::compression::ResponseCompressionBuilder::enable(level),
         );
-        modules.add_module(Box::new(HstsBuilder));
+        modules.add_module(Box::new(AnswerHeadersBuilder));
         modules.add_module(Box::new(ResponseHeaderRulesBuilder));
         if let Some(ids) = &self.settings.request_ids {
             modules.add_module(Box::new(ids.module()));

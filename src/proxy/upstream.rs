@@ -251,25 +251,26 @@ pub(super) fn raw_query(raw_target: &[u8]) -> &[u8] {
 }
 
 /// Sends the path to forward (less a stripped prefix) in origin-form, when it
-/// is not what the request-target holds already.
+/// is not what the request-target holds already; a Host from the target's
+/// authority when the request has none.
 fn rewrite_target(ctx: &RequestCtx, upstream_request: &mut RequestHeader) -> Result<()> {
+    // An HTTP/2 or HTTP/3 client's authority is in the target, not in a
+    // Host header: kept as Host (pingora adds it itself for HTTP/2 clients
+    // to HTTP/1 backends, not for HTTP/3 ones), which pingora makes an
+    // HTTP/2 backend's `:authority` again.
+    if !upstream_request.headers.contains_key(http::header::HOST) {
+        if let Some(authority) = upstream_request.uri.authority() {
+            let host = http::HeaderValue::from_str(authority.as_str())
+                .map_err(|e| Error::because(ErrorType::HTTPStatus(400), "invalid authority", e))?;
+            upstream_request.insert_header(http::header::HOST, host)?;
+        }
+    }
     let received = upstream_request.uri.path();
     let forward = forwarded_path(ctx, received);
     let raw = upstream_request.raw_path();
     let origin_form = raw.starts_with(b"/") || raw == b"*";
     if forward != received || !origin_form {
-        // An HTTP/2 client's authority is in the target, not in a Host
-        // header: kept as Host, which pingora makes an HTTP/2 backend's
-        // `:authority` again.
         let target = [forward.as_bytes(), raw_query(raw)].concat();
-        if !upstream_request.headers.contains_key(http::header::HOST) {
-            if let Some(authority) = upstream_request.uri.authority() {
-                let host = http::HeaderValue::from_str(authority.as_str()).map_err(|e| {
-                    Error::because(ErrorType::HTTPStatus(400), "invalid authority", e)
-                })?;
-                upstream_request.insert_header(http::header::HOST, host)?;
-            }
-        }
         upstream_request
             .set_raw_path(&target)
             .map_err(|e| Error::because(ErrorType::HTTPStatus(400), "invalid forwarded path", e))?;

@@ -281,6 +281,10 @@ pub struct ListenerConfig {
     /// `None`. Others are closed.
     #[serde(default, deserialize_with = "units::opt_ip_nets")]
     pub proxy_protocol_from: Option<Vec<ipnet::IpNet>>,
+    /// HTTP/3: QUIC on UDP at the same address, with the listener's
+    /// certificates; `None` when off.
+    #[serde(default, deserialize_with = "super::http3::http3")]
+    pub http3: Option<super::Http3Config>,
 }
 
 /// A listener's `proxy_protocol`: which PROXY protocol headers its

@@ -129,6 +129,7 @@ fn check_listener(at: &str, listener: &ListenerConfig, has_tls: bool, problems: 
         problems.push(format!("{at}.client_certificates"), message);
     }
     check_proxy_protocol(at, listener, problems);
+    check_http3(at, listener, problems);
     if let Some(tls) = &listener.tls {
         if tls.certificates.is_empty() && tls.acme.is_empty() {
             problems.push(
@@ -151,6 +152,41 @@ fn check_listener(at: &str, listener: &ListenerConfig, has_tls: bool, problems: 
                 "must be more than 0 with include_subdomains or preload",
             );
         }
+    }
+}
+
+/// `http3` against the rest of the listener, and its limits.
+fn check_http3(at: &str, listener: &ListenerConfig, problems: &mut Problems) {
+    let Some(http3) = &listener.http3 else {
+        return;
+    };
+    let at = format!("{at}.http3");
+    let Some(tls) = &listener.tls else {
+        problems.push(
+            at,
+            "HTTP/3 runs over QUIC, which is TLS 1.3: put `http3` on a listener with `tls`",
+        );
+        return;
+    };
+    if tls.client_certificates.is_some() {
+        problems.push(
+            &at,
+            "HTTP/3 does not ask for client certificates: serve mTLS clients on a listener \
+             without `http3`",
+        );
+    }
+    if listener.proxy_protocol != ProxyProtocol::Off {
+        problems.push(
+            &at,
+            "QUIC packets carry no PROXY protocol header: `http3` cannot be on a \
+             `proxy_protocol` listener",
+        );
+    }
+    if !(1..=10_000).contains(&http3.max_streams) {
+        problems.push(format!("{at}.max_streams"), "must be from 1 to 10000");
+    }
+    if http3.idle_timeout < std::time::Duration::from_secs(1) {
+        problems.push(format!("{at}.idle_timeout"), "must be at least 1s");
     }
 }
 
