@@ -256,7 +256,7 @@ fn an_invalid_topology_is_kept_and_not_started(deb: &str) {
     let broken = "server:\n  listeners:\n    - address: 127.0.0.1:0\nroutes: []\nroutes_typo: 1\n";
     std::fs::create_dir_all("/etc/tollgate").unwrap();
     std::fs::write(CONF, broken).unwrap();
-    let (ok, output) = dpkg(&["--force-confold", "--force-confdef", "-i", deb]);
+    let (ok, output) = dpkg(&["--force-confold", "-i", deb]);
     assert!(ok, "dpkg -i failed:\n{output}");
     assert!(
         output.contains("does not pass `tollgate -t`, so tollgate is not started"),
