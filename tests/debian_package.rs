@@ -150,6 +150,12 @@ struct Machine {
 
 impl Machine {
     fn take() -> Machine {
+        // SAFETY: geteuid(2) has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(
+            root,
+            "installing the package on this machine needs root, as CI runs the tests"
+        );
         let (known, status) = run(Command::new("dpkg-query").args([
             "-W",
             "-f",
