@@ -11,18 +11,25 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # basic-auth tests write their users file with Apache's htpasswd, the ACME
 # tests run Pebble and pebble-challtestsrv (one package), the cluster tests Redis,
 # the discovery tests dnsmasq, the status page test headless Chromium, the PROXY
-# protocol tests HAProxy (the real sender of PROXY headers in front of tollgate).
+# protocol tests HAProxy (the real sender of PROXY headers in front of tollgate),
+# the Debian package tests Debian's own tools: dpkg-shlibdeps (dpkg-dev) for
+# the package's dependencies, lintian, logrotate (the package's rule run for
+# real), man (the installed page) and zsh (its completions).
 BUILD_NEEDS := cmake:cmake cc:build-essential c++:g++ pkg-config:pkg-config python3:python3 openssl:openssl \
   promtool:prometheus systemd-analyze:systemd cloud-init:cloud-init unshare:util-linux mount:mount \
   htpasswd:apache2-utils pebble:pebble redis-server:redis-server dnsmasq:dnsmasq-base \
-  chromium:chromium haproxy:haproxy
+  chromium:chromium haproxy:haproxy dpkg-shlibdeps:dpkg-dev lintian:lintian logrotate:logrotate \
+  man:man-db zsh:zsh
+
+# cargo-deb (crates.io) packs the .deb of `make deb`; installed when missing.
+CARGO_DEB_VERSION := 3.8.0
 
 # Backend frameworks the tests run for real (Flask, Starlette on uvicorn), from
 # PyPI into a virtualenv of their own; Debian's python3 needs python3-venv for it.
 PYTHON_ENV := target/python
 PY_REQUIREMENTS := tests/python/requirements.txt
 
-.PHONY: all deps pydeps build run run-gateway test lint dist bench path-table clean
+.PHONY: all deps deb-tools pydeps build run run-gateway test lint deb dist bench path-table clean
 
 all: build
 
@@ -39,6 +46,11 @@ deps:
 	  echo "cargo is missing: install the Rust toolchain (rustup, stable channel) and run make again"; exit 1; }
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+deb-tools: deps
+	@$(CARGO) deb --version >/dev/null 2>&1 || { \
+	  echo "installing: cargo-deb $(CARGO_DEB_VERSION)"; \
+	  $(CARGO) install --locked --quiet cargo-deb --version $(CARGO_DEB_VERSION); }
 
 pydeps: $(PYTHON_ENV)/installed
 
@@ -65,7 +77,8 @@ lint: deps
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # The tests run the demo backend, an example: built first, where they find it.
-test: lint pydeps
+# tests/debian_package.rs packs the binary under test with cargo-deb.
+test: lint pydeps deb-tools
 	$(CARGO) build --examples
 	$(CARGO) test --all-targets
 
@@ -95,8 +108,15 @@ path-table: build pydeps
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; }
 	$(PYTHON_ENV)/bin/python3 tests/python/compare_nginx.py
 
-# A release tarball (binary, systemd unit, EC2, Prometheus, Grafana files) in dist/.
-dist: build
+# The Debian package target/debian/tollgate_VERSION_ARCH.deb (deploy/debian/):
+# the binary in /usr/bin, the systemd unit, /etc/tollgate/tollgate.yaml, the
+# tollgate user and its directories, logrotate, the man page, completions.
+deb: build deb-tools
+	sh deploy/debian/build.sh target/release/tollgate target/debian
+
+# A release in dist/: the .deb, a tarball (binary, systemd unit, EC2,
+# Prometheus, Grafana files), their .sha256 files and RELEASE-NOTES.md.
+dist: build deb-tools
 	sh deploy/dist.sh target/release/tollgate dist
 
 clean:

@@ -1,7 +1,10 @@
 //! The `tollgate` command: parse flags, load the topology file, build the server, run.
 
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+mod cli;
+
+use clap::Parser;
+use cli::{Cli, Command};
+use std::io::Write;
 use std::process::ExitCode;
 use tollgate::config::LoadedConfig;
 use tollgate::listen::Reservation;
@@ -14,73 +17,15 @@ use tollgate::server::{self, StartOptions};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// HTTP load balancer and API gateway, configured by one YAML topology file.
-#[derive(Parser, Debug)]
-#[command(name = "tollgate", version, about, long_about = None)]
-struct Cli {
-    /// The topology file: listeners, upstreams, routes and process settings.
-    #[arg(
-        short = 'c',
-        long = "conf",
-        value_name = "FILE",
-        default_value = tollgate::config::DEFAULT_FILE
-    )]
-    conf: PathBuf,
-
-    /// Check the topology file and exit: 0 when valid, 1 with FILE:LINE:COLUMN and
-    /// a message per problem otherwise. Binds no port.
-    #[arg(short = 't', long = "test")]
-    test: bool,
-
-    /// Take the listening sockets over from a running tollgate through
-    /// `server.upgrade_sock`, for a binary upgrade without dropped connections.
-    /// Then send SIGQUIT to the old process.
-    #[arg(short = 'u', long = "upgrade")]
-    upgrade: bool,
-
-    /// Run in the background (writes `server.pid_file`).
-    #[arg(short = 'd', long = "daemon")]
-    daemon: bool,
-
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Check the topology file as -t does, then ask the running tollgate (the
-    /// process in `server.pid_file`) to reload it, by SIGHUP. In-flight requests
-    /// finish on the old topology; an invalid file changes nothing.
-    Reload,
-    /// Check the topology file with this binary, then ask the running tollgate
-    /// (the process in `server.pid_file`) to upgrade, by SIGUSR2: it starts the
-    /// binary at its own path with `-u`, hands its listening sockets over and
-    /// drains for `server.grace_period`. Install the new binary first.
-    Upgrade,
-    /// Print the running tollgate's upstreams and backends (state, weight,
-    /// in flight, rates, latency), from its admin API (`server.admin`).
-    Status,
-    /// Drain a backend through the admin API: it gets no new requests, those
-    /// in flight finish. Until the next reload or restart.
-    Drain {
-        /// The backend, as `IP:port` or as written in the topology file.
-        address: String,
-        /// Only in this upstream (default: every upstream that has it).
-        #[arg(long)]
-        upstream: Option<String>,
-    },
-    /// Take a drained backend back.
-    Undrain {
-        address: String,
-        #[arg(long)]
-        upstream: Option<String>,
-    },
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
+    if let Some(command @ (Command::Schema | Command::Man | Command::Completions { .. })) =
+        &cli.command
+    {
+        return print_generated(command);
+    }
     if let Some(command @ (Command::Status | Command::Drain { .. } | Command::Undrain { .. })) =
         &cli.command
     {
@@ -126,22 +71,70 @@ fn invalid(cli: &Cli, errors: &tollgate::config::ConfigErrors) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// `reload` and `upgrade`: signals the tollgate running this file.
+/// `schema`, `man` and `completions`: what they make, on stdout.
+fn print_generated(command: &Command) -> ExitCode {
+    let text = match command {
+        Command::Schema => {
+            let schema = tollgate::config::json_schema::topology_schema();
+            serde_json::to_vec_pretty(&schema).map_err(std::io::Error::other)
+        }
+        Command::Completions { shell } => Ok(cli::completions(*shell)),
+        _ => cli::manual::render(),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let written = text.and_then(|mut text| {
+        if text.last() != Some(&b'\n') {
+            text.push(b'\n');
+        }
+        stdout.write_all(&text)?;
+        stdout.flush()
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit status of `reload` and `upgrade` when no tollgate runs the file.
+const NOT_RUNNING: u8 = 3;
+
+/// `reload` and `upgrade`: signals the tollgate running this file; `upgrade`
+/// then waits for the new process to take over.
 fn signal_running(cli: &Cli, command: &Command, loaded: &LoadedConfig) -> ExitCode {
     let (signal, verb) = match command {
         Command::Upgrade => (libc::SIGUSR2, "upgrade"),
         _ => (libc::SIGHUP, "reload"),
     };
-    match server::signal_running(loaded, signal) {
-        Ok(pid) => {
-            println!(
-                "tollgate: asked process {pid} to {verb} ({})",
-                cli.conf.display()
-            );
+    let pid = match server::signal_running(loaded, signal) {
+        Ok(pid) => pid,
+        Err(e) => {
+            eprintln!("tollgate: cannot {verb}: {e:#}");
+            return match e.downcast_ref::<pid_file::NotRunning>() {
+                Some(_) => ExitCode::from(NOT_RUNNING),
+                None => ExitCode::FAILURE,
+            };
+        }
+    };
+    println!(
+        "tollgate: asked process {pid} to {verb} ({})",
+        cli.conf.display()
+    );
+    if !matches!(command, Command::Upgrade) {
+        return ExitCode::SUCCESS;
+    }
+    let _ = std::io::stdout().flush();
+    let pid_file = &loaded.config.server.pid_file;
+    let timeout = tollgate::upgrade::HANDOVER_TIMEOUT;
+    match tollgate::upgrade::wait_for_successor(pid_file, &loaded.file, pid, timeout) {
+        Ok(new) => {
+            println!("tollgate: process {new} took over from process {pid}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("tollgate: cannot {verb}: {e:#}");
+            eprintln!("tollgate: upgrade failed: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -116,12 +116,25 @@ pub fn remove_if_ours(path: &Path) {
     }
 }
 
+/// No tollgate runs the topology file: its pid file is missing, or names a
+/// process that is gone. `tollgate reload` and `upgrade` exit 3 on it.
+#[derive(Debug)]
+pub struct NotRunning(pub String);
+
+impl std::fmt::Display for NotRunning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotRunning {}
+
 fn read_pid(path: &Path) -> anyhow::Result<i32> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "no tollgate is running it: reading pid file {}",
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        NotRunning(format!(
+            "no tollgate is running it: reading pid file {}: {e}",
             path.display()
-        )
+        ))
     })?;
     match text.trim().parse::<i32>() {
         Ok(pid) if pid > 0 => Ok(pid),
@@ -135,10 +148,11 @@ pub(crate) fn running_tollgate(pid_file: &Path, config: &Path) -> anyhow::Result
     let pid = read_pid(pid_file)?;
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     let Ok(exe) = std::fs::read_link(proc_dir.join("exe")) else {
-        bail!(
+        return Err(NotRunning(format!(
             "pid file {} names process {pid}, which is not running (a stale pid file)",
             pid_file.display()
-        );
+        ))
+        .into());
     };
     // A binary replaced by an upgrade reads `tollgate (deleted)`.
     let exe_name = exe.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -259,6 +273,10 @@ mod tests {
         std::fs::write(&path, "999999999\n").unwrap();
         let err = running_tollgate(&path, Path::new("/x.yaml")).unwrap_err();
         assert!(err.to_string().contains("stale"), "{err}");
+        assert!(err.downcast_ref::<NotRunning>().is_some());
+        std::fs::remove_file(&path).unwrap();
+        let err = running_tollgate(&path, Path::new("/x.yaml")).unwrap_err();
+        assert!(err.downcast_ref::<NotRunning>().is_some(), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -289,8 +289,9 @@ fn add_quic(
     Ok(())
 }
 
-/// The services of the process itself: binary upgrades on SIGUSR2, and the
-/// readiness notice once every address is listened on.
+/// The services of the process itself: binary upgrades on SIGUSR2, access
+/// log reopens on SIGUSR1, and the readiness notice once every address is
+/// listened on.
 fn add_process_services(
     server: &mut Server,
     config: &Config,
@@ -305,6 +306,10 @@ fn add_process_services(
             upgrade_sock: config.server.upgrade_sock.clone(),
             start_timeout: UPGRADE_START_TIMEOUT,
         },
+    ));
+    server.add_service(background_service(
+        "access log reopen",
+        crate::access_log::reopen::ReopenOnUsr1,
     ));
     let readiness = Readiness {
         reservation: std::sync::Mutex::new(reservation),

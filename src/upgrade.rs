@@ -186,3 +186,30 @@ impl BackgroundService for Upgrader {
         }
     }
 }
+
+/// How long `tollgate upgrade` waits for the new process to take over: the
+/// time the old process gives it to open the upgrade socket, and a margin for
+/// the handover.
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// Waits until `pid_file` names a tollgate on `config` other than `old` (the
+/// new process writes it once it holds the sockets); returns its pid. An error
+/// when `timeout` passes first: the old process then logs why it keeps serving.
+pub fn wait_for_successor(
+    pid_file: &std::path::Path,
+    config: &std::path::Path,
+    old: i32,
+    timeout: Duration,
+) -> anyhow::Result<i32> {
+    let give_up = std::time::Instant::now() + timeout;
+    loop {
+        match crate::pid_file::running_tollgate(pid_file, config) {
+            Ok(pid) if pid != old => return Ok(pid),
+            _ if std::time::Instant::now() >= give_up => anyhow::bail!(
+                "no new process took over from process {old} within {timeout:?}; \
+                 it keeps serving (its log says why: `upgrade aborted`)"
+            ),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! The files in deploy/, checked by the tools that read them: systemd's own
 //! verifier, cloud-init's schema, promtool; the topology inside the cloud-init
-//! file by `tollgate -t`; the release tarball's layout against what cloud-init
-//! installs from it.
+//! file by `tollgate -t`; the release (`make dist`): the package cloud-init
+//! installs, the tarball, their checksums and the release notes that list them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -41,7 +41,10 @@ fn systemd_unit_passes_systemd_analyze_verify() {
         "ProtectSystem=strict",
         "ProtectHome=yes",
         "PrivateTmp=yes",
-        "ExecReload=/usr/local/bin/tollgate -c /etc/tollgate/tollgate.yaml reload",
+        "ExecReload=/usr/bin/tollgate -c /etc/tollgate/tollgate.yaml reload",
+        "StateDirectory=tollgate",
+        "CacheDirectory=tollgate",
+        "LogsDirectory=tollgate",
     ] {
         assert!(unit.contains(needed), "the unit lacks {needed}");
     }
@@ -49,7 +52,7 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     let path = write_file(
         &dir,
         "tollgate.service",
-        &unit.replace("/usr/local/bin/tollgate", TOLLGATE),
+        &unit.replace("/usr/bin/tollgate", TOLLGATE),
     );
     let (ok, output) = run(Command::new("systemd-analyze").arg("verify").arg(&path));
     assert!(ok, "systemd-analyze verify failed:\n{output}");
@@ -64,7 +67,7 @@ fn systemd_unit_passes_systemd_analyze_verify() {
         &dir,
         "broken.service",
         &unit
-            .replace("/usr/local/bin/tollgate", TOLLGATE)
+            .replace("/usr/bin/tollgate", TOLLGATE)
             .replace("ProtectHome=yes", "ProtectHome=very"),
     );
     let (_, output) = run(Command::new("systemd-analyze").arg("verify").arg(&broken));
@@ -99,41 +102,53 @@ fn cloud_init_user_data_passes_the_schema_and_carries_a_valid_topology() {
     );
     assert!(topology.contains("pid_file: /run/tollgate/tollgate.pid"));
 
-    // What runcmd installs from the release tarball is where deploy/dist.sh puts it.
+    // runcmd installs the Debian package of `make dist`, checked first, keeping
+    // the topology written above (tests/debian_package.rs installs it the same
+    // way over a topology already there); the package starts the service.
     let script = data["runcmd"][0][2].as_str().expect("runcmd script");
     for needed in [
+        "package_url=\"https://releases.example.com/tollgate/tollgate_",
+        "_amd64.deb\"",
         "sha256sum -c",
-        "--strip-components=1",
-        "\"$work/bin/tollgate\" /usr/local/bin/tollgate",
-        "\"$work/deploy/systemd/tollgate.service\" /etc/systemd/system/tollgate.service",
-        "tollgate -c /etc/tollgate/tollgate.yaml -t",
-        "systemctl enable --now tollgate",
+        "apt-get install -y -o Dpkg::Options::=--force-confold \"$work/tollgate.deb\"",
+        "systemctl is-active --quiet tollgate",
     ] {
         assert!(script.contains(needed), "runcmd lacks {needed}:\n{script}");
     }
+    for gone in ["tar -x", "/usr/local/bin", "systemctl enable"] {
+        assert!(!script.contains(gone), "runcmd still has {gone}:\n{script}");
+    }
+    assert!(
+        data.get("users").is_none(),
+        "the package makes the tollgate user"
+    );
 }
 
 #[test]
-fn release_tarball_holds_what_cloud_init_installs() {
+fn the_release_holds_the_package_and_the_tarball_with_their_checksums_and_notes() {
     let out = temp_dir("dist");
     let (ok, output) = run(Command::new("sh")
         .arg(Path::new(ROOT).join("deploy/dist.sh"))
         .arg(TOLLGATE)
         .arg(&out));
     assert!(ok, "dist.sh failed:\n{output}");
-    let tarball = output
-        .trim()
-        .lines()
-        .last()
-        .expect("tarball path")
-        .to_string();
-    let (ok, checksum) = run(Command::new("sha256sum")
-        .args(["-c", &format!("{tarball}.sha256")])
-        .current_dir(&out));
-    assert!(ok, "{checksum}");
+    let paths: Vec<&str> = output.trim().lines().rev().take(3).collect();
+    let (notes, tarball, deb) = (paths[0], paths[1], paths[2]);
+    let deb_name = Path::new(deb).file_name().unwrap().to_str().unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        deb_name.starts_with(&format!("tollgate_{version}-1_")) && deb_name.ends_with(".deb"),
+        "{deb_name}"
+    );
+    for file in [deb, tarball] {
+        let (ok, checksum) = run(Command::new("sha256sum")
+            .args(["-c", &format!("{file}.sha256")])
+            .current_dir(&out));
+        assert!(ok, "{checksum}");
+    }
     let unpacked = temp_dir("unpacked");
     let (ok, output) = run(Command::new("tar")
-        .args(["-xzf", &tarball, "--strip-components=1", "-C"])
+        .args(["-xzf", tarball, "--strip-components=1", "-C"])
         .arg(&unpacked));
     assert!(ok, "{output}");
     for file in [
@@ -146,8 +161,30 @@ fn release_tarball_holds_what_cloud_init_installs() {
     ] {
         assert!(unpacked.join(file).is_file(), "the tarball lacks {file}");
     }
-    let (ok, version) = run(Command::new(unpacked.join("bin/tollgate")).arg("--version"));
-    assert!(ok && version.starts_with("tollgate "), "{version}");
+    let (ok, version_line) = run(Command::new(unpacked.join("bin/tollgate")).arg("--version"));
+    assert!(
+        ok && version_line.starts_with("tollgate "),
+        "{version_line}"
+    );
+
+    // The release notes list both downloads with their checksums, and say how
+    // to install the package.
+    let notes = std::fs::read_to_string(notes).unwrap();
+    let sum = |file: &str| {
+        let text = std::fs::read_to_string(format!("{file}.sha256")).unwrap();
+        text.split_whitespace().next().unwrap().to_string()
+    };
+    let tarball_name = Path::new(tarball).file_name().unwrap().to_str().unwrap();
+    for needed in [
+        format!("# tollgate {version}"),
+        format!("| `{deb_name}` | Debian/Ubuntu package | `{}` |", sum(deb)),
+        format!("| `{tarball_name}` |"),
+        sum(tarball),
+        format!("sudo apt-get install ./{deb_name}"),
+        "## Changes".to_string(),
+    ] {
+        assert!(notes.contains(&needed), "the notes lack {needed}:\n{notes}");
+    }
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&unpacked);
 }

@@ -88,22 +88,6 @@ async fn binary_upgrade_hands_over_the_sockets_without_a_failed_request() {
     report.assert_no_failure(101);
 }
 
-/// Kills a process this test started indirectly (the upgraded tollgate, a child
-/// of the one the harness started) when dropped.
-struct Reap(u32);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the tollgate this test's upgrade started.
-        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as i32, 0) == 0 }
-}
-
 /// Messages tollgate sends to a systemd-style notify socket.
 struct NotifySocket {
     socket: std::os::unix::net::UnixDatagram,

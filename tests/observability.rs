@@ -274,3 +274,73 @@ async fn access_log_takes_a_format_of_nginx_variables() {
         bad.output
     );
 }
+
+/// As logrotate does: the file is moved away, SIGUSR1 makes tollgate open the
+/// path again; lines before the signal are in the moved file, lines after it
+/// in the new one, none lost. A file that cannot be opened leaves the old one
+/// in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_access_log_file_at_its_path() {
+    let a = Backend::start("a");
+    let tollgate = Tollgate::start(&proxy_to(&[a.addr])).await;
+    let client = reqwest::Client::new();
+    let log = tollgate.dir.join("access.log");
+    let rotated = tollgate.dir.join("access.log.1");
+    let lines_in = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let wait_lines = |path: std::path::PathBuf, n: usize| async move {
+        wait_until(std::time::Duration::from_secs(5), || {
+            let count = lines_in(&path);
+            async move { count == n }
+        })
+        .await
+    };
+    for _ in 0..3 {
+        client.get(tollgate.url("/before")).send().await.unwrap();
+    }
+    assert!(wait_lines(log.clone(), 3).await);
+    std::fs::rename(&log, &rotated).unwrap();
+    tollgate.signal(libc::SIGUSR1);
+    let reopened = wait_until(std::time::Duration::from_secs(5), || {
+        let exists = log.exists();
+        async move { exists }
+    })
+    .await;
+    assert!(reopened, "no new file:\n{}", tollgate.stderr());
+    for _ in 0..2 {
+        client.get(tollgate.url("/after")).send().await.unwrap();
+    }
+    assert!(
+        wait_lines(log.clone(), 2).await,
+        "{}",
+        tollgate.access_log()
+    );
+    assert_eq!(lines_in(&rotated), 3);
+    assert!(tollgate.access_log().contains("/after"));
+    assert!(!tollgate.access_log().contains("/before"));
+    assert!(
+        tollgate.stderr().contains("reopened"),
+        "{}",
+        tollgate.stderr()
+    );
+
+    // The path is a directory now: the reopen fails, lines go on to the file
+    // open before, and the process keeps serving.
+    std::fs::rename(&log, &rotated).unwrap();
+    std::fs::create_dir(&log).unwrap();
+    tollgate.signal(libc::SIGUSR1);
+    let refused = wait_until(std::time::Duration::from_secs(5), || {
+        let said = tollgate
+            .stderr()
+            .contains("lines go on to the file open before");
+        async move { said }
+    })
+    .await;
+    assert!(refused, "{}", tollgate.stderr());
+    client.get(tollgate.url("/still")).send().await.unwrap();
+    assert!(wait_lines(rotated.clone(), 3).await);
+    std::fs::remove_dir(&log).unwrap();
+}

@@ -4,8 +4,10 @@
 //! Lines are formatted on the worker thread and written by a dedicated writer
 //! thread through a bounded queue, so a slow or full disk never blocks a request:
 //! when the queue is full the line is dropped and counted in the error log. A failed
-//! write is reported once per burst and the writer keeps going.
+//! write is reported once per burst and the writer keeps going. A file is
+//! reopened at its path on SIGUSR1 (see [`reopen`]), for logrotate.
 
+pub mod reopen;
 pub mod template;
 
 use crate::config::{AccessLogFormat, AccessLogTarget};
@@ -13,7 +15,7 @@ use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
@@ -64,7 +66,7 @@ impl AccessLog {
     /// Opens the log target (a file is created or appended to) and starts its
     /// writer thread. `off` writes nothing and starts no thread.
     pub fn open(target: &AccessLogTarget, format: AccessLogFormat) -> io::Result<AccessLog> {
-        let sink: Box<dyn Write + Send> = match target {
+        let (sink, path): (Box<dyn Write + Send>, _) = match target {
             AccessLogTarget::Off => {
                 return Ok(AccessLog {
                     format,
@@ -72,8 +74,8 @@ impl AccessLog {
                     dropped: Arc::default(),
                 });
             }
-            AccessLogTarget::Stdout => Box::new(io::stdout()),
-            AccessLogTarget::File(path) => Box::new(open_append(path)?),
+            AccessLogTarget::Stdout => (Box::new(io::stdout()), None),
+            AccessLogTarget::File(path) => (Box::new(open_append(path)?), Some(path.clone())),
         };
         let (sender, receiver) = mpsc::sync_channel(QUEUE_LINES);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -81,11 +83,12 @@ impl AccessLog {
         std::thread::Builder::new()
             .name("tollgate-access-log".into())
             .spawn(move || {
-                write_lines(
-                    receiver,
-                    BufWriter::with_capacity(64 * 1024, sink),
-                    writer_dropped,
-                )
+                let writer = Writer {
+                    out: BufWriter::with_capacity(WRITE_BUFFER, sink),
+                    path,
+                    generation: reopen::generation(),
+                };
+                write_lines(receiver, writer, writer_dropped)
             })?;
         Ok(AccessLog {
             format,
@@ -121,19 +124,52 @@ fn open_append(path: &Path) -> io::Result<std::fs::File> {
         })
 }
 
+/// The writer thread's output: the file (or stdout) and, for a file, its
+/// path and the last reopen generation it has seen.
+struct Writer {
+    out: BufWriter<Box<dyn Write + Send>>,
+    path: Option<PathBuf>,
+    generation: u64,
+}
+
+impl Writer {
+    /// Opens the file at its path again when a reopen has been asked for since
+    /// the last time; the old file gets what is buffered first. When the path
+    /// cannot be opened, lines go on to the old file.
+    fn reopen_if_asked(&mut self) {
+        let Some(path) = &self.path else { return };
+        let generation = reopen::generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        if let Err(e) = self.out.flush() {
+            log::error!("access log write failed before reopening: {e}");
+        }
+        match open_append(path) {
+            Ok(file) => {
+                self.out = BufWriter::with_capacity(WRITE_BUFFER, Box::new(file));
+                log::info!("access log {} reopened", path.display());
+            }
+            Err(e) => log::error!("{e}; lines go on to the file open before"),
+        }
+    }
+}
+
+/// The writer's buffer: one write call per batch of lines.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// Writes queued lines every [`WRITE_INTERVAL`] until every sender is gone.
 ///
 /// The writer never waits on the queue itself: a blocked receiver would make
 /// every request's send wake it (a futex call and a context switch per line,
 /// measured at a third of a proxied request's CPU under load). Polling on an
 /// interval batches a burst into one write and costs the senders nothing.
-fn write_lines(
-    receiver: Receiver<String>,
-    mut out: BufWriter<Box<dyn Write + Send>>,
-    dropped: Arc<AtomicU64>,
-) {
+fn write_lines(receiver: Receiver<String>, mut writer: Writer, dropped: Arc<AtomicU64>) {
     let mut failing = false;
     loop {
+        writer.reopen_if_asked();
+        let out = &mut writer.out;
         let mut result = Ok(());
         let mut wrote = false;
         let mut senders_gone = false;

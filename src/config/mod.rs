@@ -6,6 +6,7 @@
 //! after it parses or checks again.
 
 mod error;
+pub mod json_schema;
 pub mod resolve;
 mod schema;
 mod spans;

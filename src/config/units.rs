@@ -155,8 +155,30 @@ pub fn parse_rate(text: &str) -> Result<Rate, String> {
 
 /// serde adapter: a [`Rate`] written as `10/s`.
 pub fn rate<'de, D: Deserializer<'de>>(de: D) -> Result<Rate, D::Error> {
-    let text = String::deserialize(de)?;
-    parse_rate(&text).map_err(D::Error::custom)
+    parsed_scalar(de, "a rate, e.g. `10/s`", parse_rate)
+}
+
+/// Parses a scalar with `parse` inside its visitor, so that serde_yaml reports
+/// a bad value at its own line and column rather than at its mapping's.
+fn parsed_scalar<'de, D: Deserializer<'de>, T>(
+    de: D,
+    expecting: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    struct Scalar<T> {
+        expecting: &'static str,
+        parse: fn(&str) -> Result<T, String>,
+    }
+    impl<T> serde::de::Visitor<'_> for Scalar<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
+            (self.parse)(text).map_err(E::custom)
+        }
+    }
+    de.deserialize_str(Scalar { expecting, parse })
 }
 
 /// serde adapter: an optional [`Duration`].
@@ -190,8 +212,7 @@ pub(crate) fn parse_byte_size(text: &str) -> Result<u64, String> {
 
 /// serde adapter: a byte size written as `10MiB`.
 pub(crate) fn byte_size<'de, D: Deserializer<'de>>(de: D) -> Result<u64, D::Error> {
-    let text = String::deserialize(de)?;
-    parse_byte_size(&text).map_err(D::Error::custom)
+    parsed_scalar(de, "a size, e.g. `10MiB`", parse_byte_size)
 }
 
 /// serde adapter: an optional byte size.
@@ -201,8 +222,7 @@ pub(crate) fn opt_byte_size<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u
 
 /// serde adapter: a [`Duration`] written as `5s`.
 pub fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(de)?;
-    parse_duration(&text).map_err(D::Error::custom)
+    parsed_scalar(de, "a duration, e.g. `5s`", parse_duration)
 }
 
 /// serde adapter: name server addresses, `IP` (port 53) or `IP:port`.

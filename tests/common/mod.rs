@@ -615,6 +615,23 @@ impl Drop for Tollgate {
     }
 }
 
+/// Kills a process a test started indirectly (the tollgate an upgrade started,
+/// a child of the one the harness started) when dropped.
+pub struct Reap(pub u32);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the tollgate this test's upgrade started.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
+/// Whether process `pid` exists.
+pub fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
 /// The address of `node` in tollgate's `listening on ADDR (NODE)` log lines.
 pub fn reported_address(log: &str, node: &str) -> Option<SocketAddr> {
     let suffix = format!(" ({node})");

@@ -2,6 +2,7 @@
 //! client_cert each.
 
 use super::defaults;
+use crate::config::json_schema as js;
 use crate::config::types::{HeaderName, JwtAlgorithm};
 use crate::config::units;
 use serde::Deserialize;
@@ -11,27 +12,35 @@ use std::time::Duration;
 
 /// One authentication policy: exactly one of `forward`, `jwt`, `api_keys`,
 /// `basic`, `client_cert`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthPolicyConfig {
+    /// Ask an auth service about each request (nginx `auth_request`).
     pub forward: Option<ForwardAuthConfig>,
+    /// Check a JSON Web Token from `Authorization: Bearer`.
     pub jwt: Option<JwtConfig>,
+    /// Accept requests that carry one of a list of keys.
     pub api_keys: Option<ApiKeysConfig>,
+    /// User names and passwords (HTTP Basic) from an htpasswd file.
     pub basic: Option<BasicAuthConfig>,
+    /// Admit TLS client certificates with one of the listed subjects.
     pub client_cert: Option<ClientCertAuthConfig>,
 }
 
 /// Ask an auth service about each request, like nginx `auth_request`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardAuthConfig {
     /// `http://host:port/path` of the auth service.
     #[serde(deserialize_with = "units::http_url")]
+    #[schemars(with = "js::HttpUrl")]
     pub url: reqwest::Url,
+    /// The longest the auth service may take to answer; then 503.
     #[serde(
         default = "defaults::auth_timeout",
         deserialize_with = "units::duration"
     )]
+    #[schemars(with = "js::Duration")]
     pub timeout: Duration,
     /// The bearer token of the client's Authorization goes in this query
     /// parameter of `url` instead of an Authorization header.
@@ -46,6 +55,7 @@ pub struct ForwardAuthConfig {
     /// Headers of the upstream request taken from the JSON body of a 2xx answer:
     /// header -> claim (`user.name` reaches into objects).
     #[serde(default, deserialize_with = "units::header_claims")]
+    #[schemars(with = "js::HeaderClaims")]
     pub identity_from_json: Vec<(HeaderName, String)>,
     /// Statuses of the auth service that mean 401 to the client.
     #[serde(default = "defaults::unauthorized_statuses")]
@@ -59,6 +69,7 @@ pub struct ForwardAuthConfig {
     /// How long a positive answer is reused for the same credentials; no
     /// caching when absent.
     #[serde(default, deserialize_with = "units::opt_duration")]
+    #[schemars(with = "Option<js::Duration>")]
     pub cache: Option<Duration>,
     /// Most answers kept in the cache.
     #[serde(default = "defaults::auth_cache_entries")]
@@ -66,7 +77,7 @@ pub struct ForwardAuthConfig {
 }
 
 /// The body of an auth policy's rejections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorBody {
     /// Plain text (a forward policy passes on the auth service's own body).
@@ -77,7 +88,7 @@ pub enum ErrorBody {
 }
 
 /// Check JSON Web Tokens from `Authorization: Bearer`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     /// Accepted `alg` values: HS256/384/512, RS256/384/512, PS256/384/512, ES256/384.
@@ -88,23 +99,27 @@ pub struct JwtConfig {
     pub secret_env: Option<String>,
     /// File holding the HMAC secret (HS*); surrounding white space is ignored.
     pub secret_file: Option<PathBuf>,
+    /// The `iss` claim a token must have; any when absent.
     pub issuer: Option<String>,
+    /// A value the `aud` claim must hold; any when absent.
     pub audience: Option<String>,
     /// Claims copied into upstream request headers: `{sub: X-User}`.
     #[serde(default)]
     pub claims_to_headers: BTreeMap<String, HeaderName>,
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(default = "defaults::jwt_leeway", deserialize_with = "units::duration")]
+    #[schemars(with = "js::Duration")]
     pub leeway: Duration,
     /// Refuse tokens without an `exp` claim (default): they would never expire.
     #[serde(default = "defaults::yes")]
     pub require_exp: bool,
+    /// How the policy's 401/403 answers read: `text` or `json`.
     #[serde(default)]
     pub error_body: ErrorBody,
 }
 
 /// Accept requests that carry one of a list of keys.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeysConfig {
     /// Header carrying the key; `Authorization: Bearer <key>` is accepted too.
@@ -113,12 +128,13 @@ pub struct ApiKeysConfig {
     /// One key per line; `#` starts a comment; `name: key` names a key (the
     /// name becomes the request's `auth_subject`).
     pub keys_file: PathBuf,
+    /// How the policy's 401/403 answers read: `text` or `json`.
     #[serde(default)]
     pub error_body: ErrorBody,
 }
 
 /// User names and passwords (RFC 7617) from an htpasswd file of bcrypt entries.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuthConfig {
     /// `user:hash` lines as `htpasswd -B` writes them; `#` starts a comment.
@@ -127,18 +143,20 @@ pub struct BasicAuthConfig {
     pub realm: Option<String>,
     /// The upstream request header that carries the user name (none when absent).
     pub user_header: Option<HeaderName>,
+    /// How the policy's 401/403 answers read: `text` or `json`.
     #[serde(default)]
     pub error_body: ErrorBody,
 }
 
 /// Admit the clients whose TLS client certificate (verified by the listener's
 /// `client_certificates`) has one of the listed subjects.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCertAuthConfig {
     /// Subjects as tollgate writes them in `X-Client-Cert-Subject` (RFC 4514:
     /// `CN=partner-a,O=Partner A`).
     pub subjects: Vec<String>,
+    /// How the policy's 401/403 answers read: `text` or `json`.
     #[serde(default)]
     pub error_body: ErrorBody,
 }

@@ -1,6 +1,7 @@
 //! A route's `cors:`: which other origins' pages may call the route from a
 //! browser, with which methods and headers (see `filters::cors`).
 
+use crate::config::json_schema as js;
 use crate::config::types::HeaderName;
 use crate::config::units;
 use crate::filters::cors::Origin;
@@ -8,7 +9,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use std::time::Duration;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CorsConfig {
     /// The origins allowed, or `*` alone for any origin (without credentials).
@@ -32,6 +33,7 @@ pub struct CorsConfig {
     /// (`Access-Control-Max-Age`, whole seconds); the browser's default (5 s)
     /// when absent.
     #[serde(default, deserialize_with = "units::opt_duration")]
+    #[schemars(with = "Option<js::Duration>")]
     pub max_age: Option<Duration>,
     /// Count preflights against the route's `rate_limit` (they are not by
     /// default: a browser sends one before its real request).

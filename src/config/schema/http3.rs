@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer};
 use std::time::Duration;
 
 /// The QUIC limits of an `http3` listener.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Http3Config {
     /// Requests (bidirectional streams) a client may have open at once on
@@ -17,6 +17,7 @@ pub struct Http3Config {
     pub max_streams: u32,
     /// A connection with no packet for this long is closed.
     #[serde(default = "default_idle_timeout", deserialize_with = "units::duration")]
+    #[schemars(with = "crate::config::json_schema::Duration")]
     pub idle_timeout: Duration,
     /// When a new client's address is validated with a Retry first.
     #[serde(default)]
@@ -36,7 +37,7 @@ impl Default for Http3Config {
 /// `http3.retry`: when a client's first packet is answered with a Retry (a
 /// round trip that proves the client receives at its address, RFC 9000 8.1)
 /// before any handshake work is spent on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Http3Retry {
     /// Once more handshakes are in flight than a listener normally has (a

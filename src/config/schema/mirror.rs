@@ -2,12 +2,14 @@
 //! upstream, whose answers never reach clients (see `mirror`).
 
 use super::defaults;
+use crate::config::json_schema as js;
 use crate::config::units;
 use crate::config::Percent;
 use serde::Deserialize;
 use std::time::Duration;
 
-#[derive(Debug, Deserialize)]
+/// `mirror: {upstream, percent, max_body, max_in_flight, timeout}`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
     /// The upstream the copies go to (the "shadow").
@@ -21,6 +23,7 @@ pub struct MirrorConfig {
         default = "defaults::mirror_max_body",
         deserialize_with = "units::byte_size"
     )]
+    #[schemars(with = "js::ByteSize")]
     pub max_body: u64,
     /// Copies of this route on their way at once; beyond, copies are dropped.
     #[serde(default = "defaults::mirror_max_in_flight")]
@@ -31,5 +34,6 @@ pub struct MirrorConfig {
         default = "defaults::mirror_timeout",
         deserialize_with = "units::duration"
     )]
+    #[schemars(with = "js::Duration")]
     pub timeout: Duration,
 }

@@ -25,12 +25,15 @@ pub use upstream::*;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Process settings: listeners, TLS, logging, limits, metrics, admin; read at start.
     pub server: ServerConfig,
+    /// Groups of backends by name; a route sends requests to one with `upstream:`.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// What answers a request: the most specific match wins, not the first.
     pub routes: Vec<RouteConfig>,
     /// Authentication policies by name; a route names one with `auth:`.
     #[serde(default)]

@@ -2,23 +2,28 @@
 
 use super::defaults;
 use super::EncodedSlashes;
+use crate::config::json_schema as js;
 use crate::config::types::{HeaderName, HostPattern, PathPattern, RateKey, RoutePath};
 use crate::config::units;
 use serde::Deserialize;
 use std::path::PathBuf;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Label of the route in metrics and logs; `index:path` when absent.
     pub name: Option<String>,
+    /// Which requests the route answers: `host`, `path` or `path_prefix`.
     #[serde(rename = "match")]
     pub matcher: MatchConfig,
+    /// Name of the upstream under `upstreams:` that requests go to.
     pub upstream: Option<String>,
     /// Instead of `upstream`: the request goes to one of these arms, by
     /// header or by weight.
     pub split: Option<Vec<SplitArmConfig>>,
+    /// An answer tollgate gives itself: status, body, headers.
     pub respond: Option<RespondConfig>,
+    /// A redirect tollgate answers with.
     pub redirect: Option<RedirectConfig>,
     /// Serve files from a directory.
     #[serde(rename = "static")]
@@ -28,9 +33,11 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     /// Only clients in these networks may use the route (403 otherwise).
     #[serde(default, deserialize_with = "units::ip_nets")]
+    #[schemars(with = "js::Networks")]
     pub allow: Vec<ipnet::IpNet>,
     /// Clients in these networks get 403 (checked before `allow`).
     #[serde(default, deserialize_with = "units::ip_nets")]
+    #[schemars(with = "js::Networks")]
     pub deny: Vec<ipnet::IpNet>,
     /// Name of the policy under `auth:` that guards this route; public when absent.
     pub auth: Option<String>,
@@ -56,6 +63,7 @@ pub struct RouteConfig {
     pub mirror: Option<super::MirrorConfig>,
     /// Files that replace the body of tollgate's own answers of these statuses.
     #[serde(default, deserialize_with = "units::status_paths")]
+    #[schemars(with = "js::StatusPaths")]
     pub error_pages: Vec<(http::StatusCode, PathBuf)>,
 }
 
@@ -67,9 +75,10 @@ impl RouteConfig {
 }
 
 /// One arm of a `split`: `{upstream: NAME, weight: N, when_header: {Name: value}}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SplitArmConfig {
+    /// Name of the upstream under `upstreams:` this arm sends to.
     pub upstream: String,
     /// The arm's share of the requests no `when_header` claims; 0 gives it
     /// only the requests its `when_header` claims.
@@ -77,25 +86,31 @@ pub struct SplitArmConfig {
     /// Requests carrying every one of these headers with exactly that value
     /// go to this arm (the first such arm in order), whatever the weights.
     #[serde(default, deserialize_with = "units::header_values")]
+    #[schemars(with = "js::HeaderValues")]
     pub when_header: Vec<(HeaderName, http::HeaderValue)>,
 }
 
 /// `{set: {Name: value}, remove: [Name]}`: removals apply first.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderRulesConfig {
+    /// Headers set (replacing any of the same name): `{Name: value}`.
     #[serde(default, deserialize_with = "units::header_values")]
+    #[schemars(with = "js::HeaderValues")]
     pub set: Vec<(HeaderName, http::HeaderValue)>,
+    /// Headers removed.
     #[serde(default)]
     pub remove: Vec<HeaderName>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// `client_ip`, `header:NAME`, `auth_subject` or `global`.
     pub key: RateKey,
+    /// The steady rate allowed: `N/s` or `N/m`.
     #[serde(deserialize_with = "units::rate")]
+    #[schemars(with = "js::Rate")]
     pub rate: units::Rate,
     /// Requests allowed at once above the steady rate, as nginx `burst=`: the
     /// bucket holds `burst + 1`.
@@ -105,6 +120,7 @@ pub struct RateLimitConfig {
         default = "defaults::rate_limited_status",
         deserialize_with = "units::status"
     )]
+    #[schemars(with = "js::StatusCode")]
     pub status: http::StatusCode,
     /// `local` (this instance's buckets) or `cluster` (shared through
     /// `server.cluster.redis`).
@@ -115,7 +131,7 @@ pub struct RateLimitConfig {
     pub on_store_error: StoreErrorAction,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitScope {
     #[default]
@@ -123,7 +139,7 @@ pub enum LimitScope {
     Cluster,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StoreErrorAction {
     /// This instance's own bucket decides.
@@ -135,12 +151,16 @@ pub enum StoreErrorAction {
     Deny,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
+    /// The Host it matches: `api.example.com`, or `*.example.com` for any
+    /// subdomain; every host when absent.
     #[serde(default)]
     pub host: HostPattern,
+    /// The path it matches exactly.
     pub path: Option<RoutePath>,
+    /// The path prefix it matches (`/product` also matches `/products`).
     pub path_prefix: Option<RoutePath>,
 }
 
@@ -180,19 +200,24 @@ impl MatchConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RespondConfig {
+    /// The status of the answer.
     #[serde(deserialize_with = "units::status")]
+    #[schemars(with = "js::StatusCode")]
     pub status: http::StatusCode,
+    /// The body of the answer (empty by default).
     #[serde(default)]
     pub body: String,
+    /// Headers of the answer: `{Name: value}`.
     #[serde(default, deserialize_with = "units::header_values")]
+    #[schemars(with = "js::HeaderValues")]
     pub headers: Vec<(HeaderName, http::HeaderValue)>,
 }
 
 /// Files served from a directory, as nginx `root`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StaticConfig {
     /// The request path is appended to it: `/poster/a.jpg` -> `ROOT/poster/a.jpg`.
@@ -205,16 +230,18 @@ pub struct StaticConfig {
 }
 
 /// A redirect answered by tollgate.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectConfig {
     /// The `Location`: an absolute URL or a path.
     #[serde(deserialize_with = "units::header_value")]
+    #[schemars(with = "js::HeaderValue")]
     pub to: http::HeaderValue,
     /// 301, 302, 303, 307 or 308 (default).
     #[serde(
         default = "defaults::redirect_status",
         deserialize_with = "units::status"
     )]
+    #[schemars(with = "js::StatusCode")]
     pub status: http::StatusCode,
 }

@@ -2,6 +2,7 @@
 //! start; a reload compares them with the running ones and says what changed.
 
 use super::defaults;
+use crate::config::json_schema as js;
 use crate::config::types::HeaderName;
 use crate::config::units;
 use serde::Deserialize;
@@ -9,33 +10,41 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Worker threads of the proxy; `None` means one per core.
     pub threads: Option<usize>,
+    /// The addresses requests are accepted on, plain or TLS.
     pub listeners: Vec<ListenerConfig>,
     /// Prometheus exposition address; `None` turns metrics serving off.
     #[serde(default, deserialize_with = "units::opt_socket_addr")]
+    #[schemars(with = "Option<js::ListenAddress>")]
     pub metrics: Option<SocketAddr>,
     /// The admin API and status page; off when `None`. A port alone is on
     /// loopback.
     #[serde(default, deserialize_with = "units::opt_loopback_default_addr")]
+    #[schemars(with = "Option<js::AdminAddress>")]
     pub admin: Option<SocketAddr>,
     /// A file holding the bearer token the admin API requires (required when
     /// `admin` is not on loopback).
     pub admin_token_file: Option<PathBuf>,
+    /// Where access log lines go: `stdout` (default), `off` or a file path.
     #[serde(default)]
     pub access_log: AccessLogTarget,
+    /// `combined` (default, as nginx), `json`, or a format of nginx variables.
     #[serde(default)]
     pub access_log_format: AccessLogFormat,
     /// Peers whose X-Forwarded-For names the client.
     #[serde(default, deserialize_with = "units::ip_nets")]
+    #[schemars(with = "js::Networks")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long requests in flight may finish on shutdown and upgrade.
     #[serde(
         default = "defaults::grace_period",
         deserialize_with = "units::duration"
     )]
+    #[schemars(with = "js::Duration")]
     pub grace_period: Duration,
     /// Where the process id is written; when not set, a path of this topology
     /// file's own, filled in at load (see `pid_file`).
@@ -50,6 +59,7 @@ pub struct ServerConfig {
         default = "defaults::max_request_body",
         deserialize_with = "units::byte_size"
     )]
+    #[schemars(with = "js::ByteSize")]
     pub max_request_body: u64,
     /// Read request bodies whole before a backend is chosen (routes may say
     /// otherwise); `false` streams them to the backend as they arrive.
@@ -61,6 +71,7 @@ pub struct ServerConfig {
         default = "defaults::request_buffer_memory",
         deserialize_with = "units::byte_size"
     )]
+    #[schemars(with = "js::ByteSize")]
     pub request_buffer_memory: u64,
     /// Where buffered bodies beyond `request_buffer_memory` are written;
     /// `$TMPDIR` (else `/tmp`) when not set.
@@ -89,13 +100,14 @@ pub struct ServerConfig {
 }
 
 /// `server.tracing: {otlp, service_name, sample, queue}` (see `observe::tracing`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TracingConfig {
     /// The collector's OTLP/HTTP address (`http://host:4318`, spans are
     /// posted to its `/v1/traces`, or to the path written); without it trace
     /// context is still continued and passed on, and no span is exported.
     #[serde(default, deserialize_with = "units::opt_http_url")]
+    #[schemars(with = "Option<js::HttpUrl>")]
     pub otlp: Option<reqwest::Url>,
     /// `service.name` of tollgate's spans.
     #[serde(default = "defaults::trace_service_name")]
@@ -110,7 +122,7 @@ pub struct TracingConfig {
 }
 
 /// `server.request_id: {header, trust_incoming}` (see `observe::request_id`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestIdConfig {
     /// The header the ID travels in, to backends and on answers.
@@ -122,7 +134,7 @@ pub struct RequestIdConfig {
 }
 
 /// `server.cluster`: the store `scope: cluster` rate limits share.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// `redis://[user:password@]host:port/db`, `rediss://` for TLS, or
@@ -134,6 +146,7 @@ pub struct ClusterConfig {
         default = "defaults::cluster_timeout",
         deserialize_with = "units::duration"
     )]
+    #[schemars(with = "js::Duration")]
     pub timeout: Duration,
     /// PEM roots trusted for a `rediss://` server (instead of the system's).
     pub ca_roots: Option<PathBuf>,
@@ -141,11 +154,12 @@ pub struct ClusterConfig {
 
 /// `server.acme`: the ACME server certificates are obtained from, and where
 /// the account and certificates are kept.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcmeConfig {
     /// The directory URL (`https://...`).
     #[serde(deserialize_with = "units::http_url")]
+    #[schemars(with = "js::HttpUrl")]
     pub directory: reqwest::Url,
     /// The account's contact.
     pub email: String,
@@ -159,10 +173,11 @@ pub struct AcmeConfig {
     pub challenge: AcmeChallenge,
     /// The first wait after a failed order; it doubles on each failure, to an hour.
     #[serde(default = "defaults::acme_retry", deserialize_with = "units::duration")]
+    #[schemars(with = "js::Duration")]
     pub retry: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 pub enum AcmeChallenge {
     #[default]
     #[serde(rename = "tls-alpn-01")]
@@ -172,7 +187,7 @@ pub enum AcmeChallenge {
 }
 
 /// How escaped slashes in a request path are read (see `filters::request_path`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EncodedSlashes {
     /// 400 Bad Request.
@@ -187,7 +202,7 @@ pub enum EncodedSlashes {
 
 /// What happens to request headers whose names contain `_`, which some backends
 /// read as `-` (`X_Auth_Role` for `X-Auth-Role`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UnderscoreHeaders {
     /// Removed before routing (nginx's `underscores_in_headers off`).
@@ -199,7 +214,7 @@ pub enum UnderscoreHeaders {
     Reject,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientTimeoutsConfig {
     /// Longest wait for the next piece of a request body.
@@ -207,12 +222,14 @@ pub struct ClientTimeoutsConfig {
         default = "defaults::client_timeout",
         deserialize_with = "units::duration"
     )]
+    #[schemars(with = "js::Duration")]
     pub read_body: Duration,
     /// Longest wait for a client to take the next piece of a response.
     #[serde(
         default = "defaults::client_timeout",
         deserialize_with = "units::duration"
     )]
+    #[schemars(with = "js::Duration")]
     pub send: Duration,
     /// How long an idle keep-alive connection waits for its next request (on TLS
     /// listeners rounded up to whole seconds).
@@ -220,6 +237,7 @@ pub struct ClientTimeoutsConfig {
         default = "defaults::client_timeout",
         deserialize_with = "units::duration"
     )]
+    #[schemars(with = "js::Duration")]
     pub keepalive: Duration,
 }
 
@@ -233,7 +251,7 @@ impl Default for ClientTimeoutsConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompressionConfig {
     /// gzip/brotli/zstd level (1 to 9).
@@ -244,16 +262,19 @@ pub struct CompressionConfig {
         default = "defaults::compression_min_size",
         deserialize_with = "units::byte_size"
     )]
+    #[schemars(with = "js::ByteSize")]
     pub min_size: u64,
     /// Content types compressed (before any `;`); defaults to text types.
     #[serde(default = "defaults::compression_types")]
     pub types: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
+    /// `IP:port` to listen on; port 0 lets the kernel pick one.
     #[serde(deserialize_with = "units::socket_addr")]
+    #[schemars(with = "js::ListenAddress")]
     pub address: SocketAddr,
     /// Answer every request with a redirect to the same URL on the TLS listener.
     #[serde(default)]
@@ -263,6 +284,7 @@ pub struct ListenerConfig {
         default = "defaults::redirect_status",
         deserialize_with = "units::status"
     )]
+    #[schemars(with = "js::StatusCode")]
     pub redirect_status: http::StatusCode,
     /// Terminate TLS on this listener.
     pub tls: Option<ListenerTlsConfig>,
@@ -280,16 +302,18 @@ pub struct ListenerConfig {
     /// The peers that may connect (and so send a header); any peer when
     /// `None`. Others are closed.
     #[serde(default, deserialize_with = "units::opt_ip_nets")]
+    #[schemars(with = "Option<js::Networks>")]
     pub proxy_protocol_from: Option<Vec<ipnet::IpNet>>,
     /// HTTP/3: QUIC on UDP at the same address, with the listener's
     /// certificates; `None` when off.
     #[serde(default, deserialize_with = "super::http3::http3")]
+    #[schemars(with = "Option<js::OnOrMap<super::Http3Config>>")]
     pub http3: Option<super::Http3Config>,
 }
 
 /// A listener's `proxy_protocol`: which PROXY protocol headers its
 /// connections must begin with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProxyProtocol {
     /// No header: the peer is the client.
@@ -303,7 +327,7 @@ pub enum ProxyProtocol {
     Any,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsConfig {
     /// Certificates chosen by SNI against each one's names; the first is the
@@ -323,7 +347,7 @@ pub struct ListenerTlsConfig {
 }
 
 /// `tls.client_certificates: {ca, required}`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCertificatesConfig {
     /// PEM certificates of the CAs client certificates must chain to.
@@ -334,7 +358,7 @@ pub struct ClientCertificatesConfig {
     pub required: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     /// PEM certificate chain, leaf first.
@@ -343,13 +367,17 @@ pub struct CertificateConfig {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HstsConfig {
+    /// How long browsers keep to HTTPS for the host (`max-age`).
     #[serde(deserialize_with = "units::duration")]
+    #[schemars(with = "js::Duration")]
     pub max_age: Duration,
+    /// Add `includeSubDomains`.
     #[serde(default)]
     pub include_subdomains: bool,
+    /// Add `preload`.
     #[serde(default)]
     pub preload: bool,
 }
