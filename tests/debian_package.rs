@@ -38,18 +38,9 @@ const UNIT: &str = "/lib/systemd/system/tollgate.service";
 const WANTS: &str = "/etc/systemd/system/multi-user.target.wants/tollgate.service";
 const PID_FILE: &str = "/run/tollgate/tollgate.pid";
 
-/// Runs a command; its success and everything it printed.
+/// Runs a command without a terminal's questions; see [`common::run`].
 fn run(command: &mut Command) -> (bool, String) {
-    let output = command
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?} (make test installs it): {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    common::run(command.env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn dpkg(args: &[&str]) -> (bool, String) {

@@ -13,19 +13,6 @@ use std::process::Command;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// Runs a command; its success and everything it printed.
-fn run(command: &mut Command) -> (bool, String) {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?} (make test installs it): {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
-
 #[test]
 fn systemd_unit_passes_systemd_analyze_verify() {
     // verify checks that ExecStart's binary exists: point it at this build.

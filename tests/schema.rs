@@ -36,18 +36,10 @@ fn schema() -> &'static (PathBuf, serde_json::Value) {
 /// check-jsonschema on `files`: its success and what it said.
 fn check_jsonschema(files: &[PathBuf]) -> (bool, String) {
     let program = python().with_file_name("check-jsonschema");
-    let output = Command::new(&program)
+    run(Command::new(&program)
         .arg("--schemafile")
         .arg(&schema().0)
-        .args(files)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (make pydeps installs it)", program.display()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+        .args(files))
 }
 
 #[test]

@@ -850,6 +850,19 @@ pub fn head_answering_service(
     (addr, asked)
 }
 
+/// Runs a command; its success and everything it printed.
+pub fn run(command: &mut Command) -> (bool, String) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?} (make test installs it): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
 /// Asserts that `tollgate -t` refuses `contents` with an error at `line` of
 /// the file (`FILE:LINE:`) whose text has every one of `words`.
 pub fn assert_refused_at(contents: &str, line: usize, words: &[&str]) {
