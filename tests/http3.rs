@@ -2,7 +2,8 @@
 //! client (aioquic, `tests/python/h3_client.py`): requests with bodies both
 //! ways, 100 streams at once on one connection, the same answers as HTTP/2
 //! for auth, rate limits, the cache and static ranges, Alt-Svc on TCP
-//! answers, no UDP on a listener without `http3`, Retry under a flood of
+//! answers, no UDP on a listener without `http3`, a certificate rotated by
+//! a reload served over QUIC too, Retry under a flood of
 //! Initials, reloads and a binary upgrade under HTTP/3 load with no failed
 //! request, and (where a network namespace with netem can be made) page
 //! fetches over 2% loss.
@@ -497,6 +498,53 @@ async fn alt_svc_on_the_tcp_answers_of_an_http3_listener_only() {
     assert!(response.headers().get("alt-svc").is_none());
     let over_3 = &edge.h3(&[get("/o/w", &[])], true)[0];
     assert_eq!(header(over_3, "alt-svc"), None);
+}
+
+/// Whether a GET over HTTP/3 is answered 200 when the client trusts `ca` alone.
+fn h3_trusting(edge: &Edge, ca: &Path) -> bool {
+    let file = edge
+        .tollgate
+        .dir
+        .join(format!("requests-{}.json", rand_tag()));
+    std::fs::write(
+        &file,
+        serde_json::to_vec(&[get("/echo/rotated", &[])]).unwrap(),
+    )
+    .unwrap();
+    let output = edge
+        .client(edge.h3, "requests", file.to_str().unwrap())
+        .arg("--ca")
+        .arg(ca)
+        .output()
+        .expect("run h3_client.py");
+    let report: Option<Value> = serde_json::from_slice(&output.stdout).ok();
+    report.is_some_and(|r| r["responses"][0]["status"] == 200)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_served_over_http3_after_a_reload() {
+    let edge = Edge::start().await;
+    let dir = edge.tollgate.dir.clone();
+    let old_ca = write_file(&dir, "old.crt", &edge.ca_pem);
+    assert!(h3_trusting(&edge, &old_ca), "{}", edge.tollgate.stderr());
+    let fresh = temp_dir("h3-rotated");
+    let (new_cert, new_key, _) = tls::self_signed_files(&fresh, "edge", &["localhost"]);
+    std::fs::copy(&new_key, dir.join("edge.key")).unwrap();
+    std::fs::copy(&new_cert, dir.join("edge.crt")).unwrap();
+    edge.tollgate.signal(libc::SIGHUP);
+    let rotated = wait_until(Duration::from_secs(10), || async {
+        h3_trusting(&edge, &new_cert)
+    })
+    .await;
+    assert!(
+        rotated,
+        "the new certificate is not served over HTTP/3:\n{}",
+        edge.tollgate.stderr()
+    );
+    assert!(
+        !h3_trusting(&edge, &old_ca),
+        "the old certificate is still served over HTTP/3"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
