@@ -25,6 +25,9 @@ pub const BATCH_SPANS: usize = 512;
 /// The longest a finished span waits for its batch to fill.
 pub const BATCH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The most of a collector's answer that is read.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// The longest one batch may take to post, retries included.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -147,7 +150,16 @@ impl opentelemetry_http::HttpClient for CollectorClient {
         if let Some(headers) = response.headers_mut() {
             *headers = answer.headers().clone();
         }
-        Ok(response.body(answer.bytes().await?)?)
+        // A collector's answer is a small status message; more is not read.
+        let mut answer = answer;
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = answer.chunk().await? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err("the collector's answer is over 64 KiB".into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(response.body(body.freeze())?)
     }
 }
 
