@@ -124,6 +124,7 @@ routes:
   - name: checked
     match: {{path_prefix: /checked/}}
     upstream: checked
+    mirror: {{upstream: app}}
   - name: keyed
     match: {{path_prefix: /keys/}}
     upstream: app
@@ -144,7 +145,7 @@ routes:
     // A second listener, TLS with http3, for the QUIC metrics.
     let (cert, key, _) = tls::self_signed_files(&dir, "edge", &["localhost"]);
     let config = format!(
-        "server:\n  threads: 2\n  listeners:\n    - address: 127.0.0.1:0\n    - address: 127.0.0.1:0\n      http3: true\n      tls: {{certificates: [{{cert: {cert}, key: {key}}}]}}\n  metrics: 127.0.0.1:0\n  access_log: off\n  pid_file: {pid}\n  upgrade_sock: {sock}\n  grace_period: 1s\n{body}",
+        "server:\n  threads: 2\n  listeners:\n    - address: 127.0.0.1:0\n    - address: 127.0.0.1:0\n      http3: true\n      tls: {{certificates: [{{cert: {cert}, key: {key}}}]}}\n  metrics: 127.0.0.1:0\n  access_log: off\n  pid_file: {pid}\n  upgrade_sock: {sock}\n  grace_period: 1s\n  tracing: {{otlp: \"http://{dead}\"}}\n{body}",
         cert = cert.display(),
         key = key.display(),
         pid = dir.join("tollgate.pid").display(),
