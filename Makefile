@@ -90,7 +90,9 @@ test: lint pydeps deb-tools
 # the tests' Python gRPC server, from the virtualenv of `pydeps`, and h2load.
 # Last, the PROXY protocol A/B: instructions per request under callgrind,
 # proxy_protocol v2 against off, on keep-alive connections
-# (bench/proxy_protocol.py). Then HTTP/3 against HTTP/2 on the same route:
+# (bench/proxy_protocol.py), and the same for request IDs and tracing at 1%
+# and 100% sampling against both off (bench/tracing.py). Then HTTP/3 against
+# HTTP/2 on the same route:
 # requests/s and tollgate's CPU per request, h2load against the tests' aioquic
 # client (bench/http3.py, bench/results/http3.txt).
 BENCH_ARGS ?=
