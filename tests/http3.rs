@@ -271,6 +271,9 @@ async fn get_and_post_with_bodies_stream_both_ways() {
         .expect("an access log line");
     assert!(line.contains("\"protocol\":\"HTTP/3.0\""), "{line}");
     assert!(line.contains("\"route\":\"0:/echo/\""), "{line}");
+    // The host an HTTP/3 client names as `:authority`.
+    let host = format!("\"host\":\"localhost:{}\"", edge.h3.port());
+    assert!(line.contains(&host), "{line}");
     assert!(
         edge.tollgate
             .metric_reaches(

@@ -83,6 +83,9 @@ pub struct PassiveHealth {
     window_start: AtomicU64,
     /// [`now_millis`] until which the backend is out; 0 when it is not.
     down_until: AtomicU64,
+    /// [`now_millis`] of the last "kept in" warning (see
+    /// [`PassiveHealth::may_warn_kept_in`]).
+    kept_in_warned: AtomicU64,
 }
 
 impl PassiveHealth {
@@ -109,6 +112,22 @@ impl PassiveHealth {
             on_recover();
         }
         true
+    }
+
+    /// Whether a "kept in: last backend up" warning may be logged now: at
+    /// most one per `every`, so that a backend failing under load (or the
+    /// copies of a mirror to it) does not write a line per failure.
+    pub(crate) fn may_warn_kept_in(&self, every: Duration) -> bool {
+        self.may_warn_kept_in_at(now_millis(), every)
+    }
+
+    fn may_warn_kept_in_at(&self, now: u64, every: Duration) -> bool {
+        let last = self.kept_in_warned.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= every.as_millis() as u64)
+            && self
+                .kept_in_warned
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Whether a failure period is running now.
@@ -243,6 +262,16 @@ mod tests {
     use super::*;
 
     const SECOND: u64 = 1000;
+
+    #[test]
+    fn the_kept_in_warning_is_written_once_per_interval() {
+        let passive = PassiveHealth::default();
+        let every = Duration::from_secs(10);
+        assert!(passive.may_warn_kept_in_at(5 * SECOND, every));
+        assert!(!passive.may_warn_kept_in_at(6 * SECOND, every));
+        assert!(!passive.may_warn_kept_in_at(14 * SECOND, every));
+        assert!(passive.may_warn_kept_in_at(15 * SECOND, every));
+    }
 
     #[test]
     fn active_health_flips_after_its_thresholds_only() {

@@ -67,6 +67,9 @@ pub struct BackendState {
     pub metrics: BackendMetrics,
 }
 
+/// The least time between two "kept in: last backend up" warnings of one backend.
+const KEPT_IN_WARNING_EVERY: Duration = Duration::from_secs(10);
+
 impl BackendState {
     pub fn new(metrics: BackendMetrics) -> Self {
         // The series may be left from a backend of the same address before.
@@ -367,6 +370,13 @@ impl Upstream {
             .enumerate()
             .any(|(i, b)| i != index && b.state.is_up());
         if !others_up {
+            if !backend
+                .state
+                .passive
+                .may_warn_kept_in(KEPT_IN_WARNING_EVERY)
+            {
+                return;
+            }
             log::warn!(
                 "backend {} of upstream {} failed {} time(s) within {:?}; kept in: it is the upstream's last backend that is up",
                 backend.label,

@@ -85,7 +85,11 @@ impl Proxy {
             uri: &uri,
             routed_path: ctx.forward_path.as_deref(),
             version: version_text(req.version),
-            host: header(http::header::HOST),
+            // HTTP/2 and HTTP/3 clients send the host as `:authority`.
+            host: match header(http::header::HOST) {
+                "" => req.uri.authority().map_or("", |a| a.as_str()),
+                host => host,
+            },
             status,
             bytes_sent: session.as_ref().body_bytes_sent(),
             duration: elapsed,
