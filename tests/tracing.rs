@@ -346,6 +346,29 @@ async fn a_slow_collector_costs_requests_nothing_and_a_full_queue_drops_spans() 
     assert!(counted, "{}", tollgate.metrics().await);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_the_last_requests_are_sent_at_once_when_tollgate_stops() {
+    let receiver = receiver(&[]);
+    let backend = Backend::start("app");
+    let tollgate = Tollgate::start_with(
+        &format!("{}\n", proxy_to(&[backend.addr])),
+        &tracing_to(&receiver, ""),
+    )
+    .await;
+    let answer = reqwest::get(tollgate.url("/get")).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let answered = Instant::now();
+    tollgate.signal(libc::SIGTERM);
+    spans(&receiver, 1).await;
+    // A batch waits up to a second to fill; a stopping tollgate closes the
+    // queue, and the exporter posts what it holds at once.
+    let took = answered.elapsed();
+    assert!(
+        took < Duration::from_millis(900),
+        "the span came {took:?} after its request"
+    );
+}
+
 #[test]
 fn an_otlp_url_that_does_not_parse_is_refused_at_its_line() {
     let contents = "server:\n  listeners:\n    - address: 127.0.0.1:0\n  tracing:\n    otlp: \"collector:4318 x\"\nroutes:\n  - match: {path_prefix: /}\n    respond: {status: 200}\n";
