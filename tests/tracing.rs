@@ -347,6 +347,38 @@ async fn a_slow_collector_costs_requests_nothing_and_a_full_queue_drops_spans() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_service_is_sent_the_traceparent_the_backend_gets() {
+    let receiver = receiver(&[]);
+    let (auth, asked) =
+        head_answering_service(|seen| ("200 OK", serde_json::json!({ "seen": seen })));
+    let backend = Backend::start("app");
+    let body = format!(
+        "upstreams:\n  app:\n    backends: [{{address: {backend}}}]\n\
+         auth:\n  checked:\n    forward:\n      url: http://{auth}/check\n      pass_headers: [Cookie]\n\
+         \x20     identity_from_json: {{X-Seen-Traceparent: seen.traceparent, X-Seen-Tracestate: seen.tracestate}}\n\
+         routes:\n  - {{match: {{path_prefix: /}}, upstream: app, auth: checked}}\n",
+        backend = backend.addr
+    );
+    let tollgate = Tollgate::start_with(&body, &tracing_to(&receiver, "")).await;
+    let answer = reqwest::Client::new()
+        .get(tollgate.url("/get"))
+        .header("Cookie", "session=1")
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .header("tracestate", "vendor=abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let seen: Value = answer.json().await.unwrap();
+    let headers = &seen["headers"];
+    let sent = headers["traceparent"].as_str().unwrap();
+    assert_eq!(parts(sent).1, TRACE);
+    assert_eq!(headers["x-seen-traceparent"], sent, "{seen}");
+    assert_eq!(headers["x-seen-tracestate"], "vendor=abc", "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_of_the_last_requests_are_sent_at_once_when_tollgate_stops() {
     let receiver = receiver(&[]);
     let backend = Backend::start("app");

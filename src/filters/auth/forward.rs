@@ -55,6 +55,14 @@ pub struct ForwardAuth {
 
 /// The HTTP client of forward policies: no proxy from the environment, no
 /// redirects followed, `timeout` to connect.
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+/// Whether `name` is a W3C trace context header, which tracing sets itself.
+fn is_trace_context(name: &HeaderName) -> bool {
+    name.as_str() == TRACEPARENT || name.as_str() == TRACESTATE
+}
+
 pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .no_proxy()
@@ -129,7 +137,8 @@ impl ForwardAuth {
     }
 
     /// Asks the auth service about `request`: X-Forwarded-Uri is the path it was
-    /// routed on (as forwarded) with its query.
+    /// routed on (as forwarded) with its query; with tracing, `traceparent`
+    /// (and `tracestate`) as the backend gets them.
     pub(crate) async fn check(&self, request: &AuthRequest<'_>) -> Verdict {
         let req = request.head;
         let token_url = self.url_for(req);
@@ -156,11 +165,21 @@ impl ForwardAuth {
             .header("X-Forwarded-Method", req.method.as_str())
             .header("X-Forwarded-Uri", forwarded_uri(request))
             .header("X-Forwarded-For", request.client.to_string());
+        let traced = request.traceparent.is_some();
         for (name, value) in self.sent_headers(request) {
-            ask = ask.header(name.clone(), value.clone());
+            if !(traced && is_trace_context(name)) {
+                ask = ask.header(name.clone(), value.clone());
+            }
         }
         if let Some((name, id)) = request.request_id {
             ask = ask.header(name.clone(), id.clone());
+        }
+        // The auth service's spans join the request's trace, under tollgate's.
+        if let Some(traceparent) = request.traceparent {
+            ask = ask.header(TRACEPARENT, traceparent.clone());
+            if let Some(state) = req.headers.get(TRACESTATE) {
+                ask = ask.header(TRACESTATE, state.clone());
+            }
         }
         if let Some(host) = req.headers.get(http::header::HOST) {
             ask = ask.header("X-Forwarded-Host", host.clone());

@@ -144,6 +144,9 @@ pub(crate) struct AuthRequest<'a> {
     pub client_cert: Option<&'a crate::edge::client_certs::ClientCert>,
     /// The request's ID and its header, with `server.request_id`.
     pub request_id: Option<(&'a HeaderName, &'a HeaderValue)>,
+    /// The `traceparent` the request goes on with (tollgate's span as the
+    /// parent), with `server.tracing`.
+    pub traceparent: Option<&'a HeaderValue>,
 }
 
 /// One configured policy.
