@@ -22,8 +22,6 @@ pub const MAX_INCOMING_LEN: usize = 128;
 /// The length of a new ID: 128 bits in hex.
 pub const GENERATED_LEN: usize = 32;
 
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
-
 /// Whether an incoming ID may be kept: 1 to [`MAX_INCOMING_LEN`] bytes, each an
 /// ASCII letter or digit or one of `-`, `_`, `.`, `:`. That covers UUIDs, hex
 /// and most ID schemes, and can be written in a header, a log line or a JSON
@@ -39,10 +37,7 @@ pub fn is_well_formed(id: &[u8]) -> bool {
 pub fn generate() -> HeaderValue {
     let bits: u128 = rand::random();
     let mut text = [0u8; GENERATED_LEN];
-    for (i, digit) in text.iter_mut().enumerate() {
-        let nibble = (bits >> (4 * (GENERATED_LEN - 1 - i))) & 0xf;
-        *digit = HEX_DIGITS[nibble as usize];
-    }
+    super::write_hex(&mut text, &bits.to_be_bytes());
     // One allocation, shared by the clones that go to the request, its
     // answers and its log line. Hex digits are always a valid header value.
     HeaderValue::from_maybe_shared(Bytes::from_owner(text))
@@ -83,8 +78,7 @@ impl RequestIds {
     /// tollgate's own, whose head carries the ID its main request was given.
     pub fn choose(&self, headers: &HeaderMap, trusted: bool) -> (HeaderValue, bool) {
         if trusted {
-            let mut lines = headers.get_all(&self.name).iter();
-            if let (Some(id), None) = (lines.next(), lines.next()) {
+            if let Some(id) = super::single_line(headers, &self.name) {
                 if is_well_formed(id.as_bytes()) {
                     return (id.clone(), true);
                 }

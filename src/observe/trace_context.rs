@@ -6,13 +6,12 @@
 //! continued (tollgate adds no entry of its own), and removed when a new trace
 //! is started in place of an unreadable one, as the standard asks.
 
+use super::write_hex;
 use bytes::Bytes;
 use http::HeaderValue;
 
 /// `traceparent`'s length in version 00: `00-` 32 hex `-` 16 hex `-` 2 hex.
 pub const TRACEPARENT_LEN: usize = 55;
-
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// The sampled bit of `trace-flags`.
 const SAMPLED: u8 = 0x01;
@@ -86,14 +85,6 @@ pub fn traceparent(trace_id: u128, span_id: u64, sampled: bool) -> HeaderValue {
 /// the 32 hex digits the access log and the collectors show.
 pub fn trace_id_text(traceparent: &HeaderValue) -> Option<&str> {
     traceparent.to_str().ok()?.get(3..35)
-}
-
-/// Writes the big-endian `bytes` as two hex digits each into `out`.
-fn write_hex(out: &mut [u8], bytes: &[u8]) {
-    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
-        pair[1] = HEX_DIGITS[usize::from(byte & 0xf)];
-    }
 }
 
 /// A new, non-zero span ID.

@@ -152,8 +152,8 @@ impl Tracer {
         req: &mut RequestHeader,
         subrequest: bool,
     ) -> pingora::Result<RequestTrace> {
-        let incoming =
-            single(req, &TRACEPARENT).and_then(|v| trace_context::parse_traceparent(v.as_bytes()));
+        let incoming = super::single_line(&req.headers, &TRACEPARENT)
+            .and_then(|v| trace_context::parse_traceparent(v.as_bytes()));
         if subrequest {
             if let Some(Parent {
                 trace_id,
@@ -228,15 +228,6 @@ impl RequestTrace {
     /// The trace ID as 32 hex digits, for the access log.
     pub fn trace_id_text(&self) -> Option<&str> {
         trace_context::trace_id_text(&self.traceparent)
-    }
-}
-
-/// The header's value when the request sent exactly one line of it.
-fn single<'a>(req: &'a RequestHeader, name: &HeaderName) -> Option<&'a HeaderValue> {
-    let mut lines = req.headers.get_all(name).iter();
-    match (lines.next(), lines.next()) {
-        (Some(value), None) => Some(value),
-        _ => None,
     }
 }
 
