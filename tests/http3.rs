@@ -201,6 +201,15 @@ impl Edge {
     fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.h3.port())
     }
+
+    /// `tollgate_quic_handshakes_total` of the `http3` listener for `result`.
+    async fn handshakes(&self, result: &str) -> Option<f64> {
+        let listener = self.h3.to_string();
+        let labels = [("listener", listener.as_str()), ("result", result)];
+        self.tollgate
+            .metric("tollgate_quic_handshakes_total", &labels)
+            .await
+    }
 }
 
 fn rand_tag() -> u64 {
@@ -283,14 +292,8 @@ async fn get_and_post_with_bodies_stream_both_ways() {
             )
             .await
     );
+    assert_eq!(edge.handshakes("success").await, Some(1.0));
     let listener = edge.h3.to_string();
-    let labels = [("listener", listener.as_str()), ("result", "success")];
-    assert_eq!(
-        edge.tollgate
-            .metric("tollgate_quic_handshakes_total", &labels)
-            .await,
-        Some(1.0)
-    );
     let sent = [("listener", listener.as_str())];
     assert!(
         edge.tollgate
@@ -326,14 +329,7 @@ async fn a_hundred_concurrent_streams_on_one_connection() {
     }
     // One after the other they would take 30 s.
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    let listener = edge.h3.to_string();
-    let labels = [("listener", listener.as_str()), ("result", "success")];
-    assert_eq!(
-        edge.tollgate
-            .metric("tollgate_quic_handshakes_total", &labels)
-            .await,
-        Some(1.0)
-    );
+    assert_eq!(edge.handshakes("success").await, Some(1.0));
     assert_eq!(edge.origin.seen().len(), 100);
 }
 
@@ -574,16 +570,9 @@ async fn a_listener_without_http3_does_not_answer_udp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_validates_addresses_under_a_flood_of_initials() {
     let edge = Edge::start().await;
-    let listener = edge.h3.to_string();
-    let retry = [("listener", listener.as_str()), ("result", "retry")];
     // A handful of handshakes in flight: served without a Retry.
     assert_eq!(status(&edge.h3(&[get("/o/a", &[])], true)[0]), 200);
-    assert_eq!(
-        edge.tollgate
-            .metric("tollgate_quic_handshakes_total", &retry)
-            .await,
-        Some(0.0)
-    );
+    assert_eq!(edge.handshakes("retry").await, Some(0.0));
     // 300 Initials never followed up hold 300 handshakes open.
     let flood = edge.client(edge.h3, "flood", "300").output().unwrap();
     assert!(
@@ -594,13 +583,7 @@ async fn retry_validates_addresses_under_a_flood_of_initials() {
     // A new client is asked to prove its address first, and then served.
     let answer = &edge.h3(&[get("/o/b", &[])], true)[0];
     assert_eq!(status(answer), 200, "{answer}");
-    assert!(
-        edge.tollgate
-            .metric("tollgate_quic_handshakes_total", &retry)
-            .await
-            .unwrap()
-            >= 1.0
-    );
+    assert!(edge.handshakes("retry").await.unwrap() >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -609,14 +592,7 @@ async fn retry_always_validates_every_new_client() {
     let requests: Vec<Value> = (0..30).map(|i| get(&format!("/o/{i}"), &[])).collect();
     let answers = edge.h3(&requests, false);
     assert!(answers.iter().all(|a| status(a) == 200), "{answers:?}");
-    let listener = edge.h3.to_string();
-    let retry = [("listener", listener.as_str()), ("result", "retry")];
-    assert_eq!(
-        edge.tollgate
-            .metric("tollgate_quic_handshakes_total", &retry)
-            .await,
-        Some(1.0)
-    );
+    assert_eq!(edge.handshakes("retry").await, Some(1.0));
 }
 
 /// HTTP/3 load in the background: `connections` connections with 8 requests

@@ -435,37 +435,13 @@ async fn underscore_headers_never_stand_in_for_identity_headers() {
 }
 
 /// An auth service that lets every request pass and names, as the user, the
-/// X-Forwarded-Uri it was asked about.
+/// X-Forwarded-Uri it was asked about (`{"user": ...}`).
 fn uri_echoing_auth_service() -> SocketAddr {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let uri = head
-                    .lines()
-                    .filter_map(|l| l.split_once(':'))
-                    .find(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-uri"))
-                    .map_or(String::new(), |(_, v)| v.trim().to_string());
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nX-Auth-User: {uri}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                );
-                let _ = stream.write_all(answer.as_bytes());
-            });
-        }
-    });
-    addr
+    head_answering_service(|seen| {
+        let uri = seen.get("x-forwarded-uri").cloned().unwrap_or_default();
+        ("200 OK", serde_json::json!({ "user": uri }))
+    })
+    .0
 }
 
 #[tokio::test]
@@ -474,7 +450,7 @@ async fn forward_auth_is_asked_about_the_path_the_backend_gets() {
     let auth = uri_echoing_auth_service();
     let tollgate = Tollgate::start(&format!(
         "upstreams:\n  flask: {{backends: [{{address: {}}}]}}\n\
-         auth:\n  service:\n    forward: {{url: \"http://{auth}/check\", copy_headers: [X-Auth-User]}}\n\
+         auth:\n  service:\n    forward: {{url: \"http://{auth}/check\", identity_from_json: {{X-Auth-User: user}}}}\n\
          routes:\n  - match: {{path_prefix: /protected/}}\n    upstream: flask\n    auth: service\n",
         flask.addr
     ))
