@@ -8,12 +8,37 @@ mod common;
 use common::*;
 use pingora::tls::{CertificateDer, PrivateKeyDer, ServerConfig, TlsAcceptor};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A TLS backend's certificate for `backend.test`, which notes the SNI name
+/// of every ClientHello (`None`: the client sent none).
+#[derive(Debug)]
+struct NotingResolver {
+    key: Arc<rustls::sign::CertifiedKey>,
+    names: Mutex<Vec<Option<String>>>,
+}
+
+impl rustls::server::ResolvesServerCert for NotingResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let name = hello.server_name().map(str::to_string);
+        self.names.lock().unwrap().push(name);
+        Some(self.key.clone())
+    }
+}
 
 /// A TLS backend for `backend.test` with a self-signed certificate, answering
 /// every request `200 tls-backend`; counts completed handshakes.
 async fn tls_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let (addr, handshakes, _) = noting_tls_backend().await;
+    (addr, handshakes)
+}
+
+/// [`tls_backend`], and the SNI names its ClientHellos carried.
+async fn noting_tls_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<NotingResolver>) {
     pingora::tls::install_default_crypto_provider();
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["backend.test".to_string()])
@@ -22,10 +47,14 @@ async fn tls_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         .unwrap();
     let chain = vec![CertificateDer::from(cert.der().to_vec())];
     let private = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let signer = rustls::crypto::ring::sign::any_supported_type(&private).unwrap();
+    let resolver = Arc::new(NotingResolver {
+        key: Arc::new(rustls::sign::CertifiedKey::new(chain, signer)),
+        names: Mutex::new(Vec::new()),
+    });
     let config = ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(chain, private)
-        .unwrap();
+        .with_cert_resolver(resolver.clone());
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -60,7 +89,7 @@ async fn tls_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
             });
         }
     });
-    (addr, handshakes)
+    (addr, handshakes, resolver)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,5 +169,47 @@ routes:
     assert_eq!(
         strict_successes, 0.0,
         "a probe accepted an untrusted certificate"
+    );
+}
+
+/// `tls` without `sni` (and so without `verify`): the connection opens with
+/// no SNI at all, for traffic and probes alike, rather than failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_sni_the_connection_sends_none_and_is_served() {
+    let (backend, _, resolver) = noting_tls_backend().await;
+    let tollgate = Tollgate::start(&format!(
+        "upstreams:
+  nameless:
+    backends: [{{address: {backend}}}]
+    tls: {{verify: false}}
+    health_check:
+      http: {{path: /health}}
+      interval: 100ms
+routes:
+  - match: {{path_prefix: /}}
+    upstream: nameless
+"
+    ))
+    .await;
+    let response = reqwest::get(tollgate.url("/x")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "tls-backend");
+    let probed = wait_until(std::time::Duration::from_secs(5), || async {
+        tollgate
+            .metric(
+                "tollgate_health_checks_total",
+                &[("upstream", "nameless"), ("result", "success")],
+            )
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    assert!(probed, "no successful probe:\n{}", tollgate.metrics().await);
+    let names = resolver.names.lock().unwrap().clone();
+    assert!(!names.is_empty());
+    assert!(
+        names.iter().all(Option::is_none),
+        "a ClientHello carried SNI: {names:?}"
     );
 }

@@ -363,6 +363,17 @@ fn compile_upstream(name: &str, config: &UpstreamConfig, previous: Option<&Upstr
 /// backend before it opens another (servers commonly allow 100 to 250).
 const H2_STREAMS_PER_CONNECTION: usize = 100;
 
+/// The name a TLS connection to the backend at `address` is opened for: the
+/// upstream's `sni`, or else the backend's IP address, which rustls takes as
+/// a name but sends no SNI for (pingora refuses an empty one). Without `sni`,
+/// `verify` is off (the config requires `sni` to verify).
+fn backend_sni(tls: &crate::config::UpstreamTlsConfig, address: SocketAddr) -> String {
+    match tls.sni.as_deref() {
+        Some(sni) if !sni.is_empty() => sni.to_string(),
+        _ => address.ip().to_string(),
+    }
+}
+
 /// One backend at `address`, with the live state `previous` had for that address.
 fn compile_backend(
     upstream: &str,
@@ -373,7 +384,10 @@ fn compile_backend(
     previous: Option<&Upstream>,
 ) -> Backend {
     let tls = config.tls.as_ref();
-    let sni = tls.and_then(|t| t.sni.clone()).unwrap_or_default();
+    let sni = match tls {
+        Some(tls) => backend_sni(tls, address),
+        None => String::new(),
+    };
     let mut peer = HttpPeer::new(address, tls.is_some(), sni);
     if let Some(tls) = tls {
         peer.options.verify_cert = tls.verify;
