@@ -7,6 +7,7 @@
 use crate::balance::health::CheckPlan;
 use crate::config;
 use crate::edge::certs::CertStore;
+use crate::edge::tls_accept::ListenerAcceptors;
 use crate::metrics::metrics;
 use crate::topology::{Resources, Topology};
 use arc_swap::ArcSwap;
@@ -26,6 +27,8 @@ pub(crate) struct Reloader {
     server_at_start: config::ServerConfig,
     /// The TLS listeners' certificates, whose files a reload reads again.
     certs: Arc<CertStore>,
+    /// The TLS listeners' acceptors, given the client CAs a reload reads.
+    acceptors: ListenerAcceptors,
 }
 
 impl Reloader {
@@ -35,6 +38,7 @@ impl Reloader {
         plans: Arc<watch::Sender<Vec<Arc<CheckPlan>>>>,
         server_at_start: &config::ServerConfig,
         certs: Arc<CertStore>,
+        acceptors: ListenerAcceptors,
     ) -> Self {
         record_success();
         Reloader {
@@ -43,12 +47,14 @@ impl Reloader {
             plans,
             server_at_start: server_at_start.clone(),
             certs,
+            acceptors,
         }
     }
 
     /// Reads, validates, compiles and swaps in the topology file, with the
-    /// TLS listeners' certificate files read again (a listener that is TLS
-    /// both before and after takes the certificates the file now lists).
+    /// TLS listeners' certificate and client CA files read again: a TLS
+    /// listener that is as it was but for its `certificates` and
+    /// `client_certificates` takes those the file now lists.
     pub fn reload(&self) -> Result<(), config::ConfigErrors> {
         let loaded = config::load(&self.path)?;
         let resources = Resources::read(&loaded.config).map_err(|p| loaded.errors(p))?;
@@ -61,21 +67,23 @@ impl Reloader {
                 .iter()
                 .filter_map(|(name, u)| Some((name, u.discovery.as_ref()?))),
         );
-        // Client CA files are read only at start (the handshakes' verifiers
-        // are fixed then), but one that is not usable fails the reload as it
-        // would fail a restart.
-        crate::server::client_verifiers(&loaded.config)
+        // A client CA file that is not usable fails the reload as it would
+        // fail a restart.
+        let client_verifiers = crate::server::client_verifiers(&loaded.config)
             .map_err(|p| loaded.errors(config::Problems(vec![p])))?;
         let _writing = crate::topology::WRITES.lock();
         let current = self.topology.load();
         // A listener that is as it was but for its certificates takes the
         // certificates the file now lists; any other change waits for a restart.
         let mut tables = Vec::new();
+        let mut verifiers = Vec::new();
         for (i, listener) in loaded.config.server.listeners.iter().enumerate() {
             let before = self.server_at_start.listeners.get(i);
             if listener.tls.is_some()
                 && before.map(without_certificates) == Some(without_certificates(listener))
             {
+                let clients = client_verifiers.get(i).cloned().flatten();
+                verifiers.push((i, clients));
                 if let Some(table) = crate::server::listener_certificates(&loaded.config, i)
                     .map_err(|p| loaded.errors(config::Problems(vec![p])))?
                 {
@@ -114,6 +122,11 @@ impl Reloader {
         let _ = self.plans.send(plans);
         self.topology.store(Arc::new(topology));
         self.certs.replace_files(tables);
+        for (i, clients) in verifiers {
+            if let Some(Some(acceptor)) = self.acceptors.get(i) {
+                acceptor.set_client_verifier(clients);
+            }
+        }
         Ok(())
     }
 
@@ -188,11 +201,13 @@ fn server_without_certificates(server: &config::ServerConfig) -> config::ServerC
     server
 }
 
-/// `listener` with no certificates listed.
+/// `listener` with no certificates listed nor client certificates asked
+/// for: what a reload cannot change.
 fn without_certificates(listener: &config::ListenerConfig) -> config::ListenerConfig {
     let mut listener = listener.clone();
     if let Some(tls) = &mut listener.tls {
         tls.certificates.clear();
+        tls.client_certificates = None;
     }
     listener
 }

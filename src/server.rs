@@ -17,7 +17,7 @@ use crate::edge::proxy_protocol::{self, ProxyHeaderReading};
 use crate::edge::redirect::HttpsRedirect;
 use crate::edge::request_body::{temp_dir_or_default, BufferLimits};
 use crate::edge::tls::CertTable;
-use crate::edge::tls_accept::{acceptor, TlsTerminating};
+use crate::edge::tls_accept::{ListenerAcceptors, LiveAcceptor, TlsTerminating};
 use crate::listen::{ByListener, Reservation};
 use crate::notify::Readiness;
 use crate::observe::request_id::RequestIds;
@@ -212,7 +212,7 @@ pub fn build(
     if let Some(cluster) = &config.server.cluster {
         crate::cluster::init(cluster).map_err(|e| anyhow::anyhow!(e))?;
     }
-    let http_proxy = add_listeners(
+    let (http_proxy, acceptors) = add_listeners(
         &mut server,
         config,
         &reservation,
@@ -251,6 +251,7 @@ pub fn build(
         Arc::clone(&plans_sender),
         &config.server,
         prepared.certs,
+        acceptors,
     );
     let reloader = Arc::new(reloader);
     server.add_service(background_service(
@@ -319,9 +320,11 @@ fn add_process_services(
 }
 
 /// The proxy service on every listener (TLS ones with their certificate
-/// resolvers and client certificate verifiers), at the addresses `reservation` holds, and the HTTPS redirect
-/// service on `redirect_https` ones. Returns the proxy app they serve with,
-/// for the HTTP/3 listeners to serve with too.
+/// resolvers and client certificate verifiers), at the addresses
+/// `reservation` holds, and the HTTPS redirect service on `redirect_https`
+/// ones. Returns the proxy app they serve with, for the HTTP/3 listeners to
+/// serve with too, and the TLS listeners' acceptors, for reloads to give new
+/// client CAs.
 fn add_listeners(
     server: &mut Server,
     config: &Config,
@@ -330,7 +333,7 @@ fn add_listeners(
     access_log: AccessLog,
     (certs, http01): (Arc<CertStore>, Arc<Http01Answers>),
     client_verifiers: &[Option<Arc<dyn ClientCertVerifier>>],
-) -> anyhow::Result<Arc<HttpProxy<Proxy>>> {
+) -> anyhow::Result<(Arc<HttpProxy<Proxy>>, ListenerAcceptors)> {
     let listeners = ListenerRoles::of(config, &reservation.listeners);
     let request_ids = config.server.request_id.as_ref().map(RequestIds::new);
     let mut settings = proxy_settings(config, listeners.tls_headers, &http01, request_ids.clone());
@@ -345,12 +348,17 @@ fn add_listeners(
     h2c_options(&mut http_proxy, config);
     let http_proxy = Arc::new(http_proxy);
     let mut acceptors = ByListener::default();
+    let mut live_acceptors = ListenerAcceptors::new();
     let listening = config.server.listeners.iter().zip(&reservation.listeners);
     for (i, (listener, address)) in listening.clone().enumerate() {
-        if let Some(tls) = &listener.tls {
+        let live = listener.tls.as_ref().map(|tls| {
             let clients = client_verifiers.get(i).cloned().flatten();
-            acceptors.insert(*address, acceptor(certs.resolver(i), tls.http2, clients));
+            Arc::new(LiveAcceptor::new(certs.resolver(i), tls.http2, clients))
+        });
+        if let Some(live) = &live {
+            acceptors.insert(*address, Arc::clone(live));
         }
+        live_acceptors.push(live);
     }
     // The PROXY protocol header comes first on a connection: read before TLS.
     let proxy_headers = || proxy_protocol::policies(listening.clone().map(|(l, a)| (l, *a)));
@@ -391,7 +399,7 @@ fn add_listeners(
     if listeners.any_redirect {
         server.add_service(redirects);
     }
-    Ok(http_proxy)
+    Ok((http_proxy, live_acceptors))
 }
 
 /// The proxy's settings from the `server:` section: the TLS listeners (with

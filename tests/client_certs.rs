@@ -378,6 +378,63 @@ async fn required_client_certificates_are_verified_in_the_handshake() {
     assert_eq!(answer.status, 200);
 }
 
+/// Sends SIGHUP and waits for the `n`th successful reload.
+async fn reload(tollgate: &Tollgate, n: f64) {
+    tollgate.signal(libc::SIGHUP);
+    let reloaded = wait_until(Duration::from_secs(10), || async {
+        tollgate
+            .metric("tollgate_config_reloads_total", &[("result", "success")])
+            .await
+            .unwrap_or(0.0)
+            >= n
+    })
+    .await;
+    assert!(reloaded, "{}", tollgate.stderr());
+}
+
+/// A rotated client CA (the file rewritten in place) and a changed
+/// `required` take effect on a reload, for the handshakes after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reads_the_client_ca_file_and_required_again() {
+    let pki = Pki::new();
+    let good = pki.client("good", "/O=Partner A/CN=partner-a", "clients-ca");
+    let rotated = pki.client("rotated", "/O=Partner A/CN=partner-a", "other-ca");
+    let server = server_cert(&pki.dir);
+    let backend = Backend::start("app");
+    let live_ca = pki.dir.join("live-ca.pem");
+    std::fs::copy(&pki.client_ca, &live_ca).unwrap();
+    let (tollgate, tls) = tollgate_with(
+        &server,
+        &format!("{{ca: {}, required: true}}", live_ca.display()),
+        &proxy_to(&[backend.addr]),
+    )
+    .await;
+    let get = |identity| get_tls(tls, client(&server, identity, false), "/", &[]);
+    assert_eq!(get(Some(&good)).unwrap().status, 200);
+    assert_refused(tls, &server, Some(&rotated), "UnknownCA");
+
+    // The CA file now holds the other CA: its clients in, the old ones out.
+    std::fs::copy(pki.dir.join("other-ca.pem"), &live_ca).unwrap();
+    reload(&tollgate, 1.0).await;
+    assert_eq!(get(Some(&rotated)).unwrap().status, 200);
+    assert_refused(tls, &server, Some(&good), "UnknownCA");
+    assert_refused(tls, &server, None, "CertificateRequired");
+
+    // `required: false`: a client without a certificate is let through.
+    let text = tollgate.config_text();
+    tollgate.rewrite_config(&text.replace("required: true", "required: false"));
+    reload(&tollgate, 2.0).await;
+    assert_eq!(get(None).unwrap().status, 200);
+    assert_eq!(get(Some(&rotated)).unwrap().status, 200);
+    assert!(
+        !tollgate
+            .stderr()
+            .contains("take effect only after a restart"),
+        "{}",
+        tollgate.stderr()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_client_certificates_let_clients_without_one_through() {
     let pki = Pki::new();

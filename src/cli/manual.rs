@@ -13,7 +13,8 @@ pub const SIGNALS: &[(&str, &str)] = &[
         "Reload the topology file: it is read and validated in full, then swapped in whole; \
          requests in flight finish on the topology they started with. An invalid file changes \
          nothing (the problems are logged with FILE:LINE:COLUMN). The server: section takes \
-         effect only on a restart or an upgrade.",
+         effect only on a restart or an upgrade, but for the TLS listeners' certificates and \
+         client certificate CAs, which are read again.",
     ),
     (
         "SIGUSR1",

@@ -8,11 +8,13 @@
 //! app as the TLS stream pingora would have made. TLS 1.2 and 1.3 only.
 //! A listener with `client_certificates` asks for a client certificate and
 //! verifies it in the handshake; the identity of a verified one goes with the
-//! stream (see `edge::client_certs`).
+//! stream (see `edge::client_certs`). Each listener's acceptor is a
+//! [`LiveAcceptor`], which a reload rebuilds with the client CAs it read.
 
 use super::certs::{ListenerResolver, ACME_TLS_ALPN};
 use super::client_certs::IdentifyClients;
 use crate::listen::ByListener;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
@@ -53,15 +55,50 @@ pub fn acceptor(
     Acceptor::from_server_config(Arc::new(config))
 }
 
+/// A TLS listener's acceptor: its certificates from its resolver (which
+/// follows rotations by itself), and the client certificate verifier it was
+/// last given. A handshake uses the acceptor current when it starts.
+pub struct LiveAcceptor {
+    resolver: Arc<ListenerResolver>,
+    http2: bool,
+    current: ArcSwap<Acceptor>,
+}
+
+impl LiveAcceptor {
+    /// The acceptor of [`acceptor`]`(resolver, http2, clients)`.
+    pub fn new(
+        resolver: Arc<ListenerResolver>,
+        http2: bool,
+        clients: Option<Arc<dyn ClientCertVerifier>>,
+    ) -> LiveAcceptor {
+        let current = ArcSwap::from_pointee(acceptor(Arc::clone(&resolver), http2, clients));
+        LiveAcceptor {
+            resolver,
+            http2,
+            current,
+        }
+    }
+
+    /// Handshakes from now on check client certificates with `clients`
+    /// (`None`: none asked for); those under way finish as they began.
+    pub fn set_client_verifier(&self, clients: Option<Arc<dyn ClientCertVerifier>>) {
+        let rebuilt = acceptor(Arc::clone(&self.resolver), self.http2, clients);
+        self.current.store(Arc::new(rebuilt));
+    }
+}
+
+/// The TLS listeners' acceptors, by listener index (`None` for plain ones).
+pub type ListenerAcceptors = Vec<Option<Arc<LiveAcceptor>>>;
+
 /// An app whose TLS listeners' connections it terminates before `app`
 /// serves them.
 pub struct TlsTerminating<A> {
     app: Arc<A>,
-    acceptors: ByListener<Acceptor>,
+    acceptors: ByListener<Arc<LiveAcceptor>>,
 }
 
 impl<A> TlsTerminating<A> {
-    pub fn new(app: A, acceptors: ByListener<Acceptor>) -> Self {
+    pub fn new(app: A, acceptors: ByListener<Arc<LiveAcceptor>>) -> Self {
         TlsTerminating {
             app: Arc::new(app),
             acceptors,
@@ -81,15 +118,16 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let Some(acceptor) = self.acceptors.of_stream(&*stream) else {
+        let Some(live) = self.acceptors.of_stream(&*stream) else {
             return self.app.process_new(stream, shutdown).await;
         };
+        let acceptor = live.current.load_full();
         let tcp = stream.into_any().downcast::<TcpStream>().ok()?;
         // Boxed: the handshake's state is large, and inline it would make
         // every connection's future as large, plain ones included.
         let handshake = Box::pin(pingora::prelude::timeout(
             HANDSHAKE_TIMEOUT,
-            handshake_with_callback(acceptor, *tcp, &IdentifyClients),
+            handshake_with_callback(&acceptor, *tcp, &IdentifyClients),
         ));
         let tls = match handshake.await {
             Ok(Ok(tls)) => tls,
