@@ -270,7 +270,8 @@ async fn tollgate_with(
         http2: true
         client_certificates: {client_certificates}
   metrics: 127.0.0.1:0
-  access_log: off
+  access_log: {log}
+  access_log_format: json
   pid_file: {pid}
   upgrade_sock: {sock}
 {body}",
@@ -278,6 +279,7 @@ async fn tollgate_with(
         key = server.key.display(),
         pid = dir.join("tollgate.pid").display(),
         sock = dir.join("upgrade.sock").display(),
+        log = dir.join("access.log").display(),
     );
     let tollgate = Tollgate::launch_reported(dir, &config, &[]).await;
     let tls = tollgate.reported("server.listeners[1]");
@@ -567,6 +569,85 @@ rate_limits:
             .await;
         assert_eq!(seen, Some(count), "{reason}:\n{}", tollgate.metrics().await);
     }
+}
+
+/// The forward-auth service of the next test: a certificate's identity it
+/// knows passes, as user `partner-a`; anything else is refused.
+fn certificate_checking_service(
+    seen: &serde_json::Map<String, serde_json::Value>,
+) -> (&'static str, serde_json::Value) {
+    let subject = seen.get("x-client-cert-subject").and_then(|v| v.as_str());
+    let sha = seen.get("x-client-cert-sha256").and_then(|v| v.as_str());
+    match (subject, sha) {
+        (Some("CN=partner-a,O=Partner A"), Some(sha)) if sha.len() == 64 => (
+            "200 OK",
+            serde_json::json!({"user": "partner-a", "sha": sha}),
+        ),
+        _ => ("401 Unauthorized", serde_json::json!({})),
+    }
+}
+
+/// Forward auth is sent the verified certificate's identity, as backends
+/// are: a client may log in with its certificate alone; a forged identity
+/// header is no credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_is_sent_the_client_certificate_identity() {
+    let pki = Pki::new();
+    let good = pki.client("good", "/O=Partner A/CN=partner-a", "clients-ca");
+    let server = server_cert(&pki.dir);
+    let backend = Backend::start("app");
+    let (auth, asked) = head_answering_service(certificate_checking_service);
+    let body = format!(
+        "upstreams:
+  app:
+    backends: [{{address: {backend}}}]
+routes:
+  - match: {{path_prefix: /}}
+    upstream: app
+    auth: service
+auth:
+  service:
+    forward:
+      url: http://{auth}/check
+      identity_from_json: {{X-User: user, X-Sha: sha}}
+",
+        backend = backend.addr
+    );
+    let (tollgate, tls) = tollgate_with(
+        &server,
+        &format!("{{ca: {}, required: false}}", pki.client_ca.display()),
+        &body,
+    )
+    .await;
+
+    let answer = get_tls(tls, client(&server, Some(&good), false), "/", FORGED).unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    assert_eq!(answer.header("x-user"), Some("partner-a"));
+    assert_eq!(answer.header("x-sha"), Some(good.sha256().as_str()));
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // No certificate: the forged headers are stripped, so no credentials
+    // are left and the service is not asked.
+    let anonymous = get_tls(tls, client(&server, None, false), "/", FORGED).unwrap();
+    assert_eq!(anonymous.status, 401);
+    assert!(anonymous.json.is_null(), "{}", anonymous.json);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // The access log names the certificate's subject, and only where one was sent.
+    let logged = wait_until(Duration::from_secs(5), || async {
+        tollgate.access_log().lines().count() >= 2
+    })
+    .await;
+    assert!(logged, "{}", tollgate.access_log());
+    let lines: Vec<serde_json::Value> = tollgate
+        .access_log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["status"], 200);
+    assert_eq!(lines[0]["client_cert"], "CN=partner-a,O=Partner A");
+    assert_eq!(lines[1]["status"], 401);
+    assert!(lines[1].get("client_cert").is_none(), "{}", lines[1]);
 }
 
 #[test]

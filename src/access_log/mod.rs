@@ -54,6 +54,9 @@ pub(crate) struct AccessEntry<'a> {
     pub request_id: Option<&'a str>,
     /// The request's trace ID, with `server.tracing`.
     pub trace_id: Option<&'a str>,
+    /// The subject (RFC 4514) of the client certificate the listener
+    /// verified, when the client sent one.
+    pub client_cert: Option<&'a str>,
 }
 
 pub struct AccessLog {
@@ -304,6 +307,10 @@ fn json_line(e: &AccessEntry<'_>) -> String {
         s.push_str(",\"trace_id\":");
         json_str(&mut s, id);
     }
+    if let Some(subject) = e.client_cert {
+        s.push_str(",\"client_cert\":");
+        json_str(&mut s, subject);
+    }
     s.push_str("}\n");
     s
 }
@@ -417,6 +424,7 @@ mod tests {
             response_headers: None,
             request_id: None,
             trace_id: None,
+            client_cert: None,
         }
     }
 
@@ -438,14 +446,17 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&json_line(&entry())).unwrap();
         assert!(json.get("request_id").is_none());
         assert!(json.get("trace_id").is_none());
+        assert!(json.get("client_cert").is_none());
         let with_id = AccessEntry {
             request_id: Some("0af7651916cd43dd8448eb211c80319c"),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            client_cert: Some("CN=partner-a,O=Partner A\\, Inc."),
             ..entry()
         };
         let json: serde_json::Value = serde_json::from_str(&json_line(&with_id)).unwrap();
         assert_eq!(json["request_id"], "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(json["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(json["client_cert"], "CN=partner-a,O=Partner A\\, Inc.");
         let line = combined_line(&with_id);
         assert!(
             line.ends_with(

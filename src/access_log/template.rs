@@ -53,6 +53,9 @@ enum Var {
     RequestId,
     /// `$trace_id` (or `$otel_trace_id`, as nginx's OpenTelemetry module).
     TraceId,
+    /// `$ssl_client_s_dn` (nginx's name): the verified client certificate's
+    /// subject, RFC 4514.
+    ClientCertSubject,
     Route,
     Upstream,
 }
@@ -82,6 +85,7 @@ impl Var {
             "upstream_addr" => Var::UpstreamAddr,
             "request_id" => Var::RequestId,
             "trace_id" | "otel_trace_id" => Var::TraceId,
+            "ssl_client_s_dn" => Var::ClientCertSubject,
             "route" => Var::Route,
             "upstream" => Var::Upstream,
             _ => {
@@ -201,6 +205,7 @@ fn push_var(s: &mut String, var: &Var, e: &AccessEntry<'_>) {
         Var::UpstreamAddr => push_value(s, if e.backend == "-" { "" } else { e.backend }),
         Var::RequestId => push_value(s, e.request_id.unwrap_or_default()),
         Var::TraceId => push_value(s, e.trace_id.unwrap_or_default()),
+        Var::ClientCertSubject => push_value(s, e.client_cert.unwrap_or_default()),
         Var::Route => push_value(s, e.route),
         Var::Upstream => push_value(s, e.upstream),
     }
@@ -237,18 +242,20 @@ mod tests {
             response_headers: Some(&response_headers),
             request_id: Some("0af7651916cd43dd8448eb211c80319c"),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            client_cert: Some("CN=partner-a,O=Partner A"),
         };
         let t = Template::parse(
             "$remote_addr \"$request\" $status ${body_bytes_sent} $request_time $uri?$args \
              \"$http_x_forwarded_for\" \"$http_user_agent\" $http_referer $sent_http_content_type \
-             $upstream_addr $route $upstream $host $request_id $trace_id",
+             $upstream_addr $route $upstream $host $request_id $trace_id \"$ssl_client_s_dn\"",
         )
         .unwrap();
         assert_eq!(
             t.line(&entry),
             "127.0.0.2 \"GET /a%2e/b?x=1 HTTP/1.1\" 404 12 1.234 /a./b?x=1 \"203.0.113.7\" \
              \"curl/8 \\x22x\\x22\" - text/plain 127.0.0.1:9001 0:/ app shop.example \
-             0af7651916cd43dd8448eb211c80319c 4bf92f3577b34da6a3ce929d0e0e4736\n"
+             0af7651916cd43dd8448eb211c80319c 4bf92f3577b34da6a3ce929d0e0e4736 \
+             \"CN=partner-a,O=Partner A\"\n"
         );
     }
 

@@ -30,6 +30,8 @@ pub const X_CLIENT_CERT_SHA256: HeaderName = HeaderName::from_static("x-client-c
 /// The headers tollgate sets from a client certificate, and so strips from
 /// every client request.
 pub const IDENTITY_HEADERS: [HeaderName; 2] = [X_CLIENT_CERT_SUBJECT, X_CLIENT_CERT_SHA256];
+static SUBJECT_HEADER: HeaderName = X_CLIENT_CERT_SUBJECT;
+static SHA256_HEADER: HeaderName = X_CLIENT_CERT_SHA256;
 
 /// The verifier of a listener's `client_certificates` at node `at`
 /// (`server.listeners[1].tls.client_certificates`): certificates must chain
@@ -106,6 +108,14 @@ impl ClientCert {
         [
             (X_CLIENT_CERT_SUBJECT, self.subject_header.clone()),
             (X_CLIENT_CERT_SHA256, self.sha256_header.clone()),
+        ]
+    }
+
+    /// [`ClientCert::headers`], borrowed (for the auth service's request).
+    pub fn header_refs(&self) -> [(&'static HeaderName, &HeaderValue); 2] {
+        [
+            (&SUBJECT_HEADER, &self.subject_header),
+            (&SHA256_HEADER, &self.sha256_header),
         ]
     }
 

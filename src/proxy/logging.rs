@@ -102,6 +102,7 @@ impl Proxy {
             response_headers: session.response_written().map(|r| &r.headers),
             request_id: ctx.request_id.as_ref().and_then(|id| id.to_str().ok()),
             trace_id: ctx.trace.as_ref().and_then(|t| t.trace_id_text()),
+            client_cert: ctx.client_cert().map(|c| c.subject()),
         });
         if let (Some(tracer), Some(trace)) = (&self.settings.tracer, &ctx.trace) {
             tracer.finish(trace, || SpanFacts {

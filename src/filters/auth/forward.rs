@@ -1,13 +1,16 @@
 //! Forward authentication, like nginx `auth_request` or Traefik ForwardAuth: each
 //! request is asked about at the auth service with the client's credentials (its
 //! Authorization header, or with `token_query` its bearer token in a query
-//! parameter of the URL), the `pass_headers` it has, and
-//! X-Forwarded-Method/-Uri/-For/-Host; with `server.request_id`, the request's
+//! parameter of the URL), the `pass_headers` it has, the identity of its
+//! verified client certificate (X-Client-Cert-Subject/-Sha256, see
+//! `edge::client_certs`), and X-Forwarded-Method/-Uri/-For/-Host; with
+//! `server.request_id`, the request's
 //! ID in its header, so the service's log lines match tollgate's. The ID is
 //! never a credential, nor part of the cache key, even in `pass_headers`.
 //!
 //! - A request that carries none of the headers the auth service would be sent
-//!   (Authorization, `pass_headers`) gets 401 at once; the service is not asked.
+//!   (Authorization, `pass_headers`, a client certificate) gets 401 at once;
+//!   the service is not asked.
 //! - 2xx: pass; `copy_headers` of the answer, and `identity_from_json` claims of
 //!   its JSON body, go into the upstream request.
 //! - a status in `unauthorized_statuses` (default 401) or `forbidden_statuses`
@@ -20,6 +23,7 @@
 
 use super::{bearer_token, claim_text, AuthRequest, Identity, RejectReason, Rejection, Verdict};
 use crate::config::ForwardAuthConfig;
+use crate::edge::client_certs::ClientCert;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use pingora::http::RequestHeader;
@@ -104,8 +108,9 @@ impl ForwardAuth {
     }
 
     /// The credential headers of `request` that go to the auth service: its
-    /// Authorization (unless the token goes in the query) and `pass_headers`,
-    /// but for its request ID's.
+    /// Authorization (unless the token goes in the query), `pass_headers`
+    /// but for its request ID's, and the identity of its verified client
+    /// certificate (`X-Client-Cert-Subject`, `-Sha256`), when it has one.
     fn sent_headers<'r>(
         &'r self,
         request: &AuthRequest<'r>,
@@ -121,7 +126,11 @@ impl ForwardAuth {
             .iter()
             .filter(move |name| Some(*name) != id_header)
             .filter_map(|name| req.headers.get(name).map(|v| (name, v)));
-        authorization.into_iter().chain(passed)
+        let certificate = request.client_cert.map(ClientCert::header_refs);
+        authorization
+            .into_iter()
+            .chain(passed)
+            .chain(certificate.into_iter().flatten())
     }
 
     /// The auth service's URL for `req`: `url`, with the bearer token in
