@@ -94,6 +94,7 @@ fn picks(c: &mut Criterion) {
                         headers: black_box(&heads[head]),
                         identity: &[],
                         stripped: &[],
+                        client_cert: None,
                         path: "/api/items/42",
                         query: b"",
                     };

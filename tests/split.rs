@@ -142,6 +142,61 @@ async fn when_header_sends_marked_requests_to_its_arm_only() {
     assert_eq!((plain["app"], plain["v2"]), (180, 20), "{plain:?}");
 }
 
+/// The auth service of the next test: `Bearer beta` is in group `beta`,
+/// any other bearer token in `general`.
+fn group_service(
+    seen: &serde_json::Map<String, serde_json::Value>,
+) -> (&'static str, serde_json::Value) {
+    match seen.get("authorization").and_then(|v| v.as_str()) {
+        Some("Bearer beta") => ("200 OK", serde_json::json!({"group": "beta"})),
+        Some(_) => ("200 OK", serde_json::json!({"group": "general"})),
+        None => ("401 Unauthorized", serde_json::json!({})),
+    }
+}
+
+/// A `when_header` on a header the route's auth sets reads the auth's
+/// value: a client cannot put itself in the canary by sending the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_header_on_an_identity_header_takes_the_auth_services_value() {
+    let (app, v2) = (Backend::start("app"), Backend::start("v2"));
+    let (auth, _) = head_answering_service(group_service);
+    let topology = split_topology(
+        &[&app],
+        &[&v2],
+        "",
+        &[
+            "{upstream: app, weight: 1}",
+            "{upstream: app_v2, weight: 0, when_header: {X-Group: beta}}",
+        ],
+    );
+    let tollgate = Tollgate::start(&format!(
+        "{topology}    auth: groups\nauth:\n  groups:\n    forward:\n      url: http://{auth}/check\n      identity_from_json: {{X-Group: group}}\n"
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let backend_for = |token: &'static str, forged: Option<&'static str>| {
+        let mut request = client
+            .get(tollgate.url("/"))
+            .header("Authorization", format!("Bearer {token}"));
+        if let Some(group) = forged {
+            request = request.header("X-Group", group);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.headers()["x-backend"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(backend_for("beta", None).await, "v2");
+        assert_eq!(backend_for("plain", Some("beta")).await, "app");
+        assert_eq!(backend_for("plain", None).await, "app");
+    }
+}
+
 /// A client bound to `ip`, so tollgate sees that address as the client.
 fn client_from(ip: IpAddr) -> reqwest::Client {
     reqwest::Client::builder()

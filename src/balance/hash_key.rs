@@ -2,13 +2,14 @@
 //! consistent ring of [`super::hash`], without allocating: header and cookie
 //! values, the path and the query are hashed as the bytes the request holds.
 //!
-//! A header is read as the backend will get it: a header the route's auth
-//! policy sets (`copy_headers`, `claims_to_headers`, `user_header`) is its
-//! value, and a client's header of a name tollgate strips (any identity header)
-//! is no key. An absent or empty key is no key: the request goes round robin
+//! A header is read as the backend will get it (see [`backend_values`]): a
+//! header the route's auth policy sets (`copy_headers`, `claims_to_headers`,
+//! `user_header`) or the client certificate's identity is its value, and a
+//! client's header of a name tollgate strips (any identity header) is no key. An absent or empty key is no key: the request goes round robin
 //! (as nginx's `hash` does with an empty key).
 
 use crate::config::HashKey;
+use crate::edge::client_certs::ClientCert;
 use crate::forwarding::canonical_ip;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
@@ -25,6 +26,9 @@ pub struct RequestParts<'a> {
     /// Names whose client values never reach a backend (every header an auth
     /// policy or a client certificate may set).
     pub stripped: &'a [HeaderName],
+    /// The client certificate the listener verified, whose identity headers
+    /// the backend gets.
+    pub client_cert: Option<&'a ClientCert>,
     /// The normalized path the request was routed on.
     pub path: &'a str,
     /// The query with its `?` as the client sent it; empty when there is none.
@@ -39,6 +43,7 @@ impl<'a> RequestParts<'a> {
             headers,
             identity: &[],
             stripped: &[],
+            client_cert: None,
             path: "/",
             query: b"",
         }
@@ -97,20 +102,38 @@ impl HashKey {
     }
 }
 
-/// The value of header `name` the backend gets: the auth policy's, else the
-/// client's first non-empty one unless tollgate strips that header.
-fn header_value<'r>(request: &RequestParts<'r>, name: &HeaderName) -> Option<&'r [u8]> {
-    let value = match request.identity.iter().find(|(set, _)| set == name) {
-        Some((_, value)) => Some(value.as_bytes()),
-        None if request.stripped.contains(name) => None,
-        None => request
-            .headers
-            .get_all(name)
-            .iter()
-            .map(HeaderValue::as_bytes)
-            .find(|value| !value.is_empty()),
+/// The values of header `name` the backend gets: the one the auth policy or
+/// the client certificate sets, else the client's, unless tollgate strips
+/// that header (then none).
+pub fn backend_values<'r>(
+    request: &RequestParts<'r>,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'r HeaderValue> {
+    let from_cert = || {
+        let headers = request.client_cert?.header_refs();
+        headers
+            .into_iter()
+            .find(|(set, _)| *set == name)
+            .map(|(_, v)| v)
     };
-    value.filter(|value| !value.is_empty())
+    let set = request
+        .identity
+        .iter()
+        .find(|(set, _)| set == name)
+        .map(|(_, value)| value)
+        .or_else(from_cert);
+    let client = match set {
+        None if !request.stripped.contains(name) => Some(request.headers.get_all(name).iter()),
+        _ => None,
+    };
+    set.into_iter().chain(client.into_iter().flatten())
+}
+
+/// The first non-empty value of header `name` the backend gets.
+fn header_value<'r>(request: &RequestParts<'r>, name: &HeaderName) -> Option<&'r [u8]> {
+    backend_values(request, name)
+        .map(HeaderValue::as_bytes)
+        .find(|value| !value.is_empty())
 }
 
 /// The first non-empty value of cookie `name` in the request's `Cookie`
@@ -176,6 +199,44 @@ mod tests {
         assert_eq!(cookie_value(&HeaderMap::new(), "sid"), None);
     }
 
+    fn hash_of_bytes(bytes: &[u8]) -> u64 {
+        let mut h = KeyHasher::new();
+        h.write(bytes);
+        h.finish()
+    }
+
+    /// The client certificate's identity headers are the certificate's,
+    /// never the client's headers of those names.
+    #[test]
+    fn client_certificate_headers_are_the_certificates() {
+        let signer = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "partner-a");
+        let der = params.self_signed(&signer).unwrap();
+        let cert = ClientCert::from_der(der.der()).unwrap();
+        let mut forged = HeaderMap::new();
+        forged.insert("x-client-cert-subject", HeaderValue::from_static("CN=x"));
+        let stripped = crate::edge::client_certs::IDENTITY_HEADERS;
+        let with_cert = RequestParts {
+            stripped: &stripped,
+            client_cert: Some(&cert),
+            ..RequestParts::of_client(IpAddr::from([10, 0, 0, 7]), &forged)
+        };
+        let subject = HashKey::parse("header:X-Client-Cert-Subject").unwrap();
+        assert_eq!(
+            subject.hash_of(&with_cert, b""),
+            Some(hash_of_bytes(b"CN=partner-a"))
+        );
+        let without = RequestParts {
+            client_cert: None,
+            ..with_cert
+        };
+        assert_eq!(subject.hash_of(&without, b""), None);
+    }
+
     #[test]
     fn keys_hash_their_bytes_and_missing_keys_are_none() {
         let mut headers = cookies(&["sid=abc"]);
@@ -185,6 +246,7 @@ mod tests {
             headers: &headers,
             identity: &[],
             stripped: &[],
+            client_cert: None,
             path: "/a/b",
             query: b"?x=1",
         };
@@ -233,6 +295,7 @@ mod tests {
         let authed = RequestParts {
             identity: &identity,
             stripped: &stripped,
+            client_cert: None,
             ..RequestParts::of_client(request.client, &forged)
         };
         assert_eq!(

@@ -93,6 +93,7 @@ pub(super) fn request_parts<'a>(head: &'a RequestHeader, ctx: &'a RequestCtx) ->
             .topology
             .as_ref()
             .map_or(&[], |topology| &topology.identity_headers),
+        client_cert: ctx.client_cert(),
         path: ctx.forward_path(head.uri.path()),
         query: raw_query(head.raw_path()),
     }

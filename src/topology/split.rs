@@ -6,11 +6,11 @@
 //! and a smooth weighted schedule of the arms. Choosing an arm reads these
 //! and bumps one atomic counter: no allocation, no lock.
 
-use crate::balance::hash_key::RequestParts;
+use crate::balance::hash_key::{backend_values, RequestParts};
 use crate::balance::round_robin::smooth_schedule;
 use crate::config::{HashKey, SplitArmConfig, UpstreamConfig};
 use crate::metrics::RouteMetrics;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -107,7 +107,7 @@ impl Split {
     ///
     /// Always an index into [`Split::arms`]; allocates nothing, locks nothing.
     pub fn choose(&self, request: &RequestParts<'_>) -> usize {
-        if let Some(claimed) = self.arms.iter().position(|arm| arm.claims(request.headers)) {
+        if let Some(claimed) = self.arms.iter().position(|arm| arm.claims(request)) {
             return claimed;
         }
         let len = self.schedule.len();
@@ -124,15 +124,17 @@ impl Split {
 }
 
 impl Arm {
-    /// Whether the request with `headers` carries every header of the arm's
-    /// `when_header` with exactly its value (one of its values, when the
-    /// header is repeated). An arm without `when_header` claims nothing.
-    fn claims(&self, headers: &HeaderMap) -> bool {
+    /// Whether the request carries every header of the arm's `when_header`
+    /// with exactly its value (one of its values, when the header is
+    /// repeated), as the backend gets it: an auth policy's or the client
+    /// certificate's identity header is theirs, never the client's (see
+    /// [`backend_values`]). An arm without `when_header` claims nothing.
+    fn claims(&self, request: &RequestParts<'_>) -> bool {
         !self.when_header.is_empty()
             && self
                 .when_header
                 .iter()
-                .all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
+                .all(|(name, value)| backend_values(request, name).any(|v| v == value))
     }
 }
 
@@ -147,6 +149,7 @@ const STICKY_SALT: &[u8] = &[0x5a];
 mod tests {
     use super::*;
     use crate::config::types::HeaderName as ConfigHeaderName;
+    use http::HeaderMap;
     use std::net::IpAddr;
 
     fn choose(s: &Split, headers: &HeaderMap, client: IpAddr) -> usize {
