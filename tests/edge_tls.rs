@@ -1,6 +1,7 @@
 //! TLS termination with certificates generated at test time: SNI picks the
 //! certificate, HTTP/2 and HTTP/1.1 both work, plain listeners redirect to HTTPS,
-//! HSTS, and bad certificates are `-t` errors that name the file.
+//! HSTS, bad certificates are `-t` errors that name the file, and tollgate's own
+//! error answers reach HTTP/2 clients whole, as they reach HTTP/1.1 ones.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -435,4 +436,147 @@ async fn idle_tls_connections_serve_late_split_long_and_pipelined_requests() {
         waited >= Duration::from_secs(2) && waited < Duration::from_secs(5),
         "closed after {waited:?}"
     );
+}
+
+/// tollgate on a TLS listener with HTTP/2 whose only route goes to an
+/// upstream of two dead backends (`retries: 1`, so every try fails) and
+/// buffers request bodies (the default); (tollgate, the listener, the PEM of
+/// its certificate for `a.test`).
+async fn edge_to_dead_backends(dead: &[DeadAddress; 2]) -> (Tollgate, SocketAddr, String) {
+    let dir = temp_dir("tls-dead");
+    let (cert, key, pem) = certificate(&dir, "a", &["a.test"], -1, 30);
+    let config = format!(
+        "server:
+  listeners:
+    - address: 127.0.0.1:0
+      tls:
+        certificates: [{{cert: {cert}, key: {key}}}]
+        http2: true
+        hsts: {{max_age: 1d}}
+  access_log: off
+upstreams:
+  gone:
+    backends: [{{address: {a}}}, {{address: {b}}}]
+    retries: 1
+routes:
+  - match: {{path_prefix: /}}
+    upstream: gone
+",
+        cert = cert.display(),
+        key = key.display(),
+        a = dead[0].addr,
+        b = dead[1].addr,
+    );
+    let tollgate = Tollgate::launch_reported(dir, &config, &[]).await;
+    let https = tollgate.addr;
+    (tollgate, https, pem)
+}
+
+/// An answer as a client reads it to its end: the HTTP version, status, the
+/// headers but `date` and `connection` (which differ by time and by HTTP
+/// version), and the body. Panics when the answer does not end cleanly (a
+/// reset stream), naming `what`.
+async fn read_whole(
+    what: &str,
+    request: reqwest::RequestBuilder,
+) -> (reqwest::Version, u16, Vec<(String, String)>, Vec<u8>) {
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), request.send())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 10 s"))
+        .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+    let (version, status) = (response.version(), response.status().as_u16());
+    let mut headers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .filter(|(name, _)| *name != "date" && *name != "connection")
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                value.to_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    headers.sort();
+    let body = tokio::time::timeout(std::time::Duration::from_secs(10), response.bytes())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the body did not end within 10 s"))
+        .unwrap_or_else(|e| panic!("{what}: the answer did not end cleanly: {e:?}"));
+    (version, status, headers, body.to_vec())
+}
+
+/// A client for `a.test` at `https` trusting `pem`: HTTP/2 by ALPN, or
+/// HTTP/1.1 only.
+fn a_test_client(https: SocketAddr, pem: &str, http1_only: bool) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .resolve("a.test", https)
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+    let builder = if http1_only {
+        builder.http1_only()
+    } else {
+        builder
+    };
+    builder.build().unwrap()
+}
+
+/// A POST whose body is buffered and whose backends all refuse: an HTTP/2
+/// client gets the same 502 as an HTTP/1.1 client (status, headers, body),
+/// its stream ended cleanly, not reset. Bodies both under and over one
+/// HTTP/2 flow-control window (64 KiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_post_to_dead_backends_gets_the_same_502_over_http2() {
+    let dead = [DeadAddress::new(), DeadAddress::new()];
+    let (_tollgate, https, pem) = edge_to_dead_backends(&dead).await;
+    let url = format!("https://a.test:{}/upload", https.port());
+    for len in [5, 70_000, 200_000] {
+        let body = vec![b'x'; len];
+        let h1 = a_test_client(https, &pem, true);
+        let over_h1 = read_whole("HTTP/1.1", h1.post(&url).body(body.clone())).await;
+        assert_eq!((over_h1.0, over_h1.1), (reqwest::Version::HTTP_11, 502));
+        assert_eq!(
+            over_h1.3,
+            b"502 Bad Gateway: the backend failed to answer\n"
+        );
+        for round in 0..3 {
+            let h2 = a_test_client(https, &pem, false);
+            let what = format!("HTTP/2 POST of {len} bytes, round {round}");
+            let over_h2 = read_whole(&what, h2.post(&url).body(body.clone())).await;
+            assert_eq!(over_h2.0, reqwest::Version::HTTP_2, "{what}");
+            assert_eq!(
+                (over_h2.1, &over_h2.2, &over_h2.3),
+                (over_h1.1, &over_h1.2, &over_h1.3),
+                "{what}"
+            );
+        }
+    }
+}
+
+/// A HEAD whose backends all refuse gets its 502 head over HTTP/2 with the
+/// same headers as over HTTP/1.1 (Content-Length of the body a GET would
+/// get), the stream ended by the head itself, not reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_to_dead_backends_gets_its_502_head_over_http2() {
+    let dead = [DeadAddress::new(), DeadAddress::new()];
+    let (_tollgate, https, pem) = edge_to_dead_backends(&dead).await;
+    let url = format!("https://a.test:{}/page", https.port());
+    let h1 = a_test_client(https, &pem, true);
+    let over_h1 = read_whole("HTTP/1.1 HEAD", h1.head(&url)).await;
+    assert_eq!((over_h1.0, over_h1.1), (reqwest::Version::HTTP_11, 502));
+    assert!(
+        over_h1.2.contains(&("content-length".into(), "46".into())),
+        "{:?}",
+        over_h1.2
+    );
+    assert!(over_h1.3.is_empty());
+    for round in 0..3 {
+        let h2 = a_test_client(https, &pem, false);
+        let what = format!("HTTP/2 HEAD, round {round}");
+        let over_h2 = read_whole(&what, h2.head(&url)).await;
+        assert_eq!(over_h2.0, reqwest::Version::HTTP_2, "{what}");
+        assert_eq!(
+            (over_h2.1, &over_h2.2, &over_h2.3),
+            (over_h1.1, &over_h1.2, &over_h1.3),
+            "{what}"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
+use pingora::protocols::http::HttpTask;
 use pingora::proxy::Session;
 
 /// A whole answer of `status` with `body` of `content_type`, Content-Length
@@ -60,26 +61,16 @@ impl DirectResponse {
         self.header.status.as_u16()
     }
 
-    /// Writes the response; the connection stays open for the next request.
+    /// Writes the response (see [`write_whole`]); the connection stays open
+    /// for the next request.
     pub async fn send(&self, session: &mut Session) -> pingora::Result<()> {
-        let head_only = session.req_header().method == http::Method::HEAD;
-        session
-            .write_response_header(
-                Box::new(self.header.clone()),
-                head_only || self.body.is_empty(),
-            )
-            .await?;
-        if !head_only && !self.body.is_empty() {
-            session
-                .write_response_body(Some(self.body.clone()), true)
-                .await?;
-        }
-        Ok(())
+        write_whole(session, self.header.clone(), self.body.clone()).await
     }
 }
 
 /// Writes `header` with `body` (Content-Length set here, except on a 204,
-/// which has none); HEAD gets the header only. The connection stays open.
+/// which has none); HEAD gets the header only (see [`write_whole`]). The
+/// connection stays open.
 pub(crate) async fn send_answer(
     session: &mut Session,
     mut header: ResponseHeader,
@@ -88,13 +79,27 @@ pub(crate) async fn send_answer(
     if header.status != http::StatusCode::NO_CONTENT {
         header.set_content_length(body.len())?;
     }
+    write_whole(session, header, body).await
+}
+
+/// Writes `header` and `body` as one answer that ends its stream; HEAD gets
+/// the header only. Written as tasks that carry the end of the answer:
+/// pingora's `write_response_header` drops the end flag on HTTP/2 (an empty
+/// answer would leave its stream open, reset when a failed request lets go
+/// of it), and a subrequest's `write_response_body` drops it too (the main
+/// request relaying the answer would never see it end).
+async fn write_whole(
+    session: &mut Session,
+    header: ResponseHeader,
+    body: Bytes,
+) -> pingora::Result<()> {
     let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();
-    session
-        .write_response_header(Box::new(header), head_only)
-        .await?;
+    let mut tasks = Vec::with_capacity(2);
+    tasks.push(HttpTask::Header(Box::new(header), head_only));
     if !head_only {
-        session.write_response_body(Some(body), true).await?;
+        tasks.push(HttpTask::Body(Some(body), true));
     }
+    session.write_response_tasks(tasks).await?;
     Ok(())
 }
 

@@ -348,6 +348,9 @@ fn turn_compression_off(session: &mut Session) -> Option<u32> {
 /// the subrequest, whose output channel closes). An answer that began and
 /// did not end (the backend failed in its body) is an error, so that the
 /// client's connection is closed rather than the answer passing for whole.
+/// The subrequest's own answers (its `fail_to_proxy`: all backends failed)
+/// end too: they are written as tasks carrying their end (see
+/// `edge::respond::send_answer`), which the subrequest turns into `Done`.
 async fn relay(
     session: &mut Session,
     mut rx: tokio::sync::mpsc::Receiver<HttpTask>,
