@@ -232,24 +232,11 @@ fn allowed(parts: &[&str]) -> &'static str {
 }
 
 /// A path segment with its %XX escapes decoded (an IPv6 address may come as
-/// `%5B::1%5D:80`).
+/// `%5B::1%5D:80`); a `%` that begins no escape is kept as it is.
 fn decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The request body, up to [`MAX_BODY`]; a 400 answer when it is larger or
