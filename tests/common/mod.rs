@@ -606,11 +606,29 @@ impl Drop for Tollgate {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            remove_default_pid_file(child.id());
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
             eprintln!("tollgate files kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// Removes the pid file a killed tollgate of pid `pid` left in the default
+/// directory for root (topologies that set no `pid_file`), so that test runs
+/// leave none behind.
+fn remove_default_pid_file(pid: u32) {
+    let Ok(entries) = std::fs::read_dir("/run/tollgate") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_pid_file = path.extension().is_some_and(|e| e == "pid");
+        if is_pid_file && std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == pid.to_string())
+        {
+            let _ = std::fs::remove_file(&path);
         }
     }
 }
