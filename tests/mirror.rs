@@ -384,7 +384,11 @@ async fn a_slow_shadow_delays_no_client_request_and_fills_the_bound() {
     // Answers after 30 s: long after this test is over.
     let shadow = Backend::start_with("shadow", "127.0.0.1:0", &["--delay", "30000"]);
     let mirror = "{upstream: shadow, max_in_flight: 8, timeout: 60s}";
-    let tollgate = Tollgate::start(&mirrored(app.addr, shadow.addr, mirror)).await;
+    let tollgate = Tollgate::start_with(
+        &mirrored(app.addr, shadow.addr, mirror),
+        "  admin: 127.0.0.1:0\n",
+    )
+    .await;
     let body = vec![b'y'; 1024];
 
     let started = Instant::now();
@@ -420,6 +424,28 @@ async fn a_slow_shadow_delays_no_client_request_and_fills_the_bound() {
             .await,
         Some(8.0)
     );
+
+    // The admin API shows the mirror of each route, its places and counts.
+    let admin = tollgate.reported("server.admin");
+    let routes: serde_json::Value = reqwest::get(format!("http://{admin}/api/routes"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let web = &routes[0];
+    assert_eq!(web["name"], "web");
+    let expected = serde_json::json!({
+        "upstream": "shadow", "percent": 100.0, "in_flight": 8, "max_in_flight": 8,
+        "sent": 0, "failed": 0, "dropped": 192,
+    });
+    assert_eq!(web["mirror"], expected, "{routes}");
+    let plain = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "plain");
+    assert_eq!(plain.unwrap()["mirror"], serde_json::Value::Null);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

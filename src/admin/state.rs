@@ -89,6 +89,22 @@ fn backend_json(name: &str, upstream: &Upstream, backend: &Backend, history: &Hi
     })
 }
 
+/// A route's mirror in `GET /api/routes`: its shadow upstream, share,
+/// copies in flight and counts since the process started.
+fn mirror(topology: &Topology, mirror: &crate::mirror::Mirror) -> Value {
+    let (in_flight, max_in_flight) = mirror.in_flight();
+    let [sent, failed, dropped] = mirror.counts();
+    json!({
+        "upstream": topology.upstreams.get(mirror.upstream()).map(|u| u.name.clone()),
+        "percent": (mirror.share() * 100_000.0).round() / 1000.0,
+        "in_flight": in_flight,
+        "max_in_flight": max_in_flight,
+        "sent": sent,
+        "failed": failed,
+        "dropped": dropped,
+    })
+}
+
 /// `GET /api/routes`: in the order they are matched.
 pub(super) fn routes(topology: &Topology) -> Value {
     let routes: Vec<Value> = topology
@@ -112,6 +128,7 @@ pub(super) fn routes(topology: &Topology) -> Value {
                 "action": action,
                 "upstreams": upstreams,
                 "auth": route.auth.as_ref().map(|a| a.name.clone()),
+                "mirror": route.mirror.as_deref().map(|m| mirror(topology, m)),
             })
         })
         .collect();

@@ -87,6 +87,23 @@ impl Mirror {
         self.upstream
     }
 
+    /// The share of requests drawn for a copy, 0 to 1.
+    pub fn share(&self) -> f64 {
+        self.threshold
+            .map_or(1.0, |threshold| threshold as f64 / 2f64.powi(64))
+    }
+
+    /// Copies in flight now, and the most there may be.
+    pub fn in_flight(&self) -> (u32, u32) {
+        let free = self.places.available_permits() as u32;
+        (self.max_in_flight.saturating_sub(free), self.max_in_flight)
+    }
+
+    /// The copies counted so far: sent, failed, dropped (as the metric has them).
+    pub fn counts(&self) -> [u64; 3] {
+        [self.sent.get(), self.failed.get(), self.dropped.get()]
+    }
+
     /// Whether this request is to be copied: drawn at the mirror's
     /// `percent`, and given a place among the copies in flight. `None` when
     /// it is not drawn (not counted), or when every place is taken (counted
