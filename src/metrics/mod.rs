@@ -10,6 +10,9 @@ use prometheus::{
 };
 use std::sync::{LazyLock, OnceLock};
 
+mod series;
+pub use series::Lease;
+
 /// All metric families.
 pub struct Metrics {
     pub requests: IntCounterVec,
@@ -380,23 +383,32 @@ impl CodeCounters {
     }
 }
 
-/// Handles of one route's metrics.
+/// Handles of one route's metrics (or of one arm of its split), and its hold
+/// on their series.
 pub struct RouteMetrics {
     pub requests: CodeCounters,
     pub duration: Histogram,
+    _series: Lease,
 }
 
 impl RouteMetrics {
     pub fn new(route: &str, upstream: &str) -> Self {
         let m = metrics();
+        let series = Lease::new(
+            &[&m.requests, &m.request_duration],
+            &[("route", route), ("upstream", upstream)],
+        );
         RouteMetrics {
+            _series: series,
             requests: CodeCounters::new(&m.requests, route, upstream),
             duration: m.request_duration.with_label_values(&[route, upstream]),
         }
     }
 }
 
-/// Handles of one backend's metrics.
+/// Handles of one backend's metrics, and its hold on their series: they go
+/// when the backend's state does (it is carried across reloads while the
+/// backend stays).
 pub struct BackendMetrics {
     /// The `upstream` and `backend` labels, for log lines.
     pub upstream: String,
@@ -409,12 +421,26 @@ pub struct BackendMetrics {
     pub ejections: IntCounter,
     pub ejected: IntGauge,
     pub drained: IntGauge,
+    _series: Lease,
 }
 
 impl BackendMetrics {
     pub fn new(upstream: &str, backend: &str) -> Self {
         let m = metrics();
+        let series = Lease::new(
+            &[
+                &m.upstream_requests,
+                &m.upstream_in_flight,
+                &m.backend_healthy,
+                &m.health_checks,
+                &m.outlier_ejections,
+                &m.backend_ejected,
+                &m.backend_drained,
+            ],
+            &[("upstream", upstream), ("backend", backend)],
+        );
         BackendMetrics {
+            _series: series,
             upstream: upstream.to_string(),
             backend: backend.to_string(),
             requests: CodeCounters::new(&m.upstream_requests, upstream, backend),
@@ -431,6 +457,37 @@ impl BackendMetrics {
             drained: m.backend_drained.with_label_values(&[upstream, backend]),
         }
     }
+}
+
+/// The hold of upstream `upstream` on its own series (retries, panic
+/// requests, retry budget, discovery failures; its backends have theirs).
+pub(crate) fn upstream_series(upstream: &str) -> Lease {
+    let m = metrics();
+    Lease::new(
+        &[
+            &m.upstream_retries,
+            &m.upstream_panic_requests,
+            &m.upstream_retry_budget_exhausted,
+            &m.discovery_failures,
+        ],
+        &[("upstream", upstream)],
+    )
+}
+
+/// The hold of route `route` on its series of auth policy `policy`.
+pub(crate) fn auth_series(route: &str, policy: &str) -> Lease {
+    Lease::new(
+        &[&metrics().auth_rejections],
+        &[("route", route), ("policy", policy)],
+    )
+}
+
+/// The hold of route `route` on its series of rate limit `policy`.
+pub(crate) fn rate_limited_series(route: &str, policy: &str) -> Lease {
+    Lease::new(
+        &[&metrics().rate_limited],
+        &[("route", route), ("policy", policy)],
+    )
 }
 
 #[cfg(test)]
