@@ -270,7 +270,7 @@ async fn a_reload_removes_the_series_of_what_it_takes_out_and_keeps_the_rest() {
     let pair = [Backend::start("pair-1"), Backend::start("pair-2")];
     let (pair_1, pair_2) = (pair[0].addr.to_string(), pair[1].addr.to_string());
     // Everything, or everything but the route to `gone`, its upstream, its
-    // rate limit, and pair-2.
+    // rate limit and cache, and pair-2.
     let pair_addrs = [pair[0].addr, pair[1].addr];
     let body = |all: bool| {
         let mut body = TopologyBody::new()
@@ -282,10 +282,11 @@ async fn a_reload_removes_the_series_of_what_it_takes_out_and_keeps_the_rest() {
             body = body
                 .upstream("gone", &[gone.addr], "")
                 .section("rate_limits:\n  tight: {key: client_ip, rate: 1/m, burst: 1}\n")
+                .section("caches:\n  pages: {memory: 1MiB, default_ttl: {200: 1m}}\n")
                 .route(
                     "/dropped",
                     "gone",
-                    "    name: dropped\n    rate_limit: tight\n",
+                    "    name: dropped\n    rate_limit: tight\n    cache: pages\n",
                 );
         }
         body.yaml()
@@ -331,6 +332,7 @@ async fn a_reload_removes_the_series_of_what_it_takes_out_and_keeps_the_rest() {
         ("upstream", "gone"),
         ("backend", gone_addr.as_str()),
         ("backend", pair_2.as_str()),
+        ("cache", "pages"),
     ] {
         assert!(
             !series_labelled(&before, name, value).is_empty(),
@@ -363,6 +365,7 @@ async fn a_reload_removes_the_series_of_what_it_takes_out_and_keeps_the_rest() {
             && series_labelled(&text, "backend", &gone_addr).is_empty()
             && series_labelled(&text, "backend", &pair_2).is_empty()
             && series_labelled(&text, "policy", "tight").is_empty()
+            && series_labelled(&text, "cache", "pages").is_empty()
     })
     .await;
     let after = tollgate.metrics().await;
@@ -411,6 +414,11 @@ async fn a_reload_removes_the_series_of_what_it_takes_out_and_keeps_the_rest() {
     assert_eq!(
         metric_value(&fresh, backend_requests, &[("backend", &pair_2)]),
         None
+    );
+    let memory = [("cache", "pages"), ("tier", "memory")];
+    assert_eq!(
+        metric_value(&fresh, "tollgate_cache_entries", &memory),
+        Some(0.0)
     );
     assert_eq!(statuses("/pair", 4).await, [200; 4]);
     assert_eq!(statuses("/dropped", 1).await, [200]);

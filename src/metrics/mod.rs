@@ -11,7 +11,7 @@ use prometheus::{
 use std::sync::{LazyLock, OnceLock};
 
 mod series;
-pub use series::Lease;
+pub use series::{flush as flush_removed_series, Lease};
 
 /// All metric families.
 pub struct Metrics {
@@ -325,6 +325,7 @@ pub(crate) fn render() -> Vec<u8> {
     if let Some(refresh) = BEFORE_SCRAPE.get() {
         refresh();
     }
+    series::flush();
     let mut out = Vec::with_capacity(16 * 1024);
     let families = prometheus::gather();
     // Encoding into a Vec cannot fail on I/O; an encoding error leaves what was written.
@@ -471,6 +472,23 @@ pub(crate) fn upstream_series(upstream: &str) -> Lease {
             &m.discovery_failures,
         ],
         &[("upstream", upstream)],
+    )
+}
+
+/// The hold of a cache on its series (every `tollgate_cache_*` but the
+/// routes' lookups).
+pub(crate) fn cache_series(cache: &str) -> Lease {
+    let m = metrics();
+    Lease::new(
+        &[
+            &m.cache_bytes,
+            &m.cache_entries,
+            &m.cache_evictions,
+            &m.cache_lock_waits,
+            &m.cache_write_failures,
+            &m.cache_unreadable_entries,
+        ],
+        &[("cache", cache)],
     )
 }
 
