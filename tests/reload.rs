@@ -1,6 +1,7 @@
 //! Topology reload on SIGHUP under a steady stream of requests: the new backend
 //! set takes over with no failed request, an invalid file changes nothing, and
-//! the health of backends that stay is kept.
+//! the health of backends that stay is kept. The metric series of what a reload
+//! takes out go (once no request uses it), those of what stays keep counting.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -451,5 +452,80 @@ async fn a_reload_removes_the_series_of_what_it_takes_out_and_keeps_the_rest() {
             &[("route", "dropped")]
         ),
         None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_of_a_removed_backend_stay_while_a_request_uses_it() {
+    let main = Backend::start("main");
+    let slow = Backend::start("slow");
+    let slow_addr = slow.addr.to_string();
+    let body = |with_slow: bool| {
+        let mut body = TopologyBody::new().upstream("app", &[main.addr], "").route(
+            "/",
+            "app",
+            "    name: main\n",
+        );
+        if with_slow {
+            body = body.upstream("slowpoke", &[slow.addr], "").route(
+                "/slow",
+                "slowpoke",
+                "    name: slow\n",
+            );
+        }
+        body.yaml()
+    };
+    let tollgate = Tollgate::start(&body(true)).await;
+    let in_flight = [("backend", slow_addr.as_str())];
+    let request = tokio::spawn(reqwest::get(tollgate.url("/slow?ms=3000")));
+    assert!(
+        tollgate
+            .metric_reaches("tollgate_upstream_in_flight", &in_flight, 1.0)
+            .await
+    );
+    tollgate.rewrite_config(&with_body(&tollgate.config_text(), &body(false)));
+    tollgate.signal(libc::SIGHUP);
+    assert!(
+        tollgate
+            .metric_reaches(
+                "tollgate_config_reloads_total",
+                &[("result", "success")],
+                1.0
+            )
+            .await
+    );
+    // The request started on the old topology: what it uses stays exported.
+    let during = tollgate.metrics().await;
+    assert_eq!(
+        metric_value(&during, "tollgate_upstream_in_flight", &in_flight),
+        Some(1.0),
+        "{during}"
+    );
+    assert!(!series_labelled(&during, "route", "slow").is_empty());
+    let answer = request.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 200);
+    // Once it ended, its series go, and nothing brings them back.
+    let gone = wait_until(Duration::from_secs(5), || async {
+        let text = tollgate.metrics().await;
+        series_labelled(&text, "backend", &slow_addr).is_empty()
+            && series_labelled(&text, "route", "slow").is_empty()
+    })
+    .await;
+    assert!(gone, "{}", tollgate.metrics().await);
+    let client = reqwest::Client::new();
+    assert_eq!(get(&client, &tollgate.url("/")).await.unwrap().0, 200);
+    assert!(
+        tollgate
+            .metric_reaches("tollgate_requests_total", &[("route", "main")], 1.0)
+            .await
+    );
+    let later = tollgate.metrics().await;
+    assert!(
+        series_labelled(&later, "backend", &slow_addr).is_empty(),
+        "{later}"
+    );
+    assert!(
+        series_labelled(&later, "route", "slow").is_empty(),
+        "{later}"
     );
 }
