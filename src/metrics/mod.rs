@@ -3,6 +3,8 @@
 //! Metrics live in the prometheus crate's default registry, which also holds its
 //! process collector (CPU, memory, open fds). Per-route and per-backend handles are
 //! resolved when a topology is compiled, so the request path does not look labels up.
+//! The objects holding them also hold their series ([`Lease`]): what leaves the
+//! topology leaves `/metrics`.
 
 use prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, Encoder, Histogram,

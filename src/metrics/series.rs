@@ -1,15 +1,18 @@
 //! Series leases: the label sets of a topology's objects (a route, an
-//! upstream, a backend, a rate limit), counted while the objects live. When
-//! the last holder of a label set is dropped, every series of its families
-//! with those labels is removed from the registry, so an object a reload
+//! upstream, a backend, a rate limit, a cache), counted while the objects
+//! live. When the last holder of a label set is dropped, every series of its
+//! families with those labels is removed from the registry (at the next
+//! [`flush`]: before the next scrape), so an object a reload or DNS discovery
 //! takes out of the topology stops being exported.
 //!
 //! Series are removed only once no object holds them: a request in flight
 //! keeps its topology, and so its objects and their series, until it ends.
 //! The series are created only through objects holding the lease (the
-//! handles, and the label values looked up per request come from them), so
+//! handles, and the label values looked up per request, come from them), so
 //! a removed series is not brought back by a late increment; an object with
-//! the same labels compiled later starts fresh series.
+//! the same labels compiled later starts fresh series. While an old holder
+//! lives on (a long request on the old topology), a new holder of the same
+//! labels shares its series instead.
 //!
 //! Every lease on one family names the same labels (say `route` and
 //! `upstream` on `tollgate_requests_total`): a lease on `route` alone would
