@@ -690,12 +690,24 @@ async fn a_reload_keeps_stored_answers_and_dropping_the_cache_frees_them() {
     assert_eq!(get(&tollgate, target).await.cache, "HIT");
     assert_eq!(origin.hits(target), 1);
 
-    // The route no longer cached and the cache gone: its memory is freed.
-    let config = tollgate.config_text().replace("    cache: pages\n", "");
+    // The route no longer cached and the cache gone: its series go with it
+    // (no gauge stays frozen), and its memory is freed.
+    let with_cache = tollgate.config_text();
+    let config = with_cache.replace("    cache: pages\n", "");
     let config = config.replace("caches:\n  pages:\n    memory: 2MiB\n", "");
     tollgate.rewrite_config(&config);
     tollgate.signal(libc::SIGHUP);
-    let freed = wait_until(Duration::from_secs(5), || async {
+    let gone = wait_until(Duration::from_secs(5), || async {
+        !tollgate.metrics().await.contains("cache=\"pages\"")
+    })
+    .await;
+    assert!(gone, "{}\n{}", tollgate.config_text(), tollgate.stderr());
+    let answer = get(&tollgate, target).await;
+    assert_eq!((answer.status, answer.cache.as_str()), (200, ""));
+    // Back in the topology, the cache starts empty: what it held was freed.
+    tollgate.rewrite_config(&with_cache);
+    tollgate.signal(libc::SIGHUP);
+    let back = wait_until(Duration::from_secs(5), || async {
         tollgate
             .metric(
                 "tollgate_cache_entries",
@@ -705,7 +717,7 @@ async fn a_reload_keeps_stored_answers_and_dropping_the_cache_frees_them() {
             == Some(0.0)
     })
     .await;
-    assert!(freed, "{}\n{}", tollgate.config_text(), tollgate.stderr());
-    let answer = get(&tollgate, target).await;
-    assert_eq!((answer.status, answer.cache.as_str()), (200, ""));
+    assert!(back, "{}", tollgate.metrics().await);
+    assert_eq!(get(&tollgate, target).await.cache, "MISS");
+    assert_eq!(origin.hits(target), 3);
 }

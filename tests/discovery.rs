@@ -603,3 +603,69 @@ async fn reloads_while_the_answer_changes_keep_the_discovered_set() {
     }
     load.stop().await.assert_no_failure(100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_leaves_the_answer_leaves_the_metrics() {
+    let dir = temp_dir("dns-series");
+    let (_backends, port) = backends_on_one_port(2);
+    let dns = Dns::start(&dir, &hosts_for(&[2, 3]), &[]);
+    let target = format!("app.test:{port}");
+    let tollgate = Tollgate::start(&discovered_upstream(&dns, &target, "")).await;
+    let (b2, b3) = (format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}"));
+    let upstream_requests = "tollgate_upstream_requests_total";
+    assert!(answered_by(&tollgate, "b2").await && answered_by(&tollgate, "b3").await);
+    let counted = wait_until(Duration::from_secs(5), || async {
+        value(
+            &tollgate,
+            upstream_requests,
+            &[("backend", &b3), ("code", "200")],
+        )
+        .await
+            > 0.0
+    })
+    .await;
+    assert!(counted, "b3's answers are not counted");
+    let b2_before = value(
+        &tollgate,
+        upstream_requests,
+        &[("backend", &b2), ("code", "200")],
+    )
+    .await;
+
+    // b3 leaves the answer: once discovery swaps it out, its series go.
+    dns.set_hosts(&hosts_for(&[2]));
+    let b3_label = format!("backend=\"{b3}\"");
+    let gone = wait_until(Duration::from_secs(10), || async {
+        !tollgate.metrics().await.contains(&b3_label)
+    })
+    .await;
+    assert!(gone, "b3's series stayed:\n{}", tollgate.metrics().await);
+    let b2_after = value(
+        &tollgate,
+        upstream_requests,
+        &[("backend", &b2), ("code", "200")],
+    )
+    .await;
+    assert!(
+        b2_after >= b2_before,
+        "b2's count went back: {b2_before} then {b2_after}"
+    );
+    assert_eq!(
+        tollgate
+            .metric("tollgate_upstream_backend_healthy", &[("backend", &b2)])
+            .await,
+        Some(1.0)
+    );
+
+    // Back in the answer, b3 counts from zero: one answer (the first
+    // request it answers ends the wait), one in its count.
+    dns.set_hosts(&hosts_for(&[2, 3]));
+    assert!(answered_by(&tollgate, "b3").await, "b3 did not come back");
+    assert!(
+        tollgate
+            .metric_reaches(upstream_requests, &[("backend", &b3), ("code", "200")], 1.0)
+            .await,
+        "b3 did not count from zero:\n{}",
+        tollgate.metrics().await
+    );
+}

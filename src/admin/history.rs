@@ -122,6 +122,7 @@ impl History {
 fn answer_totals() -> HashMap<(String, String), (u64, u64)> {
     use prometheus::core::Collector;
     let mut totals: HashMap<(String, String), (u64, u64)> = HashMap::new();
+    crate::metrics::flush_removed_series();
     for family in crate::metrics::metrics().upstream_requests.collect() {
         for series in family.get_metric() {
             let label = |name: &str| {

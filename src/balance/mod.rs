@@ -264,6 +264,8 @@ pub struct Upstream {
     panic_next: std::sync::atomic::AtomicUsize,
     /// `tollgate_upstream_panic_requests_total` of this upstream.
     panic_requests: prometheus::IntCounter,
+    /// The hold on the upstream's own series.
+    _series: crate::metrics::Lease,
 }
 
 impl Upstream {
@@ -276,6 +278,7 @@ impl Upstream {
             Algorithm::LeastConnections => Box::new(least_conn::LeastConnections::new(&backends)),
             Algorithm::LeastTime => Box::new(least_time::LeastTime),
         };
+        let series = crate::metrics::upstream_series(&name);
         let metrics = crate::metrics::metrics();
         let panic_requests = metrics
             .upstream_panic_requests
@@ -303,6 +306,7 @@ impl Upstream {
             panicking: std::sync::atomic::AtomicBool::new(false),
             panic_next: std::sync::atomic::AtomicUsize::new(0),
             panic_requests,
+            _series: series,
         }
     }
 

@@ -24,6 +24,11 @@ impl MemoryTier {
         }
     }
 
+    /// Takes fresh handles of its series (see [`Tracker::renew`]).
+    pub(super) fn renew_metrics(&self, metrics: TierMetrics) {
+        self.tracker.renew(metrics);
+    }
+
     fn shard(&self, id: EntryId) -> &Shard {
         // The id is a hash already: its low bits spread evenly.
         &self.shards[(id.0 as usize) % SHARDS]

@@ -41,6 +41,9 @@ struct Store {
     name: String,
     storage: &'static TieredStorage,
     lock: &'static CacheLock,
+    /// The hold on the cache's series: when the last topology with a cache
+    /// of this name is gone, they are removed.
+    _series: crate::metrics::Lease,
 }
 
 /// A storage this process made: pingora's cache takes a storage and a lock for
@@ -65,6 +68,7 @@ impl Store {
     /// The storage of cache `name` as `config` has it: the one made before for
     /// this name and directory (with the new sizes), or a new one.
     fn open(name: &str, config: &CacheConfig) -> Store {
+        let series = crate::metrics::cache_series(name);
         let memory = to_usize(config.memory);
         let disk = config.disk.as_ref();
         let mut registry = registry();
@@ -96,6 +100,7 @@ impl Store {
             name: name.to_string(),
             storage: registered.storage,
             lock: registered.lock,
+            _series: series,
         }
     }
 }

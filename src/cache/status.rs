@@ -1,7 +1,7 @@
 //! What the cache did for a request: the `X-Cache-Status` of its answer and
 //! the `result` label of `tollgate_cache_lookups_total`.
 
-use crate::metrics::metrics;
+use crate::metrics::{metrics, Lease};
 use pingora::cache::{CachePhase, NoCacheReason};
 use prometheus::IntCounter;
 
@@ -77,17 +77,25 @@ impl CacheStatus {
     }
 }
 
-/// The lookup counters of one route, one per status, resolved once.
-pub(crate) struct LookupCounters([IntCounter; ALL.len()]);
+/// The lookup counters of one route, one per status, resolved once, and the
+/// route's hold on their series.
+pub(crate) struct LookupCounters {
+    counters: [IntCounter; ALL.len()],
+    _series: Lease,
+}
 
 impl LookupCounters {
     pub(crate) fn new(route: &str) -> LookupCounters {
         let family = &metrics().cache_lookups;
-        LookupCounters(ALL.map(|status| family.with_label_values(&[route, status.label()])))
+        let series = Lease::new(&[family], &[("route", route)]);
+        LookupCounters {
+            counters: ALL.map(|status| family.with_label_values(&[route, status.label()])),
+            _series: series,
+        }
     }
 
     pub(crate) fn count(&self, status: CacheStatus) {
-        self.0[status.index()].inc();
+        self.counters[status.index()].inc();
     }
 }
 

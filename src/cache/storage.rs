@@ -29,6 +29,8 @@ use std::sync::Arc;
 const MAX_RESERVED_BODY: usize = 64 << 20;
 
 pub(crate) struct TieredStorage {
+    /// The cache's name: the `cache` label.
+    name: String,
     memory: MemoryTier,
     disk: Option<DiskTier>,
     /// Set when the cache left the topology: nothing more is stored or found.
@@ -40,6 +42,7 @@ impl TieredStorage {
     /// directory bounded at its size.
     pub(crate) fn new(name: &str, memory: usize, disk: Option<(&Path, usize)>) -> TieredStorage {
         TieredStorage {
+            name: name.to_string(),
             memory: MemoryTier::new(memory, TierMetrics::new(name, "memory")),
             disk: disk.map(|(root, size)| DiskTier::new(name, root, size)),
             retired: AtomicBool::new(false),
@@ -67,9 +70,16 @@ impl TieredStorage {
     }
 
     /// The cache is back in the topology (same name and directory), with
-    /// these bounds.
+    /// these bounds. Its metric handles are made again: the series of a cache
+    /// that left every topology are removed (take the cache's
+    /// [`crate::metrics::Lease`] first).
     pub(crate) fn revive(&self, memory: usize, disk: Option<usize>) {
         self.retired.store(false, Ordering::Release);
+        self.memory
+            .renew_metrics(TierMetrics::new(&self.name, "memory"));
+        if let Some(tier) = &self.disk {
+            tier.renew_metrics();
+        }
         self.set_limits(memory, disk);
     }
 

@@ -3,9 +3,11 @@
 
 use super::entry::EntryId;
 use crate::metrics::metrics;
+use arc_swap::{ArcSwap, Guard};
 use pingora::cache::eviction::{lru, CacheEntryKey, CacheEntryKeyRef, EvictionManager};
 use pingora::cache::key::CompactCacheKey;
 use prometheus::{IntCounter, IntGauge};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 const LRU_SHARDS: usize = 16;
@@ -20,6 +22,8 @@ pub(super) struct TierMetrics {
     pub(super) full: IntCounter,
     pub(super) write_error: IntCounter,
     pub(super) backlog: IntCounter,
+    /// `tollgate_cache_unreadable_entries_total`: the disk tier's only.
+    pub(super) unreadable: Option<IntCounter>,
 }
 
 impl TierMetrics {
@@ -38,6 +42,8 @@ impl TierMetrics {
             backlog: m
                 .cache_write_failures
                 .with_label_values(&[cache, tier, "backlog"]),
+            unreadable: (tier == "disk")
+                .then(|| m.cache_unreadable_entries.with_label_values(&[cache])),
         }
     }
 
@@ -53,6 +59,7 @@ impl TierMetrics {
             full: counter(),
             write_error: counter(),
             backlog: counter(),
+            unreadable: None,
         }
     }
 }
@@ -61,7 +68,9 @@ impl TierMetrics {
 /// recently used), within a bound on the total weight.
 pub(super) struct Tracker {
     lru: lru::Manager<LRU_SHARDS>,
-    pub(super) metrics: TierMetrics,
+    /// Swapped for fresh handles when the cache comes back into a topology
+    /// (its series were removed when it left).
+    metrics: ArcSwap<TierMetrics>,
 }
 
 fn lru_key(id: EntryId) -> CacheEntryKey {
@@ -80,8 +89,20 @@ impl Tracker {
     pub(super) fn new(limit: usize, metrics: TierMetrics) -> Tracker {
         Tracker {
             lru: lru::Manager::with_capacity(limit, LRU_SHARD_CAPACITY),
-            metrics,
+            metrics: ArcSwap::from_pointee(metrics),
         }
+    }
+
+    /// The tier's metric handles now.
+    pub(super) fn metrics(&self) -> Guard<Arc<TierMetrics>> {
+        self.metrics.load()
+    }
+
+    /// Takes `metrics` (handles made again, on the series of a cache back in
+    /// the topology) and sets its gauges to what the tier holds.
+    pub(super) fn renew(&self, metrics: TierMetrics) {
+        self.metrics.store(Arc::new(metrics));
+        self.publish();
     }
 
     pub(super) fn limit(&self) -> usize {
@@ -98,8 +119,9 @@ impl Tracker {
 
     /// Sets the tier's gauges to what it holds.
     pub(super) fn publish(&self) {
-        self.metrics.bytes.set(self.bytes() as i64);
-        self.metrics.entries.set(self.entries() as i64);
+        let metrics = self.metrics();
+        metrics.bytes.set(self.bytes() as i64);
+        metrics.entries.set(self.entries() as i64);
     }
 
     /// Marks `id`, of `weight`, as just used; whether it is tracked (an
@@ -118,7 +140,7 @@ impl Tracker {
             .iter()
             .map(entry_id)
             .collect();
-        self.metrics.evictions.inc_by(evicted.len() as u64);
+        self.metrics().evictions.inc_by(evicted.len() as u64);
         self.publish();
         evicted
     }
@@ -157,7 +179,7 @@ impl Tracker {
                 break;
             }
         }
-        self.metrics.evictions.inc_by(evicted.len() as u64);
+        self.metrics().evictions.inc_by(evicted.len() as u64);
         self.publish();
         evicted
     }

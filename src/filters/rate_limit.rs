@@ -163,6 +163,8 @@ pub struct RouteLimit {
     limit_header: HeaderValue,
     /// What it was made from: a reload that leaves it as it is keeps its buckets.
     pub config: RateLimitConfig,
+    /// The hold on its series (store errors; the routes hold their 429s').
+    _series: crate::metrics::Lease,
 }
 
 /// A request the limit let pass: what its RateLimit headers say.
@@ -176,6 +178,10 @@ impl RouteLimit {
     pub fn new(name: &str, config: &RateLimitConfig) -> RouteLimit {
         let limiter = RateLimiter::new(config);
         RouteLimit {
+            _series: crate::metrics::Lease::new(
+                &[&metrics().rate_limit_store_errors],
+                &[("policy", name)],
+            ),
             name: name.to_string(),
             limit_header: HeaderValue::from(limiter.capacity),
             limiter,

@@ -38,6 +38,8 @@ pub struct Mirror {
     sent: IntCounter,
     failed: IntCounter,
     dropped: IntCounter,
+    /// The hold on the series of those three.
+    _series: crate::metrics::Lease,
 }
 
 /// What became of a copy that was made.
@@ -68,6 +70,10 @@ impl Mirror {
                 |before| Arc::clone(&before.places),
             );
         let family = &crate::metrics::metrics().mirror_requests;
+        let series = crate::metrics::Lease::new(
+            &[family],
+            &[("route", route), ("upstream", config.upstream.as_str())],
+        );
         let counter = |result| family.with_label_values(&[route, config.upstream.as_str(), result]);
         Mirror {
             upstream,
@@ -79,6 +85,7 @@ impl Mirror {
             sent: counter("sent"),
             failed: counter("failed"),
             dropped: counter("dropped"),
+            _series: series,
         }
     }
 

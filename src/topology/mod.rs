@@ -26,7 +26,7 @@ use crate::filters::auth::AuthPolicy;
 use crate::filters::cors::Cors;
 use crate::filters::rate_limit::RouteLimit;
 use crate::forwarding::TrustedProxies;
-use crate::metrics::{BackendMetrics, RouteMetrics, NO_UPSTREAM};
+use crate::metrics::{BackendMetrics, Lease, RouteMetrics, NO_UPSTREAM};
 use crate::mirror::Mirror;
 use crate::router::Router;
 use bytes::Bytes;
@@ -114,6 +114,8 @@ pub struct Route {
     /// The route's metrics with `upstream_label`; a split route's arms have
     /// their own.
     pub metrics: RouteMetrics,
+    /// The route's hold on its series of its auth policy and rate limit.
+    policy_series: Vec<Lease>,
 }
 
 impl Route {
@@ -201,6 +203,7 @@ impl Topology {
                 .and_then(|n| caches.get(n))
                 .map(|cache| (Arc::clone(cache), LookupCounters::new(&route.label)));
             route.mirror = compile_mirror(&route.label, route_config, &upstream_index, previous);
+            route.policy_series = policy_series(&route);
             routes.push(route);
         }
         let router = Router::new(
@@ -532,7 +535,18 @@ fn compile_route(
         mirror: None,
         allow: config.allow.clone(),
         deny: config.deny.clone(),
+        policy_series: Vec::new(),
     }
+}
+
+/// The holds of `route` on its series of its auth policy and rate limit.
+fn policy_series(route: &Route) -> Vec<Lease> {
+    let auth = route.auth.as_ref().map(|a| a.name.as_str());
+    let limit = route.rate_limit.as_ref().map(|l| l.name.as_str());
+    auth.map(|policy| crate::metrics::auth_series(&route.label, policy))
+        .into_iter()
+        .chain(limit.map(|policy| crate::metrics::rate_limited_series(&route.label, policy)))
+        .collect()
 }
 
 /// The mirror of route `label` of `config`, when it has one; it keeps the

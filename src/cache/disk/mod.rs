@@ -17,9 +17,7 @@ pub(crate) use writes::Ticket;
 
 use super::entry::{EntryId, Stored};
 use super::tier::{TierMetrics, Tracker};
-use crate::metrics::metrics;
 use index::IndexState;
-use prometheus::IntCounter;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use writes::Writes;
@@ -44,7 +42,6 @@ pub(super) struct DiskTier {
     tracker: Tracker,
     index: IndexState,
     writes: Writes,
-    unreadable: IntCounter,
     cache: String,
 }
 
@@ -57,11 +54,14 @@ impl DiskTier {
             tracker: Tracker::new(limit, TierMetrics::new(cache, "disk")),
             index: IndexState::default(),
             writes: Writes::default(),
-            unreadable: metrics()
-                .cache_unreadable_entries
-                .with_label_values(&[cache]),
             cache: cache.to_string(),
         }
+    }
+
+    /// Makes the tier's metric handles again (see [`TierMetrics`]), after its
+    /// cache's series were removed.
+    pub(super) fn renew_metrics(&self) {
+        self.tracker.renew(TierMetrics::new(&self.cache, "disk"));
     }
 
     pub(super) fn root(&self) -> &Path {
@@ -91,7 +91,9 @@ impl DiskTier {
         };
         let len = bytes.len();
         let Some(stored) = Stored::from_file_bytes(bytes) else {
-            self.unreadable.inc();
+            if let Some(unreadable) = &self.tracker.metrics().unreadable {
+                unreadable.inc();
+            }
             log::warn!(
                 "cache `{}`: `{}` is not a whole entry; removed",
                 self.cache,
@@ -113,7 +115,7 @@ impl DiskTier {
     pub(super) fn schedule(&self) -> Option<Ticket> {
         let ticket = self.writes.schedule();
         if ticket.is_none() {
-            self.tracker.metrics.backlog.inc();
+            self.tracker.metrics().backlog.inc();
         }
         ticket
     }
@@ -169,10 +171,11 @@ impl DiskTier {
 
     fn write_failed(&self, e: &io::Error) {
         let full = writes::is_full(e);
+        let metrics = self.tracker.metrics();
         let counter = if full {
-            &self.tracker.metrics.full
+            &metrics.full
         } else {
-            &self.tracker.metrics.write_error
+            &metrics.write_error
         };
         counter.inc();
         if self.writes.failure_log_due() {

@@ -3,12 +3,17 @@
 //! Metrics live in the prometheus crate's default registry, which also holds its
 //! process collector (CPU, memory, open fds). Per-route and per-backend handles are
 //! resolved when a topology is compiled, so the request path does not look labels up.
+//! The objects holding them also hold their series ([`Lease`]): what leaves the
+//! topology leaves `/metrics`.
 
 use prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, Encoder, Histogram,
     HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 use std::sync::{LazyLock, OnceLock};
+
+mod series;
+pub use series::{flush as flush_removed_series, Lease};
 
 /// All metric families.
 pub struct Metrics {
@@ -322,6 +327,7 @@ pub(crate) fn render() -> Vec<u8> {
     if let Some(refresh) = BEFORE_SCRAPE.get() {
         refresh();
     }
+    series::flush();
     let mut out = Vec::with_capacity(16 * 1024);
     let families = prometheus::gather();
     // Encoding into a Vec cannot fail on I/O; an encoding error leaves what was written.
@@ -380,23 +386,32 @@ impl CodeCounters {
     }
 }
 
-/// Handles of one route's metrics.
+/// Handles of one route's metrics (or of one arm of its split), and its hold
+/// on their series.
 pub struct RouteMetrics {
     pub requests: CodeCounters,
     pub duration: Histogram,
+    _series: Lease,
 }
 
 impl RouteMetrics {
     pub fn new(route: &str, upstream: &str) -> Self {
         let m = metrics();
+        let series = Lease::new(
+            &[&m.requests, &m.request_duration],
+            &[("route", route), ("upstream", upstream)],
+        );
         RouteMetrics {
+            _series: series,
             requests: CodeCounters::new(&m.requests, route, upstream),
             duration: m.request_duration.with_label_values(&[route, upstream]),
         }
     }
 }
 
-/// Handles of one backend's metrics.
+/// Handles of one backend's metrics, and its hold on their series: they go
+/// when the backend's state does (it is carried across reloads while the
+/// backend stays).
 pub struct BackendMetrics {
     /// The `upstream` and `backend` labels, for log lines.
     pub upstream: String,
@@ -409,12 +424,26 @@ pub struct BackendMetrics {
     pub ejections: IntCounter,
     pub ejected: IntGauge,
     pub drained: IntGauge,
+    _series: Lease,
 }
 
 impl BackendMetrics {
     pub fn new(upstream: &str, backend: &str) -> Self {
         let m = metrics();
+        let series = Lease::new(
+            &[
+                &m.upstream_requests,
+                &m.upstream_in_flight,
+                &m.backend_healthy,
+                &m.health_checks,
+                &m.outlier_ejections,
+                &m.backend_ejected,
+                &m.backend_drained,
+            ],
+            &[("upstream", upstream), ("backend", backend)],
+        );
         BackendMetrics {
+            _series: series,
             upstream: upstream.to_string(),
             backend: backend.to_string(),
             requests: CodeCounters::new(&m.upstream_requests, upstream, backend),
@@ -431,6 +460,54 @@ impl BackendMetrics {
             drained: m.backend_drained.with_label_values(&[upstream, backend]),
         }
     }
+}
+
+/// The hold of upstream `upstream` on its own series (retries, panic
+/// requests, retry budget, discovery failures; its backends have theirs).
+pub(crate) fn upstream_series(upstream: &str) -> Lease {
+    let m = metrics();
+    Lease::new(
+        &[
+            &m.upstream_retries,
+            &m.upstream_panic_requests,
+            &m.upstream_retry_budget_exhausted,
+            &m.discovery_failures,
+        ],
+        &[("upstream", upstream)],
+    )
+}
+
+/// The hold of a cache on its series (every `tollgate_cache_*` but the
+/// routes' lookups).
+pub(crate) fn cache_series(cache: &str) -> Lease {
+    let m = metrics();
+    Lease::new(
+        &[
+            &m.cache_bytes,
+            &m.cache_entries,
+            &m.cache_evictions,
+            &m.cache_lock_waits,
+            &m.cache_write_failures,
+            &m.cache_unreadable_entries,
+        ],
+        &[("cache", cache)],
+    )
+}
+
+/// The hold of route `route` on its series of auth policy `policy`.
+pub(crate) fn auth_series(route: &str, policy: &str) -> Lease {
+    Lease::new(
+        &[&metrics().auth_rejections],
+        &[("route", route), ("policy", policy)],
+    )
+}
+
+/// The hold of route `route` on its series of rate limit `policy`.
+pub(crate) fn rate_limited_series(route: &str, policy: &str) -> Lease {
+    Lease::new(
+        &[&metrics().rate_limited],
+        &[("route", route), ("policy", policy)],
+    )
 }
 
 #[cfg(test)]
