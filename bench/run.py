@@ -1565,9 +1565,16 @@ def check_targets(scenario, med):
             "other_value": other,
             "limit": target.factor * other,
             "ratio": value / other if other else None,
-            "met": value <= target.factor * other,
+            # Nothing to compare with when the other proxy measured 0 (a
+            # scenario that did not run, or failed): neither met nor missed.
+            "met": value <= target.factor * other if other else None,
         })
     return checks
+
+
+def verdict(met):
+    """The words for a target's outcome: met, NOT met, or not measured (None)."""
+    return "not measured" if met is None else ("met" if met else "NOT met")
 
 
 def print_targets(checks):
@@ -1575,7 +1582,7 @@ def print_targets(checks):
     for check in checks:
         key, unit = check["figure"], FIGURE_LABELS.get(check["figure"], check["figure"])
         ratio_text = f"{check['ratio']:.2f}x" if check["ratio"] is not None else "-"
-        print(f"  target: {check['target']}: {'met' if check['met'] else 'NOT met'} "
+        print(f"  target: {check['target']}: {verdict(check['met'])} "
               f"({unit}: {LABELS[check['proxy']]} {fmt(key, check['value'])}, "
               f"{LABELS[check['other']]} {fmt(key, check['other_value'])}, "
               f"ratio {ratio_text}, limit {check['factor']:g}x = {fmt(key, check['limit'])})")
@@ -1615,7 +1622,7 @@ def print_table(results, rss):
             print_row(label, [fmt(key, v) for v in values] + [ratio(values[0], v) for v in values[1:]])
         print_row(f"{kind}: conns dropped", [f"{rss[n][prefix + 'dropped_connections']:,}" for n in PROXIES])
     for check in memory_targets(rss):
-        print(f"  target: {check['text']}: {'met' if check['met'] else 'NOT met'} "
+        print(f"  target: {check['text']}: {verdict(check['met'])} "
               f"(tollgate {check['value']:,.0f} bytes, limit {check['limit']:,})")
 
 
