@@ -58,7 +58,13 @@ impl RetryBudget {
         self.try_retry_at(now_second())
     }
 
+    /// The retry is counted first and taken back when the window, with it,
+    /// is over the budget: retries asked for at once each see the others,
+    /// so together they never exceed it (they may, at worst, refuse one
+    /// that would have fitted).
     fn try_retry_at(&self, now: u64) -> bool {
+        let slot = self.slot(now);
+        slot.retries.fetch_add(1, Ordering::Relaxed);
         let (mut requests, mut retries) = (0u64, 0u64);
         for slot in &self.slots {
             let second = slot.second.load(Ordering::Relaxed);
@@ -67,10 +73,15 @@ impl RetryBudget {
                 retries += slot.retries.load(Ordering::Relaxed);
             }
         }
-        if retries as f64 >= self.ratio * requests as f64 + self.reserve {
+        if retries as f64 > self.ratio * requests as f64 + self.reserve {
+            // Saturating: the slot may have been emptied for a new second since.
+            let _ = slot
+                .retries
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                });
             return false;
         }
-        self.slot(now).retries.fetch_add(1, Ordering::Relaxed);
         true
     }
 
@@ -108,6 +119,29 @@ mod tests {
             ratio: Percent::from_share(ratio),
             min_per_second,
         })
+    }
+
+    /// Retries asked for at once from many threads never go over the budget
+    /// together (each is counted before it is checked).
+    #[test]
+    fn concurrent_retries_stay_within_the_budget() {
+        let b = budget(0.0, 3);
+        let allowed = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..2_000 {
+                        if b.try_retry_at(500) {
+                            allowed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let allowed = allowed.load(Ordering::Relaxed);
+        // 3/s over the 10 s window: 30, and no more however the threads raced.
+        assert!(allowed <= 30, "{allowed} retries allowed");
+        assert!(allowed > 0);
     }
 
     #[test]
