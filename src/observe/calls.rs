@@ -182,9 +182,8 @@ impl CallError {
             ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
                 CallError::Timeout
             }
-            ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure
-            | InvalidCert | HandshakeError | ConnectProxyFailure | BindError
-            | SocketError => CallError::Connect,
+            ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure | InvalidCert
+            | HandshakeError | ConnectProxyFailure | BindError | SocketError => CallError::Connect,
             _ => CallError::Exchange,
         }
     }
@@ -257,7 +256,10 @@ pub(super) fn shown(
         }
     };
     if let Some(status) = end.status {
-        attributes.push(KeyValue::new("http.response.status_code", i64::from(status)));
+        attributes.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
     }
     let status = match end.error {
         Some(error) => {

@@ -211,10 +211,14 @@ impl Tracer {
             trace_id,
             span_id,
             parent_span_id,
-            recording: self.export.as_ref().filter(|_| sampled).map(|export| Recording {
-                start: SystemTime::now(),
-                export: Arc::clone(export),
-            }),
+            recording: self
+                .export
+                .as_ref()
+                .filter(|_| sampled)
+                .map(|export| Recording {
+                    start: SystemTime::now(),
+                    export: Arc::clone(export),
+                }),
             timings: (sampled && self.export.is_some()).then(UpstreamTimings::default),
         })
     }
