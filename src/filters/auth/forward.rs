@@ -20,6 +20,10 @@
 //!
 //! With `cache`, positive answers are reused per credentials (the values of the
 //! headers sent) for that long, in a cache bounded to `cache_entries`.
+//!
+//! With tracing, the service is sent the request's `traceparent`; a recorded
+//! request's call has a CLIENT span of its own (see `observe::calls`), which
+//! that `traceparent` names as the parent.
 
 use super::{bearer_token, claim_text, AuthRequest, Identity, RejectReason, Rejection, Verdict};
 use crate::config::ForwardAuthConfig;
