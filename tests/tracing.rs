@@ -3,14 +3,17 @@
 //! OTLP/HTTP to a receiver that decodes it with the official
 //! `opentelemetry-proto` package (tests/python/otlp_receiver.py), the trace
 //! ID in the access log, and a collector that is down or slow costing
-//! requests nothing.
+//! requests nothing; CLIENT spans of forward-auth calls and mirror copies,
+//! whose IDs the auth service and the shadow get as their parent.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use common::origin::Origin;
 use common::*;
 use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -346,36 +349,291 @@ async fn a_slow_collector_costs_requests_nothing_and_a_full_queue_drops_spans() 
     assert!(counted, "{}", tollgate.metrics().await);
 }
 
+/// A sampled `traceparent` of trace `n` (32 hex digits of it), with the
+/// caller's span `PARENT`.
+fn sampled(n: u8) -> String {
+    format!("00-{}-{PARENT}-01", trace_of(n))
+}
+
+fn trace_of(n: u8) -> String {
+    format!("{:032x}", 0xabc0_0000_u128 + u128::from(n))
+}
+
+/// The spans of `trace` in `got`: (the SERVER spans, the CLIENT spans).
+fn of_trace<'a>(got: &'a [Value], trace: &str) -> (Vec<&'a Value>, Vec<&'a Value>) {
+    let mine = got.iter().filter(|s| s["trace_id"] == trace);
+    let (server, client): (Vec<_>, Vec<_>) = mine.partition(|s| s["kind"] == 2);
+    assert!(client.iter().all(|s| s["kind"] == 3), "{client:?}");
+    (server, client)
+}
+
+/// The one SERVER and one CLIENT span of `trace`; the CLIENT span is the
+/// SERVER span's child, starts after it, and has its own ID. With `within`
+/// (a call the request waits for), it also ends before it.
+fn server_and_call<'a>(got: &'a [Value], within: bool, trace: &str) -> (&'a Value, &'a Value) {
+    let (server, client) = of_trace(got, trace);
+    assert_eq!((server.len(), client.len()), (1, 1), "{trace}: {got:?}");
+    let (server, call) = (server[0], client[0]);
+    assert_eq!(call["parent_span_id"], server["span_id"], "{call}");
+    assert_ne!(call["span_id"], server["span_id"]);
+    assert_eq!(call["service_name"], "edge");
+    let time = |s: &Value, at: &str| s[at].as_u64().unwrap();
+    assert!(
+        time(call, "start") >= time(server, "start"),
+        "{call} {server}"
+    );
+    assert!(time(call, "end") >= time(call, "start"), "{call}");
+    if within {
+        assert!(time(call, "end") <= time(server, "end"), "{call} {server}");
+    }
+    (server, call)
+}
+
+/// The auth service of the tracing tests: 500 to requests for `/broken`,
+/// else 200 with the headers it was sent as `seen`.
+fn tracing_auth_service() -> (std::net::SocketAddr, std::sync::Arc<AtomicUsize>) {
+    head_answering_service(|seen| {
+        let uri = seen.get("x-forwarded-uri").and_then(Value::as_str);
+        let status = match uri {
+            Some(uri) if uri.starts_with("/broken") => "500 Internal Server Error",
+            _ => "200 OK",
+        };
+        (status, serde_json::json!({ "seen": seen }))
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_auth_service_is_sent_the_traceparent_the_backend_gets() {
+async fn a_forward_auth_call_has_a_client_span_whose_id_the_auth_service_gets() {
     let receiver = receiver(&[]);
-    let (auth, asked) =
-        head_answering_service(|seen| ("200 OK", serde_json::json!({ "seen": seen })));
+    let (auth, asked) = tracing_auth_service();
+    let dead = DeadAddress::new();
     let backend = Backend::start("app");
     let body = format!(
         "upstreams:\n  app:\n    backends: [{{address: {backend}}}]\n\
          auth:\n  checked:\n    forward:\n      url: http://{auth}/check\n      pass_headers: [Cookie]\n\
          \x20     identity_from_json: {{X-Seen-Traceparent: seen.traceparent, X-Seen-Tracestate: seen.tracestate}}\n\
-         routes:\n  - {{match: {{path_prefix: /}}, upstream: app, auth: checked}}\n",
-        backend = backend.addr
+         \x20 tokened:\n    forward: {{url: \"http://{auth}/token?v=1\", token_query: access_token, cache: 60s}}\n\
+         \x20 gone:\n    forward: {{url: \"http://{dead}/check\", pass_headers: [Cookie]}}\n\
+         routes:\n  - {{match: {{path_prefix: /}}, upstream: app, auth: checked}}\n\
+         \x20 - {{match: {{path_prefix: /token/}}, upstream: app, auth: tokened}}\n\
+         \x20 - {{match: {{path_prefix: /dead/}}, upstream: app, auth: gone}}\n",
+        backend = backend.addr,
+        dead = dead.addr,
     );
     let tollgate = Tollgate::start_with(&body, &tracing_to(&receiver, "")).await;
-    let answer = reqwest::Client::new()
+    let client = reqwest::Client::new();
+    let ask = |path: &str, traceparent: String| {
+        client
+            .get(tollgate.url(path))
+            .header("Cookie", "session=1")
+            .header("traceparent", traceparent)
+    };
+
+    // Unsampled: the auth service gets what the backend gets; no span.
+    let unsampled = format!("00-{}-{PARENT}-00", trace_of(0));
+    let answer = ask("/get", unsampled).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let seen: Value = answer.json().await.unwrap();
+    let sent = seen["headers"]["traceparent"].as_str().unwrap();
+    assert_eq!(parts(sent).1, trace_of(0));
+    assert_eq!(seen["headers"]["x-seen-traceparent"], sent, "{seen}");
+
+    // No credentials: 401 without asking, so no call span.
+    let refused = client
         .get(tollgate.url("/get"))
-        .header("Cookie", "session=1")
-        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .header("traceparent", sampled(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+
+    // Sampled: the auth service's parent is the call's span, the backend's tollgate's.
+    let answer = ask("/get", sampled(2))
         .header("tracestate", "vendor=abc")
         .send()
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
-    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
     let seen: Value = answer.json().await.unwrap();
     let headers = &seen["headers"];
-    let sent = headers["traceparent"].as_str().unwrap();
-    assert_eq!(parts(sent).1, TRACE);
-    assert_eq!(headers["x-seen-traceparent"], sent, "{seen}");
+    let to_backend = parts(headers["traceparent"].as_str().unwrap());
+    let to_auth = parts(headers["x-seen-traceparent"].as_str().unwrap());
+    assert_eq!((&to_auth.1, to_auth.3.as_str()), (&trace_of(2), "01"));
+    assert_ne!(
+        to_auth.2, to_backend.2,
+        "the auth service's parent is its own span"
+    );
     assert_eq!(headers["x-seen-tracestate"], "vendor=abc", "{seen}");
+
+    // A 500 from the auth service, and one that is not there: 503, error spans.
+    let broken = ask("/broken", sampled(3)).send().await.unwrap();
+    assert_eq!(broken.status(), 503);
+    let gone = ask("/dead/x", sampled(4)).send().await.unwrap();
+    assert_eq!(gone.status(), 503);
+
+    // The token in the query is not in the span; a cached pass asks no one.
+    for n in [5, 6] {
+        let passed = client
+            .get(tollgate.url("/token/a"))
+            .header("Authorization", "Bearer secret-token")
+            .header("traceparent", sampled(n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(passed.status(), 200);
+    }
+    assert_eq!(asked.load(Ordering::SeqCst), 4);
+
+    // Spans are exported in the order they end: once the last request's is
+    // in, every earlier one is.
+    let all_in = wait_until(Duration::from_secs(10), || async {
+        let got = spans(&receiver, 1).await;
+        !of_trace(&got, &trace_of(6)).0.is_empty()
+    })
+    .await;
+    assert!(all_in);
+    let got = spans(&receiver, 10).await;
+    assert_eq!(got.len(), 10, "{got:?}");
+    assert!(of_trace(&got, &trace_of(0)).0.is_empty(), "{got:?}");
+    let spans_of = |n| {
+        let (server, client) = of_trace(&got, &trace_of(n));
+        (server.len(), client.len())
+    };
+    assert_eq!(spans_of(1), (1, 0), "a 401 without asking has no call span");
+    assert_eq!(spans_of(6), (1, 0), "a cache hit has no call span");
+
+    let (server, call) = server_and_call(&got, true, &trace_of(2));
+    assert_eq!(server["span_id"], to_backend.2.as_str());
+    assert_eq!(call["span_id"], to_auth.2.as_str());
+    assert_eq!(call["name"], "auth checked");
+    assert_eq!(call["status"], 0, "{call}");
+    let a = &call["attributes"];
+    assert_eq!(a["http.request.method"], "GET");
+    assert_eq!(a["url.full"], format!("http://{auth}/check"));
+    assert_eq!(a["server.address"], "127.0.0.1");
+    assert_eq!(a["server.port"], i64::from(auth.port()));
+    assert_eq!(a["http.response.status_code"], 200);
+    assert!(a.get("error.type").is_none(), "{a}");
+
+    let (_, broken) = server_and_call(&got, true, &trace_of(3));
+    assert_eq!(broken["status"], 2, "STATUS_CODE_ERROR: {broken}");
+    assert_eq!(broken["attributes"]["http.response.status_code"], 500);
+    assert_eq!(broken["attributes"]["error.type"], "500");
+    let (server, gone) = server_and_call(&got, true, &trace_of(4));
+    assert_eq!(server["attributes"]["http.response.status_code"], 503);
+    assert_eq!(
+        (gone["name"].as_str(), gone["status"].as_i64()),
+        (Some("auth gone"), Some(2))
+    );
+    assert_eq!(gone["attributes"]["error.type"], "connect", "{gone}");
+    assert!(gone["attributes"]
+        .get("http.response.status_code")
+        .is_none());
+    assert_eq!(
+        gone["attributes"]["url.full"],
+        format!("http://{}/check", dead.addr)
+    );
+
+    let (_, tokened) = server_and_call(&got, true, &trace_of(5));
+    assert_eq!(tokened["name"], "auth tokened");
+    assert_eq!(
+        tokened["attributes"]["url.full"],
+        format!("http://{auth}/token")
+    );
+    assert!(!tokened.to_string().contains("secret-token"), "{tokened}");
+}
+
+/// The `traceparent` `origin` got for `target` (its last request for it).
+fn traceparent_at(origin: &Origin, target: &str) -> (String, String, String, String) {
+    let seen = origin.last(target);
+    let value = seen.headers.get("traceparent").map(|v| v.to_str().unwrap());
+    parts(value.unwrap_or_else(|| panic!("no traceparent for {target}: {seen:?}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_copy_has_a_client_span_whose_id_the_shadow_gets() {
+    let receiver = receiver(&[]);
+    let (app, shadow) = (
+        Origin::start_named("app").await,
+        Origin::start_named("shadow").await,
+    );
+    let dead = DeadAddress::new();
+    let body = TopologyBody::new()
+        .upstream("app", &[app.addr], "")
+        .upstream("shadow", &[shadow.addr], "")
+        .upstream("gone", &[dead.addr], "")
+        .route("/", "app", "    mirror: {upstream: shadow}\n")
+        .route("/lost/", "app", "    mirror: {upstream: gone}\n")
+        .yaml();
+    let tollgate = Tollgate::start_with(&body, &tracing_to(&receiver, "")).await;
+    let client = reqwest::Client::new();
+    let send = |request: reqwest::RequestBuilder, traceparent: String| async move {
+        let answer = request.header("traceparent", traceparent).send().await;
+        assert_eq!(answer.unwrap().status(), 200);
+    };
+    let unsampled = format!("00-{}-{PARENT}-00", trace_of(0));
+    send(client.get(tollgate.url("/plain?u=1")), unsampled).await;
+    send(client.get(tollgate.url("/search?q=1")), sampled(1)).await;
+    send(
+        client.post(tollgate.url("/orders")).body("an order"),
+        sampled(2),
+    )
+    .await;
+    send(client.get(tollgate.url("/lost/x")), sampled(3)).await;
+    let copied = wait_until(Duration::from_secs(10), || async {
+        shadow.seen().len() == 3
+    })
+    .await;
+    assert!(copied, "the shadow got {:?}", shadow.seen());
+
+    // Unsampled: the copy carries the backend's traceparent.
+    let to_app = traceparent_at(&app, "/plain?u=1");
+    assert_eq!(traceparent_at(&shadow, "/plain?u=1"), to_app);
+    assert_eq!((to_app.1, to_app.3.as_str()), (trace_of(0), "00"));
+
+    let got = spans(&receiver, 6).await;
+    assert!(of_trace(&got, &trace_of(0)).0.is_empty(), "{got:?}");
+    let (server, copy) = server_and_call(&got, false, &trace_of(1));
+    let (to_app, to_shadow) = (
+        traceparent_at(&app, "/search?q=1"),
+        traceparent_at(&shadow, "/search?q=1"),
+    );
+    assert_eq!(server["span_id"], to_app.2.as_str());
+    assert_eq!(copy["span_id"], to_shadow.2.as_str(), "{copy}");
+    assert_eq!((to_shadow.1, to_shadow.3.as_str()), (trace_of(1), "01"));
+    assert_eq!(copy["name"], "mirror shadow");
+    assert_eq!(copy["status"], 0, "{copy}");
+    let a = &copy["attributes"];
+    assert_eq!(a["http.request.method"], "GET");
+    assert_eq!(a["tollgate.upstream"], "shadow");
+    assert_eq!(a["tollgate.backend"], shadow.addr.to_string());
+    assert_eq!(a["server.address"], "127.0.0.1");
+    assert_eq!(a["server.port"], i64::from(shadow.addr.port()));
+    assert_eq!(a["http.response.status_code"], 200);
+
+    // A buffered body is copied once it is read whole; the copy has its span.
+    let (_, order) = server_and_call(&got, false, &trace_of(2));
+    assert_eq!(order["attributes"]["http.request.method"], "POST");
+    assert_eq!(
+        order["span_id"],
+        traceparent_at(&shadow, "/orders").2.as_str()
+    );
+
+    // A dead shadow: the client is answered, the copy's span is an error.
+    let (_, lost) = server_and_call(&got, false, &trace_of(3));
+    assert_eq!(
+        (lost["name"].as_str(), lost["status"].as_i64()),
+        (Some("mirror gone"), Some(2))
+    );
+    assert_eq!(lost["attributes"]["error.type"], "connect", "{lost}");
+    assert_eq!(
+        lost["attributes"]["tollgate.backend"],
+        dead.addr.to_string()
+    );
+    assert!(lost["attributes"]
+        .get("http.response.status_code")
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

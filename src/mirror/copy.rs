@@ -3,6 +3,7 @@
 use super::{send, Outcome, Ticket};
 use crate::balance::hash_key::RequestParts;
 use crate::balance::{Tried, Upstream};
+use crate::observe::tracing::RequestTrace;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use pingora::http::RequestHeader;
@@ -24,6 +25,9 @@ const NOT_COPIED: [HeaderName; 11] = [
     header::EXPECT,
     header::CONTENT_LENGTH,
 ];
+
+/// The header that carries a copy's trace context.
+const TRACEPARENT: &str = "traceparent";
 
 /// A request's copy on its way to the shadow, from its head to the end of its body.
 pub struct MirrorCopy {
@@ -91,8 +95,15 @@ impl MirrorCopy {
     /// Sends the copy, with the body it holds, to a backend of `upstream`
     /// (the shadow) that its balancer picks for `request` among its usable
     /// backends, from a background task; returns at once. With no usable
-    /// backend the copy counts as failed.
-    pub fn send(self, upstream: &Arc<Upstream>, request: &RequestParts<'_>) {
+    /// backend the copy counts as failed. When the request's `trace` is
+    /// recorded, the copy has a CLIENT span of its own (see
+    /// `observe::calls`), which its `traceparent` names as the parent.
+    pub fn send(
+        self,
+        upstream: &Arc<Upstream>,
+        request: &RequestParts<'_>,
+        trace: Option<&RequestTrace>,
+    ) {
         let MirrorCopy {
             ticket,
             mut head,
@@ -112,7 +123,15 @@ impl MirrorCopy {
             ticket.settle(Outcome::Failed);
             return;
         }
-        send::spawn(ticket, Arc::clone(upstream), index, head, Bytes::from(body));
+        let span = trace.and_then(RequestTrace::call);
+        if let Some(span) = &span {
+            if head.insert_header(TRACEPARENT, span.traceparent()).is_err() {
+                ticket.settle(Outcome::Failed);
+                return;
+            }
+        }
+        let body = Bytes::from(body);
+        send::spawn(ticket, Arc::clone(upstream), index, head, body, span);
     }
 }
 

@@ -5,6 +5,7 @@
 
 use super::{Outcome, Ticket};
 use crate::balance::{InFlightGuard, Upstream};
+use crate::observe::calls::{CallEnd, CallError, CallSpan, Callee};
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
@@ -24,13 +25,15 @@ const MAX_INTERIM: usize = 8;
 /// task, and settles `ticket` with what became of it. The exchange counts
 /// as the backend's traffic: in its in-flight count (from this call on), in
 /// `tollgate_upstream_requests_total`, and for its passive health, outlier
-/// detection and latency. It is cut off at the mirror's `timeout`.
+/// detection and latency. It is cut off at the mirror's `timeout`. With a
+/// `span` (the request is recorded), the span ends with the exchange.
 pub(super) fn spawn(
     ticket: Ticket,
     upstream: Arc<Upstream>,
     index: usize,
     head: Box<RequestHeader>,
     body: Bytes,
+    span: Option<CallSpan>,
 ) {
     let Some(in_flight) = upstream
         .backends
@@ -45,31 +48,40 @@ pub(super) fn spawn(
         let backend = &upstream.backends[index];
         let started = Instant::now();
         let timeout = ticket.mirror().timeout;
-        let outcome = match tokio::time::timeout(timeout, exchange(&backend.peer, head, body)).await
-        {
-            Ok(Ok(status)) => {
-                backend.state.metrics.requests.inc(status);
-                let latency = upstream.measures_latency().then(|| started.elapsed());
-                upstream.record_answer(index, status, latency);
-                Outcome::Sent
-            }
-            Ok(Err(e)) => {
-                log::debug!("mirror copy to {} failed: {e}", backend.label);
-                backend.state.metrics.requests.inc_error();
-                upstream.record_failure(index);
-                Outcome::Failed
-            }
-            // The mirror's own bound, not a failure of the backend's.
-            Err(_) => {
-                log::debug!(
-                    "mirror copy to {} timed out after {timeout:?}",
-                    backend.label
-                );
-                backend.state.metrics.requests.inc_error();
-                Outcome::Failed
-            }
-        };
+        let traced = span.map(|span| (span, head.method.clone()));
+        let (outcome, end) =
+            match tokio::time::timeout(timeout, exchange(&backend.peer, head, body)).await {
+                Ok(Ok(status)) => {
+                    backend.state.metrics.requests.inc(status);
+                    let latency = upstream.measures_latency().then(|| started.elapsed());
+                    upstream.record_answer(index, status, latency);
+                    (Outcome::Sent, CallEnd::shadow_answered(status))
+                }
+                Ok(Err(e)) => {
+                    log::debug!("mirror copy to {} failed: {e}", backend.label);
+                    backend.state.metrics.requests.inc_error();
+                    upstream.record_failure(index);
+                    (Outcome::Failed, CallEnd::failed(CallError::of(&e)))
+                }
+                // The mirror's own bound, not a failure of the backend's.
+                Err(_) => {
+                    log::debug!(
+                        "mirror copy to {} timed out after {timeout:?}",
+                        backend.label
+                    );
+                    backend.state.metrics.requests.inc_error();
+                    (Outcome::Failed, CallEnd::failed(CallError::Timeout))
+                }
+            };
         ticket.settle(outcome);
+        if let Some((span, method)) = traced {
+            let shadow = Callee::Shadow {
+                upstream: Arc::clone(&upstream),
+                backend: index,
+                method,
+            };
+            span.finish(shadow, end);
+        }
     });
 }
 

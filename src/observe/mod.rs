@@ -1,6 +1,7 @@
 //! What lets an operator follow one request through tollgate and the services
 //! behind it: request IDs, W3C trace context and the export of spans.
 
+pub mod calls;
 pub mod otlp;
 pub mod request_id;
 pub mod trace_context;

@@ -12,7 +12,11 @@
 //!   the route, upstream, backend, status and the upstream's connect and
 //!   first-byte times; it is exported by [`otlp`](super::otlp), off the
 //!   request path.
+//! - A recorded request's calls to an auth service and its mirror copies
+//!   have CLIENT spans of their own, children of its span (see
+//!   [`calls`](super::calls)).
 
+use super::calls::{CallEnd, CallSpan, Callee};
 use super::otlp::{self, SpanExport};
 use super::trace_context::{self, Parent};
 use crate::config::TracingConfig;
@@ -25,6 +29,7 @@ use opentelemetry::trace::{
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use pingora::http::RequestHeader;
+use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -40,7 +45,7 @@ pub struct Tracer {
     sample_below: u64,
     /// Always record new traces (`sample: 100%`), no random number needed.
     sample_all: bool,
-    export: Option<SpanExport<FinishedSpan>>,
+    export: Option<Arc<SpanExport<FinishedSpan>>>,
 }
 
 /// The trace of one request: what its backend is told, and what its span
@@ -52,12 +57,19 @@ pub struct RequestTrace {
     span_id: u64,
     /// The caller's span, when the request continued a trace.
     parent_span_id: Option<u64>,
-    /// When the request began, for a sampled one (`None`: not recorded).
-    recording: Option<SystemTime>,
+    /// When a sampled request began, and where its spans go (`None`: not
+    /// recorded).
+    recording: Option<Recording>,
     /// The current attempt's upstream timings (see [`UpstreamTimings`]),
     /// when the span is recorded (by this request or, for a subrequest,
     /// its main request).
     pub timings: Option<UpstreamTimings>,
+}
+
+/// A recorded request's start, and the exporter of its spans.
+struct Recording {
+    start: SystemTime,
+    export: Arc<SpanExport<FinishedSpan>>,
 }
 
 /// When the current attempt to reach a backend was made, its connection
@@ -112,25 +124,32 @@ pub struct SpanFacts {
 /// A finished span on its way to the exporter thread, which turns it into
 /// OpenTelemetry's form (see [`to_span_data`]).
 pub struct FinishedSpan {
-    trace_id: u128,
-    span_id: u64,
-    parent_span_id: Option<u64>,
-    start: SystemTime,
-    end: SystemTime,
-    timings: UpstreamTimings,
-    facts: SpanFacts,
+    pub(super) trace_id: u128,
+    pub(super) span_id: u64,
+    pub(super) parent_span_id: Option<u64>,
+    pub(super) start: SystemTime,
+    pub(super) end: SystemTime,
+    pub(super) kind: Finished,
+}
+
+/// What a finished span was of.
+pub(super) enum Finished {
+    /// A request: tollgate's SERVER span.
+    Request(UpstreamTimings, SpanFacts),
+    /// A call made for a request (see [`calls`](super::calls)): a CLIENT span.
+    Call(Callee, CallEnd),
 }
 
 impl Tracer {
     /// The tracer of `config`; starts the exporter thread when `otlp` is set.
     pub fn start(config: &TracingConfig) -> anyhow::Result<Tracer> {
         let export = match &config.otlp {
-            Some(otlp) => Some(SpanExport::start(
+            Some(otlp) => Some(Arc::new(SpanExport::start(
                 &otlp::traces_endpoint(otlp),
                 &config.service_name,
                 config.queue,
                 to_span_data,
-            )?),
+            )?)),
             None => None,
         };
         let share = config.sample.share();
@@ -192,7 +211,14 @@ impl Tracer {
             trace_id,
             span_id,
             parent_span_id,
-            recording: (sampled && self.export.is_some()).then(SystemTime::now),
+            recording: self
+                .export
+                .as_ref()
+                .filter(|_| sampled)
+                .map(|export| Recording {
+                    start: SystemTime::now(),
+                    export: Arc::clone(export),
+                }),
             timings: (sampled && self.export.is_some()).then(UpstreamTimings::default),
         })
     }
@@ -204,17 +230,16 @@ impl Tracer {
     /// Ends the span of `trace` with `facts`, when the request was sampled:
     /// hands it to the exporter (see `otlp::SpanExport::send`).
     pub fn finish(&self, trace: &RequestTrace, facts: impl FnOnce() -> SpanFacts) {
-        let (Some(export), Some(start)) = (&self.export, trace.recording) else {
+        let Some(recording) = &trace.recording else {
             return;
         };
-        export.send(FinishedSpan {
+        recording.export.send(FinishedSpan {
             trace_id: trace.trace_id,
             span_id: trace.span_id,
             parent_span_id: trace.parent_span_id,
-            start,
+            start: recording.start,
             end: SystemTime::now(),
-            timings: trace.timings.unwrap_or_default(),
-            facts: facts(),
+            kind: Finished::Request(trace.timings.unwrap_or_default(), facts()),
         });
     }
 }
@@ -223,6 +248,19 @@ impl RequestTrace {
     /// The upstream timings to note, when the span is recorded.
     pub fn timings(&mut self) -> Option<&mut UpstreamTimings> {
         self.timings.as_mut()
+    }
+
+    /// Starts the CLIENT span of a call tollgate makes for this request (to
+    /// an auth service, a mirror copy), a child of the request's span; see
+    /// [`calls`](super::calls). `None`, at the cost of one test, when the
+    /// request's span is not recorded (unsampled, or a subrequest).
+    pub fn call(&self) -> Option<CallSpan> {
+        let recording = self.recording.as_ref()?;
+        Some(CallSpan::start(
+            Arc::clone(&recording.export),
+            self.trace_id,
+            self.span_id,
+        ))
     }
 
     /// The trace ID as 32 hex digits, for the access log.
@@ -237,14 +275,49 @@ static SCOPE: LazyLock<InstrumentationScope> = LazyLock::new(|| {
         .build()
 });
 
-/// OpenTelemetry's form of a finished span, on the exporter thread. Its
+/// OpenTelemetry's form of a finished span, on the exporter thread: a
+/// request's SERVER span (see [`request_shown`]) or a call's CLIENT span
+/// (see `calls::shown`). A call's parent is tollgate's own span, a
+/// request's the caller's, when it has one.
+fn to_span_data(span: FinishedSpan) -> SpanData {
+    let remote_parent = matches!(span.kind, Finished::Request(..)) && span.parent_span_id.is_some();
+    let (span_kind, name, attributes, status) = match span.kind {
+        Finished::Request(timings, facts) => request_shown(&timings, &facts),
+        Finished::Call(callee, end) => super::calls::shown(callee, end),
+    };
+    SpanData {
+        span_context: SpanContext::new(
+            TraceId::from_bytes(span.trace_id.to_be_bytes()),
+            SpanId::from_bytes(span.span_id.to_be_bytes()),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        ),
+        parent_span_id: SpanId::from_bytes(span.parent_span_id.unwrap_or(0).to_be_bytes()),
+        parent_span_is_remote: remote_parent,
+        span_kind,
+        name,
+        start_time: span.start,
+        end_time: span.end,
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status,
+        instrumentation_scope: SCOPE.clone(),
+    }
+}
+
+/// The kind, name, attributes and status of a request's span. Its
 /// attributes follow the HTTP semantic conventions where they have a name
 /// (`http.request.method`, `url.path`, `http.response.status_code`), and
 /// are `tollgate.*` otherwise; a 5xx is an error, as for any server span.
 /// Each attribute costs the export some 1,000 instructions, so a span
 /// carries what locates the request and its time, no more.
-fn to_span_data(span: FinishedSpan) -> SpanData {
-    let facts = &span.facts;
+fn request_shown(
+    timings: &UpstreamTimings,
+    facts: &SpanFacts,
+) -> (SpanKind, Cow<'static, str>, Vec<KeyValue>, Status) {
     let topology = facts.topology.as_deref();
     let route = topology.zip(facts.route).and_then(|(t, r)| t.routes.get(r));
     let route_label = route.map_or("-", |r| r.label.as_str());
@@ -267,7 +340,7 @@ fn to_span_data(span: FinishedSpan) -> SpanData {
         .and_then(|(u, b)| u.backends.get(b));
     if let Some(backend) = backend {
         attributes.push(KeyValue::new("tollgate.backend", backend.label.clone()));
-        let (connect, first_byte) = span.timings.durations();
+        let (connect, first_byte) = timings.durations();
         if let Some(connect) = connect {
             attributes.push(KeyValue::new(
                 "tollgate.upstream.connect_ms",
@@ -281,35 +354,17 @@ fn to_span_data(span: FinishedSpan) -> SpanData {
             ));
         }
     }
-    SpanData {
-        span_context: SpanContext::new(
-            TraceId::from_bytes(span.trace_id.to_be_bytes()),
-            SpanId::from_bytes(span.span_id.to_be_bytes()),
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::NONE,
-        ),
-        parent_span_id: SpanId::from_bytes(span.parent_span_id.unwrap_or(0).to_be_bytes()),
-        parent_span_is_remote: span.parent_span_id.is_some(),
-        span_kind: SpanKind::Server,
-        name: format!("{} {route_label}", facts.method).into(),
-        start_time: span.start,
-        end_time: span.end,
-        attributes,
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status: if facts.status >= 500 {
-            Status::error(format!("status {}", facts.status))
-        } else {
-            Status::Unset
-        },
-        instrumentation_scope: SCOPE.clone(),
-    }
+    let status = if facts.status >= 500 {
+        Status::error(format!("status {}", facts.status))
+    } else {
+        Status::Unset
+    };
+    let name = format!("{} {route_label}", facts.method).into();
+    (SpanKind::Server, name, attributes, status)
 }
 
 /// The method as an attribute value: the standard ones without an allocation.
-fn method_value(method: &http::Method) -> opentelemetry::Value {
+pub(super) fn method_value(method: &http::Method) -> opentelemetry::Value {
     const STANDARD: [http::Method; 9] = [
         http::Method::GET,
         http::Method::POST,

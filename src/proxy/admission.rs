@@ -263,7 +263,7 @@ impl Proxy {
                     .as_ref()
                     .map(|ids| ids.header())
                     .zip(ctx.request_id.as_ref()),
-                traceparent: ctx.trace.as_ref().map(|t| &t.traceparent),
+                trace: ctx.trace.as_ref(),
             };
             match auth.policy.check(&request).await {
                 Verdict::Pass(identity) => ctx.identity = Some(identity),

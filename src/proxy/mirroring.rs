@@ -83,7 +83,8 @@ pub(super) fn restart(ctx: &mut RequestCtx) {
 }
 
 /// Hands `copy` to a background task, to a backend of the shadow chosen for
-/// the request (its hash key, on a shadow that hashes).
+/// the request (its hash key, on a shadow that hashes); a recorded request's
+/// copy has a span of its own.
 fn send(session: &Session, ctx: &RequestCtx, copy: MirrorCopy) {
     let Some(shadow) = ctx
         .topology
@@ -92,5 +93,6 @@ fn send(session: &Session, ctx: &RequestCtx, copy: MirrorCopy) {
     else {
         return;
     };
-    copy.send(shadow, &upstream::request_parts(session.req_header(), ctx));
+    let parts = upstream::request_parts(session.req_header(), ctx);
+    copy.send(shadow, &parts, ctx.trace.as_ref());
 }

@@ -111,7 +111,7 @@ fn read_policy(name: &str, config: &AuthPolicyConfig) -> Result<AuthPolicy, Prob
         let client = forward::http_client(forward.timeout)
             .map_err(|e| Problem::at(format!("{at}.forward"), e))?;
         return Ok(AuthPolicy::Forward(Box::new(ForwardAuth::new(
-            forward, client,
+            name, forward, client,
         ))));
     }
     if let Some(jwt) = &config.jwt {

@@ -5,7 +5,7 @@ decodes it with the official `opentelemetry-proto` package.
 Prints `listening on 127.0.0.1:PORT` once bound. `GET /spans` answers every
 span received so far as a JSON list, each with its resource's `service.name`,
 its `trace_id`, `span_id` and `parent_span_id` in hex, `name`, `kind`,
-`status` (the status code's number), start and end in nanoseconds, and its
+`status` (the status code's number) and `status_message`, start and end in nanoseconds, and its
 attributes as an object. `GET /posts` answers how many exports arrived.
 
 Options: `--delay SECONDS` answers each export that late (a slow collector);
@@ -46,6 +46,7 @@ def spans_of(request):
                     "name": span.name,
                     "kind": span.kind,
                     "status": span.status.code,
+                    "status_message": span.status.message,
                     "start": span.start_time_unix_nano,
                     "end": span.end_time_unix_nano,
                     "attributes": {a.key: value_of(a.value) for a in span.attributes},

@@ -20,10 +20,16 @@
 //!
 //! With `cache`, positive answers are reused per credentials (the values of the
 //! headers sent) for that long, in a cache bounded to `cache_entries`.
+//!
+//! With tracing, the service is sent the request's `traceparent`; a recorded
+//! request's call has a CLIENT span of its own (see `observe::calls`), which
+//! that `traceparent` names as the parent.
 
 use super::{bearer_token, claim_text, AuthRequest, Identity, RejectReason, Rejection, Verdict};
 use crate::config::ForwardAuthConfig;
 use crate::edge::client_certs::ClientCert;
+use crate::observe::calls::{AuthService, CallEnd, CallError, CallSpan, Callee};
+use crate::observe::tracing::RequestTrace;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use pingora::http::RequestHeader;
@@ -55,6 +61,8 @@ pub struct ForwardAuth {
     unauthorized_statuses: Vec<u16>,
     forbidden_statuses: Vec<u16>,
     cache: Option<(Duration, MemoryCache<Vec<u8>, CachedPass>)>,
+    /// The service as the spans of its calls show it.
+    service: Arc<AuthService>,
 }
 
 /// The HTTP client of forward policies: no proxy from the environment, no
@@ -78,8 +86,8 @@ pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, String> 
 }
 
 impl ForwardAuth {
-    /// The policy of `config`, asking through `client` (see [`http_client`]).
-    pub fn new(config: &ForwardAuthConfig, client: reqwest::Client) -> ForwardAuth {
+    /// The policy `name` of `config`, asking through `client` (see [`http_client`]).
+    pub fn new(name: &str, config: &ForwardAuthConfig, client: reqwest::Client) -> ForwardAuth {
         let names =
             |list: &[crate::config::HeaderName]| list.iter().map(|h| h.name().clone()).collect();
         ForwardAuth {
@@ -99,6 +107,11 @@ impl ForwardAuth {
             cache: config
                 .cache
                 .map(|ttl| (ttl, MemoryCache::new(config.cache_entries))),
+            service: Arc::new(AuthService::new(
+                name,
+                &config.url,
+                config.token_query.is_some(),
+            )),
         }
     }
 
@@ -145,9 +158,10 @@ impl ForwardAuth {
         Some(url)
     }
 
-    /// Asks the auth service about `request`: X-Forwarded-Uri is the path it was
-    /// routed on (as forwarded) with its query; with tracing, `traceparent`
-    /// (and `tracestate`) as the backend gets them.
+    /// Asks the auth service about `request`, unless it lacks every
+    /// credential (401 at once) or a cached pass answers for them. A call
+    /// made for a recorded request has a CLIENT span of its own (see
+    /// `observe::calls`), ended when the verdict is read.
     pub(crate) async fn check(&self, request: &AuthRequest<'_>) -> Verdict {
         let req = request.head;
         let token_url = self.url_for(req);
@@ -167,6 +181,26 @@ impl ForwardAuth {
                 }
             }
         }
+        let span = request.trace.and_then(RequestTrace::call);
+        let ask = self.ask(request, url, span.as_ref().map(CallSpan::traceparent));
+        let (verdict, end) = self.decide(ask, credentials).await;
+        if let Some(span) = span {
+            span.finish(Callee::Auth(Arc::clone(&self.service)), end);
+        }
+        verdict
+    }
+
+    /// The request to the auth service about `request`, at `url`:
+    /// X-Forwarded-Uri is the path it was routed on (as forwarded) with its
+    /// query; with tracing, `traceparent` (and `tracestate`) as the backend
+    /// gets them, but for `call_parent`, the call's own span, when it has one.
+    fn ask(
+        &self,
+        request: &AuthRequest<'_>,
+        url: reqwest::Url,
+        call_parent: Option<HeaderValue>,
+    ) -> reqwest::RequestBuilder {
+        let req = request.head;
         let mut ask = self
             .client
             .get(url)
@@ -174,7 +208,7 @@ impl ForwardAuth {
             .header("X-Forwarded-Method", req.method.as_str())
             .header("X-Forwarded-Uri", forwarded_uri(request))
             .header("X-Forwarded-For", request.client.to_string());
-        let traced = request.traceparent.is_some();
+        let traced = request.trace.is_some();
         for (name, value) in self.sent_headers(request) {
             if !(traced && is_trace_context(name)) {
                 ask = ask.header(name.clone(), value.clone());
@@ -183,9 +217,13 @@ impl ForwardAuth {
         if let Some((name, id)) = request.request_id {
             ask = ask.header(name.clone(), id.clone());
         }
-        // The auth service's spans join the request's trace, under tollgate's.
-        if let Some(traceparent) = request.traceparent {
-            ask = ask.header(TRACEPARENT, traceparent.clone());
+        // The auth service's spans join the request's trace, under the
+        // call's span or, unrecorded, under tollgate's.
+        if let Some(trace) = request.trace {
+            ask = ask.header(
+                TRACEPARENT,
+                call_parent.unwrap_or_else(|| trace.traceparent.clone()),
+            );
             if let Some(state) = req.headers.get(TRACESTATE) {
                 ask = ask.header(TRACESTATE, state.clone());
             }
@@ -193,17 +231,29 @@ impl ForwardAuth {
         if let Some(host) = req.headers.get(http::header::HOST) {
             ask = ask.header("X-Forwarded-Host", host.clone());
         }
+        ask
+    }
+
+    /// Sends `ask` and reads the verdict of its answer (see the module's
+    /// doc); a pass is cached under `credentials`, with `cache`. Also how the
+    /// call ended, for its span: an error when the policy fails closed.
+    async fn decide(
+        &self,
+        ask: reqwest::RequestBuilder,
+        credentials: Option<Vec<u8>>,
+    ) -> (Verdict, CallEnd) {
+        let unavailable = || Verdict::Reject(Rejection::unavailable());
         let answer = match ask.send().await {
             Ok(answer) => answer,
             Err(e) => {
                 log::warn!("auth service {} did not answer: {e}", self.url);
-                return Verdict::Reject(Rejection::unavailable());
+                return (unavailable(), CallEnd::failed(CallError::of_request(&e)));
             }
         };
         let status = answer.status().as_u16();
         if (200..=299).contains(&status) {
             let Some(identity) = self.identity_from(answer).await else {
-                return Verdict::Reject(Rejection::unavailable());
+                return (unavailable(), CallEnd::unusable(status, CallError::Body));
             };
             if let (Some((ttl, cache)), Some(key)) = (&self.cache, credentials) {
                 let entry = CachedPass {
@@ -212,19 +262,24 @@ impl ForwardAuth {
                 };
                 cache.put(&key, entry, Some(*ttl));
             }
-            return Verdict::Pass(identity);
+            return (Verdict::Pass(identity), CallEnd::answered(status));
         }
-        if self.unauthorized_statuses.contains(&status) {
-            return Verdict::Reject(rejection_from(http::StatusCode::UNAUTHORIZED, answer).await);
-        }
-        if self.forbidden_statuses.contains(&status) {
-            return Verdict::Reject(rejection_from(http::StatusCode::FORBIDDEN, answer).await);
+        let refused = if self.unauthorized_statuses.contains(&status) {
+            Some(http::StatusCode::UNAUTHORIZED)
+        } else if self.forbidden_statuses.contains(&status) {
+            Some(http::StatusCode::FORBIDDEN)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            let rejection = rejection_from(refused, answer).await;
+            return (Verdict::Reject(rejection), CallEnd::answered(status));
         }
         log::warn!(
             "auth service {} answered {status}: failing closed",
             self.url
         );
-        Verdict::Reject(Rejection::unavailable())
+        (unavailable(), CallEnd::unusable(status, CallError::Status))
     }
 
     /// The values of everything sent that identifies the client: the cache key.

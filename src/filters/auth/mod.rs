@@ -144,9 +144,10 @@ pub(crate) struct AuthRequest<'a> {
     pub client_cert: Option<&'a crate::edge::client_certs::ClientCert>,
     /// The request's ID and its header, with `server.request_id`.
     pub request_id: Option<(&'a HeaderName, &'a HeaderValue)>,
-    /// The `traceparent` the request goes on with (tollgate's span as the
-    /// parent), with `server.tracing`.
-    pub traceparent: Option<&'a HeaderValue>,
+    /// The request's trace, with `server.tracing`: the `traceparent` it
+    /// goes on with (tollgate's span as the parent), and the spans of calls
+    /// made for it when it is recorded.
+    pub trace: Option<&'a crate::observe::tracing::RequestTrace>,
 }
 
 /// One configured policy.
