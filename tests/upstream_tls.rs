@@ -92,6 +92,25 @@ async fn noting_tls_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<No
     (addr, handshakes, resolver)
 }
 
+/// Asserts that `/x` is answered by the TLS backend.
+async fn assert_served_by_the_tls_backend(tollgate: &Tollgate) {
+    let response = reqwest::get(tollgate.url("/x")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "tls-backend");
+}
+
+/// Whether, within 5 s, `upstream`'s health checks with `result` count `n`.
+async fn probes_reach(tollgate: &Tollgate, upstream: &str, result: &str, n: f64) -> bool {
+    wait_until(std::time::Duration::from_secs(5), || async {
+        let labels = [("upstream", upstream), ("result", result)];
+        let counted = tollgate
+            .metric("tollgate_health_checks_total", &labels)
+            .await;
+        counted.unwrap_or(0.0) >= n
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_and_health_checks_go_over_tls() {
     let (backend, handshakes) = tls_backend().await;
@@ -118,21 +137,9 @@ routes:
 "
     ))
     .await;
-    let response = reqwest::get(tollgate.url("/x")).await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.text().await.unwrap(), "tls-backend");
+    assert_served_by_the_tls_backend(&tollgate).await;
 
-    let probed = wait_until(std::time::Duration::from_secs(5), || async {
-        tollgate
-            .metric(
-                "tollgate_health_checks_total",
-                &[("upstream", "secure"), ("result", "success")],
-            )
-            .await
-            .unwrap_or(0.0)
-            >= 2.0
-    })
-    .await;
+    let probed = probes_reach(&tollgate, "secure", "success", 2.0).await;
     assert!(
         probed,
         "no successful TLS health probe:\n{}",
@@ -147,17 +154,7 @@ routes:
     // traffic, and not by the probes, which use the same peer and TLS set-up.
     let refused = reqwest::get(tollgate.url("/strict")).await.unwrap();
     assert_eq!(refused.status(), 502);
-    let probes_refused = wait_until(std::time::Duration::from_secs(5), || async {
-        tollgate
-            .metric(
-                "tollgate_health_checks_total",
-                &[("upstream", "strict"), ("result", "failure")],
-            )
-            .await
-            .unwrap_or(0.0)
-            >= 2.0
-    })
-    .await;
+    let probes_refused = probes_reach(&tollgate, "strict", "failure", 2.0).await;
     assert!(probes_refused, "{}", tollgate.metrics().await);
     let strict_successes = tollgate
         .metric(
@@ -191,20 +188,8 @@ routes:
 "
     ))
     .await;
-    let response = reqwest::get(tollgate.url("/x")).await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.text().await.unwrap(), "tls-backend");
-    let probed = wait_until(std::time::Duration::from_secs(5), || async {
-        tollgate
-            .metric(
-                "tollgate_health_checks_total",
-                &[("upstream", "nameless"), ("result", "success")],
-            )
-            .await
-            .unwrap_or(0.0)
-            >= 1.0
-    })
-    .await;
+    assert_served_by_the_tls_backend(&tollgate).await;
+    let probed = probes_reach(&tollgate, "nameless", "success", 1.0).await;
     assert!(probed, "no successful probe:\n{}", tollgate.metrics().await);
     let names = resolver.names.lock().unwrap().clone();
     assert!(!names.is_empty());
