@@ -54,6 +54,15 @@ async fn the_demo_prints_and_serves_the_status_page() {
         client.get("http://127.0.0.1:9092/").send().await.is_ok()
     })
     .await;
+    // The admin port may open before the proxy's: wait for the proxy too.
+    let proxy_up = wait_until(Duration::from_secs(20), || async {
+        client
+            .get("http://127.0.0.1:8080/healthz")
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
     let fast = client.get("http://127.0.0.1:8080/fast/x").send().await;
     let status = client
         .get("http://127.0.0.1:9092/api/upstreams")
@@ -67,6 +76,7 @@ async fn the_demo_prints_and_serves_the_status_page() {
         "{printed}"
     );
     assert!(page_up, "no status page at :9092");
+    assert!(proxy_up, "no proxy at :8080");
     assert_eq!(fast.unwrap().status(), 200);
     let upstreams: serde_json::Value =
         serde_json::from_str(&status.unwrap().text().await.unwrap()).unwrap();
