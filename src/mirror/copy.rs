@@ -3,6 +3,7 @@
 use super::{send, Outcome, Ticket};
 use crate::balance::hash_key::RequestParts;
 use crate::balance::{Tried, Upstream};
+use crate::observe::trace_context::TRACEPARENT_WRITTEN;
 use crate::observe::tracing::RequestTrace;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
@@ -25,9 +26,6 @@ const NOT_COPIED: [HeaderName; 11] = [
     header::EXPECT,
     header::CONTENT_LENGTH,
 ];
-
-/// The header that carries a copy's trace context.
-const TRACEPARENT: &str = "traceparent";
 
 /// A request's copy on its way to the shadow, from its head to the end of its body.
 pub struct MirrorCopy {
@@ -125,7 +123,10 @@ impl MirrorCopy {
         }
         let span = trace.and_then(RequestTrace::call);
         if let Some(span) = &span {
-            if head.insert_header(TRACEPARENT, span.traceparent()).is_err() {
+            if head
+                .insert_header(TRACEPARENT_WRITTEN, span.traceparent())
+                .is_err()
+            {
                 ticket.settle(Outcome::Failed);
                 return;
             }

@@ -8,7 +8,14 @@
 
 use super::write_hex;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
+
+/// The W3C trace context headers.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// `traceparent` as written into pingora request heads; a `Bytes` name
+/// spares pingora a copy of it on every request.
+pub const TRACEPARENT_WRITTEN: Bytes = Bytes::from_static(b"traceparent");
 
 /// `traceparent`'s length in version 00: `00-` 32 hex `-` 16 hex `-` 2 hex.
 pub const TRACEPARENT_LEN: usize = 55;

@@ -18,10 +18,9 @@
 
 use super::calls::{CallEnd, CallSpan, Callee};
 use super::otlp::{self, SpanExport};
-use super::trace_context::{self, Parent};
+use super::trace_context::{self, Parent, TRACEPARENT, TRACEPARENT_WRITTEN, TRACESTATE};
 use crate::config::TracingConfig;
 use crate::topology::Topology;
-use http::header::HeaderName;
 use http::HeaderValue;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
@@ -32,12 +31,6 @@ use pingora::http::RequestHeader;
 use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
-
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-/// `traceparent` as written to HTTP/1 backends; a `Bytes` name spares
-/// pingora a copy of it on every request.
-const TRACEPARENT_WRITTEN: bytes::Bytes = bytes::Bytes::from_static(b"traceparent");
 
 /// The process's tracing, from `server.tracing`.
 pub struct Tracer {
@@ -206,20 +199,21 @@ impl Tracer {
         let span_id = trace_context::new_span_id();
         let traceparent = trace_context::traceparent(trace_id, span_id, sampled);
         req.insert_header(TRACEPARENT_WRITTEN, traceparent.clone())?;
+        let recording = self
+            .export
+            .as_ref()
+            .filter(|_| sampled)
+            .map(|export| Recording {
+                start: SystemTime::now(),
+                export: Arc::clone(export),
+            });
         Ok(RequestTrace {
             traceparent,
             trace_id,
             span_id,
             parent_span_id,
-            recording: self
-                .export
-                .as_ref()
-                .filter(|_| sampled)
-                .map(|export| Recording {
-                    start: SystemTime::now(),
-                    export: Arc::clone(export),
-                }),
-            timings: (sampled && self.export.is_some()).then(UpstreamTimings::default),
+            timings: recording.is_some().then(UpstreamTimings::default),
+            recording,
         })
     }
 

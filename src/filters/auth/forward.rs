@@ -29,6 +29,7 @@ use super::{bearer_token, claim_text, AuthRequest, Identity, RejectReason, Rejec
 use crate::config::ForwardAuthConfig;
 use crate::edge::client_certs::ClientCert;
 use crate::observe::calls::{AuthService, CallEnd, CallError, CallSpan, Callee};
+use crate::observe::trace_context::{TRACEPARENT, TRACESTATE};
 use crate::observe::tracing::RequestTrace;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -67,12 +68,9 @@ pub struct ForwardAuth {
 
 /// The HTTP client of forward policies: no proxy from the environment, no
 /// redirects followed, `timeout` to connect.
-const TRACEPARENT: &str = "traceparent";
-const TRACESTATE: &str = "tracestate";
-
 /// Whether `name` is a W3C trace context header, which tracing sets itself.
 fn is_trace_context(name: &HeaderName) -> bool {
-    name.as_str() == TRACEPARENT || name.as_str() == TRACESTATE
+    name == TRACEPARENT || name == TRACESTATE
 }
 
 pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
@@ -221,11 +219,11 @@ impl ForwardAuth {
         // call's span or, unrecorded, under tollgate's.
         if let Some(trace) = request.trace {
             ask = ask.header(
-                TRACEPARENT,
+                &TRACEPARENT,
                 call_parent.unwrap_or_else(|| trace.traceparent.clone()),
             );
-            if let Some(state) = req.headers.get(TRACESTATE) {
-                ask = ask.header(TRACESTATE, state.clone());
+            if let Some(state) = req.headers.get(&TRACESTATE) {
+                ask = ask.header(&TRACESTATE, state.clone());
             }
         }
         if let Some(host) = req.headers.get(http::header::HOST) {
