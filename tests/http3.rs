@@ -627,17 +627,20 @@ async fn answered(edge: &Edge) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Whether, within 10 s, more than `n` HTTP/3 requests have been answered.
+async fn answered_over(edge: &Edge, n: f64) -> bool {
+    wait_until(Duration::from_secs(10), || async {
+        answered(edge).await > n
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_http3_load_fail_no_request() {
     let edge = Edge::start().await;
     let stop = edge.tollgate.dir.join("stop-load");
     let child = load(&edge, 2, &stop);
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            answered(&edge).await > 200.0
-        })
-        .await
-    );
+    assert!(answered_over(&edge, 200.0).await);
     for n in 1..=3 {
         let config = edge.tollgate.config_text().replace(
             "  - match: {path_prefix: /}\n",
@@ -652,12 +655,7 @@ async fn reloads_under_http3_load_fail_no_request() {
                 .await
         );
         let before = answered(&edge).await;
-        assert!(
-            wait_until(Duration::from_secs(10), || async {
-                answered(&edge).await > before + 100.0
-            })
-            .await
-        );
+        assert!(answered_over(&edge, before + 100.0).await);
     }
     // The new routes answer over HTTP/3 as well.
     assert_eq!(status(&edge.h3(&[get("/added3", &[])], true)[0]), 200);
@@ -673,12 +671,7 @@ async fn a_binary_upgrade_under_http3_load_fails_no_request() {
     let mut edge = Edge::start().await;
     let stop = edge.tollgate.dir.join("stop-load");
     let child = load(&edge, 2, &stop);
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            answered(&edge).await > 200.0
-        })
-        .await
-    );
+    assert!(answered_over(&edge, 200.0).await);
     let old_pid = edge.tollgate.pid();
     edge.tollgate.signal(libc::SIGUSR2);
     let moved = wait_until(Duration::from_secs(15), || {
