@@ -209,14 +209,8 @@ mod tests {
     /// never the client's headers of those names.
     #[test]
     fn client_certificate_headers_are_the_certificates() {
-        let signer = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "partner-a");
-        let der = params.self_signed(&signer).unwrap();
-        let cert = ClientCert::from_der(der.der()).unwrap();
+        let der = crate::edge::client_certs::partner_certificate("partner-a");
+        let cert = ClientCert::from_der(&der).unwrap();
         let mut forged = HeaderMap::new();
         forged.insert("x-client-cert-subject", HeaderValue::from_static("CN=x"));
         let stripped = crate::edge::client_certs::IDENTITY_HEADERS;
@@ -228,7 +222,7 @@ mod tests {
         let subject = HashKey::parse("header:X-Client-Cert-Subject").unwrap();
         assert_eq!(
             subject.hash_of(&with_cert, b""),
-            Some(hash_of_bytes(b"CN=partner-a"))
+            Some(hash_of_bytes(b"CN=partner-a,O=Partner A"))
         );
         let without = RequestParts {
             client_cert: None,

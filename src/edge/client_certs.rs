@@ -145,29 +145,35 @@ impl TlsAccept for IdentifyClients {
     }
 }
 
+/// A self-signed certificate for `O=Partner A, CN=<cn>` (DER), for tests.
+#[cfg(test)]
+pub(crate) fn partner_certificate(cn: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Partner A");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.self_signed(&key).unwrap().der().to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn identity_of_a_certificate() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::OrganizationName, "Partner A");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "partner-a");
-        let cert = params.self_signed(&key).unwrap();
-        let identity = ClientCert::from_der(cert.der()).unwrap();
+        let der = partner_certificate("partner-a");
+        let identity = ClientCert::from_der(&der).unwrap();
         assert_eq!(identity.subject(), "CN=partner-a,O=Partner A");
         let [(subject_name, subject), (sha_name, sha)] = identity.headers();
         assert_eq!(subject_name, X_CLIENT_CERT_SUBJECT);
         assert_eq!(subject, "CN=partner-a,O=Partner A");
         assert_eq!(sha_name, X_CLIENT_CERT_SHA256);
-        let expected: String = Sha256::digest(cert.der())
+        let expected: String = Sha256::digest(&der)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();

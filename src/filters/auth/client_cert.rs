@@ -57,16 +57,8 @@ mod tests {
     use super::*;
 
     fn cert(cn: &str) -> ClientCert {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::OrganizationName, "Partner A");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        ClientCert::from_der(params.self_signed(&key).unwrap().der()).unwrap()
+        let der = crate::edge::client_certs::partner_certificate(cn);
+        ClientCert::from_der(&der).unwrap()
     }
 
     #[test]
